@@ -1,3 +1,10 @@
-//! chaos-agent library.
-/// The compiled eBPF object.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
+//! chaos-agent: injects real, self-expiring faults into a Linux host.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library; tests and the VM guest call the
+//! same functions production does. See `docs/design.md` for the map of the modules.
+
+/// The eBPF object built from `chaos-ebpf` by `build.rs`.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
+
+pub mod testing;
