@@ -1,0 +1,707 @@
+//! The engine: the registry of active faults and every operation on them (inject, stop, extend,
+//! list, pause), one deadline-ordered TTL watchdog, and start-up reconciliation.
+//!
+//! Both the foreground CLI (`chaos-agent inject` without a daemon) and the daemon's API drive
+//! the same `Engine`, so a fault behaves the same whichever way it was created.
+
+pub mod journal;
+pub mod reconcile;
+pub mod txn;
+pub mod undo;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ebpf::{AttachMode, Counters};
+use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
+use crate::metrics::Metrics;
+use crate::spec::{FaultSpec, Limits, PortRange, SpecError};
+use crate::sys::{self, SysError};
+use journal::{Journal, JournalEntry, JournalError, Owner};
+use txn::Txn;
+use undo::UndoCtx;
+
+/// A fault's id: `f-` and 8 hex digits. The number doubles as the netlink filter handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FaultId(u32);
+
+impl FaultId {
+    /// A fresh random id (never 0).
+    #[must_use]
+    pub fn random() -> Self {
+        use std::io::Read as _;
+        let mut b = [0u8; 4];
+        if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+            // No /dev/urandom (odd chroot): time and pid are unique enough for ids.
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            b = (t.subsec_nanos() ^ std::process::id().rotate_left(16)).to_ne_bytes();
+        }
+        Self(u32::from_ne_bytes(b).max(1))
+    }
+    /// From a raw number.
+    #[must_use]
+    pub fn from_raw(v: u32) -> Self {
+        Self(v)
+    }
+    /// The raw number.
+    #[must_use]
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for FaultId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "f-{:08x}", self.0)
+    }
+}
+
+impl std::str::FromStr for FaultId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex = s.strip_prefix("f-").unwrap_or(s);
+        if hex.len() != 8 {
+            return Err(format!("bad fault id {s:?}: expected f-XXXXXXXX"));
+        }
+        u32::from_str_radix(hex, 16).map(Self).map_err(|_| format!("bad fault id {s:?}: expected f-XXXXXXXX"))
+    }
+}
+
+impl TryFrom<String> for FaultId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<FaultId> for String {
+    fn from(id: FaultId) -> Self {
+        id.to_string()
+    }
+}
+
+/// Why a fault ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevertReason {
+    /// Its TTL expired.
+    Ttl,
+    /// Someone stopped it.
+    Stopped,
+    /// The agent shut down.
+    Shutdown,
+    /// The fault failed while active.
+    Error,
+    /// A dead agent's leftover, removed at start-up or by `cleanup`.
+    Leftover,
+}
+
+impl RevertReason {
+    /// Label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ttl => "ttl",
+            Self::Stopped => "stopped",
+            Self::Shutdown => "shutdown",
+            Self::Error => "error",
+            Self::Leftover => "leftover",
+        }
+    }
+}
+
+/// Who asked for an operation (logged with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requester {
+    /// Unix uid (from SO_PEERCRED for the socket API, getuid() for the CLI).
+    pub uid: u32,
+}
+
+impl Requester {
+    /// The current process's user.
+    #[must_use]
+    pub fn me() -> Self {
+        Self { uid: nix::unistd::getuid().as_raw() }
+    }
+}
+
+/// Engine settings (from the config file and flags).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where the journal lives.
+    pub state_dir: PathBuf,
+    /// Validation limits (maximum TTL).
+    pub limits: Limits,
+    /// TTL used when a request has none (API only; the CLI always requires one).
+    pub default_ttl: Option<Duration>,
+    /// tcx / netlink / auto.
+    pub attach_mode: AttachMode,
+    /// Ports never faulted unless a spec says `include_protected`.
+    pub protected_ports: Vec<PortRange>,
+    /// Maximum number of concurrent faults.
+    pub max_faults: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(sys::paths::STATE_DIR),
+            limits: Limits::default(),
+            default_ttl: None,
+            attach_mode: AttachMode::Auto,
+            protected_ports: vec![PortRange { lo: 22, hi: 22 }],
+            max_faults: 64,
+        }
+    }
+}
+
+/// Engine errors. Each is reported to the requester as is.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Host lookup failed (unknown interface...).
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// Applying failed; everything was rolled back.
+    #[error("{source}; rolled back")]
+    Apply {
+        /// Cause.
+        source: FaultError,
+    },
+    /// Applying failed and the rollback failed too: the journal keeps the rest for `cleanup`.
+    #[error("{source}; rollback incomplete ({rollback_errors:?}), run `chaos-agent cleanup`")]
+    RollbackFailed {
+        /// Cause.
+        source: FaultError,
+        /// Rollback failures.
+        rollback_errors: Vec<String>,
+    },
+    /// The journal could not be written, so nothing was applied.
+    #[error("journal: {0}; nothing applied")]
+    Journal(#[from] JournalError),
+    /// Unknown fault id.
+    #[error("no active fault {0}")]
+    NotFound(FaultId),
+    /// Too many faults.
+    #[error("too many concurrent faults (maximum {max})")]
+    TooMany {
+        /// Configured maximum.
+        max: usize,
+    },
+    /// Paused by the safety lever.
+    #[error("the agent is paused: new faults are refused until `chaos-agent resume`")]
+    Paused,
+    /// A conflicting fault is active.
+    #[error("conflicts with active fault {other}: {why}")]
+    Conflict {
+        /// The other fault.
+        other: FaultId,
+        /// Why.
+        why: String,
+    },
+    /// The agent is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// A fault as reported by list/show.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaultInfo {
+    /// Id.
+    pub id: FaultId,
+    /// Kind (`loss`, ...).
+    pub kind: String,
+    /// Human summary.
+    pub summary: String,
+    /// The spec.
+    pub spec: FaultSpec,
+    /// Resolved interface.
+    pub iface: String,
+    /// Backend used.
+    pub backend: String,
+    /// Who created it.
+    pub requested_by_uid: u32,
+    /// Creation (ms since epoch).
+    pub created_unix_ms: u64,
+    /// Expiry (ms since epoch).
+    pub expires_unix_ms: u64,
+    /// Milliseconds left.
+    pub remaining_ms: u64,
+    /// Kernel counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+/// The end of a fault.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RevertReport {
+    /// Id.
+    pub id: FaultId,
+    /// Why it ended.
+    pub reason: RevertReason,
+    /// Objects removed, by kind.
+    pub removed: Vec<String>,
+    /// Undo failures (left in the journal for `cleanup`).
+    pub errors: Vec<String>,
+    /// Final counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+    /// How late after the deadline a TTL revert ran, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lateness_us: Option<u64>,
+}
+
+struct Slot {
+    info: FaultInfo,
+    active: Box<dyn ActiveFault>,
+    txn: Txn,
+    deadline: Instant,
+    done: watch::Sender<Option<RevertReport>>,
+}
+
+#[derive(Default)]
+struct State {
+    faults: HashMap<FaultId, Slot>,
+    deadlines: BTreeMap<(Instant, FaultId), ()>,
+}
+
+struct Inner {
+    cfg: RwLock<EngineConfig>,
+    journal: Journal,
+    nl: rtnetlink::Handle,
+    state: Mutex<State>,
+    wake: Notify,
+    paused: AtomicBool,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+/// The engine handle (cheap to clone).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Engine {
+    /// Opens the journal, removes a dead agent's leftovers and starts the TTL watchdog.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(cfg: EngineConfig, metrics: Arc<Metrics>) -> Result<(Self, reconcile::Report), EngineError> {
+        sys::raise_memlock();
+        let journal = Journal::open(&cfg.state_dir)?;
+        let nl = crate::ebpf::netlink::connect().map_err(|e| EngineError::Apply { source: e.into() })?;
+        let ctx = UndoCtx { nl: nl.clone(), journal: journal.clone() };
+        let report = reconcile::run(&ctx).await;
+        for (kind, n) in &report.removed_by_kind {
+            metrics.leftovers_removed(kind, *n as u64);
+        }
+        for _ in 0..report.journals_replayed {
+            metrics.fault_reverted("unknown", RevertReason::Leftover);
+        }
+        let engine = Self {
+            inner: Arc::new(Inner {
+                cfg: RwLock::new(cfg),
+                journal,
+                nl,
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                paused: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                metrics,
+            }),
+        };
+        let watchdog = engine.clone();
+        tokio::spawn(async move { watchdog.watchdog().await });
+        Ok((engine, report))
+    }
+
+    /// The metrics registry the engine reports to.
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// A copy of the current configuration.
+    #[must_use]
+    pub fn config(&self) -> EngineConfig {
+        self.inner.cfg.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the configuration (SIGHUP). Active faults keep their settings.
+    pub fn reload(&self, cfg: EngineConfig) {
+        if let Ok(mut c) = self.inner.cfg.write() {
+            *c = cfg;
+        }
+    }
+
+    fn prepare(&self, spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineError> {
+        prepare(spec, cfg)
+    }
+
+    /// Injects a fault. On failure nothing is left applied (or, if even the rollback failed,
+    /// the journal keeps what is left for `cleanup`).
+    pub async fn inject(&self, mut spec: FaultSpec, who: Requester) -> Result<FaultInfo, EngineError> {
+        let m = &self.inner.metrics;
+        let result = self.inject_inner(&mut spec, who).await;
+        match &result {
+            Ok(info) => {
+                tracing::info!(event = "inject", id = %info.id, uid = who.uid, kind = %info.kind, iface = %info.iface, backend = %info.backend, ttl_ms = spec.ttl.as_millis() as u64, summary = %info.summary, "fault injected");
+            }
+            Err(e) => {
+                m.fault_refused(refusal_reason(e));
+                tracing::warn!(event = "refuse", uid = who.uid, error = %e, "fault refused");
+            }
+        }
+        result
+    }
+
+    async fn inject_inner(&self, spec: &mut FaultSpec, who: Requester) -> Result<FaultInfo, EngineError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        if self.inner.paused.load(Ordering::SeqCst) {
+            return Err(EngineError::Paused);
+        }
+        let cfg = self.config();
+        let ifname = self.prepare(spec, &cfg)?;
+        let ifindex = sys::ifindex(&ifname)?;
+        let mut state = self.inner.state.lock().await;
+        if state.faults.len() >= cfg.max_faults {
+            return Err(EngineError::TooMany { max: cfg.max_faults });
+        }
+        let started = Instant::now();
+        let mut id = FaultId::random();
+        while state.faults.contains_key(&id) {
+            id = FaultId::random();
+        }
+        let now_wall = SystemTime::now();
+        let mono_now = sys::monotonic_ns();
+        let deadline = started + spec.ttl;
+        let expires_mono = mono_now + spec.ttl.as_nanos() as u64;
+        let entry = JournalEntry {
+            version: journal::VERSION,
+            id,
+            owner: Owner::current(),
+            spec: spec.clone(),
+            created_unix_ms: unix_ms(now_wall),
+            expires_unix_ms: unix_ms(now_wall + spec.ttl),
+            undo: Vec::new(),
+        };
+        let mut txn = Txn::begin(self.inner.journal.clone(), entry)?;
+        let mode = cfg.attach_mode.resolve();
+        let applied = {
+            let mut ctx = ApplyCtx {
+                id,
+                ifname: ifname.clone(),
+                ifindex,
+                txn: &mut txn,
+                nl: &self.inner.nl,
+                attach_mode: mode,
+                protected_ports: &cfg.protected_ports,
+                expires_at_mono_ns: expires_mono,
+            };
+            faults::apply(spec, &mut ctx).await
+        };
+        let active = match applied {
+            Ok(a) => a,
+            Err(source) => {
+                let (_, errors) = txn.rollback(&self.undo_ctx()).await;
+                return Err(if errors.is_empty() {
+                    EngineError::Apply { source }
+                } else {
+                    EngineError::RollbackFailed { source, rollback_errors: errors }
+                });
+            }
+        };
+        let kind = spec.kind().to_owned();
+        let info = FaultInfo {
+            id,
+            kind: kind.clone(),
+            summary: spec.summary(),
+            spec: spec.clone(),
+            iface: ifname,
+            backend: active.backend(),
+            requested_by_uid: who.uid,
+            created_unix_ms: unix_ms(now_wall),
+            expires_unix_ms: unix_ms(now_wall + spec.ttl),
+            remaining_ms: spec.ttl.as_millis() as u64,
+            counters: None,
+        };
+        let (done, _) = watch::channel(None);
+        state.deadlines.insert((deadline, id), ());
+        state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
+        drop(state);
+        self.inner.wake.notify_one();
+        let m = &self.inner.metrics;
+        m.fault_injected(&kind);
+        m.apply_duration(started.elapsed());
+        m.set_active(&kind, 1);
+        Ok(info)
+    }
+
+    fn undo_ctx(&self) -> UndoCtx {
+        UndoCtx { nl: self.inner.nl.clone(), journal: self.inner.journal.clone() }
+    }
+
+    /// Stops a fault now.
+    pub async fn stop(&self, id: FaultId, who: Requester) -> Result<RevertReport, EngineError> {
+        let r = self.revert(id, RevertReason::Stopped).await.ok_or(EngineError::NotFound(id))?;
+        tracing::info!(event = "stop", id = %id, uid = who.uid, "fault stopped");
+        Ok(r)
+    }
+
+    /// Stops every fault.
+    pub async fn stop_all(&self, reason: RevertReason, who: Requester) -> Vec<RevertReport> {
+        let ids: Vec<FaultId> = self.inner.state.lock().await.faults.keys().copied().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(r) = self.revert(id, reason).await {
+                out.push(r);
+            }
+        }
+        tracing::info!(event = "stop_all", uid = who.uid, reason = reason.as_str(), count = out.len(), "all faults stopped");
+        out
+    }
+
+    /// Reverts one fault: disarm in the kernel, release links, run the undo list, drop the
+    /// journal entry. Returns `None` if it is not active (already reverted).
+    pub async fn revert(&self, id: FaultId, reason: RevertReason) -> Option<RevertReport> {
+        let started = Instant::now();
+        let mut state = self.inner.state.lock().await;
+        let mut slot = state.faults.remove(&id)?;
+        state.deadlines.remove(&(slot.deadline, id));
+        drop(state);
+        let lateness = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline));
+        let counters = slot.active.counters();
+        let mut errors = Vec::new();
+        if let Err(e) = slot.active.disarm() {
+            errors.push(format!("disarm: {e}"));
+        }
+        drop(slot.active);
+        let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
+        errors.extend(undo_errors);
+        let report = RevertReport {
+            id,
+            reason,
+            removed: removed.iter().map(|s| (*s).to_owned()).collect(),
+            errors,
+            counters,
+            lateness_us: lateness.map(|d| d.as_micros() as u64),
+        };
+        let m = &self.inner.metrics;
+        m.fault_reverted(&slot.info.kind, reason);
+        m.set_active(&slot.info.kind, -1);
+        m.revert_duration(started.elapsed());
+        if let Some(l) = lateness {
+            m.ttl_lateness(l);
+        }
+        if let Some(c) = counters {
+            m.retire_counters(&slot.info.iface, &c);
+        }
+        if report.errors.is_empty() {
+            tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, "fault reverted");
+        } else {
+            m.revert_failure(&slot.info.kind);
+            tracing::error!(event = "revert", id = %id, reason = reason.as_str(), errors = ?report.errors, "fault revert incomplete; journal kept for cleanup");
+        }
+        let _ = slot.done.send(Some(report.clone()));
+        Some(report)
+    }
+
+    /// Moves a fault's deadline by `by`; the total lifetime stays within the maximum TTL.
+    pub async fn extend(&self, id: FaultId, by: Duration, who: Requester) -> Result<FaultInfo, EngineError> {
+        let max = self.config().limits.max_ttl;
+        let mut state = self.inner.state.lock().await;
+        let slot = state.faults.get_mut(&id).ok_or(EngineError::NotFound(id))?;
+        let old_deadline = slot.deadline;
+        let new_total = slot.info.spec.ttl + by;
+        if new_total > max {
+            return Err(SpecError::TtlTooLong { ttl: new_total, max }.into());
+        }
+        let new_deadline = old_deadline + by;
+        let remaining = new_deadline.saturating_duration_since(Instant::now());
+        slot.active
+            .set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64)
+            .map_err(|source| EngineError::Apply { source })?;
+        slot.deadline = new_deadline;
+        slot.info.spec.ttl = new_total;
+        slot.info.expires_unix_ms += by.as_millis() as u64;
+        let expires = slot.info.expires_unix_ms;
+        slot.txn.update(|e| {
+            e.spec.ttl = new_total;
+            e.expires_unix_ms = expires;
+        })?;
+        let info = slot.info.clone();
+        state.deadlines.remove(&(old_deadline, id));
+        state.deadlines.insert((new_deadline, id), ());
+        drop(state);
+        self.inner.wake.notify_one();
+        tracing::info!(event = "extend", id = %id, uid = who.uid, by_ms = by.as_millis() as u64, "fault extended");
+        Ok(self.fill(info).await)
+    }
+
+    async fn fill(&self, mut info: FaultInfo) -> FaultInfo {
+        let state = self.inner.state.lock().await;
+        if let Some(slot) = state.faults.get(&info.id) {
+            info.counters = slot.active.counters();
+            info.remaining_ms = slot.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        }
+        info
+    }
+
+    /// Every active fault, with live counters.
+    pub async fn list(&self) -> Vec<FaultInfo> {
+        let state = self.inner.state.lock().await;
+        let now = Instant::now();
+        let mut v: Vec<FaultInfo> = state
+            .faults
+            .values()
+            .map(|s| {
+                let mut i = s.info.clone();
+                i.counters = s.active.counters();
+                i.remaining_ms = s.deadline.saturating_duration_since(now).as_millis() as u64;
+                i
+            })
+            .collect();
+        v.sort_by_key(|i| i.created_unix_ms);
+        v
+    }
+
+    /// One active fault.
+    pub async fn get(&self, id: FaultId) -> Option<FaultInfo> {
+        self.list().await.into_iter().find(|i| i.id == id)
+    }
+
+    /// A receiver that yields the fault's revert report when it ends (`None` if not active).
+    pub async fn watch(&self, id: FaultId) -> Option<watch::Receiver<Option<RevertReport>>> {
+        self.inner.state.lock().await.faults.get(&id).map(|s| s.done.subscribe())
+    }
+
+    /// Live counters of every active fault as (interface, counters), for metrics.
+    pub fn counters_now(&self) -> Vec<(String, Counters)> {
+        // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
+        self.inner.state.try_lock().map_or_else(
+            |_| Vec::new(),
+            |s| s.faults.values().filter_map(|f| Some((f.info.iface.clone(), f.active.counters()?))).collect(),
+        )
+    }
+
+    /// The safety lever: stop every fault and refuse new ones until [`Engine::resume`].
+    pub async fn pause(&self, who: Requester) -> Vec<RevertReport> {
+        self.inner.paused.store(true, Ordering::SeqCst);
+        tracing::warn!(event = "pause", uid = who.uid, "agent paused");
+        self.stop_all(RevertReason::Stopped, who).await
+    }
+
+    /// Accept faults again.
+    pub fn resume(&self, who: Requester) {
+        self.inner.paused.store(false, Ordering::SeqCst);
+        tracing::warn!(event = "resume", uid = who.uid, "agent resumed");
+    }
+
+    /// Whether the lever is pulled.
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        self.inner.paused.load(Ordering::SeqCst)
+    }
+
+    /// Reverts everything and stops the watchdog.
+    pub async fn shutdown(&self) -> Vec<RevertReport> {
+        self.inner.shutdown.cancel();
+        let r = self.stop_all(RevertReason::Shutdown, Requester::me()).await;
+        self.inner.wake.notify_one();
+        r
+    }
+
+    /// The one TTL task: sleeps until the earliest deadline (or until woken by a change).
+    async fn watchdog(&self) {
+        loop {
+            let next = {
+                let state = self.inner.state.lock().await;
+                state.deadlines.keys().next().copied()
+            };
+            match next {
+                Some((deadline, id)) if deadline <= Instant::now() => {
+                    self.revert(id, RevertReason::Ttl).await;
+                }
+                Some((deadline, _)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline.into()) => {}
+                        () = self.inner.wake.notified() => {}
+                        () = self.inner.shutdown.cancelled() => return,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        () = self.inner.wake.notified() => {}
+                        () = self.inner.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn refusal_reason(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::Spec(_) => "invalid",
+        EngineError::Sys(_) => "target",
+        EngineError::Apply { .. } | EngineError::RollbackFailed { .. } => "apply_failed",
+        EngineError::Journal(_) => "journal",
+        EngineError::NotFound(_) => "not_found",
+        EngineError::TooMany { .. } => "too_many",
+        EngineError::Paused => "paused",
+        EngineError::Conflict { .. } => "conflict",
+        EngineError::ShuttingDown => "shutting_down",
+    }
+}
+
+/// Resolves defaults and the interface, and validates, without touching anything.
+fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineError> {
+    if spec.ttl.is_zero()
+        && let Some(d) = cfg.default_ttl
+    {
+        spec.ttl = d;
+    }
+    spec.validate(&cfg.limits)?;
+    let ifname = match &spec.target.iface {
+        Some(name) => name.clone(),
+        None => sys::default_route_interface()?,
+    };
+    sys::ifindex(&ifname)?;
+    spec.target.iface = Some(ifname.clone());
+    Ok(ifname)
+}
+
+/// Validates a spec and explains what applying it would do, touching nothing (dry run).
+pub fn plan(cfg: &EngineConfig, mut spec: FaultSpec) -> Result<(FaultSpec, Vec<String>), EngineError> {
+    let ifname = prepare(&mut spec, cfg)?;
+    let plan = faults::plan(&spec, &ifname, cfg.attach_mode.resolve(), &cfg.protected_ports);
+    Ok((spec, plan))
+}
+
+/// The journal a transaction writes to (fault modules use it for ownership markers).
+#[must_use]
+pub fn journal_of(txn: &Txn) -> Journal {
+    txn.journal().clone()
+}

@@ -1,0 +1,134 @@
+//! Removes what a dead agent left behind: replays the undo lists of journal entries whose owner
+//! is gone, then sweeps the kernel for objects with our names that no live journal claims.
+//! Used at start-up and by `chaos-agent cleanup`; running it twice is harmless.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+
+use super::undo::{self, Undo, UndoCtx};
+use crate::ebpf::netlink;
+
+/// What a reconciliation did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Journal entries of dead agents that were replayed.
+    pub journals_replayed: usize,
+    /// Journal entries left alone because their agent is alive.
+    pub live_skipped: usize,
+    /// Kernel objects removed, by kind.
+    pub removed_by_kind: BTreeMap<String, usize>,
+    /// Problems (left for the next run).
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// Total objects removed.
+    #[must_use]
+    pub fn removed(&self) -> usize {
+        self.removed_by_kind.values().sum()
+    }
+
+    fn add(&mut self, kind: &str) {
+        *self.removed_by_kind.entry(kind.to_owned()).or_default() += 1;
+    }
+}
+
+/// Runs reconciliation.
+pub async fn run(ctx: &UndoCtx) -> Report {
+    let mut report = Report::default();
+    let me = super::journal::Owner::current();
+    let mut keep_filters: HashSet<(String, u32)> = HashSet::new();
+    let mut keep_clsact: HashSet<String> = HashSet::new();
+    let entries = match ctx.journal.load_all() {
+        Ok(e) => e,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            Vec::new()
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                // Unreadable: the sweep below still finds its kernel objects by name.
+                report.errors.push(format!("{e} (left in place; kernel objects are swept by name)"));
+                continue;
+            }
+        };
+        if entry.owner == me || entry.owner.alive() {
+            report.live_skipped += 1;
+            for u in &entry.undo {
+                match u {
+                    Undo::NetlinkFilter { ifname, handle, .. } => {
+                        keep_filters.insert((ifname.clone(), *handle));
+                    }
+                    Undo::Clsact { ifname } => {
+                        keep_clsact.insert(ifname.clone());
+                    }
+                    Undo::TcxLink { .. } => {}
+                }
+            }
+            continue;
+        }
+        tracing::warn!(event = "leftover", id = %entry.id, pid = entry.owner.pid, steps = entry.undo.len(), "removing a dead agent's fault");
+        let (removed, errors) = undo::run_reversed(&entry.undo, ctx).await;
+        for k in removed {
+            report.add(k);
+        }
+        if errors.is_empty() {
+            if let Err(e) = ctx.journal.remove(&entry.id) {
+                report.errors.push(e.to_string());
+            }
+        } else {
+            report.errors.extend(errors);
+        }
+        report.journals_replayed += 1;
+    }
+    sweep(ctx, &keep_filters, &keep_clsact, &mut report).await;
+    report
+}
+
+/// Removes filters carrying our program names that no live journal claims, and clsact qdiscs we
+/// created that nothing uses any more.
+async fn sweep(ctx: &UndoCtx, keep_filters: &HashSet<(String, u32)>, keep_clsact: &HashSet<String>, report: &mut Report) {
+    let links = match netlink::all_ifindexes(&ctx.nl).await {
+        Ok(l) => l,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return;
+        }
+    };
+    for (ifindex, ifname) in &links {
+        let filters = match netlink::our_filters(&ctx.nl, *ifindex).await {
+            Ok(f) => f,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+        };
+        for f in filters {
+            if keep_filters.contains(&(ifname.clone(), f.handle)) {
+                continue;
+            }
+            match netlink::delete_our_filter(&ctx.nl, *ifindex, f.hook, f.priority, f.handle).await {
+                Ok(true) => {
+                    tracing::warn!(event = "leftover", iface = %ifname, hook = f.hook.as_str(), handle = f.handle, "removed an unjournaled filter of ours");
+                    report.add("tc_filter");
+                }
+                Ok(false) => {}
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+    }
+    for (kind, ifname) in ctx.journal.owned_markers() {
+        if kind != "clsact" || keep_clsact.contains(&ifname) {
+            continue;
+        }
+        match (Undo::Clsact { ifname }).run(ctx).await {
+            Ok(true) => report.add("clsact"),
+            Ok(false) => {}
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+}

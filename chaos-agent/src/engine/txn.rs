@@ -1,0 +1,61 @@
+//! A fault's apply as a transaction: each kernel step is journaled with its undo first.
+
+use super::journal::{Journal, JournalEntry, JournalError};
+use super::undo::{self, Undo, UndoCtx};
+
+/// The transaction of one fault being applied (and, once applied, its undo list).
+#[derive(Debug)]
+pub struct Txn {
+    journal: Journal,
+    entry: JournalEntry,
+}
+
+impl Txn {
+    /// Starts a transaction: writes the entry (with an empty undo list) before anything else.
+    pub fn begin(journal: Journal, entry: JournalEntry) -> Result<Self, JournalError> {
+        journal.write(&entry)?;
+        Ok(Self { journal, entry })
+    }
+
+    /// Records durably how to reverse the step the caller is about to take. Call this *before*
+    /// changing the kernel; if the step then fails, [`Txn::rollback`] still runs this undo,
+    /// which is harmless because undo records are idempotent.
+    pub fn record(&mut self, undo: Undo) -> Result<(), JournalError> {
+        self.entry.undo.push(undo);
+        if let Err(e) = self.journal.write(&self.entry) {
+            self.entry.undo.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The journal this transaction writes to.
+    #[must_use]
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The journal entry as it stands.
+    #[must_use]
+    pub fn entry(&self) -> &JournalEntry {
+        &self.entry
+    }
+
+    /// Mutable access for updates that are not kernel steps (e.g. a new expiry).
+    pub fn update(&mut self, f: impl FnOnce(&mut JournalEntry)) -> Result<(), JournalError> {
+        f(&mut self.entry);
+        self.journal.write(&self.entry)
+    }
+
+    /// Undoes every recorded step in reverse order and removes the journal entry if all undos
+    /// succeeded (otherwise it stays for the reconciler). Returns (kinds removed, errors).
+    pub async fn rollback(self, ctx: &UndoCtx) -> (Vec<&'static str>, Vec<String>) {
+        let (removed, mut errors) = undo::run_reversed(&self.entry.undo, ctx).await;
+        if errors.is_empty() {
+            if let Err(e) = self.journal.remove(&self.entry.id) {
+                errors.push(e.to_string());
+            }
+        }
+        (removed, errors)
+    }
+}

@@ -1,0 +1,122 @@
+//! Undo records: what reverses each kernel change. They are serialised into the journal before
+//! the change is made, and running one is idempotent ("already gone" is success), so the same
+//! list serves a normal revert, a failed apply's rollback and a restarted agent's cleanup.
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::Journal;
+use crate::ebpf::netlink::{self, Hook};
+use crate::ebpf::EbpfError;
+
+/// One reversible kernel change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Undo {
+    /// A tcx link. The kernel detaches it when the agent's fd closes, so there is nothing to
+    /// replay after a crash; the record documents what was attached.
+    TcxLink {
+        /// Interface.
+        ifname: String,
+        /// Hook.
+        hook: Hook,
+    },
+    /// A cls_bpf filter of ours at a known priority and handle (netlink attach path).
+    NetlinkFilter {
+        /// Interface.
+        ifname: String,
+        /// Hook.
+        hook: Hook,
+        /// Filter priority.
+        priority: u16,
+        /// Filter handle.
+        handle: u32,
+    },
+    /// A clsact qdisc the agent created: removed once no filter is left on it.
+    Clsact {
+        /// Interface.
+        ifname: String,
+    },
+}
+
+/// Why an undo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UndoError {
+    /// A kernel request failed.
+    #[error(transparent)]
+    Kernel(#[from] EbpfError),
+    /// The journal could not be updated.
+    #[error(transparent)]
+    Journal(#[from] super::journal::JournalError),
+}
+
+/// What an undo needs.
+#[derive(Debug, Clone)]
+pub struct UndoCtx {
+    /// Netlink route handle.
+    pub nl: rtnetlink::Handle,
+    /// The journal (for ownership markers).
+    pub journal: Journal,
+}
+
+impl Undo {
+    /// Short name of the kind of object, for metrics and logs.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TcxLink { .. } => "tcx_link",
+            Self::NetlinkFilter { .. } => "tc_filter",
+            Self::Clsact { .. } => "clsact",
+        }
+    }
+
+    /// Human description.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::TcxLink { ifname, hook } => format!("tcx link on {ifname} {}", hook.as_str()),
+            Self::NetlinkFilter { ifname, hook, priority, handle } => {
+                format!("cls_bpf filter on {ifname} {} prio {priority} handle {handle:#x}", hook.as_str())
+            }
+            Self::Clsact { ifname } => format!("clsact qdisc on {ifname}"),
+        }
+    }
+
+    /// Reverses the change. Returns whether anything was actually removed (false: already gone).
+    pub async fn run(&self, ctx: &UndoCtx) -> Result<bool, UndoError> {
+        match self {
+            Self::TcxLink { .. } => Ok(false),
+            Self::NetlinkFilter { ifname, hook, priority, handle } => {
+                let Ok(ifindex) = netlink::ifindex(ifname) else { return Ok(false) };
+                Ok(netlink::delete_our_filter(&ctx.nl, ifindex, *hook, *priority, *handle).await?)
+            }
+            Self::Clsact { ifname } => {
+                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                    ctx.journal.unmark_owned("clsact", ifname)?;
+                    return Ok(false);
+                };
+                if !ctx.journal.is_owned("clsact", ifname) {
+                    return Ok(false);
+                }
+                let deleted = netlink::delete_clsact_if_unused(&ctx.nl, ifindex).await?;
+                if deleted || !netlink::has_clsact(&ctx.nl, ifindex).await? {
+                    ctx.journal.unmark_owned("clsact", ifname)?;
+                }
+                Ok(deleted)
+            }
+        }
+    }
+}
+
+/// Runs undo records in reverse order, continuing past failures. Returns (removed, errors).
+pub async fn run_reversed(undo: &[Undo], ctx: &UndoCtx) -> (Vec<&'static str>, Vec<String>) {
+    let mut removed = Vec::new();
+    let mut errors = Vec::new();
+    for u in undo.iter().rev() {
+        match u.run(ctx).await {
+            Ok(true) => removed.push(u.kind()),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("{}: {e}", u.describe())),
+        }
+    }
+    (removed, errors)
+}
