@@ -8,3 +8,11 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
 
 pub mod testing;
+pub mod ebpf;
+pub mod engine;
+pub mod faults;
+pub mod metrics;
+pub mod spec;
+pub mod sys;
+pub mod cli;
+pub mod doctor;

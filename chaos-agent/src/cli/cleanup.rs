@@ -1,0 +1,35 @@
+//! `chaos-agent cleanup`: offline reconciliation.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::CleanupArgs;
+use crate::engine::journal::Journal;
+use crate::engine::reconcile;
+use crate::engine::undo::UndoCtx;
+
+pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCode> {
+    super::preflight()?;
+    let rt = super::runtime()?;
+    let report = rt.block_on(async {
+        let journal = Journal::open(state_dir)?;
+        let nl = crate::ebpf::netlink::connect()?;
+        anyhow::Ok(reconcile::run(&UndoCtx { nl, journal }).await)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let kinds: Vec<String> = report.removed_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "cleanup: removed {} object(s){}; replayed {} journal(s) of dead agents; {} fault(s) of a live agent left alone",
+            report.removed(),
+            if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
+            report.journals_replayed,
+            report.live_skipped
+        );
+        for e in &report.errors {
+            eprintln!("cleanup: {e}");
+        }
+    }
+    Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

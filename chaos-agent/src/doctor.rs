@@ -1,0 +1,154 @@
+//! `chaos-agent doctor`: what this kernel can do, probed rather than guessed. Qdisc kinds are
+//! probed by adding them to `lo` inside a throwaway network namespace, so the host is untouched.
+
+use std::path::Path;
+
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+use serde::Serialize;
+
+use crate::ebpf::{TcProgram, attach, netlink::request_ack};
+use crate::sys;
+
+/// One capability.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// Short name.
+    pub name: String,
+    /// Whether it is available.
+    pub ok: bool,
+    /// Detail or how to fix.
+    pub detail: String,
+    /// Which faults need it.
+    pub needed_for: String,
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>, needed_for: &str) -> Check {
+    Check { name: name.to_owned(), ok, detail: detail.into(), needed_for: needed_for.to_owned() }
+}
+
+/// Result of probing a qdisc kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QdiscProbe {
+    /// The kernel knows the kind.
+    Present,
+    /// "Unknown qdisc kind" (ENOENT): the module is not built or not loadable.
+    Missing,
+}
+
+/// Probes which of `kinds` this kernel has, in a fresh network namespace (on its `lo`).
+#[must_use]
+pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscProbe, String>)> {
+    let kinds = kinds.to_vec();
+    std::thread::spawn(move || {
+        // unshare(2) affects only this thread: the agent's own namespace is never changed.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+            return kinds.iter().map(|k| (*k, Err(format!("unshare(CLONE_NEWNET): {e}")))).collect();
+        }
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
+        };
+        rt.block_on(async {
+            let Ok(nl) = crate::ebpf::netlink::connect() else {
+                return kinds.iter().map(|k| (*k, Err("netlink socket".to_owned()))).collect();
+            };
+            let mut out = Vec::new();
+            for kind in kinds {
+                let mut msg = TcMessage::with_index(1); // lo is always ifindex 1 in a new netns
+                msg.header.parent = if kind == "clsact" { TcHandle::CLSACT } else { TcHandle::ROOT };
+                msg.header.handle = if kind == "clsact" { TcHandle { major: 0xffff, minor: 0 } } else { TcHandle { major: 0xc4a1, minor: 0 } };
+                msg.attributes.push(TcAttribute::Kind(kind.to_owned()));
+                let add = RouteNetlinkMessage::NewQueueDiscipline(msg.clone());
+                let r = match request_ack_create(&nl, add).await {
+                    Ok(()) => {
+                        let _ = request_ack(&nl, RouteNetlinkMessage::DelQueueDiscipline(msg)).await;
+                        Ok(QdiscProbe::Present)
+                    }
+                    // ENOENT = unknown kind. Anything else (EINVAL for missing options) means the
+                    // kernel found the kind and rejected our empty options: present.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(QdiscProbe::Missing),
+                    Err(rtnetlink::Error::NetlinkError(_)) => Ok(QdiscProbe::Present),
+                    Err(e) => Err(e.to_string()),
+                };
+                out.push((kind, r));
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap_or_default()
+}
+
+async fn request_ack_create(nl: &rtnetlink::Handle, msg: RouteNetlinkMessage) -> Result<(), rtnetlink::Error> {
+    use futures::StreamExt as _;
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let mut handle = nl.clone();
+    let mut resp = handle.request(req)?;
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload
+            && e.code.is_some()
+        {
+            return Err(rtnetlink::Error::NetlinkError(e));
+        }
+    }
+    Ok(())
+}
+
+fn cgroup_layout() -> (String, String) {
+    let root = Path::new("/sys/fs/cgroup");
+    if let Ok(c) = std::fs::read_to_string(root.join("cgroup.controllers")) {
+        return ("v2 (unified)".to_owned(), c.trim().to_owned());
+    }
+    if let Ok(c) = std::fs::read_to_string(root.join("unified/cgroup.controllers")) {
+        let v1: Vec<String> = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|d| d.file_name().into_string().ok())
+            .filter(|n| n != "unified" && n != "systemd")
+            .collect();
+        return ("hybrid (v1 controllers + cgroup2 at /sys/fs/cgroup/unified)".to_owned(), format!("v1: {} | v2: {}", v1.join(" "), c.trim()));
+    }
+    ("v1".to_owned(), String::new())
+}
+
+/// Runs every probe.
+#[must_use]
+pub fn run() -> Vec<Check> {
+    let mut v = Vec::new();
+    v.push(check("kernel", true, sys::kernel_release(), "-"));
+    v.push(check("root", sys::check_privileges().is_ok(), sys::check_privileges().err().map_or_else(|| "CAP_NET_ADMIN, CAP_SYS_ADMIN".to_owned(), |e| e.to_string()), "everything"));
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    v.push(check("btf", btf, if btf { "/sys/kernel/btf/vmlinux" } else { "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)" }, "-"));
+    let ebpf = TcProgram::load();
+    v.push(check("ebpf", ebpf.is_ok(), ebpf.as_ref().map_or_else(|e| e.to_string(), |_| "tc programs load and pass the verifier".to_owned()), "loss, steering"));
+    drop(ebpf);
+    let tcx = attach::kernel_has_tcx();
+    v.push(check("tcx", tcx, if tcx { "tcx links (>= 6.6): faults detach when the agent dies" } else { "no tcx (< 6.6): netlink cls_bpf, kernel deadline + cleanup remove leftovers" }, "attach mode"));
+    let bpffs = sys::is_bpffs(Path::new(sys::paths::BPFFS));
+    v.push(check("bpffs", bpffs, if bpffs { "mounted at /sys/fs/bpf".to_owned() } else { "not mounted (the agent mounts it)".to_owned() }, "-"));
+    for (kind, r) in probe_qdiscs(&["clsact", "netem", "fq", "htb", "tbf", "prio"]) {
+        let module = format!("sch_{}", if kind == "clsact" { "ingress" } else { kind });
+        let needed = match kind {
+            "clsact" => "netlink attach (pre-6.6)",
+            "netem" => "delay, jitter, corrupt, duplicate, reorder",
+            "fq" => "delay via EDT when netem is missing",
+            "htb" | "prio" => "steering traffic into a shaping qdisc",
+            "tbf" => "rate",
+            _ => "-",
+        };
+        match r {
+            Ok(QdiscProbe::Present) => v.push(check(kind, true, format!("{module} available"), needed)),
+            Ok(QdiscProbe::Missing) => v.push(check(kind, false, format!("{module} missing: `modprobe {module}` or install the kernel's extra modules"), needed)),
+            Err(e) => v.push(check(kind, false, format!("probe failed: {e}"), needed)),
+        }
+    }
+    let (layout, controllers) = cgroup_layout();
+    v.push(check("cgroup", true, format!("{layout}; controllers: {controllers}"), "cpu, memory, io pressure"));
+    let psi = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
+    v.push(check("psi", psi, if psi { "/proc/pressure/* readable" } else { "no PSI (CONFIG_PSI, or boot with psi=1)" }, "pressure checks"));
+    v
+}
