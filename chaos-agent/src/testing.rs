@@ -164,8 +164,11 @@ impl VethPair {
 
     /// Adds a second address to `b` (e.g. to have a destination outside a fault's filter).
     pub fn add_b_addr(&self, cidr: &str) {
-        let family = if cidr.contains(':') { "-6" } else { "-4" };
-        self.b.exec("ip", [family, "addr", "add", cidr, "dev", &self.b_if, "nodad"].iter().filter(|s| !(family == "-4" && **s == "nodad")));
+        if cidr.contains(':') {
+            self.b.exec("ip", ["-6", "addr", "add", cidr, "dev", &self.b_if, "nodad"]);
+        } else {
+            self.b.exec("ip", ["addr", "add", cidr, "dev", &self.b_if]);
+        }
     }
 }
 
@@ -186,4 +189,310 @@ pub fn have_tool(name: &str) -> bool {
 /// Prints why a test is skipped, in one greppable line.
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIP {test}: {why}");
+}
+
+/// Runs `f` on a new thread that has entered the namespace (threads, not processes, carry
+/// network namespaces, so the test process itself never moves).
+pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// What a UDP run measured at the receiver.
+#[derive(Debug, Clone, Default)]
+pub struct UdpResult {
+    /// Datagrams sent.
+    pub sent: u32,
+    /// Distinct datagrams received.
+    pub received: u32,
+    /// Sequence numbers that never arrived, in order.
+    pub lost: Vec<u32>,
+}
+
+impl UdpResult {
+    /// Fraction lost.
+    #[must_use]
+    pub fn loss(&self) -> f64 {
+        f64::from(self.sent - self.received) / f64::from(self.sent.max(1))
+    }
+}
+
+/// Options of [`udp_run`].
+#[derive(Debug, Clone)]
+pub struct UdpRun {
+    /// Destination address (the receiver binds it).
+    pub dst: String,
+    /// Destination port.
+    pub dport: u16,
+    /// Source port (0: any).
+    pub sport: u16,
+    /// Datagrams to send.
+    pub count: u32,
+    /// Payload size (>= 4); above the MTU the datagram is fragmented.
+    pub size: usize,
+    /// Byte to fill the payload after the sequence number.
+    pub fill: u8,
+    /// Pin the sender to this CPU (the egress program runs on the sender's CPU).
+    pub cpu: Option<usize>,
+}
+
+impl UdpRun {
+    /// `count` small datagrams to `dst:dport`.
+    #[must_use]
+    pub fn new(dst: &str, dport: u16, count: u32) -> Self {
+        Self { dst: dst.to_owned(), dport, sport: 0, count, size: 64, fill: 0, cpu: None }
+    }
+}
+
+/// Sends sequence-numbered datagrams from `from` to a receiver in `to` and reports what
+/// arrived. The receiver drains until the sender is done and the socket has been idle for a
+/// while: on a veth pair delivery completes within the sender's softirq, so idle means done.
+#[must_use]
+pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let dst: std::net::IpAddr = opts.dst.parse().expect("dst address");
+    let addr = SocketAddr::new(dst, opts.dport);
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let to_path = to.path();
+    let count = opts.count;
+    let receiver = std::thread::spawn(move || {
+        let file = std::fs::File::open(&to_path).expect("open netns");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = UdpSocket::bind(addr).expect("bind receiver");
+        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
+        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut seen = vec![false; count as usize];
+        let mut buf = vec![0u8; 65536];
+        let mut sender_done_at: Option<Instant> = None;
+        let mut last_rx = Instant::now();
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if n >= 4 => {
+                    let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if seq < seen.len() {
+                        seen[seq] = true;
+                    }
+                    last_rx = Instant::now();
+                }
+                _ => {}
+            }
+            if sender_done_at.is_none() && done_rx.try_recv().is_ok() {
+                sender_done_at = Some(Instant::now());
+            }
+            if let Some(t) = sender_done_at
+                && t.elapsed() > Duration::from_millis(300)
+                && last_rx.elapsed() > Duration::from_millis(300)
+            {
+                break;
+            }
+        }
+        seen
+    });
+    ready_rx.recv().expect("receiver ready");
+    let o = opts.clone();
+    in_netns(from, move || {
+        if let Some(cpu) = o.cpu {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu).expect("cpu");
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("affinity");
+        }
+        let local: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let mut local = local;
+        local.set_port(o.sport);
+        let sock = UdpSocket::bind(local).expect("bind sender");
+        sock.connect(addr).expect("connect");
+        let mut payload = vec![o.fill; o.size.max(4)];
+        for seq in 0..o.count {
+            payload[..4].copy_from_slice(&seq.to_be_bytes());
+            // Errors are not expected (drops happen in the kernel after send returns); a
+            // send error would be a finding, so surface it.
+            sock.send(&payload).expect("send");
+            if seq % 32 == 31 {
+                // Pace so the receiver's socket buffer never overflows (that would be loss
+                // we did not cause).
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+    });
+    done_tx.send(()).expect("done");
+    let seen = receiver.join().expect("receiver");
+    let lost: Vec<u32> = seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i as u32).collect();
+    UdpResult { sent: opts.count, received: opts.count - lost.len() as u32, lost }
+}
+
+/// A `chaos-agent` process started by a test.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Everything read from stdout so far.
+    pub stdout: Vec<String>,
+}
+
+impl AgentProcess {
+    /// Spawns `bin args...` inside `ns` (or the current namespace).
+    #[must_use]
+    pub fn spawn(ns: Option<&NetNs>, bin: &std::path::Path, args: &[&str]) -> Self {
+        use std::io::{BufRead as _, Read as _};
+        let mut cmd = match ns {
+            Some(ns) => ns.command(bin.to_str().expect("utf-8 path")),
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sb = stderr_buf.clone();
+        let mut stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sb.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, lines, stderr: stderr_buf, stdout: Vec::new() }
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns it (panics after `timeout`
+    /// or if the process exits first, with its stderr).
+    pub fn expect_line(&mut self, prefix: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line starting with {prefix:?} within {timeout:?}; stdout {:?}; stderr:\n{}",
+                    self.stdout,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the `injected f-XXXXXXXX: ...` line and returns the fault id.
+    pub fn expect_injected(&mut self) -> String {
+        let line = self.expect_line("injected ", std::time::Duration::from_secs(30));
+        line.split_whitespace().nth(1).expect("id").trim_end_matches(':').to_owned()
+    }
+
+    /// Stderr so far.
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        // `ip netns exec` execs the binary, so the child pid is the agent itself.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+    }
+
+    /// Waits for exit (bounded) and returns the status and the remaining stdout.
+    pub fn wait(mut self, timeout: std::time::Duration) -> (std::process::ExitStatus, Vec<String>, String) {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "agent did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        while let Ok(l) = self.lines.recv_timeout(std::time::Duration::from_millis(500)) {
+            self.stdout.push(l);
+        }
+        let err = self.stderr();
+        (status, std::mem::take(&mut self.stdout), err)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/<prefix>-<unique>`.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        Self(p)
+    }
+    /// The path as a string.
+    #[must_use]
+    pub fn str(&self) -> &str {
+        self.0.to_str().expect("utf-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Names of loaded BPF programs (`bpftool -j prog show`), from an independent tool.
+#[must_use]
+pub fn loaded_bpf_programs() -> Vec<String> {
+    let out = run("bpftool", ["-j", "prog", "show"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v.as_array()
+        .map(|a| a.iter().filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// `tc -j filter show dev IF ingress|egress` inside `ns`, parsed.
+#[must_use]
+pub fn tc_filters(ns: &NetNs, ifname: &str, hook: &str) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "tc", "-j", "filter", "show", "dev", ifname, hook])
+        .output()
+        .expect("tc");
+    // Without clsact, tc prints nothing (or an error): that is "no filters".
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]))
+}
+
+/// `tc -j qdisc show dev IF` inside `ns` as text (for exact before/after comparisons).
+#[must_use]
+pub fn tc_qdiscs(ns: &NetNs, ifname: &str) -> String {
+    ns.sh(&format!("tc -j qdisc show dev {ifname}"))
 }

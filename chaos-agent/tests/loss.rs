@@ -1,0 +1,364 @@
+//! Packet loss, end to end: the real binary, the real kernel, real traffic between two network
+//! namespaces, measured at the receiver and with bpftool/tc. Runs as root (`cargo xtask test`)
+//! and in the Debian 6.1 VM (netlink attach path).
+
+use std::time::{Duration, Instant};
+
+use chaos_agent::testing::{
+    AgentProcess, NetNs, TempDir, UdpRun, VethPair, loaded_bpf_programs, tc_filters, tc_qdiscs, udp_run,
+};
+use nix::sys::signal::Signal;
+
+fn bin() -> std::path::PathBuf {
+    chaos_agent::testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+}
+
+/// Starts `chaos-agent inject` in `ns` with a private state dir and waits until the fault is in.
+fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> (AgentProcess, String) {
+    let mut full = vec!["--state-dir", state.str(), "inject"];
+    full.extend_from_slice(args);
+    let mut agent = AgentProcess::spawn(Some(ns), &bin(), &full);
+    let id = agent.expect_injected();
+    (agent, id)
+}
+
+/// Five standard deviations of a binomial proportion: wide enough never to flake, narrow enough
+/// to catch a wrong threshold (a 10% fault that drops 12% fails at n = 4000).
+fn bound(p: f64, n: u32) -> f64 {
+    5.0 * (p * (1.0 - p) / f64::from(n)).sqrt()
+}
+
+fn summary_counts(line: &str) -> (u64, u64) {
+    // "summary: f-xxxx reverted (ttl) after 1.0s: matched N, dropped M (x%)"
+    let num = |key: &str| -> u64 {
+        let i = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+        line[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    (num("matched "), num("dropped "))
+}
+
+fn our_programs() -> Vec<String> {
+    loaded_bpf_programs().into_iter().filter(|n| n.starts_with("chaos_tc")).collect()
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn no_kernel_state_left(pair: &VethPair) {
+    assert!(
+        eventually(Duration::from_secs(5), || our_programs().is_empty()),
+        "chaos programs still loaded: {:?}",
+        our_programs()
+    );
+    for hook in ["ingress", "egress"] {
+        let f = tc_filters(&pair.a, &pair.a_if, hook);
+        assert_eq!(f.as_array().map_or(0, Vec::len), 0, "{hook} filters left: {f}");
+    }
+}
+
+#[test]
+fn udp_loss_rate_matches_probability_and_counters() {
+    let pair = VethPair::new(11);
+    for p in [0.1, 0.5] {
+        let state = TempDir::new("chst");
+        let ps = p.to_string();
+        let (agent, _id) = inject(&pair.a, &state, &["--loss", &ps, "--ttl", "20s", "--iface", &pair.a_if, "--proto", "udp", "--dport", "5000"]);
+        let n = 4000;
+        let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
+        agent.signal(Signal::SIGINT);
+        let (status, out, err) = agent.wait(Duration::from_secs(10));
+        assert!(status.success(), "agent failed: {err}");
+        let measured = r.loss();
+        assert!((measured - p).abs() <= bound(p, n), "p={p}: measured {measured} over {n} packets");
+        // The agent's counters must agree exactly with what the receiver saw.
+        let summary = out.iter().find(|l| l.starts_with("summary:")).expect("summary line");
+        let (matched, dropped) = summary_counts(summary);
+        assert_eq!(matched, u64::from(n), "{summary}");
+        assert_eq!(dropped, u64::from(n - r.received), "{summary}");
+        assert!(summary.contains("reverted (stopped)"), "{summary}");
+    }
+    no_kernel_state_left(&pair);
+}
+
+#[test]
+fn full_loss_drops_everything_that_matches_and_nothing_else() {
+    let pair = VethPair::new(12);
+    pair.add_b_addr("10.12.0.3/24");
+    let state = TempDir::new("chst");
+    let dst = format!("{}/32", pair.b_ip);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--dest", &dst, "--dport", "5000-5001"],
+    );
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 0);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5001, 300)).received, 0);
+    // Outside the port range, outside the prefix, other protocol, other family: untouched.
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5002, 300)).received, 300);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new("10.12.0.3", 5000, 300)).received, 300);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received, 300);
+    pair.a.sh(&format!("ping -c 3 -i 0.2 -W 1 {}", pair.b_ip));
+    agent.signal(Signal::SIGTERM);
+    let (status, out, _) = agent.wait(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(out.iter().any(|l| l.contains("reverted (shutdown)")), "{out:?}");
+    no_kernel_state_left(&pair);
+}
+
+#[test]
+fn ipv6_prefix_filter() {
+    let pair = VethPair::new(13);
+    let state = TempDir::new("chst");
+    let dst = format!("{}/128", pair.b_ip6);
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--dest", &dst, "--proto", "udp"]);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received, 0);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
+    drop(agent);
+}
+
+#[test]
+fn ingress_direction_drops_only_incoming() {
+    let pair = VethPair::new(14);
+    let state = TempDir::new("chst");
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--direction", "ingress", "--proto", "udp"]);
+    assert_eq!(udp_run(&pair.b, &pair.a, &UdpRun::new(&pair.a_ip, 5000, 300)).received, 0, "b -> a must be dropped");
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300, "a -> b untouched");
+    drop(agent);
+}
+
+#[test]
+fn non_first_fragments_are_never_read_as_ports() {
+    let pair = VethPair::new(15);
+    let state = TempDir::new("chst");
+    // 0x17 0x70 = 6000: a program that parsed a non-first fragment's payload as a UDP header
+    // would see sport = dport = 6000 and drop it.
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--dport", "6000"]);
+    let mut run = UdpRun::new(&pair.b_ip, 5000, 200);
+    run.size = 4000;
+    run.fill = 0x17;
+    let mut payload_run = run.clone();
+    payload_run.fill = 0x70;
+    assert_eq!(udp_run(&pair.a, &pair.b, &run).received, 200);
+    assert_eq!(udp_run(&pair.a, &pair.b, &payload_run).received, 200);
+    // And a fragmented datagram to the faulted port is lost (its first fragment is dropped).
+    let mut to_fault = UdpRun::new(&pair.b_ip, 6000, 100);
+    to_fault.size = 4000;
+    assert_eq!(udp_run(&pair.a, &pair.b, &to_fault).received, 0);
+    drop(agent);
+}
+
+fn tcp_retransmits(ns: &NetNs) -> u64 {
+    // /proc/net/snmp is per network namespace: "Tcp: ... RetransSegs ..." header + values.
+    let snmp = ns.sh("cat /proc/net/snmp");
+    let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let keys: Vec<&str> = lines[0].split_whitespace().collect();
+    let vals: Vec<&str> = lines[1].split_whitespace().collect();
+    let i = keys.iter().position(|k| *k == "RetransSegs").expect("RetransSegs");
+    vals[i].parse().expect("number")
+}
+
+#[test]
+fn tcp_egress_loss_is_wire_loss_so_the_sender_retransmits() {
+    let pair = VethPair::new(16);
+    let state = TempDir::new("chst");
+    let mut server = pair.b.command("iperf3").args(["-s", "-1", "-B", &pair.b_ip]).stdout(std::process::Stdio::null()).spawn().expect("iperf3 -s");
+    // Wait for the server socket rather than sleeping.
+    assert!(eventually(Duration::from_secs(5), || pair.b.sh("ss -ltnH sport = :5201").contains("5201")));
+    let before = tcp_retransmits(&pair.a);
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "0.02", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "tcp", "--dport", "5201"]);
+    let out = pair.a.sh(&format!("iperf3 -c {} -n 8M -J", pair.b_ip));
+    let after = tcp_retransmits(&pair.a);
+    agent.signal(Signal::SIGINT);
+    let (_, lines, _) = agent.wait(Duration::from_secs(10));
+    let _ = server.wait();
+    let summary = lines.iter().find(|l| l.starts_with("summary:")).expect("summary");
+    let (_, dropped) = summary_counts(summary);
+    assert!(dropped > 0, "no packet dropped: {summary}");
+    // TC_ACT_SHOT at egress would be local congestion (no retransmission counted); our drop
+    // must look like wire loss.
+    assert!(after - before >= dropped / 2, "retransmits {} for {dropped} drops; iperf3: {}", after - before, &out[..out.len().min(300)]);
+}
+
+#[test]
+fn after_ttl_traffic_flows_and_nothing_is_left() {
+    let pair = VethPair::new(17);
+    let state = TempDir::new("chst");
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "2s", "--iface", &pair.a_if, "--proto", "udp"]);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    let (status, out, _) = agent.wait(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?}");
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 500)).received, 500);
+    no_kernel_state_left(&pair);
+    let journal: Vec<_> = std::fs::read_dir(state.0.join("faults")).unwrap().collect();
+    assert!(journal.is_empty(), "journal not empty: {journal:?}");
+}
+
+#[test]
+fn sigkill_on_tcx_detaches_at_once_and_cleanup_clears_the_journal() {
+    if !chaos_agent::ebpf::attach::kernel_has_tcx() {
+        chaos_agent::testing::skip("sigkill_on_tcx", "kernel has no tcx (< 6.6)");
+        return;
+    }
+    let pair = VethPair::new(18);
+    let state = TempDir::new("chst");
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "tcx"]);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    agent.signal(Signal::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(5));
+    // The link died with the process: traffic flows right away, well before the 60 s TTL.
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
+    no_kernel_state_left(&pair);
+    let out = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    assert!(out.contains("replayed 1 journal"), "{out}");
+    assert_eq!(std::fs::read_dir(state.0.join("faults")).unwrap().count(), 0);
+}
+
+#[test]
+fn sigkill_on_netlink_path_kernel_deadline_then_cleanup() {
+    let pair = VethPair::new(19);
+    let state = TempDir::new("chst");
+    let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
+    let (agent, _) =
+        inject(&pair.a, &state, &["--loss", "1", "--ttl", "4s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
+    let injected_at = Instant::now();
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    agent.signal(Signal::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(5));
+    // Netlink filters outlive the process...
+    let f = tc_filters(&pair.a, &pair.a_if, "egress");
+    assert!(f.to_string().contains("chaos_tc_eg"), "filter should survive SIGKILL: {f}");
+    // ...and keep dropping until the in-kernel deadline...
+    if injected_at.elapsed() < Duration::from_secs(3) {
+        assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 50)).received, 0);
+    }
+    // ...after which the program lets everything through, with the filter still attached.
+    let wait = Duration::from_secs(4).saturating_sub(injected_at.elapsed()) + Duration::from_millis(200);
+    std::thread::sleep(wait); // waiting for a kernel clock deadline, not for a race
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
+    assert!(tc_filters(&pair.a, &pair.a_if, "egress").to_string().contains("chaos_tc_eg"));
+    // cleanup removes the filter and the clsact qdisc it created; the qdisc tree is as before.
+    let out = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    assert!(out.contains("removed 2 object(s)") && out.contains("1 tc_filter") && out.contains("1 clsact"), "{out}");
+    no_kernel_state_left(&pair);
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), qdiscs_before);
+    // Idempotent.
+    let again = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    assert!(again.contains("removed 0 object(s)"), "{again}");
+}
+
+#[test]
+fn netlink_attach_leaves_a_preexisting_clsact_and_foreign_filters_alone() {
+    let pair = VethPair::new(20);
+    let state = TempDir::new("chst");
+    // Somebody else's clsact and filter.
+    pair.a.sh(&format!("tc qdisc add dev {0} clsact && tc filter add dev {0} egress prio 10 protocol ip u32 match ip dport 9 0xffff action pass", pair.a_if));
+    let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    agent.signal(Signal::SIGTERM);
+    let (status, _, err) = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), qdiscs_before, "clsact must stay");
+    let f = tc_filters(&pair.a, &pair.a_if, "egress").to_string();
+    assert!(f.contains("u32") && !f.contains("chaos_tc"), "foreign filter must stay, ours must go: {f}");
+}
+
+#[test]
+fn seed_makes_the_drop_pattern_reproducible() {
+    let pair = VethPair::new(21);
+    let mut patterns = Vec::new();
+    for _ in 0..2 {
+        let state = TempDir::new("chst");
+        let (agent, _) =
+            inject(&pair.a, &state, &["--loss", "0.3", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--seed", "42"]);
+        let mut run = UdpRun::new(&pair.b_ip, 5000, 1000);
+        run.cpu = Some(0);
+        patterns.push(udp_run(&pair.a, &pair.b, &run).lost);
+        drop(agent);
+        no_kernel_state_left(&pair);
+    }
+    assert!(!patterns[0].is_empty());
+    assert_eq!(patterns[0], patterns[1], "same seed, same CPU, same flow: same losses");
+}
+
+#[test]
+fn protected_ports_are_spared_unless_asked() {
+    let pair = VethPair::new(22);
+    let state = TempDir::new("chst");
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if]);
+    let mut ssh_like = UdpRun::new(&pair.b_ip, 22, 200);
+    assert_eq!(udp_run(&pair.a, &pair.b, &ssh_like).received, 200, "port 22 is protected by default");
+    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 200)).received, 0);
+    drop(agent);
+    let state = TempDir::new("chst");
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--include-protected"]);
+    ssh_like.sport = 40022;
+    assert_eq!(udp_run(&pair.a, &pair.b, &ssh_like).received, 0);
+    drop(agent);
+}
+
+fn host_state(pair: &VethPair, state: &TempDir) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}",
+        tc_qdiscs(&pair.a, &pair.a_if),
+        tc_filters(&pair.a, &pair.a_if, "ingress"),
+        tc_filters(&pair.a, &pair.a_if, "egress"),
+        our_programs(),
+        std::fs::read_dir(&state.0).map(|d| d.count()).unwrap_or(0)
+    )
+}
+
+#[test]
+fn dry_run_and_bad_input_change_nothing() {
+    let pair = VethPair::new(23);
+    let state = TempDir::new("chst");
+    let before = host_state(&pair, &state);
+    let run = |args: &[&str]| {
+        let mut full = vec!["--state-dir", state.str(), "inject"];
+        full.extend_from_slice(args);
+        let out = pair.a.command(bin().to_str().unwrap()).args(&full).output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (st, out, _) = run(&["--loss", "0.1", "--ttl", "30s", "--iface", &pair.a_if, "--dry-run"]);
+    assert!(st.success() && out.contains("dry run") && out.contains("nothing changed"), "{out}");
+    let bad: &[(&[&str], &str)] = &[
+        (&["--loss", "0", "--ttl", "30s"], "outside (0, 1]"),
+        (&["--loss", "1.5", "--ttl", "30s"], "outside (0, 1]"),
+        (&["--loss", "0.1"], "--ttl"),
+        (&["--loss", "0.1", "--ttl", "0s"], "ttl must be greater than zero"),
+        (&["--loss", "0.1", "--ttl", "2h"], "exceeds the maximum"),
+        (&["--loss", "0.1", "--ttl", "30s", "--iface", "nosuch0"], "does not exist"),
+        (&["--loss", "0.1", "--ttl", "30s", "--dest", "10.0.0.0/33"], "CIDR"),
+        (&["--loss", "0.1", "--ttl", "30s", "--dport", "9-3"], "bad port range"),
+        (&["--loss", "0.1", "--ttl", "30s", "--sport", "70000"], "bad port range"),
+    ];
+    for (args, msg) in bad {
+        let mut a = args.to_vec();
+        if !a.contains(&"--iface") {
+            a.extend_from_slice(&["--iface", &pair.a_if]);
+        }
+        let (st, _, err) = run(&a);
+        assert!(!st.success(), "{args:?} accepted");
+        assert!(err.contains(msg), "{args:?}: expected {msg:?} in {err}");
+        assert_eq!(err.trim().lines().next().map(|l| l.starts_with("error:")), Some(true), "{err}");
+    }
+    // Not root: a clear error and nothing applied.
+    let out = pair.a.sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} --state-dir {} inject --loss 0.1 --ttl 30s --iface {} 2>&1; echo exit=$?",
+        bin().display(),
+        state.str(),
+        pair.a_if
+    ));
+    assert!(out.contains("must run as root") && !out.contains("exit=0"), "{out}");
+    assert_eq!(host_state(&pair, &state), before);
+}
