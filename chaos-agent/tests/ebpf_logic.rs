@@ -18,9 +18,9 @@ use aya::{
     programs::SchedClassifier,
 };
 use chaos_common::{
-    Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_LOSS_GE,
-    F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortRange,
-    PortSet, counter_index, names, probability_to_threshold,
+    Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE,
+    F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    PortRange, PortSet, counter_index, names, probability_to_threshold,
 };
 
 const TC_ACT_UNSPEC: i32 = -1;
@@ -1206,4 +1206,35 @@ fn counters_equal_what_was_sent() {
     // Also with `repeat` (one syscall, many runs).
     h.run_full(Dir::Ingress, &hit, 1000);
     assert_eq!(h.counter(Dir::Ingress, Counter::Dropped), sent[2] + 1000);
+}
+
+#[test]
+fn headerless_l3_devices() {
+    // wireguard/tun: the frame starts with the IP header. Source 8.0.0.1 puts 0x0800 where an
+    // Ethernet parser would look for the ethertype, so without F_L3_DEVICE the packet would be
+    // misparsed (the "IPv4 header" would start inside the real one).
+    let (proto, body) = L4::Tcp(40_000, 443).bytes(false);
+    let raw4 = ipv4_raw([8, 0, 0, 1], B, proto, 0, 0, &body);
+    let raw6 = pkt6(v6("2001:db8::1"), v6("2001:db8::2"), &L4::Udp(1, 443))[14..].to_vec();
+    let cfg = FaultConfig {
+        flags: drop_all().flags | F_L3_DEVICE,
+        dports: ports(&[(443, 443)]),
+        ..drop_all()
+    };
+    let mut h = Harness::with(&cfg);
+    assert_eq!(h.run(Dir::Ingress, &raw4), TC_ACT_SHOT);
+    assert_eq!(h.run(Dir::Egress, &raw6), TC_ACT_SHOT);
+    let (proto, body) = L4::Tcp(40_000, 444).bytes(false);
+    assert_eq!(
+        h.run(Dir::Ingress, &ipv4_raw([8, 0, 0, 1], B, proto, 0, 0, &body)),
+        TC_ACT_UNSPEC
+    );
+    // Not IP (version nibble 0).
+    assert_eq!(h.run(Dir::Ingress, &[0u8; 40]), TC_ACT_UNSPEC);
+    // The same bytes on an Ethernet device do not match.
+    h.set_config(&FaultConfig {
+        flags: drop_all().flags,
+        ..cfg
+    });
+    assert_eq!(h.run(Dir::Ingress, &raw4), TC_ACT_UNSPEC);
 }

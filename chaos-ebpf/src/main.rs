@@ -23,8 +23,8 @@ use aya_ebpf::{
 };
 use chaos_common::{
     COUNTERS_LEN, Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS,
-    F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP, counter_index,
-    names::MAX_PREFIXES,
+    F_L3_DEVICE, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    counter_index, names::MAX_PREFIXES,
 };
 
 use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet};
@@ -99,7 +99,7 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
         count(dir, Counter::Expired);
         return TC_ACT_UNSPEC;
     }
-    let Some(pkt) = parse::parse(ctx) else {
+    let Some(pkt) = parse::parse(ctx, flags & F_L3_DEVICE != 0) else {
         return TC_ACT_UNSPEC;
     };
     if !matches(cfg, flags, &pkt) {

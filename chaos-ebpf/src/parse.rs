@@ -52,11 +52,19 @@ pub struct Packet {
     pub dst: [u8; 16],
 }
 
-/// Parses the headers of the packet starting at the Ethernet header. `None` for anything that is
-/// not IPv4/IPv6 (ARP, LLDP, ...) or is too short to hold the IP header: such packets are never
-/// faulted.
+/// Parses the headers of the packet, starting at the Ethernet header, or at the IP header if
+/// `l3_device` (no link-layer header). `None` for anything that is not IPv4/IPv6 (ARP, LLDP, ...)
+/// or is too short to hold the IP header: such packets are never faulted.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Packet> {
+pub fn parse(ctx: &TcContext, l3_device: bool) -> Option<Packet> {
+    if l3_device {
+        // What tun and the IP stack themselves use to tell the family of a headerless packet.
+        return match ctx.load::<u8>(0).ok()? >> 4 {
+            4 => parse_v4(ctx, 0),
+            6 => parse_v6(ctx, 0),
+            _ => None,
+        };
+    }
     let mut l3 = ETH_HLEN;
     let mut ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     // With hardware VLAN offload the tag lives in skb->vlan_tci and the frame shows the inner
