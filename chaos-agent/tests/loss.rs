@@ -261,7 +261,7 @@ fn netlink_attach_leaves_a_preexisting_clsact_and_foreign_filters_alone() {
     let pair = VethPair::new(20);
     let state = TempDir::new("chst");
     // Somebody else's clsact and filter.
-    pair.a.sh(&format!("tc qdisc add dev {0} clsact && tc filter add dev {0} egress prio 10 protocol ip u32 match ip dport 9 0xffff action pass", pair.a_if));
+    pair.a.sh(&format!("tc qdisc add dev {0} clsact && tc filter add dev {0} egress prio 10 protocol ip u32 match ip dport 9 0xffff flowid 1:1", pair.a_if));
     let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
     let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
     assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);

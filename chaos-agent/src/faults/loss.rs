@@ -2,7 +2,7 @@
 //! Gilbert-Elliott draw, and lets everything through once the kernel-side deadline passes.
 
 use chaos_common::{
-    F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_LOSS_GE, F_SEEDED, F_SRC_FILTER,
+    F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER,
     FaultConfig, MAX_PORT_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortSet, probability_to_threshold,
 };
 
@@ -134,7 +134,11 @@ async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
 pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<LossFault, FaultError> {
     // Loading changes nothing visible: until attached, the programs die with our fds.
     let mut prog = TcProgram::load()?;
-    prog.set_config(&fault_config(spec, ctx.protected_ports, ctx.expires_at_mono_ns))?;
+    let mut cfg = fault_config(spec, ctx.protected_ports, ctx.expires_at_mono_ns);
+    if crate::sys::is_l3_device(&ctx.ifname) {
+        cfg.flags |= F_L3_DEVICE;
+    }
+    prog.set_config(&cfg)?;
     prog.add_prefixes(&spec.target.src, true)?;
     prog.add_prefixes(&spec.target.dst, false)?;
     if let Some(seed) = spec.seed {

@@ -157,3 +157,14 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 pub fn process_alive(pid: u32, start_time: u64) -> bool {
     process_start_time(pid) == Some(start_time)
 }
+
+/// Whether packets on `ifname` start at the IP header (no link-layer header in the skb):
+/// tun, WireGuard, ipip/sit/gre tunnels. Read from the ARPHRD type in sysfs.
+#[must_use]
+pub fn is_l3_device(ifname: &str) -> bool {
+    const L3_TYPES: [u32; 6] = [65534 /* NONE */, 768 /* TUNNEL */, 769 /* TUNNEL6 */, 776 /* SIT */, 778 /* IPGRE */, 519 /* RAWIP */];
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/type"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|t| L3_TYPES.contains(&t))
+}
