@@ -7,4 +7,5 @@
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
 
+pub mod tc;
 pub mod testing;

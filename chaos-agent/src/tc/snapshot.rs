@@ -1,0 +1,395 @@
+//! Snapshot and exact restore of a device's qdisc tree.
+//!
+//! The host's qdiscs are not ours: before the agent replaces a root it dumps every qdisc and
+//! class of the device into a [`QdiscTree`] (stored in the crash journal), and on revert
+//! [`Tc::restore`] puts that tree back and proves it by re-dumping and comparing.
+//!
+//! Objects with handle `0:` are the kernel's own: the default root (`noqueue`, `pfifo_fast`,
+//! `mq`) reappears by itself when the root is deleted, and `mq`'s per-queue children are created
+//! by `mq`. They are never recreated, only compared.
+
+use std::collections::HashSet;
+
+use netlink_packet_core::{DefaultNla, Emitable, Nla};
+use netlink_packet_route::tc::{TcAttribute, TcMessage};
+use serde::{Deserialize, Serialize};
+
+use super::client::Tc;
+use super::encode::{Qdisc, TCA_OPTIONS, raw_class_message};
+use super::error::{NotRestorable, TcError, TcHandleFmt};
+use super::raw::iter_attrs;
+use super::{OUR_MAJOR, TC_H_CLSACT, TC_H_ROOT};
+
+/// `TCA_INGRESS_BLOCK` / `TCA_EGRESS_BLOCK`: shared filter block indexes of clsact/ingress,
+/// which must be given again when recreating them.
+const TCA_INGRESS_BLOCK: u16 = 13;
+const TCA_EGRESS_BLOCK: u16 = 14;
+/// `TCA_STAB`.
+const TCA_STAB: u16 = 8;
+
+/// One dumped qdisc or class: everything needed to recreate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcObject {
+    /// Kind, e.g. "htb".
+    pub kind: String,
+    /// Handle (qdisc) or class id.
+    pub handle: u32,
+    /// Parent handle/class id (`TC_H_ROOT` for roots and top-level classes).
+    pub parent: u32,
+    /// Raw `TCA_OPTIONS` value as dumped.
+    #[serde(with = "hex_opt")]
+    pub options: Option<Vec<u8>>,
+    /// Whether a size table (`TCA_STAB`) was attached; its data is not dumped.
+    pub has_stab: bool,
+    /// Other attributes replayed on creation: `(type, value)` of the shared block indexes.
+    pub extra: Vec<(u16, Vec<u8>)>,
+}
+
+impl TcObject {
+    /// Extracts the replayable parts of a dumped qdisc or class message.
+    #[must_use]
+    pub fn from_message(m: &TcMessage) -> Self {
+        let mut obj = Self {
+            kind: String::new(),
+            handle: (u32::from(m.header.handle.major) << 16) | u32::from(m.header.handle.minor),
+            parent: (u32::from(m.header.parent.major) << 16) | u32::from(m.header.parent.minor),
+            options: None,
+            has_stab: false,
+            extra: Vec::new(),
+        };
+        for a in &m.attributes {
+            match a {
+                TcAttribute::Kind(k) => obj.kind.clone_from(k),
+                TcAttribute::Options(opts) => obj.options = Some(raw_options(opts)),
+                TcAttribute::Stab(_) => obj.has_stab = true,
+                TcAttribute::Other(nla) if matches!(nla.kind() & 0x3fff, TCA_INGRESS_BLOCK | TCA_EGRESS_BLOCK) => {
+                    obj.extra.push((nla.kind(), nla_value(nla)));
+                }
+                TcAttribute::Other(nla) if nla.kind() & 0x3fff == TCA_STAB => obj.has_stab = true,
+                _ => {}
+            }
+        }
+        obj
+    }
+
+    /// The object with fields that are counters rather than configuration zeroed, for comparing
+    /// a tree before and after a restore.
+    #[must_use]
+    pub fn normalized(&self) -> Self {
+        let mut o = self.clone();
+        if o.kind == "htb"
+            && let Some(opts) = o.options.as_mut()
+        {
+            zero_htb_direct_pkts(opts);
+        }
+        o
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {} parent {}", self.kind, TcHandleFmt(self.handle), TcHandleFmt(self.parent))
+    }
+}
+
+/// htb's `TCA_HTB_INIT` reports `direct_pkts`, a packet counter, in the configuration struct.
+fn zero_htb_direct_pkts(opts: &mut [u8]) {
+    let mut off = 0usize;
+    let spans: Vec<(u16, usize, usize)> = iter_attrs(opts)
+        .map(|(k, v)| {
+            let start = off + 4;
+            off += (v.len() + 4 + 3) & !3;
+            (k, start, v.len())
+        })
+        .collect();
+    for (kind, start, len) in spans {
+        // struct tc_htb_glob { version, rate2quantum, defcls, debug, direct_pkts }
+        if kind & 0x3fff == 2 && len >= 20 {
+            opts[start + 16..start + 20].fill(0);
+        }
+    }
+}
+
+fn nla_value(nla: &DefaultNla) -> Vec<u8> {
+    let mut v = vec![0u8; nla.value_len()];
+    nla.emit_value(&mut v);
+    v
+}
+
+/// The raw `TCA_OPTIONS` value. netlink-packet-route parses options of kinds it does not know
+/// into a single `Other` attribute of type `TCA_OPTIONS` holding the whole value (netem's
+/// options are not even a list of attributes); known kinds are re-emitted from their parsed form.
+fn raw_options(opts: &[netlink_packet_route::tc::TcOption]) -> Vec<u8> {
+    if let [netlink_packet_route::tc::TcOption::Other(nla)] = opts
+        && nla.kind() & 0x3fff == TCA_OPTIONS
+    {
+        return nla_value(nla);
+    }
+    let mut v = vec![0u8; opts.buffer_len()];
+    opts.emit(&mut v);
+    v
+}
+
+/// Every qdisc and class of one device, as dumped over netlink. Serialisable: it is stored in
+/// the crash journal so that a restarted agent can restore the host's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QdiscTree {
+    /// Device index.
+    pub ifindex: u32,
+    /// Qdiscs in dump order.
+    pub qdiscs: Vec<TcObject>,
+    /// Classes in dump order.
+    pub classes: Vec<TcObject>,
+}
+
+impl QdiscTree {
+    /// The root qdisc, if the dump had one.
+    #[must_use]
+    pub fn root(&self) -> Option<&TcObject> {
+        self.qdiscs.iter().find(|q| q.parent == TC_H_ROOT)
+    }
+
+    fn has_ingress(&self) -> bool {
+        self.qdiscs.iter().any(|q| q.parent == TC_H_CLSACT)
+    }
+
+    /// The first difference between two trees, ignoring order and counters. The clsact/ingress
+    /// qdisc is compared only if `self` has one: it belongs to the eBPF attach path, whose own
+    /// undo record removes it.
+    #[must_use]
+    pub fn diff(&self, other: &Self) -> Option<String> {
+        let with_ingress = self.has_ingress();
+        let norm = |objs: &[TcObject]| {
+            let mut v: Vec<TcObject> = objs
+                .iter()
+                .filter(|o| with_ingress || o.parent != TC_H_CLSACT)
+                .map(TcObject::normalized)
+                .collect();
+            v.sort_by(|a, b| (a.parent, a.handle, &a.kind).cmp(&(b.parent, b.handle, &b.kind)));
+            v
+        };
+        for (what, a, b) in [("qdisc", norm(&self.qdiscs), norm(&other.qdiscs)), ("class", norm(&self.classes), norm(&other.classes))] {
+            for x in &a {
+                if !b.contains(x) {
+                    return Some(match b.iter().find(|y| y.handle == x.handle && y.parent == x.parent) {
+                        Some(_) => format!("{what} {} has different options", x.describe()),
+                        None => format!("{what} {} is missing", x.describe()),
+                    });
+                }
+            }
+            if let Some(y) = b.iter().find(|y| !a.contains(y)) {
+                return Some(format!("unexpected {what} {}", y.describe()));
+            }
+        }
+        None
+    }
+}
+
+/// Qdisc kinds whose dumped options we can send back to recreate them exactly.
+const REPLAYABLE_QDISCS: &[&str] = &[
+    "noqueue", "pfifo_fast", "pfifo", "bfifo", "pfifo_head_drop", "mq", "htb", "tbf", "prio", "fq", "fq_codel", "codel",
+    "sfq", "netem", "clsact", "ingress",
+];
+/// Class kinds that exist implicitly once their qdisc exists (per-queue/per-band classes).
+const IMPLICIT_CLASSES: &[&str] = &["mq", "prio", "multiq", "mqprio"];
+
+/// Whether [`Tc::restore`] can recreate `tree` exactly; the first reason it cannot otherwise.
+/// Callers refuse to touch such a device unless the operator passed `--force`.
+pub fn is_faithfully_restorable(tree: &QdiscTree) -> Result<(), NotRestorable> {
+    let class_ids: HashSet<u32> = tree.classes.iter().map(|c| c.handle).collect();
+    let qdisc_ids: HashSet<u32> = tree.qdiscs.iter().map(|q| q.handle).collect();
+    for q in &tree.qdiscs {
+        let handle = TcHandleFmt(q.handle);
+        if q.has_stab {
+            return Err(NotRestorable::SizeTable { kind: q.kind.clone(), handle });
+        }
+        // Handle 0: objects are the kernel's defaults and come back by themselves.
+        if q.handle != 0 && !REPLAYABLE_QDISCS.contains(&q.kind.as_str()) {
+            return Err(NotRestorable::UnknownQdiscKind { kind: q.kind.clone(), handle });
+        }
+        if q.kind == "netem" && netem_has_jitter(q.options.as_deref()) {
+            return Err(NotRestorable::NetemDistribution { handle });
+        }
+        if q.parent != TC_H_ROOT && q.parent != TC_H_CLSACT && !class_ids.contains(&q.parent) {
+            return Err(NotRestorable::Orphan { what: "qdisc", handle, parent: TcHandleFmt(q.parent) });
+        }
+    }
+    for c in &tree.classes {
+        let handle = TcHandleFmt(c.handle);
+        if c.kind != "htb" && !IMPLICIT_CLASSES.contains(&c.kind.as_str()) {
+            return Err(NotRestorable::UnknownClassKind { kind: c.kind.clone(), handle });
+        }
+        let parent_ok = c.parent == TC_H_ROOT || class_ids.contains(&c.parent) || qdisc_ids.contains(&c.parent);
+        if !parent_ok {
+            return Err(NotRestorable::Orphan { what: "class", handle, parent: TcHandleFmt(c.parent) });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a dumped netem has jitter (the `tc_netem_qopt.jitter` field or `TCA_NETEM_JITTER64`).
+fn netem_has_jitter(opts: Option<&[u8]>) -> bool {
+    let Some(o) = opts else { return false };
+    let jitter32 = o.get(20..24).is_some_and(|b| b != [0, 0, 0, 0]);
+    let jitter64 = o.get(24..).is_some_and(|rest| iter_attrs(rest).any(|(k, v)| k == 11 && v.iter().any(|b| *b != 0)));
+    jitter32 || jitter64
+}
+
+impl Tc {
+    /// Dumps every qdisc and class of `ifindex`.
+    pub async fn snapshot(&self, ifindex: u32) -> Result<QdiscTree, TcError> {
+        Ok(QdiscTree { ifindex, qdiscs: self.qdiscs(ifindex).await?, classes: self.classes(ifindex).await? })
+    }
+
+    /// Puts `tree` back on its device: deletes the agent's root (which also removes everything
+    /// the agent hung below it), recreates the snapshot's non-default qdiscs and classes parent
+    /// first, then re-dumps and fails with [`TcError::RestoreMismatch`] if the result differs.
+    ///
+    /// Refuses trees that [`is_faithfully_restorable`] rejects unless `force`, and a root that is
+    /// neither the agent's nor the snapshot's ([`TcError::ForeignRoot`]). Idempotent: restoring
+    /// an already restored tree does nothing.
+    pub async fn restore(&self, tree: &QdiscTree, force: bool) -> Result<(), TcError> {
+        let ifindex = tree.ifindex;
+        if !force {
+            is_faithfully_restorable(tree).map_err(|reason| TcError::NotRestorable { ifindex, reason })?;
+        }
+        let now = self.snapshot(ifindex).await?;
+        if tree.diff(&now).is_none() {
+            return Ok(());
+        }
+        if let Some(root) = now.root() {
+            let ours = (root.handle >> 16) as u16 == OUR_MAJOR;
+            let default = root.handle == 0;
+            let snapshot_root = tree.root().is_some_and(|r| r.normalized() == root.normalized());
+            if ours {
+                self.delete_qdisc(ifindex, TC_H_ROOT, 0).await?;
+            } else if !default && !snapshot_root {
+                return Err(TcError::ForeignRoot { ifindex, found: format!("{} {}", root.kind, TcHandleFmt(root.handle)) });
+            }
+        }
+        self.replay(tree).await?;
+        let after = self.snapshot(ifindex).await?;
+        match tree.diff(&after) {
+            None => Ok(()),
+            Some(diff) => Err(TcError::RestoreMismatch { ifindex, diff }),
+        }
+    }
+
+    /// Creates the snapshot's objects that are missing, in dependency order.
+    async fn replay(&self, tree: &QdiscTree) -> Result<(), TcError> {
+        let ifindex = tree.ifindex;
+        let now = self.qdiscs(ifindex).await?;
+        let mut present: HashSet<u32> = HashSet::from([TC_H_ROOT, TC_H_CLSACT]);
+        // A qdisc's implicit classes (mq's queues, prio's bands) exist as soon as it does.
+        let implicit = |major: u32| -> Vec<u32> {
+            tree.classes
+                .iter()
+                .filter(|c| IMPLICIT_CLASSES.contains(&c.kind.as_str()) && c.handle & 0xffff_0000 == major)
+                .map(|c| c.handle)
+                .collect()
+        };
+        let mut pending_q: Vec<&TcObject> = Vec::new();
+        for q in &tree.qdiscs {
+            let there = now.iter().any(|n| n.normalized() == q.normalized());
+            if there || q.handle == 0 {
+                present.insert(q.handle);
+                present.extend(implicit(q.handle));
+            } else {
+                pending_q.push(q);
+            }
+        }
+        let mut pending_c: Vec<&TcObject> = tree.classes.iter().filter(|c| c.kind == "htb").collect();
+        loop {
+            let before = pending_q.len() + pending_c.len();
+            let mut i = 0;
+            while i < pending_q.len() {
+                let q = pending_q[i];
+                if present.contains(&q.parent) {
+                    self.create_qdisc(ifindex, q).await?;
+                    present.insert(q.handle);
+                    present.extend(implicit(q.handle));
+                    pending_q.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            let mut i = 0;
+            while i < pending_c.len() {
+                let c = pending_c[i];
+                // Top-level HTB classes are dumped with parent TC_H_ROOT but created under
+                // their qdisc.
+                let parent = if c.parent == TC_H_ROOT { c.handle & 0xffff_0000 } else { c.parent };
+                if present.contains(&parent) {
+                    let msg = raw_class_message(ifindex, parent, c.handle, &c.kind, c.options.clone());
+                    self.add_class_message(msg).await?;
+                    present.insert(c.handle);
+                    pending_c.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            let after = pending_q.len() + pending_c.len();
+            if after == 0 {
+                return Ok(());
+            }
+            if after == before {
+                let stuck = pending_q.first().or(pending_c.first()).map_or_else(String::new, |o| o.describe());
+                return Err(TcError::RestoreMismatch { ifindex, diff: format!("cannot place {stuck}: its parent never appeared") });
+            }
+        }
+    }
+
+    async fn create_qdisc(&self, ifindex: u32, q: &TcObject) -> Result<(), TcError> {
+        let spec = match q.kind.as_str() {
+            "clsact" => Qdisc::Clsact,
+            "ingress" => Qdisc::Ingress,
+            kind => Qdisc::Raw { kind: kind.to_owned(), options: q.options.clone().map(|o| zeroed_counters(kind, o)) },
+        };
+        if q.extra.is_empty() {
+            return self.add_qdisc(ifindex, q.parent, q.handle, &spec).await;
+        }
+        let mut msg = super::encode::qdisc_message(ifindex, q.parent, q.handle, &spec)?;
+        for (kind, value) in &q.extra {
+            msg.attributes.push(TcAttribute::Other(DefaultNla::new(*kind, value.clone())));
+        }
+        self.add_qdisc_message(ifindex, q.kind.as_str(), msg).await
+    }
+}
+
+fn zeroed_counters(kind: &str, mut opts: Vec<u8>) -> Vec<u8> {
+    if kind == "htb" {
+        zero_htb_direct_pkts(&mut opts);
+    }
+    opts
+}
+
+/// Serialises optional bytes as a hex string (compact and greppable in the journal).
+mod hex_opt {
+    use std::fmt::Write as _;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[expect(clippy::ref_option, reason = "serde's `with` passes the field by reference")]
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(bytes) => {
+                let mut out = String::with_capacity(bytes.len() * 2);
+                for b in bytes {
+                    let _ = write!(out, "{b:02x}");
+                }
+                s.serialize_some(&out)
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Some)
+    }
+}
