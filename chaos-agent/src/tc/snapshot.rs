@@ -90,21 +90,11 @@ impl TcObject {
     }
 }
 
-/// htb's `TCA_HTB_INIT` reports `direct_pkts`, a packet counter, in the configuration struct.
+/// htb's `TCA_HTB_INIT` reports `direct_pkts`, a packet counter, in the configuration struct
+/// (`struct tc_htb_glob { version, rate2quantum, defcls, debug, direct_pkts }`).
 fn zero_htb_direct_pkts(opts: &mut [u8]) {
-    let mut off = 0usize;
-    let spans: Vec<(u16, usize, usize)> = iter_attrs(opts)
-        .map(|(k, v)| {
-            let start = off + 4;
-            off += (v.len() + 4 + 3) & !3;
-            (k, start, v.len())
-        })
-        .collect();
-    for (kind, start, len) in spans {
-        // struct tc_htb_glob { version, rate2quantum, defcls, debug, direct_pkts }
-        if kind & 0x3fff == 2 && len >= 20 {
-            opts[start + 16..start + 20].fill(0);
-        }
+    if let Some(start) = htb_init_offset(opts) {
+        opts[start + 16..start + 20].fill(0);
     }
 }
 
@@ -160,7 +150,7 @@ impl QdiscTree {
         let norm = |objs: &[TcObject]| {
             let mut v: Vec<TcObject> = objs
                 .iter()
-                .filter(|o| with_ingress || o.parent != TC_H_CLSACT)
+                .filter(|o| (with_ingress || o.parent != TC_H_CLSACT) && !is_ephemeral(o))
                 .map(TcObject::normalized)
                 .collect();
             v.sort_by(|a, b| (a.parent, a.handle, &a.kind).cmp(&(b.parent, b.handle, &b.kind)));
@@ -188,8 +178,16 @@ const REPLAYABLE_QDISCS: &[&str] = &[
     "noqueue", "pfifo_fast", "pfifo", "bfifo", "pfifo_head_drop", "mq", "htb", "tbf", "prio", "fq", "fq_codel", "codel",
     "sfq", "netem", "clsact", "ingress",
 ];
-/// Class kinds that exist implicitly once their qdisc exists (per-queue/per-band classes).
-const IMPLICIT_CLASSES: &[&str] = &["mq", "prio", "multiq", "mqprio"];
+/// Class kinds that exist implicitly once their qdisc exists (per-queue/per-band classes, and
+/// the single class through which tbf and netem hold their child qdisc).
+const IMPLICIT_CLASSES: &[&str] = &["mq", "prio", "multiq", "mqprio", "tbf", "netem"];
+/// Class kinds that are really flows: dumped only while the flow has packets queued, so they
+/// come and go with traffic and are neither restored nor compared.
+const EPHEMERAL_CLASSES: &[&str] = &["fq_codel", "sfq", "cake", "fq_pie", "fq"];
+
+fn is_ephemeral(c: &TcObject) -> bool {
+    EPHEMERAL_CLASSES.contains(&c.kind.as_str())
+}
 
 /// Whether [`Tc::restore`] can recreate `tree` exactly; the first reason it cannot otherwise.
 /// Callers refuse to touch such a device unless the operator passed `--force`.
@@ -212,7 +210,7 @@ pub fn is_faithfully_restorable(tree: &QdiscTree) -> Result<(), NotRestorable> {
             return Err(NotRestorable::Orphan { what: "qdisc", handle, parent: TcHandleFmt(q.parent) });
         }
     }
-    for c in &tree.classes {
+    for c in tree.classes.iter().filter(|c| !is_ephemeral(c)) {
         let handle = TcHandleFmt(c.handle);
         if c.kind != "htb" && !IMPLICIT_CLASSES.contains(&c.kind.as_str()) {
             return Err(NotRestorable::UnknownClassKind { kind: c.kind.clone(), handle });
@@ -341,7 +339,7 @@ impl Tc {
         let spec = match q.kind.as_str() {
             "clsact" => Qdisc::Clsact,
             "ingress" => Qdisc::Ingress,
-            kind => Qdisc::Raw { kind: kind.to_owned(), options: q.options.clone().map(|o| zeroed_counters(kind, o)) },
+            kind => Qdisc::Raw { kind: kind.to_owned(), options: q.options.clone().map(|o| replayable_options(kind, o)) },
         };
         if q.extra.is_empty() {
             return self.add_qdisc(ifindex, q.parent, q.handle, &spec).await;
@@ -354,11 +352,28 @@ impl Tc {
     }
 }
 
-fn zeroed_counters(kind: &str, mut opts: Vec<u8>) -> Vec<u8> {
+/// Dumped options made acceptable for creation: htb dumps `version` as `HTB_VER` (0x30011,
+/// "3.17") but `htb_init` insists on `HTB_VER >> 16` (3), and its `direct_pkts` is a counter.
+fn replayable_options(kind: &str, mut opts: Vec<u8>) -> Vec<u8> {
     if kind == "htb" {
         zero_htb_direct_pkts(&mut opts);
+        if let Some(start) = htb_init_offset(&opts) {
+            opts[start..start + 4].copy_from_slice(&3u32.to_ne_bytes());
+        }
     }
     opts
+}
+
+/// Offset of the `TCA_HTB_INIT` value in htb's options.
+fn htb_init_offset(opts: &[u8]) -> Option<usize> {
+    let mut off = 0usize;
+    for (kind, v) in iter_attrs(opts) {
+        if kind & 0x3fff == 2 && v.len() >= 20 {
+            return Some(off + 4);
+        }
+        off += (v.len() + 4 + 3) & !3;
+    }
+    None
 }
 
 /// Serialises optional bytes as a hex string (compact and greppable in the journal).
