@@ -8,8 +8,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use chaos_agent::tc::{
-    Distribution, HtbClassOptions, HtbOptions, NetemLoss, NetemOptions, NetemRate, NotRestorable, OUR_MAJOR, OUR_ROOT,
-    Qdisc, TC_H_INGRESS_HANDLE, TC_H_ROOT, Tc, TcError, TbfLimit, TbfOptions, tc_handle,
+    Distribution, HtbClassOptions, HtbOptions, NetemLoss, NetemOptions, NetemRate, NotRestorable,
+    OUR_MAJOR, OUR_ROOT, Qdisc, TC_H_INGRESS_HANDLE, TC_H_ROOT, TbfLimit, TbfOptions, Tc, TcError,
+    tc_handle,
 };
 use chaos_agent::testing::{NetNs, VethPair, skip};
 use serde_json::Value;
@@ -27,7 +28,10 @@ where
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open netns");
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move { f(Tc::new().expect("rtnetlink")).await })
     })
     .join()
@@ -35,7 +39,10 @@ where
 }
 
 fn ifindex(ns: &NetNs, ifname: &str) -> u32 {
-    ns.sh(&format!("cat /sys/class/net/{ifname}/ifindex")).trim().parse().expect("ifindex")
+    ns.sh(&format!("cat /sys/class/net/{ifname}/ifindex"))
+        .trim()
+        .parse()
+        .expect("ifindex")
 }
 
 fn qdisc_json(ns: &NetNs, dev: &str) -> Vec<Value> {
@@ -49,7 +56,9 @@ fn qdisc_json(ns: &NetNs, dev: &str) -> Vec<Value> {
 /// among the options. Packets that arrive while a restored htb has no classes yet (IPv6 ND on a
 /// fresh veth is enough) go to the direct queue and bump it; it is not configuration.
 fn tc_state(ns: &NetNs, dev: &str) -> String {
-    let text = ns.sh(&format!("tc -j qdisc show dev {dev}; echo; tc -j class show dev {dev}"));
+    let text = ns.sh(&format!(
+        "tc -j qdisc show dev {dev}; echo; tc -j class show dev {dev}"
+    ));
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
     while let Some(i) = rest.find("\"direct_packets_stat\":") {
@@ -81,20 +90,58 @@ fn have_netem(ns: &NetNs, dev: &str) -> bool {
 /// Installs an agent-style fault tree: htb root `c4a0:` whose default class 1 is unshaped and
 /// class 2 has a tbf leaf (netem where the kernel has it would sit there instead).
 async fn install_agent_tree(tc: &Tc, ifindex: u32) -> Result<(), TcError> {
-    tc.replace_qdisc(ifindex, TC_H_ROOT, OUR_ROOT, &Qdisc::Htb(HtbOptions { default_class: 1, ..HtbOptions::default() }))
-        .await?;
-    tc.add_htb_class(ifindex, OUR_ROOT, tc_handle(OUR_MAJOR, 1), &HtbClassOptions::rate(1_250_000_000)).await?;
-    tc.add_htb_class(ifindex, OUR_ROOT, tc_handle(OUR_MAJOR, 2), &HtbClassOptions::rate(1_250_000_000)).await?;
-    let tbf = TbfOptions { rate: 125_000, burst: 10_240, limit: TbfLimit::Latency(ms(50)) };
-    tc.add_qdisc(ifindex, tc_handle(OUR_MAJOR, 2), tc_handle(0xC4A1, 0), &Qdisc::Tbf(tbf)).await
+    tc.replace_qdisc(
+        ifindex,
+        TC_H_ROOT,
+        OUR_ROOT,
+        &Qdisc::Htb(HtbOptions {
+            default_class: 1,
+            ..HtbOptions::default()
+        }),
+    )
+    .await?;
+    tc.add_htb_class(
+        ifindex,
+        OUR_ROOT,
+        tc_handle(OUR_MAJOR, 1),
+        &HtbClassOptions::rate(1_250_000_000),
+    )
+    .await?;
+    tc.add_htb_class(
+        ifindex,
+        OUR_ROOT,
+        tc_handle(OUR_MAJOR, 2),
+        &HtbClassOptions::rate(1_250_000_000),
+    )
+    .await?;
+    let tbf = TbfOptions {
+        rate: 125_000,
+        burst: 10_240,
+        limit: TbfLimit::Latency(ms(50)),
+    };
+    tc.add_qdisc(
+        ifindex,
+        tc_handle(OUR_MAJOR, 2),
+        tc_handle(0xC4A1, 0),
+        &Qdisc::Tbf(tbf),
+    )
+    .await
 }
 
 #[test]
 fn tbf_parameters_read_back() {
     let p = VethPair::new(201);
     let idx = ifindex(&p.a, &p.a_if);
-    let tbf = TbfOptions { rate: 125_000, burst: 10 * 1024, limit: TbfLimit::Latency(ms(50)) };
-    in_ns(&p.a, move |tc| async move { tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Tbf(tbf)).await }).unwrap();
+    let tbf = TbfOptions {
+        rate: 125_000,
+        burst: 10 * 1024,
+        limit: TbfLimit::Latency(ms(50)),
+    };
+    in_ns(&p.a, move |tc| async move {
+        tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Tbf(tbf))
+            .await
+    })
+    .unwrap();
     let q = qdisc_json(&p.a, &p.a_if);
     assert_eq!(q.len(), 1, "{q:?}");
     assert_eq!(q[0]["kind"], "tbf");
@@ -105,7 +152,10 @@ fn tbf_parameters_read_back() {
     assert_eq!(q[0]["options"]["lat"], 50_000);
     // And the agent recognises its own root (crash cleanup).
     let ours = in_ns(&p.a, move |tc| async move { tc.find_ours(idx).await }).unwrap();
-    assert_eq!(ours.map(|o| (o.kind, o.handle)), Some(("tbf".to_owned(), OUR_ROOT)));
+    assert_eq!(
+        ours.map(|o| (o.kind, o.handle)),
+        Some(("tbf".to_owned(), OUR_ROOT))
+    );
 }
 
 #[test]
@@ -113,8 +163,17 @@ fn htb_tree_reads_back() {
     let p = VethPair::new(202);
     let idx = ifindex(&p.a, &p.a_if);
     in_ns(&p.a, move |tc| async move {
-        tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Htb(HtbOptions { default_class: 1, r2q: 10, direct_qlen: Some(500) }))
-            .await?;
+        tc.add_qdisc(
+            idx,
+            TC_H_ROOT,
+            OUR_ROOT,
+            &Qdisc::Htb(HtbOptions {
+                default_class: 1,
+                r2q: 10,
+                direct_qlen: Some(500),
+            }),
+        )
+        .await?;
         let class = HtbClassOptions {
             rate: 1_250_000,
             ceil: Some(2_500_000),
@@ -123,8 +182,15 @@ fn htb_tree_reads_back() {
             prio: 1,
             quantum: 1514,
         };
-        tc.add_htb_class(idx, OUR_ROOT, tc_handle(OUR_MAJOR, 1), &class).await?;
-        tc.add_htb_class(idx, OUR_ROOT, tc_handle(OUR_MAJOR, 0x20), &HtbClassOptions::rate(125_000)).await
+        tc.add_htb_class(idx, OUR_ROOT, tc_handle(OUR_MAJOR, 1), &class)
+            .await?;
+        tc.add_htb_class(
+            idx,
+            OUR_ROOT,
+            tc_handle(OUR_MAJOR, 0x20),
+            &HtbClassOptions::rate(125_000),
+        )
+        .await
     })
     .unwrap();
     let q = qdisc_json(&p.a, &p.a_if);
@@ -135,14 +201,19 @@ fn htb_tree_reads_back() {
     assert_eq!(q[0]["options"]["direct_qlen"], 500);
     let classes = p.a.sh(&format!("tc class show dev {}", p.a_if));
     assert!(
-        classes.contains("class htb c4a0:1 root prio 1 rate 10Mbit ceil 20Mbit burst 15Kb cburst 15Kb"),
+        classes.contains(
+            "class htb c4a0:1 root prio 1 rate 10Mbit ceil 20Mbit burst 15Kb cburst 15Kb"
+        ),
         "{classes}"
     );
     assert!(
-        classes.contains("class htb c4a0:20 root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b"),
+        classes.contains(
+            "class htb c4a0:20 root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b"
+        ),
         "{classes}"
     );
-    let detail = p.a.sh(&format!("tc -d class show dev {} classid c4a0:1", p.a_if));
+    let detail =
+        p.a.sh(&format!("tc -d class show dev {} classid c4a0:1", p.a_if));
     assert!(detail.contains("quantum 1514"), "{detail}");
 }
 
@@ -150,15 +221,29 @@ fn htb_tree_reads_back() {
 fn netem_without_module_names_it() {
     let p = VethPair::new(203);
     if have_netem(&p.a, &p.a_if) {
-        skip("netem_without_module_names_it", "sch_netem is available on this kernel");
+        skip(
+            "netem_without_module_names_it",
+            "sch_netem is available on this kernel",
+        );
         return;
     }
     let idx = ifindex(&p.a, &p.a_if);
-    let o = NetemOptions { delay: ms(100), ..NetemOptions::default() };
-    let err = in_ns(&p.a, move |tc| async move { tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Netem(o)).await })
-        .expect_err("netem must fail on this kernel");
+    let o = NetemOptions {
+        delay: ms(100),
+        ..NetemOptions::default()
+    };
+    let err = in_ns(&p.a, move |tc| async move {
+        tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Netem(o))
+            .await
+    })
+    .expect_err("netem must fail on this kernel");
     match &err {
-        TcError::QdiscUnsupported { kind, module, ifindex, .. } => {
+        TcError::QdiscUnsupported {
+            kind,
+            module,
+            ifindex,
+            ..
+        } => {
             assert_eq!(kind, "netem");
             assert_eq!(module, "sch_netem");
             assert_eq!(*ifindex, idx);
@@ -166,13 +251,31 @@ fn netem_without_module_names_it() {
         other => panic!("expected QdiscUnsupported, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("sch_netem") && msg.contains("modprobe sch_netem"), "{msg}");
+    assert!(
+        msg.contains("sch_netem") && msg.contains("modprobe sch_netem"),
+        "{msg}"
+    );
     // A missing *parent* is not a missing module.
     let err = in_ns(&p.a, move |tc| async move {
-        tc.add_qdisc(idx, tc_handle(0x1234, 1), tc_handle(0x1235, 0), &Qdisc::Netem(NetemOptions::default())).await
+        tc.add_qdisc(
+            idx,
+            tc_handle(0x1234, 1),
+            tc_handle(0x1235, 0),
+            &Qdisc::Netem(NetemOptions::default()),
+        )
+        .await
     })
     .expect_err("no parent");
-    assert!(matches!(err, TcError::Netlink { errno: libc::ENOENT, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            TcError::Netlink {
+                errno: libc::ENOENT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -188,30 +291,53 @@ fn netem_parameters_read_back() {
         jitter: ms(10),
         delay_correlation: 25.0,
         distribution: Distribution::Normal,
-        loss: Some(NetemLoss::Random { percent: 1.0, correlation: 0.0 }),
+        loss: Some(NetemLoss::Random {
+            percent: 1.0,
+            correlation: 0.0,
+        }),
         duplicate: 2.0,
         corrupt: 3.0,
         reorder: 5.0,
         reorder_correlation: 50.0,
         gap: 5,
-        rate: Some(NetemRate { bytes_per_sec: 125_000, packet_overhead: 0, cell_size: 0, cell_overhead: 0 }),
+        rate: Some(NetemRate {
+            bytes_per_sec: 125_000,
+            packet_overhead: 0,
+            cell_size: 0,
+            cell_overhead: 0,
+        }),
         limit: 5000,
         ..NetemOptions::default()
     };
-    in_ns(&p.a, move |tc| async move { tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Netem(o)).await }).unwrap();
+    in_ns(&p.a, move |tc| async move {
+        tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Netem(o))
+            .await
+    })
+    .unwrap();
     let q = qdisc_json(&p.a, &p.a_if);
     let opt = &q[0]["options"];
     assert_eq!(q[0]["kind"], "netem");
-    assert_eq!(opt["limit"], 5000);
-    assert_eq!(opt["delay"]["delay"].as_f64(), Some(0.1), "{opt}");
-    assert_eq!(opt["delay"]["jitter"].as_f64(), Some(0.01), "{opt}");
-    assert_eq!(opt["delay"]["correlation"].as_f64(), Some(0.25), "{opt}");
-    assert_eq!(opt["loss-random"]["loss"].as_f64(), Some(0.01), "{opt}");
-    assert_eq!(opt["duplicate"]["duplicate"].as_f64(), Some(0.02), "{opt}");
-    assert_eq!(opt["corrupt"]["corrupt"].as_f64(), Some(0.03), "{opt}");
-    assert_eq!(opt["reorder"]["reorder"].as_f64(), Some(0.05), "{opt}");
-    assert_eq!(opt["gap"], 5);
-    assert_eq!(opt["rate"]["rate"], 125_000);
+    assert_eq!(opt["limit"], 5000, "{opt}");
+    // iproute2 prints delays in seconds and probabilities as fractions of 1 (u32 / UINT32_MAX).
+    approx(opt, &["delay", "delay"], 0.1);
+    approx(opt, &["delay", "jitter"], 0.01);
+    approx(opt, &["delay", "correlation"], 0.25);
+    approx(opt, &["loss-random", "loss"], 0.01);
+    approx(opt, &["duplicate", "duplicate"], 0.02);
+    approx(opt, &["corrupt", "corrupt"], 0.03);
+    approx(opt, &["reorder", "reorder"], 0.05);
+    approx(opt, &["reorder", "correlation"], 0.5);
+    approx(opt, &["rate", "rate"], 125_000.0);
+    assert_eq!(opt["gap"], 5, "{opt}");
+}
+
+/// Asserts that the number at `path` in `v` is `want` (within float printing error).
+fn approx(v: &Value, path: &[&str], want: f64) {
+    let got = path.iter().fold(v, |v, k| &v[*k]).as_f64();
+    assert!(
+        got.is_some_and(|g| (g - want).abs() <= want.abs() * 1e-6 + 1e-9),
+        "{path:?}: got {got:?}, want {want} in {v}"
+    );
 }
 
 #[test]
@@ -224,12 +350,25 @@ fn netem_gemodel_reads_back() {
     let idx = ifindex(&p.a, &p.a_if);
     let o = NetemOptions {
         delay: ms(10),
-        loss: Some(NetemLoss::GilbertElliott { p: 1.0, r: 10.0, loss_bad: 70.0, loss_good: 0.1 }),
+        loss: Some(NetemLoss::GilbertElliott {
+            p: 1.0,
+            r: 10.0,
+            loss_bad: 70.0,
+            loss_good: 0.1,
+        }),
         ..NetemOptions::default()
     };
-    in_ns(&p.a, move |tc| async move { tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Netem(o)).await }).unwrap();
-    let text = p.a.sh(&format!("tc qdisc show dev {}", p.a_if));
-    assert!(text.contains("loss gemodel p 1% r 10% 1-h 70% 1-k 0.1%"), "{text}");
+    in_ns(&p.a, move |tc| async move {
+        tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &Qdisc::Netem(o))
+            .await
+    })
+    .unwrap();
+    let q = qdisc_json(&p.a, &p.a_if);
+    let opt = &q[0]["options"];
+    approx(opt, &["loss-gemodel", "p"], 0.01);
+    approx(opt, &["loss-gemodel", "r"], 0.1);
+    approx(opt, &["loss-gemodel", "1-h"], 0.7);
+    approx(opt, &["loss-gemodel", "1-k"], 0.001);
 }
 
 /// Snapshot, install the agent's tree over it, restore, and require iproute2's view to be
@@ -247,15 +386,26 @@ fn round_trip(subnet: u8, setup: &str) {
     let json = serde_json::to_string(&tree).unwrap();
     let tree: chaos_agent::tc::QdiscTree = serde_json::from_str(&json).unwrap();
     chaos_agent::tc::is_faithfully_restorable(&tree).unwrap();
-    in_ns(&p.a, move |tc| async move { install_agent_tree(&tc, idx).await }).unwrap();
+    in_ns(
+        &p.a,
+        move |tc| async move { install_agent_tree(&tc, idx).await },
+    )
+    .unwrap();
     let during = tc_state(&p.a, &dev);
-    assert!(during.contains("c4a0:"), "agent tree not installed: {during}");
+    assert!(
+        during.contains("c4a0:"),
+        "agent tree not installed: {during}"
+    );
     assert_ne!(during, before);
     let t2 = tree.clone();
     in_ns(&p.a, move |tc| async move { tc.restore(&t2, false).await }).unwrap();
     assert_eq!(tc_state(&p.a, &dev), before, "setup: {setup}");
     // Restoring again is a no-op.
-    in_ns(&p.a, move |tc| async move { tc.restore(&tree, false).await }).unwrap();
+    in_ns(
+        &p.a,
+        move |tc| async move { tc.restore(&tree, false).await },
+    )
+    .unwrap();
     assert_eq!(tc_state(&p.a, &dev), before);
 }
 
@@ -279,7 +429,10 @@ fn restore_htb_tree_with_classes() {
 
 #[test]
 fn restore_tbf_root() {
-    round_trip(208, "tc qdisc add dev DEV root handle 5: tbf rate 20mbit burst 64kb limit 300000");
+    round_trip(
+        208,
+        "tc qdisc add dev DEV root handle 5: tbf rate 20mbit burst 64kb limit 300000",
+    );
 }
 
 #[test]
@@ -307,9 +460,20 @@ fn size_table_refused_unless_forced() {
     p.a.sh(&format!("tc qdisc add dev {dev} root handle 3: stab overhead 24 linklayer ethernet tbf rate 1mbit burst 10kb latency 50ms"));
     let idx = ifindex(&p.a, &dev);
     let tree = in_ns(&p.a, move |tc| async move { tc.snapshot(idx).await }).unwrap();
-    assert!(matches!(chaos_agent::tc::is_faithfully_restorable(&tree), Err(NotRestorable::SizeTable { .. })));
-    in_ns(&p.a, move |tc| async move { install_agent_tree(&tc, idx).await }).unwrap();
-    let err = in_ns(&p.a, move |tc| async move { tc.restore(&tree, false).await }).expect_err("must refuse");
+    assert!(matches!(
+        chaos_agent::tc::is_faithfully_restorable(&tree),
+        Err(NotRestorable::SizeTable { .. })
+    ));
+    in_ns(
+        &p.a,
+        move |tc| async move { install_agent_tree(&tc, idx).await },
+    )
+    .unwrap();
+    let err = in_ns(
+        &p.a,
+        move |tc| async move { tc.restore(&tree, false).await },
+    )
+    .expect_err("must refuse");
     assert!(matches!(err, TcError::NotRestorable { .. }), "{err:?}");
     // The refusal changed nothing: the agent's tree is still there for a forced restore.
     assert!(tc_state(&p.a, &dev).contains("c4a0:"));
@@ -325,7 +489,8 @@ fn ifb_with_mirred_redirect_and_cleanup() {
     let ifb_idx = in_ns(&p.a, move |tc| async move {
         let ifb_idx = tc.create_ifb(&name).await?;
         tc.add_qdisc(idx, 0, 0, &Qdisc::Ingress).await?;
-        tc.add_mirred_redirect(idx, TC_H_INGRESS_HANDLE, OUR_MAJOR, ifb_idx).await?;
+        tc.add_mirred_redirect(idx, TC_H_INGRESS_HANDLE, OUR_MAJOR, ifb_idx)
+            .await?;
         Ok::<_, TcError>(ifb_idx)
     })
     .unwrap();
@@ -333,17 +498,37 @@ fn ifb_with_mirred_redirect_and_cleanup() {
     assert!(link.contains("ifb") && link.contains(",UP"), "{link}");
     let filters = p.a.sh(&format!("tc filter show dev {dev} ingress"));
     assert!(filters.contains("pref 50336 u32"), "{filters}");
-    assert!(filters.contains(&format!("mirred (Egress Redirect to device {ifb}) stolen")), "{filters}");
+    assert!(
+        filters.contains(&format!("mirred (Egress Redirect to device {ifb}) stolen")),
+        "{filters}"
+    );
     // Traffic arriving on the veth now goes through the redirect and out of the IFB.
-    let tx_before: u64 = p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets")).trim().parse().unwrap();
-    p.b.sh(&format!("for i in 1 2 3 4 5; do bash -c 'echo x > /dev/udp/{}/9' || true; done", p.a_ip));
-    let tx_after: u64 = p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets")).trim().parse().unwrap();
-    assert!(tx_after >= tx_before + 5, "IFB tx {tx_before} -> {tx_after}");
+    let tx_before: u64 =
+        p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets"))
+            .trim()
+            .parse()
+            .unwrap();
+    p.b.sh(&format!(
+        "for i in 1 2 3 4 5; do bash -c 'echo x > /dev/udp/{}/9' || true; done",
+        p.a_ip
+    ));
+    let tx_after: u64 =
+        p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets"))
+            .trim()
+            .parse()
+            .unwrap();
+    assert!(
+        tx_after >= tx_before + 5,
+        "IFB tx {tx_before} -> {tx_after}"
+    );
     assert_eq!(ifindex(&p.a, &ifb), ifb_idx);
     let name = ifb.clone();
     let (f, l) = in_ns(&p.a, move |tc| async move {
-        let f = tc.delete_filter(idx, TC_H_INGRESS_HANDLE, OUR_MAJOR).await?;
-        tc.delete_qdisc(idx, chaos_agent::tc::TC_H_CLSACT, TC_H_INGRESS_HANDLE).await?;
+        let f = tc
+            .delete_filter(idx, TC_H_INGRESS_HANDLE, OUR_MAJOR)
+            .await?;
+        tc.delete_qdisc(idx, chaos_agent::tc::TC_H_CLSACT, TC_H_INGRESS_HANDLE)
+            .await?;
         let l = tc.delete_link(&name).await?;
         // Idempotent undo: a second delete reports "already gone".
         let again = tc.delete_link(&name).await?;
@@ -352,6 +537,12 @@ fn ifb_with_mirred_redirect_and_cleanup() {
     })
     .unwrap();
     assert!(f && l);
-    assert!(!chaos_agent::testing::sh_ok(&format!("ip netns exec {} ip link show {ifb}", p.a.name)), "IFB left behind");
-    assert!(!p.a.sh(&format!("tc qdisc show dev {dev}")).contains("ingress"));
+    assert!(
+        !chaos_agent::testing::sh_ok(&format!("ip netns exec {} ip link show {ifb}", p.a.name)),
+        "IFB left behind"
+    );
+    assert!(
+        !p.a.sh(&format!("tc qdisc show dev {dev}"))
+            .contains("ingress")
+    );
 }

@@ -2,15 +2,16 @@
 
 use futures::StreamExt;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::tc::TcMessage;
 
 use super::encode::{
-    HtbClassOptions, Qdisc, class_del_message, filter_del_message, htb_class_message, ifb_link_message,
-    mirred_redirect_filter_message, qdisc_del_message, qdisc_message,
+    HtbClassOptions, Qdisc, class_del_message, filter_del_message, htb_class_message,
+    ifb_link_message, mirred_redirect_filter_message, qdisc_del_message, qdisc_message,
 };
 use super::error::{TcError, module_for_kind};
 use super::snapshot::TcObject;
@@ -52,7 +53,8 @@ impl Tc {
     /// Opens an rtnetlink socket in the calling thread's network namespace and spawns its
     /// connection task. Must run inside a tokio runtime.
     pub fn new() -> Result<Self, TcError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| TcError::Connect { source })?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|source| TcError::Connect { source })?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
@@ -68,28 +70,59 @@ impl Tc {
     ) -> Result<(), TcError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = flags;
-        let mut resp = self.handle.clone().request(req).map_err(|source| TcError::Request { op, ifindex, source })?;
+        let mut resp = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(|source| TcError::Request {
+                op,
+                ifindex,
+                source,
+            })?;
         while let Some(m) = resp.next().await {
             if let NetlinkPayload::Error(e) = m.payload
                 && e.code.is_some()
             {
-                return Err(TcError::Netlink { op, ifindex, kind: kind.to_owned(), errno: e.raw_code().abs() });
+                return Err(TcError::Netlink {
+                    op,
+                    ifindex,
+                    kind: kind.to_owned(),
+                    errno: e.raw_code().abs(),
+                });
             }
         }
         Ok(())
     }
 
     /// Sends a dump request and collects the replies.
-    async fn dump(&self, op: &'static str, ifindex: u32, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, TcError> {
+    async fn dump(
+        &self,
+        op: &'static str,
+        ifindex: u32,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, TcError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut resp = self.handle.clone().request(req).map_err(|source| TcError::Request { op, ifindex, source })?;
+        let mut resp = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(|source| TcError::Request {
+                op,
+                ifindex,
+                source,
+            })?;
         let mut out = Vec::new();
         while let Some(m) = resp.next().await {
             match m.payload {
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(TcError::Netlink { op, ifindex, kind: String::new(), errno: e.raw_code().abs() });
+                    return Err(TcError::Netlink {
+                        op,
+                        ifindex,
+                        kind: String::new(),
+                        errno: e.raw_code().abs(),
+                    });
                 }
                 _ => {}
             }
@@ -100,30 +133,65 @@ impl Tc {
     /// The index of device `ifname`.
     pub async fn ifindex(&self, ifname: &str) -> Result<u32, TcError> {
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(ifname.to_owned()));
+        msg.attributes
+            .push(LinkAttribute::IfName(ifname.to_owned()));
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(msg));
         req.header.flags = NLM_F_REQUEST;
         let op = "get link";
-        let mut resp = self.handle.clone().request(req).map_err(|source| TcError::Request { op, ifindex: 0, source })?;
+        let mut resp = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(|source| TcError::Request {
+                op,
+                ifindex: 0,
+                source,
+            })?;
         while let Some(m) = resp.next().await {
             match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => return Ok(l.header.index),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    return Ok(l.header.index);
+                }
                 NetlinkPayload::Error(e) if e.code.is_some() => break,
                 _ => {}
             }
         }
-        Err(TcError::NoSuchDevice { ifname: ifname.to_owned() })
+        Err(TcError::NoSuchDevice {
+            ifname: ifname.to_owned(),
+        })
     }
 
-    async fn put_qdisc(&self, op: &'static str, mode: Mode, ifindex: u32, parent: u32, handle: u32, q: &Qdisc) -> Result<(), TcError> {
+    async fn put_qdisc(
+        &self,
+        op: &'static str,
+        mode: Mode,
+        ifindex: u32,
+        parent: u32,
+        handle: u32,
+        q: &Qdisc,
+    ) -> Result<(), TcError> {
         let msg = qdisc_message(ifindex, parent, handle, q)?;
-        let res = self.ack(op, ifindex, q.kind(), RouteNetlinkMessage::NewQueueDiscipline(msg), mode.flags()).await;
+        let res = self
+            .ack(
+                op,
+                ifindex,
+                q.kind(),
+                RouteNetlinkMessage::NewQueueDiscipline(msg),
+                mode.flags(),
+            )
+            .await;
         match res {
             // ENOENT means either "unknown kind" or "no such parent"; only the former is a
             // missing module, so look the parent up before blaming the kernel.
-            Err(TcError::Netlink { errno: libc::ENOENT, .. }) if self.parent_exists(ifindex, parent).await => {
-                Err(TcError::QdiscUnsupported { op, ifindex, kind: q.kind().to_owned(), module: module_for_kind(q.kind()) })
-            }
+            Err(TcError::Netlink {
+                errno: libc::ENOENT,
+                ..
+            }) if self.parent_exists(ifindex, parent).await => Err(TcError::QdiscUnsupported {
+                op,
+                ifindex,
+                kind: q.kind().to_owned(),
+                module: module_for_kind(q.kind()),
+            }),
             other => other,
         }
     }
@@ -133,31 +201,73 @@ impl Tc {
             return true;
         }
         let major = parent & 0xffff_0000;
-        self.qdiscs(ifindex).await.is_ok_and(|qs| qs.iter().any(|q| q.handle == major))
+        self.qdiscs(ifindex)
+            .await
+            .is_ok_and(|qs| qs.iter().any(|q| q.handle == major))
     }
 
     /// Sends a prepared qdisc message with `tc qdisc add` semantics (snapshot replay).
-    pub async fn add_qdisc_message(&self, ifindex: u32, kind: &str, msg: TcMessage) -> Result<(), TcError> {
-        self.ack("add qdisc", ifindex, kind, RouteNetlinkMessage::NewQueueDiscipline(msg), Mode::Add.flags()).await
+    pub async fn add_qdisc_message(
+        &self,
+        ifindex: u32,
+        kind: &str,
+        msg: TcMessage,
+    ) -> Result<(), TcError> {
+        self.ack(
+            "add qdisc",
+            ifindex,
+            kind,
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            Mode::Add.flags(),
+        )
+        .await
     }
 
     /// Adds qdisc `q` (`tc qdisc add`): fails with EEXIST if one with that handle exists.
     /// A missing qdisc module is reported as [`TcError::QdiscUnsupported`].
-    pub async fn add_qdisc(&self, ifindex: u32, parent: u32, handle: u32, q: &Qdisc) -> Result<(), TcError> {
-        self.put_qdisc("add qdisc", Mode::Add, ifindex, parent, handle, q).await
+    pub async fn add_qdisc(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        handle: u32,
+        q: &Qdisc,
+    ) -> Result<(), TcError> {
+        self.put_qdisc("add qdisc", Mode::Add, ifindex, parent, handle, q)
+            .await
     }
 
     /// Creates or replaces the qdisc at `parent` (`tc qdisc replace`). Replacing a root grafts the
     /// new qdisc and destroys the old tree, so snapshot it first.
-    pub async fn replace_qdisc(&self, ifindex: u32, parent: u32, handle: u32, q: &Qdisc) -> Result<(), TcError> {
-        self.put_qdisc("replace qdisc", Mode::Replace, ifindex, parent, handle, q).await
+    pub async fn replace_qdisc(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        handle: u32,
+        q: &Qdisc,
+    ) -> Result<(), TcError> {
+        self.put_qdisc("replace qdisc", Mode::Replace, ifindex, parent, handle, q)
+            .await
     }
 
     /// Deletes the qdisc at `parent` with `handle` (0 = whatever is there). Returns `false` if
     /// there was nothing to delete, so undo records can be idempotent.
-    pub async fn delete_qdisc(&self, ifindex: u32, parent: u32, handle: u32) -> Result<bool, TcError> {
+    pub async fn delete_qdisc(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        handle: u32,
+    ) -> Result<bool, TcError> {
         let msg = qdisc_del_message(ifindex, parent, handle);
-        match self.ack("delete qdisc", ifindex, "", RouteNetlinkMessage::DelQueueDiscipline(msg), NLM_F_REQUEST | NLM_F_ACK).await {
+        match self
+            .ack(
+                "delete qdisc",
+                ifindex,
+                "",
+                RouteNetlinkMessage::DelQueueDiscipline(msg),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+            .await
+        {
             Ok(()) => Ok(true),
             Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
             Err(e) => Err(e),
@@ -165,27 +275,69 @@ impl Tc {
     }
 
     /// Adds an HTB class (`tc class add ... htb`).
-    pub async fn add_htb_class(&self, ifindex: u32, parent: u32, classid: u32, o: &HtbClassOptions) -> Result<(), TcError> {
+    pub async fn add_htb_class(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        classid: u32,
+        o: &HtbClassOptions,
+    ) -> Result<(), TcError> {
         let msg = htb_class_message(ifindex, parent, classid, o)?;
-        self.ack("add class", ifindex, "htb", RouteNetlinkMessage::NewTrafficClass(msg), Mode::Add.flags()).await
+        self.ack(
+            "add class",
+            ifindex,
+            "htb",
+            RouteNetlinkMessage::NewTrafficClass(msg),
+            Mode::Add.flags(),
+        )
+        .await
     }
 
     /// Creates or changes an HTB class (`tc class replace ... htb`).
-    pub async fn replace_htb_class(&self, ifindex: u32, parent: u32, classid: u32, o: &HtbClassOptions) -> Result<(), TcError> {
+    pub async fn replace_htb_class(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        classid: u32,
+        o: &HtbClassOptions,
+    ) -> Result<(), TcError> {
         let msg = htb_class_message(ifindex, parent, classid, o)?;
-        self.ack("replace class", ifindex, "htb", RouteNetlinkMessage::NewTrafficClass(msg), Mode::Replace.flags()).await
+        self.ack(
+            "replace class",
+            ifindex,
+            "htb",
+            RouteNetlinkMessage::NewTrafficClass(msg),
+            Mode::Replace.flags(),
+        )
+        .await
     }
 
     /// Sends a prepared class message with `tc class add` semantics (snapshot replay).
     pub async fn add_class_message(&self, msg: TcMessage) -> Result<(), TcError> {
         let ifindex = msg.header.index as u32;
-        self.ack("add class", ifindex, "", RouteNetlinkMessage::NewTrafficClass(msg), Mode::Add.flags()).await
+        self.ack(
+            "add class",
+            ifindex,
+            "",
+            RouteNetlinkMessage::NewTrafficClass(msg),
+            Mode::Add.flags(),
+        )
+        .await
     }
 
     /// Deletes class `classid`; `false` if it was already gone.
     pub async fn delete_class(&self, ifindex: u32, classid: u32) -> Result<bool, TcError> {
         let msg = class_del_message(ifindex, classid);
-        match self.ack("delete class", ifindex, "", RouteNetlinkMessage::DelTrafficClass(msg), NLM_F_REQUEST | NLM_F_ACK).await {
+        match self
+            .ack(
+                "delete class",
+                ifindex,
+                "",
+                RouteNetlinkMessage::DelTrafficClass(msg),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+            .await
+        {
             Ok(()) => Ok(true),
             Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
             Err(e) => Err(e),
@@ -195,15 +347,42 @@ impl Tc {
     /// Adds a match-all u32 filter at `prio` under `parent` that redirects every packet to the
     /// egress of `target_ifindex` (ingress -> IFB). See
     /// [`super::mirred_redirect_filter_message`] for `parent`.
-    pub async fn add_mirred_redirect(&self, ifindex: u32, parent: u32, prio: u16, target_ifindex: u32) -> Result<(), TcError> {
+    pub async fn add_mirred_redirect(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        prio: u16,
+        target_ifindex: u32,
+    ) -> Result<(), TcError> {
         let msg = mirred_redirect_filter_message(ifindex, parent, prio, target_ifindex);
-        self.ack("add mirred filter", ifindex, "u32", RouteNetlinkMessage::NewTrafficFilter(msg), Mode::Add.flags()).await
+        self.ack(
+            "add mirred filter",
+            ifindex,
+            "u32",
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            Mode::Add.flags(),
+        )
+        .await
     }
 
     /// Deletes the filters at `prio` under `parent`; `false` if there were none.
-    pub async fn delete_filter(&self, ifindex: u32, parent: u32, prio: u16) -> Result<bool, TcError> {
+    pub async fn delete_filter(
+        &self,
+        ifindex: u32,
+        parent: u32,
+        prio: u16,
+    ) -> Result<bool, TcError> {
         let msg = filter_del_message(ifindex, parent, prio);
-        match self.ack("delete filter", ifindex, "", RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_REQUEST | NLM_F_ACK).await {
+        match self
+            .ack(
+                "delete filter",
+                ifindex,
+                "",
+                RouteNetlinkMessage::DelTrafficFilter(msg),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+            .await
+        {
             Ok(()) => Ok(true),
             Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
             Err(e) => Err(e),
@@ -214,13 +393,27 @@ impl Tc {
     /// drops what is redirected to it) and returns its index.
     pub async fn create_ifb(&self, name: &str) -> Result<u32, TcError> {
         let msg = ifb_link_message(name);
-        self.ack("create ifb", 0, name, RouteNetlinkMessage::NewLink(msg), Mode::Add.flags()).await?;
+        self.ack(
+            "create ifb",
+            0,
+            name,
+            RouteNetlinkMessage::NewLink(msg),
+            Mode::Add.flags(),
+        )
+        .await?;
         let ifindex = self.ifindex(name).await?;
         let mut up = LinkMessage::default();
         up.header.index = ifindex;
         up.header.flags = netlink_packet_route::link::LinkFlags::Up;
         up.header.change_mask = netlink_packet_route::link::LinkFlags::Up;
-        self.ack("set ifb up", ifindex, name, RouteNetlinkMessage::SetLink(up), NLM_F_REQUEST | NLM_F_ACK).await?;
+        self.ack(
+            "set ifb up",
+            ifindex,
+            name,
+            RouteNetlinkMessage::SetLink(up),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )
+        .await?;
         Ok(ifindex)
     }
 
@@ -228,9 +421,21 @@ impl Tc {
     pub async fn delete_link(&self, name: &str) -> Result<bool, TcError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        match self.ack("delete link", 0, name, RouteNetlinkMessage::DelLink(msg), NLM_F_REQUEST | NLM_F_ACK).await {
+        match self
+            .ack(
+                "delete link",
+                0,
+                name,
+                RouteNetlinkMessage::DelLink(msg),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+            .await
+        {
             Ok(()) => Ok(true),
-            Err(TcError::Netlink { errno: libc::ENODEV | libc::ENOENT, .. }) => Ok(false),
+            Err(TcError::Netlink {
+                errno: libc::ENODEV | libc::ENOENT,
+                ..
+            }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -243,7 +448,9 @@ impl Tc {
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewQueueDiscipline(t) if t.header.index as u32 == ifindex => Some(TcObject::from_message(&t)),
+                RouteNetlinkMessage::NewQueueDiscipline(t) if t.header.index as u32 == ifindex => {
+                    Some(TcObject::from_message(&t))
+                }
                 _ => None,
             })
             .collect())
@@ -256,7 +463,9 @@ impl Tc {
         Ok(msgs
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficClass(t) if t.header.index as u32 == ifindex => Some(TcObject::from_message(&t)),
+                RouteNetlinkMessage::NewTrafficClass(t) if t.header.index as u32 == ifindex => {
+                    Some(TcObject::from_message(&t))
+                }
                 _ => None,
             })
             .collect())
@@ -265,6 +474,10 @@ impl Tc {
     /// The agent's root qdisc on `ifindex` (handle major [`OUR_MAJOR`] at the root), if one is
     /// there: what crash cleanup must remove.
     pub async fn find_ours(&self, ifindex: u32) -> Result<Option<TcObject>, TcError> {
-        Ok(self.qdiscs(ifindex).await?.into_iter().find(|q| q.parent == TC_H_ROOT && (q.handle >> 16) as u16 == OUR_MAJOR))
+        Ok(self
+            .qdiscs(ifindex)
+            .await?
+            .into_iter()
+            .find(|q| q.parent == TC_H_ROOT && (q.handle >> 16) as u16 == OUR_MAJOR))
     }
 }

@@ -77,7 +77,10 @@ fn clamp_i16(v: i64) -> i16 {
 
 fn normal_table() -> Vec<i16> {
     let inv = inverse_normal();
-    (0..TABLE_SIZE).step_by(4).map(|i| clamp_i16((inv[i] * TABLE_FACTOR).round_ties_even() as i64)).collect()
+    (0..TABLE_SIZE)
+        .step_by(4)
+        .map(|i| clamp_i16((inv[i] * TABLE_FACTOR).round_ties_even() as i64))
+        .collect()
 }
 
 /// pareto.c's value for `i` in 65536, 65520, ..., 16.
@@ -93,7 +96,9 @@ fn pareto_value(i: i64) -> i64 {
 }
 
 fn pareto_table() -> Vec<i16> {
-    (0..4096i64).map(|n| clamp_i16(pareto_value(65536 - 16 * n))).collect()
+    (0..4096i64)
+        .map(|n| clamp_i16(pareto_value(65536 - 16 * n)))
+        .collect()
 }
 
 fn paretonormal_table() -> Vec<i16> {
@@ -115,7 +120,11 @@ mod tests {
 
     #[test]
     fn tables_have_4096_entries() {
-        for d in [Distribution::Normal, Distribution::Pareto, Distribution::Paretonormal] {
+        for d in [
+            Distribution::Normal,
+            Distribution::Pareto,
+            Distribution::Paretonormal,
+        ] {
             assert_eq!(d.table().map(<[i16]>::len), Some(4096), "{d:?}");
         }
         assert!(Distribution::Uniform.table().is_none());

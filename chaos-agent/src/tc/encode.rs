@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::dist::Distribution;
 use super::error::TcError;
-use super::raw::{Attrs, NLA_F_NESTED, PSCHED_HZ, percent_u32, rate32, rate_table, time2tick, u32s, xmittime};
+use super::raw::{
+    Attrs, NLA_F_NESTED, PSCHED_HZ, percent_u32, rate_table, rate32, time2tick, u32s, xmittime,
+};
 use super::{TC_H_CLSACT, TC_H_INGRESS_HANDLE};
 
 /// `TCA_OPTIONS`.
@@ -147,12 +149,18 @@ fn check_percent(what: &'static str, v: f64) -> Result<(), TcError> {
     if (0.0..=100.0).contains(&v) {
         Ok(())
     } else {
-        Err(TcError::InvalidParam { what, why: format!("{v}% is not within 0..=100") })
+        Err(TcError::InvalidParam {
+            what,
+            why: format!("{v}% is not within 0..=100"),
+        })
     }
 }
 
 fn duration_ns(what: &'static str, d: Duration) -> Result<i64, TcError> {
-    i64::try_from(d.as_nanos()).map_err(|_| TcError::InvalidParam { what, why: format!("{d:?} is too long") })
+    i64::try_from(d.as_nanos()).map_err(|_| TcError::InvalidParam {
+        what,
+        why: format!("{d:?} is too long"),
+    })
 }
 
 /// A delay as (legacy 32-bit ticks, 64-bit ns attribute if the ticks overflow). `tc` sends only
@@ -160,14 +168,16 @@ fn duration_ns(what: &'static str, d: Duration) -> Result<i64, TcError> {
 fn delay_fields(what: &'static str, d: Duration) -> Result<(u32, Option<i64>), TcError> {
     let ns = duration_ns(what, d)?;
     match u32::try_from(d.as_micros()) {
-        Ok(us) if f64::from(us) * super::raw::TICKS_PER_USEC < f64::from(u32::MAX) => Ok((time2tick(us), None)),
+        Ok(us) if f64::from(us) * super::raw::TICKS_PER_USEC < f64::from(u32::MAX) => {
+            Ok((time2tick(us), None))
+        }
         _ => Ok((u32::MAX, Some(ns))),
     }
 }
 
 impl NetemOptions {
-    /// The `TCA_OPTIONS` payload: `struct tc_netem_qopt` followed by attributes.
-    pub fn encode(&self) -> Result<Vec<u8>, TcError> {
+    /// Checks ranges and the combinations `tc` refuses.
+    pub fn validate(&self) -> Result<(), TcError> {
         for (what, v) in [
             ("delay correlation", self.delay_correlation),
             ("duplicate", self.duplicate),
@@ -179,47 +189,100 @@ impl NetemOptions {
         ] {
             check_percent(what, v)?;
         }
-        let (latency, latency64) = delay_fields("delay", self.delay)?;
-        let (jitter, jitter64) = delay_fields("jitter", self.jitter)?;
         // The same combinations `tc` refuses, with its reasons: the kernel would accept them but
         // they do nothing useful.
         if self.reorder > 0.0 && self.delay.is_zero() {
-            return Err(TcError::InvalidParam { what: "reorder", why: "reordering needs a delay".into() });
+            return Err(TcError::InvalidParam {
+                what: "reorder",
+                why: "reordering needs a delay".into(),
+            });
         }
-        if self.distribution != Distribution::Uniform && (self.delay.is_zero() || self.jitter.is_zero()) {
+        if self.distribution != Distribution::Uniform
+            && (self.delay.is_zero() || self.jitter.is_zero())
+        {
             return Err(TcError::InvalidParam {
                 what: "distribution",
                 why: "a delay distribution needs both delay and jitter".into(),
             });
         }
-        let (loss, loss_corr) = match self.loss {
-            Some(NetemLoss::Random { percent, correlation }) => {
+        match self.loss {
+            Some(NetemLoss::Random {
+                percent,
+                correlation,
+            }) => {
                 check_percent("loss", percent)?;
                 check_percent("loss correlation", correlation)?;
-                (percent_u32(percent), percent_u32(correlation))
             }
-            Some(NetemLoss::GilbertElliott { p, r, loss_bad, loss_good }) => {
-                for (what, v) in [("ge p", p), ("ge r", r), ("ge loss_bad", loss_bad), ("ge loss_good", loss_good)] {
+            Some(NetemLoss::GilbertElliott {
+                p,
+                r,
+                loss_bad,
+                loss_good,
+            }) => {
+                for (what, v) in [
+                    ("ge p", p),
+                    ("ge r", r),
+                    ("ge loss_bad", loss_bad),
+                    ("ge loss_good", loss_good),
+                ] {
                     check_percent(what, v)?;
                 }
-                (0, 0)
             }
-            None => (0, 0),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The `TCA_OPTIONS` payload: `struct tc_netem_qopt` followed by attributes.
+    pub fn encode(&self) -> Result<Vec<u8>, TcError> {
+        self.validate()?;
+        let (latency, latency64) = delay_fields("delay", self.delay)?;
+        let (jitter, jitter64) = delay_fields("jitter", self.jitter)?;
+        let (loss, loss_corr) = match self.loss {
+            Some(NetemLoss::Random {
+                percent,
+                correlation,
+            }) => (percent_u32(percent), percent_u32(correlation)),
+            // The GE model goes in its own attribute below; qopt.loss stays 0.
+            Some(NetemLoss::GilbertElliott { .. }) | None => (0, 0),
         };
-        let gap = if self.reorder > 0.0 && self.gap == 0 { 1 } else { self.gap };
+        let gap = if self.reorder > 0.0 && self.gap == 0 {
+            1
+        } else {
+            self.gap
+        };
         let mut a = Attrs::new();
         // struct tc_netem_qopt { latency, limit, loss, gap, duplicate, jitter }
-        a.raw(&u32s(&[latency, self.limit, loss, gap, percent_u32(self.duplicate), jitter]));
+        a.raw(&u32s(&[
+            latency,
+            self.limit,
+            loss,
+            gap,
+            percent_u32(self.duplicate),
+            jitter,
+        ]));
         let delay_corr = percent_u32(self.delay_correlation);
         let dup_corr = percent_u32(self.duplicate_correlation);
         if delay_corr != 0 || loss_corr != 0 || dup_corr != 0 {
             a.attr(NETEM_CORR, &u32s(&[delay_corr, loss_corr, dup_corr]));
         }
         if self.reorder > 0.0 {
-            a.attr(NETEM_REORDER, &u32s(&[percent_u32(self.reorder), percent_u32(self.reorder_correlation)]));
+            a.attr(
+                NETEM_REORDER,
+                &u32s(&[
+                    percent_u32(self.reorder),
+                    percent_u32(self.reorder_correlation),
+                ]),
+            );
         }
         if self.corrupt > 0.0 {
-            a.attr(NETEM_CORRUPT, &u32s(&[percent_u32(self.corrupt), percent_u32(self.corrupt_correlation)]));
+            a.attr(
+                NETEM_CORRUPT,
+                &u32s(&[
+                    percent_u32(self.corrupt),
+                    percent_u32(self.corrupt_correlation),
+                ]),
+            );
         }
         if let Some(s) = self.slot {
             let mut v = Vec::with_capacity(40);
@@ -231,12 +294,21 @@ impl NetemOptions {
             v.extend_from_slice(&[0u8; 16]);
             a.attr(NETEM_SLOT, &v);
         }
-        if let Some(NetemLoss::GilbertElliott { p, r, loss_bad, loss_good }) = self.loss {
+        if let Some(NetemLoss::GilbertElliott {
+            p,
+            r,
+            loss_bad,
+            loss_good,
+        }) = self.loss
+        {
             // The kernel's h is the probability of *not* losing in the bad state; k1 is the loss
             // probability in the good state (iproute2 q_netem.c, "gemodel").
             let h = u32::MAX - percent_u32(loss_bad);
             a.nest(NETEM_LOSS | NLA_F_NESTED, |l| {
-                l.attr(NETEM_LOSS_GE, &u32s(&[percent_u32(p), percent_u32(r), h, percent_u32(loss_good)]));
+                l.attr(
+                    NETEM_LOSS_GE,
+                    &u32s(&[percent_u32(p), percent_u32(r), h, percent_u32(loss_good)]),
+                );
             });
         }
         if let Some(r) = self.rate {
@@ -245,7 +317,12 @@ impl NetemOptions {
             }
             a.attr(
                 NETEM_RATE,
-                &u32s(&[rate32(r.bytes_per_sec), r.packet_overhead as u32, r.cell_size, r.cell_overhead as u32]),
+                &u32s(&[
+                    rate32(r.bytes_per_sec),
+                    r.packet_overhead as u32,
+                    r.cell_size,
+                    r.cell_overhead as u32,
+                ]),
             );
         }
         if let Some(ns) = latency64 {
@@ -273,7 +350,12 @@ impl NetemOptions {
 /// headroom for bursts and for small packets. It is never below netem's default of 1000 and never
 /// above 1,000,000 (a bound on the memory a stuck queue can pin).
 #[must_use]
-pub fn netem_limit(delay: Duration, jitter: Duration, rate_bps: Option<u64>, link_rate_guess: u64) -> u32 {
+pub fn netem_limit(
+    delay: Duration,
+    jitter: Duration,
+    rate_bps: Option<u64>,
+    link_rate_guess: u64,
+) -> u32 {
     const FLOOR: u64 = 1000;
     const CAP: u64 = 1_000_000;
     const PACKET_BITS: u128 = 1500 * 8;
@@ -314,7 +396,10 @@ impl TbfOptions {
     /// The `TCA_OPTIONS` payload (nested attributes).
     pub fn encode(&self) -> Result<Vec<u8>, TcError> {
         if self.rate == 0 || self.burst == 0 {
-            return Err(TcError::InvalidParam { what: "tbf", why: "rate and burst must be non-zero".into() });
+            return Err(TcError::InvalidParam {
+                what: "tbf",
+                why: "rate and burst must be non-zero".into(),
+            });
         }
         let (spec, rtab) = rate_table(self.rate, 0);
         let buffer = xmittime(self.rate, self.burst);
@@ -352,7 +437,11 @@ pub struct HtbOptions {
 
 impl Default for HtbOptions {
     fn default() -> Self {
-        Self { default_class: 0, r2q: 10, direct_qlen: None }
+        Self {
+            default_class: 0,
+            r2q: 10,
+            direct_qlen: None,
+        }
     }
 }
 
@@ -372,7 +461,10 @@ impl HtbOptions {
     pub fn encode(&self) -> Vec<u8> {
         let mut a = Attrs::new();
         // struct tc_htb_glob { version, rate2quantum, defcls, debug, direct_pkts }
-        a.attr(HTB_INIT, &u32s(&[HTB_VERSION, self.r2q, self.default_class, 0, 0]));
+        a.attr(
+            HTB_INIT,
+            &u32s(&[HTB_VERSION, self.r2q, self.default_class, 0, 0]),
+        );
         if let Some(q) = self.direct_qlen {
             a.u32(HTB_DIRECT_QLEN, q);
         }
@@ -404,16 +496,30 @@ impl HtbClassOptions {
     /// A class with only a rate (ceil = rate, tc's default bursts).
     #[must_use]
     pub fn rate(rate: u64) -> Self {
-        Self { rate, ceil: None, burst: None, cburst: None, prio: 0, quantum: 0 }
+        Self {
+            rate,
+            ceil: None,
+            burst: None,
+            cburst: None,
+            prio: 0,
+            quantum: 0,
+        }
     }
 
     /// The `TCA_OPTIONS` payload.
     pub fn encode(&self) -> Result<Vec<u8>, TcError> {
         let ceil = self.ceil.unwrap_or(self.rate);
         if self.rate == 0 || ceil == 0 {
-            return Err(TcError::InvalidParam { what: "htb class", why: "rate and ceil must be non-zero".into() });
+            return Err(TcError::InvalidParam {
+                what: "htb class",
+                why: "rate and ceil must be non-zero".into(),
+            });
         }
-        let default_burst = |r: u64| u32::try_from(r / PSCHED_HZ).unwrap_or(u32::MAX).saturating_add(HTB_MTU);
+        let default_burst = |r: u64| {
+            u32::try_from(r / PSCHED_HZ)
+                .unwrap_or(u32::MAX)
+                .saturating_add(HTB_MTU)
+        };
         let burst = self.burst.unwrap_or_else(|| default_burst(self.rate));
         let cburst = self.cburst.unwrap_or_else(|| default_burst(ceil));
         let (rspec, rtab) = rate_table(self.rate, HTB_MTU);
@@ -421,7 +527,13 @@ impl HtbClassOptions {
         // struct tc_htb_opt { rate, ceil, buffer, cbuffer, quantum, level, prio }
         let mut parms = rspec.bytes();
         parms.extend_from_slice(&cspec.bytes());
-        parms.extend_from_slice(&u32s(&[xmittime(self.rate, burst), xmittime(ceil, cburst), self.quantum, 0, self.prio]));
+        parms.extend_from_slice(&u32s(&[
+            xmittime(self.rate, burst),
+            xmittime(ceil, cburst),
+            self.quantum,
+            0,
+            self.prio,
+        ]));
         let mut a = Attrs::new();
         if self.rate > u64::from(u32::MAX) {
             a.u64(HTB_RATE64, self.rate);
@@ -429,7 +541,9 @@ impl HtbClassOptions {
         if ceil > u64::from(u32::MAX) {
             a.u64(HTB_CEIL64, ceil);
         }
-        a.attr(HTB_PARMS, &parms).attr(HTB_RTAB, &rtab).attr(HTB_CTAB, &ctab);
+        a.attr(HTB_PARMS, &parms)
+            .attr(HTB_RTAB, &rtab)
+            .attr(HTB_CTAB, &ctab);
         Ok(a.into_bytes())
     }
 }
@@ -446,7 +560,10 @@ pub struct PrioOptions {
 impl Default for PrioOptions {
     fn default() -> Self {
         // The kernel's (and pfifo_fast's) default map.
-        Self { bands: 3, priomap: [1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1] }
+        Self {
+            bands: 3,
+            priomap: [1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+        }
     }
 }
 
@@ -456,7 +573,9 @@ impl PrioOptions {
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let mut a = Attrs::new();
-        a.raw(&self.bands.to_ne_bytes()).raw(&self.priomap).attr(TCA_OPTIONS, &[]);
+        a.raw(&self.bands.to_ne_bytes())
+            .raw(&self.priomap)
+            .attr(TCA_OPTIONS, &[]);
         a.into_bytes()
     }
 }
@@ -563,7 +682,10 @@ pub const fn tc_handle(major: u16, minor: u16) -> u32 {
 }
 
 fn split(h: u32) -> TcHandle {
-    TcHandle { major: (h >> 16) as u16, minor: (h & 0xffff) as u16 }
+    TcHandle {
+        major: (h >> 16) as u16,
+        minor: (h & 0xffff) as u16,
+    }
 }
 
 fn header(ifindex: u32, handle: u32, parent: u32, info: u32) -> TcHeader {
@@ -586,12 +708,21 @@ fn with_kind_and_options(hdr: TcHeader, kind: &str, options: Option<Vec<u8>>) ->
 
 /// The message for adding/replacing qdisc `q` with `handle` under `parent` on `ifindex`.
 /// clsact and ingress always live at `ffff:` under `ffff:fff1`, whatever is passed.
-pub fn qdisc_message(ifindex: u32, parent: u32, handle: u32, q: &Qdisc) -> Result<TcMessage, TcError> {
+pub fn qdisc_message(
+    ifindex: u32,
+    parent: u32,
+    handle: u32,
+    q: &Qdisc,
+) -> Result<TcMessage, TcError> {
     let (parent, handle) = match q {
         Qdisc::Clsact | Qdisc::Ingress => (TC_H_CLSACT, TC_H_INGRESS_HANDLE),
         _ => (parent, handle),
     };
-    Ok(with_kind_and_options(header(ifindex, handle, parent, 0), q.kind(), q.options()?))
+    Ok(with_kind_and_options(
+        header(ifindex, handle, parent, 0),
+        q.kind(),
+        q.options()?,
+    ))
 }
 
 /// The message for deleting the qdisc at `parent` (and `handle`, 0 = whatever is there).
@@ -601,13 +732,28 @@ pub fn qdisc_del_message(ifindex: u32, parent: u32, handle: u32) -> TcMessage {
 }
 
 /// The message for adding/replacing HTB class `classid` under `parent`.
-pub fn htb_class_message(ifindex: u32, parent: u32, classid: u32, o: &HtbClassOptions) -> Result<TcMessage, TcError> {
-    Ok(with_kind_and_options(header(ifindex, classid, parent, 0), "htb", Some(o.encode()?)))
+pub fn htb_class_message(
+    ifindex: u32,
+    parent: u32,
+    classid: u32,
+    o: &HtbClassOptions,
+) -> Result<TcMessage, TcError> {
+    Ok(with_kind_and_options(
+        header(ifindex, classid, parent, 0),
+        "htb",
+        Some(o.encode()?),
+    ))
 }
 
 /// A class message from raw parts (snapshot replay).
 #[must_use]
-pub fn raw_class_message(ifindex: u32, parent: u32, classid: u32, kind: &str, options: Option<Vec<u8>>) -> TcMessage {
+pub fn raw_class_message(
+    ifindex: u32,
+    parent: u32,
+    classid: u32,
+    kind: &str,
+    options: Option<Vec<u8>>,
+) -> TcMessage {
     with_kind_and_options(header(ifindex, classid, parent, 0), kind, options)
 }
 
@@ -634,7 +780,12 @@ const TCA_EGRESS_REDIR: u32 = 1;
 /// device's ingress traffic onto an IFB, where egress qdiscs such as netem can act on it.
 /// `parent` is `ffff:` for the ingress qdisc, `ffff:fff2` for clsact's ingress hook.
 #[must_use]
-pub fn mirred_redirect_filter_message(ifindex: u32, parent: u32, prio: u16, target_ifindex: u32) -> TcMessage {
+pub fn mirred_redirect_filter_message(
+    ifindex: u32,
+    parent: u32,
+    prio: u16,
+    target_ifindex: u32,
+) -> TcMessage {
     let info = (u32::from(prio) << 16) | u32::from(ETH_P_ALL_BE);
     let mut a = Attrs::new();
     a.nest(U32_ACT, |acts| {
@@ -643,7 +794,10 @@ pub fn mirred_redirect_filter_message(ifindex: u32, parent: u32, prio: u16, targ
             act.attr(ACT_KIND, b"mirred\0");
             act.nest(ACT_OPTIONS | NLA_F_NESTED, |o| {
                 // struct tc_mirred { index, capab, action, refcnt, bindcnt, eaction, ifindex }
-                o.attr(MIRRED_PARMS, &u32s(&[0, 0, TC_ACT_STOLEN, 0, 0, TCA_EGRESS_REDIR, target_ifindex]));
+                o.attr(
+                    MIRRED_PARMS,
+                    &u32s(&[0, 0, TC_ACT_STOLEN, 0, 0, TCA_EGRESS_REDIR, target_ifindex]),
+                );
             });
         });
     });
@@ -652,7 +806,11 @@ pub fn mirred_redirect_filter_message(ifindex: u32, parent: u32, prio: u16, targ
     sel.extend_from_slice(&[0u8; 12]);
     sel.extend_from_slice(&[0u8; 16]); // key { mask 0, val 0, off 0, offmask 0 }: matches all
     a.attr(U32_SEL, &sel);
-    with_kind_and_options(header(ifindex, 0, parent, info), "u32", Some(a.into_bytes()))
+    with_kind_and_options(
+        header(ifindex, 0, parent, info),
+        "u32",
+        Some(a.into_bytes()),
+    )
 }
 
 /// The message for deleting every filter of priority `prio` under `parent`.
@@ -672,6 +830,125 @@ pub fn ifb_link_message(name: &str) -> LinkMessage {
     msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
     // IFLA_INFO_KIND without the trailing NUL, as `ip` sends it (LinkInfo::Kind adds one; the
     // kernel accepts both, but byte equality with iproute2 is what the fixture test checks).
-    msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Other(DefaultNla::new(IFLA_INFO_KIND, b"ifb".to_vec()))]));
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Other(
+            DefaultNla::new(IFLA_INFO_KIND, b"ifb".to_vec()),
+        )]));
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netem_limit_scales_with_delay_and_rate() {
+        // 100 ms at 10 Gbit/s: 83,334 full-size packets in flight, doubled.
+        assert_eq!(
+            netem_limit(
+                Duration::from_millis(100),
+                Duration::ZERO,
+                None,
+                10_000_000_000
+            ),
+            166_668
+        );
+        // netem's own rate bounds the arrival rate: 1 Mbit/s for 1 s is 84 packets -> floor.
+        assert_eq!(
+            netem_limit(
+                Duration::from_secs(1),
+                Duration::ZERO,
+                Some(1_000_000),
+                10_000_000_000
+            ),
+            1000
+        );
+        // Jitter counts: 200+50 ms at 1 Gbit/s = 20,834 packets, doubled.
+        assert_eq!(
+            netem_limit(
+                Duration::from_millis(200),
+                Duration::from_millis(50),
+                None,
+                1_000_000_000
+            ),
+            41_668
+        );
+        // Capped.
+        assert_eq!(
+            netem_limit(
+                Duration::from_mins(1),
+                Duration::ZERO,
+                None,
+                100_000_000_000
+            ),
+            1_000_000
+        );
+        assert_eq!(netem_limit(Duration::ZERO, Duration::ZERO, None, 0), 1000);
+    }
+
+    #[test]
+    fn netem_rejects_what_tc_rejects() {
+        let bad = [
+            NetemOptions {
+                reorder: 5.0,
+                ..NetemOptions::default()
+            },
+            NetemOptions {
+                delay: Duration::from_millis(10),
+                distribution: Distribution::Normal,
+                ..NetemOptions::default()
+            },
+            NetemOptions {
+                duplicate: 101.0,
+                ..NetemOptions::default()
+            },
+            NetemOptions {
+                loss: Some(NetemLoss::Random {
+                    percent: -1.0,
+                    correlation: 0.0,
+                }),
+                ..NetemOptions::default()
+            },
+        ];
+        for o in bad {
+            assert!(
+                matches!(o.encode(), Err(TcError::InvalidParam { .. })),
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn netem_long_delays_use_64_bit_attributes() {
+        // 300 s does not fit 32-bit psched ticks (max ~274 s).
+        let o = NetemOptions {
+            delay: Duration::from_mins(5),
+            ..NetemOptions::default()
+        };
+        let b = o.encode().unwrap();
+        assert_eq!(&b[0..4], &u32::MAX.to_ne_bytes());
+        let attrs: Vec<_> = super::super::raw::iter_attrs(&b[24..]).collect();
+        assert_eq!(
+            attrs,
+            vec![(NETEM_LATENCY64, &300_000_000_000i64.to_ne_bytes()[..])]
+        );
+    }
+
+    #[test]
+    fn netem_fast_rate_uses_rate64() {
+        let o = NetemOptions {
+            rate: Some(NetemRate {
+                bytes_per_sec: 5_000_000_000,
+                packet_overhead: 0,
+                cell_size: 0,
+                cell_overhead: 0,
+            }),
+            ..NetemOptions::default()
+        };
+        let b = o.encode().unwrap();
+        let attrs: Vec<_> = super::super::raw::iter_attrs(&b[24..])
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(attrs, vec![NETEM_RATE64, NETEM_RATE]);
+    }
 }

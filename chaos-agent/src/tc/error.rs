@@ -68,7 +68,11 @@ impl fmt::Display for TcHandleFmt {
             return f.write_str("root");
         }
         let (maj, min) = (self.0 >> 16, self.0 & 0xffff);
-        if min == 0 { write!(f, "{maj:x}:") } else { write!(f, "{maj:x}:{min:x}") }
+        if min == 0 {
+            write!(f, "{maj:x}:")
+        } else {
+            write!(f, "{maj:x}:{min:x}")
+        }
     }
 }
 
@@ -154,7 +158,9 @@ pub enum TcError {
     },
     /// The device's root is neither ours nor the snapshot's: someone else changed it meanwhile,
     /// and replacing their work would destroy it.
-    #[error("root qdisc {found} of ifindex {ifindex} is neither the agent's nor the snapshot's; not touching it")]
+    #[error(
+        "root qdisc {found} of ifindex {ifindex} is neither the agent's nor the snapshot's; not touching it"
+    )]
     ForeignRoot {
         /// Device index.
         ifindex: u32,

@@ -23,9 +23,10 @@ mod fixture_tests;
 pub use client::Tc;
 pub use dist::Distribution;
 pub use encode::{
-    FqOptions, HtbClassOptions, HtbOptions, NetemLoss, NetemOptions, NetemRate, NetemSlot, PrioOptions, Qdisc,
-    TbfLimit, TbfOptions, class_del_message, filter_del_message, htb_class_message, ifb_link_message,
-    mirred_redirect_filter_message, netem_limit, qdisc_del_message, qdisc_message, raw_class_message, tc_handle,
+    FqOptions, HtbClassOptions, HtbOptions, NetemLoss, NetemOptions, NetemRate, NetemSlot,
+    PrioOptions, Qdisc, TbfLimit, TbfOptions, class_del_message, filter_del_message,
+    htb_class_message, ifb_link_message, mirred_redirect_filter_message, netem_limit,
+    qdisc_del_message, qdisc_message, raw_class_message, tc_handle,
 };
 pub use error::{NotRestorable, TcError, TcHandleFmt, module_for_kind};
 pub use snapshot::{QdiscTree, TcObject, is_faithfully_restorable};

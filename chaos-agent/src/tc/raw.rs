@@ -163,9 +163,18 @@ pub fn rate_table(rate: u64, mtu: u32) -> (RateSpec, Vec<u8>) {
     while (mtu >> cell_log) > 255 {
         cell_log += 1;
     }
-    let spec = RateSpec { cell_log, linklayer: 1, overhead: 0, cell_align: -1, mpu: 0, rate: rate32(rate) };
+    let spec = RateSpec {
+        cell_log,
+        linklayer: 1,
+        overhead: 0,
+        cell_align: -1,
+        mpu: 0,
+        rate: rate32(rate),
+    };
     // The table is computed from the (saturated) 32-bit rate, as tc does.
-    let table: Vec<u32> = (0..256u32).map(|i| xmittime(u64::from(spec.rate), (i + 1) << cell_log)).collect();
+    let table: Vec<u32> = (0..256u32)
+        .map(|i| xmittime(u64::from(spec.rate), (i + 1) << cell_log))
+        .collect();
     (spec, u32s(&table))
 }
 
@@ -195,7 +204,10 @@ mod tests {
     fn attrs_pad() {
         let mut a = Attrs::new();
         a.attr(1, b"tbf\0").attr(2, &[1]);
-        assert_eq!(a.0, [8, 0, 1, 0, b't', b'b', b'f', 0, 5, 0, 2, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            a.0,
+            [8, 0, 1, 0, b't', b'b', b'f', 0, 5, 0, 2, 0, 1, 0, 0, 0]
+        );
         let v: Vec<_> = iter_attrs(&a.0).collect();
         assert_eq!(v, vec![(1, &b"tbf\0"[..]), (2, &[1u8][..])]);
     }

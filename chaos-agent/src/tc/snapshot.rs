@@ -62,7 +62,9 @@ impl TcObject {
                 TcAttribute::Kind(k) => obj.kind.clone_from(k),
                 TcAttribute::Options(opts) => obj.options = Some(raw_options(opts)),
                 TcAttribute::Stab(_) => obj.has_stab = true,
-                TcAttribute::Other(nla) if matches!(nla.kind() & 0x3fff, TCA_INGRESS_BLOCK | TCA_EGRESS_BLOCK) => {
+                TcAttribute::Other(nla)
+                    if matches!(nla.kind() & 0x3fff, TCA_INGRESS_BLOCK | TCA_EGRESS_BLOCK) =>
+                {
                     obj.extra.push((nla.kind(), nla_value(nla)));
                 }
                 TcAttribute::Other(nla) if nla.kind() & 0x3fff == TCA_STAB => obj.has_stab = true,
@@ -86,7 +88,12 @@ impl TcObject {
     }
 
     fn describe(&self) -> String {
-        format!("{} {} parent {}", self.kind, TcHandleFmt(self.handle), TcHandleFmt(self.parent))
+        format!(
+            "{} {} parent {}",
+            self.kind,
+            TcHandleFmt(self.handle),
+            TcHandleFmt(self.parent)
+        )
     }
 }
 
@@ -156,13 +163,21 @@ impl QdiscTree {
             v.sort_by(|a, b| (a.parent, a.handle, &a.kind).cmp(&(b.parent, b.handle, &b.kind)));
             v
         };
-        for (what, a, b) in [("qdisc", norm(&self.qdiscs), norm(&other.qdiscs)), ("class", norm(&self.classes), norm(&other.classes))] {
+        for (what, a, b) in [
+            ("qdisc", norm(&self.qdiscs), norm(&other.qdiscs)),
+            ("class", norm(&self.classes), norm(&other.classes)),
+        ] {
             for x in &a {
                 if !b.contains(x) {
-                    return Some(match b.iter().find(|y| y.handle == x.handle && y.parent == x.parent) {
-                        Some(_) => format!("{what} {} has different options", x.describe()),
-                        None => format!("{what} {} is missing", x.describe()),
-                    });
+                    return Some(
+                        match b
+                            .iter()
+                            .find(|y| y.handle == x.handle && y.parent == x.parent)
+                        {
+                            Some(_) => format!("{what} {} has different options", x.describe()),
+                            None => format!("{what} {} is missing", x.describe()),
+                        },
+                    );
                 }
             }
             if let Some(y) = b.iter().find(|y| !a.contains(y)) {
@@ -175,8 +190,22 @@ impl QdiscTree {
 
 /// Qdisc kinds whose dumped options we can send back to recreate them exactly.
 const REPLAYABLE_QDISCS: &[&str] = &[
-    "noqueue", "pfifo_fast", "pfifo", "bfifo", "pfifo_head_drop", "mq", "htb", "tbf", "prio", "fq", "fq_codel", "codel",
-    "sfq", "netem", "clsact", "ingress",
+    "noqueue",
+    "pfifo_fast",
+    "pfifo",
+    "bfifo",
+    "pfifo_head_drop",
+    "mq",
+    "htb",
+    "tbf",
+    "prio",
+    "fq",
+    "fq_codel",
+    "codel",
+    "sfq",
+    "netem",
+    "clsact",
+    "ingress",
 ];
 /// Class kinds that exist implicitly once their qdisc exists (per-queue/per-band classes, and
 /// the single class through which tbf and netem hold their child qdisc).
@@ -197,27 +226,45 @@ pub fn is_faithfully_restorable(tree: &QdiscTree) -> Result<(), NotRestorable> {
     for q in &tree.qdiscs {
         let handle = TcHandleFmt(q.handle);
         if q.has_stab {
-            return Err(NotRestorable::SizeTable { kind: q.kind.clone(), handle });
+            return Err(NotRestorable::SizeTable {
+                kind: q.kind.clone(),
+                handle,
+            });
         }
         // Handle 0: objects are the kernel's defaults and come back by themselves.
         if q.handle != 0 && !REPLAYABLE_QDISCS.contains(&q.kind.as_str()) {
-            return Err(NotRestorable::UnknownQdiscKind { kind: q.kind.clone(), handle });
+            return Err(NotRestorable::UnknownQdiscKind {
+                kind: q.kind.clone(),
+                handle,
+            });
         }
         if q.kind == "netem" && netem_has_jitter(q.options.as_deref()) {
             return Err(NotRestorable::NetemDistribution { handle });
         }
         if q.parent != TC_H_ROOT && q.parent != TC_H_CLSACT && !class_ids.contains(&q.parent) {
-            return Err(NotRestorable::Orphan { what: "qdisc", handle, parent: TcHandleFmt(q.parent) });
+            return Err(NotRestorable::Orphan {
+                what: "qdisc",
+                handle,
+                parent: TcHandleFmt(q.parent),
+            });
         }
     }
     for c in tree.classes.iter().filter(|c| !is_ephemeral(c)) {
         let handle = TcHandleFmt(c.handle);
         if c.kind != "htb" && !IMPLICIT_CLASSES.contains(&c.kind.as_str()) {
-            return Err(NotRestorable::UnknownClassKind { kind: c.kind.clone(), handle });
+            return Err(NotRestorable::UnknownClassKind {
+                kind: c.kind.clone(),
+                handle,
+            });
         }
-        let parent_ok = c.parent == TC_H_ROOT || class_ids.contains(&c.parent) || qdisc_ids.contains(&c.parent);
+        let parent_ok =
+            c.parent == TC_H_ROOT || class_ids.contains(&c.parent) || qdisc_ids.contains(&c.parent);
         if !parent_ok {
-            return Err(NotRestorable::Orphan { what: "class", handle, parent: TcHandleFmt(c.parent) });
+            return Err(NotRestorable::Orphan {
+                what: "class",
+                handle,
+                parent: TcHandleFmt(c.parent),
+            });
         }
     }
     Ok(())
@@ -227,14 +274,20 @@ pub fn is_faithfully_restorable(tree: &QdiscTree) -> Result<(), NotRestorable> {
 fn netem_has_jitter(opts: Option<&[u8]>) -> bool {
     let Some(o) = opts else { return false };
     let jitter32 = o.get(20..24).is_some_and(|b| b != [0, 0, 0, 0]);
-    let jitter64 = o.get(24..).is_some_and(|rest| iter_attrs(rest).any(|(k, v)| k == 11 && v.iter().any(|b| *b != 0)));
+    let jitter64 = o
+        .get(24..)
+        .is_some_and(|rest| iter_attrs(rest).any(|(k, v)| k == 11 && v.iter().any(|b| *b != 0)));
     jitter32 || jitter64
 }
 
 impl Tc {
     /// Dumps every qdisc and class of `ifindex`.
     pub async fn snapshot(&self, ifindex: u32) -> Result<QdiscTree, TcError> {
-        Ok(QdiscTree { ifindex, qdiscs: self.qdiscs(ifindex).await?, classes: self.classes(ifindex).await? })
+        Ok(QdiscTree {
+            ifindex,
+            qdiscs: self.qdiscs(ifindex).await?,
+            classes: self.classes(ifindex).await?,
+        })
     }
 
     /// Puts `tree` back on its device: deletes the agent's root (which also removes everything
@@ -247,7 +300,8 @@ impl Tc {
     pub async fn restore(&self, tree: &QdiscTree, force: bool) -> Result<(), TcError> {
         let ifindex = tree.ifindex;
         if !force {
-            is_faithfully_restorable(tree).map_err(|reason| TcError::NotRestorable { ifindex, reason })?;
+            is_faithfully_restorable(tree)
+                .map_err(|reason| TcError::NotRestorable { ifindex, reason })?;
         }
         let now = self.snapshot(ifindex).await?;
         if tree.diff(&now).is_none() {
@@ -256,11 +310,16 @@ impl Tc {
         if let Some(root) = now.root() {
             let ours = (root.handle >> 16) as u16 == OUR_MAJOR;
             let default = root.handle == 0;
-            let snapshot_root = tree.root().is_some_and(|r| r.normalized() == root.normalized());
+            let snapshot_root = tree
+                .root()
+                .is_some_and(|r| r.normalized() == root.normalized());
             if ours {
                 self.delete_qdisc(ifindex, TC_H_ROOT, 0).await?;
             } else if !default && !snapshot_root {
-                return Err(TcError::ForeignRoot { ifindex, found: format!("{} {}", root.kind, TcHandleFmt(root.handle)) });
+                return Err(TcError::ForeignRoot {
+                    ifindex,
+                    found: format!("{} {}", root.kind, TcHandleFmt(root.handle)),
+                });
             }
         }
         self.replay(tree).await?;
@@ -280,7 +339,9 @@ impl Tc {
         let implicit = |major: u32| -> Vec<u32> {
             tree.classes
                 .iter()
-                .filter(|c| IMPLICIT_CLASSES.contains(&c.kind.as_str()) && c.handle & 0xffff_0000 == major)
+                .filter(|c| {
+                    IMPLICIT_CLASSES.contains(&c.kind.as_str()) && c.handle & 0xffff_0000 == major
+                })
                 .map(|c| c.handle)
                 .collect()
         };
@@ -294,7 +355,8 @@ impl Tc {
                 pending_q.push(q);
             }
         }
-        let mut pending_c: Vec<&TcObject> = tree.classes.iter().filter(|c| c.kind == "htb").collect();
+        let mut pending_c: Vec<&TcObject> =
+            tree.classes.iter().filter(|c| c.kind == "htb").collect();
         loop {
             let before = pending_q.len() + pending_c.len();
             let mut i = 0;
@@ -314,9 +376,14 @@ impl Tc {
                 let c = pending_c[i];
                 // Top-level HTB classes are dumped with parent TC_H_ROOT but created under
                 // their qdisc.
-                let parent = if c.parent == TC_H_ROOT { c.handle & 0xffff_0000 } else { c.parent };
+                let parent = if c.parent == TC_H_ROOT {
+                    c.handle & 0xffff_0000
+                } else {
+                    c.parent
+                };
                 if present.contains(&parent) {
-                    let msg = raw_class_message(ifindex, parent, c.handle, &c.kind, c.options.clone());
+                    let msg =
+                        raw_class_message(ifindex, parent, c.handle, &c.kind, c.options.clone());
                     self.add_class_message(msg).await?;
                     present.insert(c.handle);
                     pending_c.remove(i);
@@ -329,8 +396,14 @@ impl Tc {
                 return Ok(());
             }
             if after == before {
-                let stuck = pending_q.first().or(pending_c.first()).map_or_else(String::new, |o| o.describe());
-                return Err(TcError::RestoreMismatch { ifindex, diff: format!("cannot place {stuck}: its parent never appeared") });
+                let stuck = pending_q
+                    .first()
+                    .or(pending_c.first())
+                    .map_or_else(String::new, |o| o.describe());
+                return Err(TcError::RestoreMismatch {
+                    ifindex,
+                    diff: format!("cannot place {stuck}: its parent never appeared"),
+                });
             }
         }
     }
@@ -339,14 +412,18 @@ impl Tc {
         let spec = match q.kind.as_str() {
             "clsact" => Qdisc::Clsact,
             "ingress" => Qdisc::Ingress,
-            kind => Qdisc::Raw { kind: kind.to_owned(), options: q.options.clone().map(|o| replayable_options(kind, o)) },
+            kind => Qdisc::Raw {
+                kind: kind.to_owned(),
+                options: q.options.clone().map(|o| replayable_options(kind, o)),
+            },
         };
         if q.extra.is_empty() {
             return self.add_qdisc(ifindex, q.parent, q.handle, &spec).await;
         }
         let mut msg = super::encode::qdisc_message(ifindex, q.parent, q.handle, &spec)?;
         for (kind, value) in &q.extra {
-            msg.attributes.push(TcAttribute::Other(DefaultNla::new(*kind, value.clone())));
+            msg.attributes
+                .push(TcAttribute::Other(DefaultNla::new(*kind, value.clone())));
         }
         self.add_qdisc_message(ifindex, q.kind.as_str(), msg).await
     }
@@ -382,7 +459,10 @@ mod hex_opt {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    #[expect(clippy::ref_option, reason = "serde's `with` passes the field by reference")]
+    #[expect(
+        clippy::ref_option,
+        reason = "serde's `with` passes the field by reference"
+    )]
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_none(),
@@ -397,7 +477,9 @@ mod hex_opt {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        let Some(s) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
         if s.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd-length hex"));
         }
@@ -406,5 +488,157 @@ mod hex_opt {
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
             .collect::<Result<Vec<u8>, _>>()
             .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(kind: &str, handle: u32, parent: u32, options: Option<Vec<u8>>) -> TcObject {
+        TcObject {
+            kind: kind.into(),
+            handle,
+            parent,
+            options,
+            has_stab: false,
+            extra: Vec::new(),
+        }
+    }
+
+    fn htb_init(version: u32, direct_pkts: u32) -> Vec<u8> {
+        let mut a = super::super::raw::Attrs::new();
+        a.attr(
+            2,
+            &super::super::raw::u32s(&[version, 10, 1, 0, direct_pkts]),
+        )
+        .u32(5, 1000);
+        a.into_bytes()
+    }
+
+    fn tree(qdiscs: Vec<TcObject>, classes: Vec<TcObject>) -> QdiscTree {
+        QdiscTree {
+            ifindex: 7,
+            qdiscs,
+            classes,
+        }
+    }
+
+    #[test]
+    fn default_and_known_trees_are_restorable() {
+        assert_eq!(
+            is_faithfully_restorable(&tree(vec![obj("noqueue", 0, TC_H_ROOT, None)], vec![])),
+            Ok(())
+        );
+        // mq 0: with kernel-made children of any kind, plus a user child under queue 1.
+        let t = tree(
+            vec![
+                obj("mq", 0, TC_H_ROOT, Some(vec![])),
+                obj("pfifo_fast", 0, 1, None),
+                obj("tbf", 0x0011_0000, 2, None),
+            ],
+            vec![obj("mq", 1, TC_H_ROOT, None), obj("mq", 2, TC_H_ROOT, None)],
+        );
+        assert_eq!(is_faithfully_restorable(&t), Ok(()));
+    }
+
+    #[test]
+    fn unreplayable_trees_are_refused() {
+        let t = tree(vec![obj("cbs", 0x0001_0000, TC_H_ROOT, None)], vec![]);
+        assert!(matches!(
+            is_faithfully_restorable(&t),
+            Err(NotRestorable::UnknownQdiscKind { .. })
+        ));
+        let mut stab = obj("tbf", 0x0001_0000, TC_H_ROOT, None);
+        stab.has_stab = true;
+        assert!(matches!(
+            is_faithfully_restorable(&tree(vec![stab], vec![])),
+            Err(NotRestorable::SizeTable { .. })
+        ));
+        // netem with jitter: qopt.jitter (6th u32) non-zero.
+        let netem = super::super::raw::u32s(&[1000, 1000, 0, 0, 0, 156_250]);
+        let t = tree(
+            vec![obj("netem", 0x0001_0000, TC_H_ROOT, Some(netem))],
+            vec![],
+        );
+        assert!(matches!(
+            is_faithfully_restorable(&t),
+            Err(NotRestorable::NetemDistribution { .. })
+        ));
+        let t = tree(
+            vec![obj("htb", 0x0001_0000, TC_H_ROOT, None)],
+            vec![obj("hfsc", 0x0001_0001, TC_H_ROOT, None)],
+        );
+        assert!(matches!(
+            is_faithfully_restorable(&t),
+            Err(NotRestorable::UnknownClassKind { .. })
+        ));
+        let t = tree(vec![obj("tbf", 0x0002_0000, 0x0001_0005, None)], vec![]);
+        let err = is_faithfully_restorable(&t).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "qdisc 2: has parent 1:5 which is not in the snapshot"
+        );
+    }
+
+    #[test]
+    fn diff_ignores_counters_order_and_foreign_clsact() {
+        let a = tree(
+            vec![obj(
+                "htb",
+                0x0001_0000,
+                TC_H_ROOT,
+                Some(htb_init(0x0003_0011, 0)),
+            )],
+            vec![],
+        );
+        let b = tree(
+            vec![
+                obj("clsact", 0xffff_0000, TC_H_CLSACT, Some(vec![])),
+                obj(
+                    "htb",
+                    0x0001_0000,
+                    TC_H_ROOT,
+                    Some(htb_init(0x0003_0011, 42)),
+                ),
+            ],
+            vec![obj("fq_codel", 0x0001_0003, 0x0001_0000, None)],
+        );
+        assert_eq!(a.diff(&b), None);
+        let c = tree(
+            vec![obj(
+                "htb",
+                0x0001_0000,
+                TC_H_ROOT,
+                Some(htb_init(0x0003_0011, 0)),
+            )],
+            vec![],
+        );
+        let mut changed = c.clone();
+        changed.qdiscs[0].options = Some(htb_init(0x0003_0011, 0).into_iter().rev().collect());
+        assert_eq!(
+            c.diff(&changed).as_deref(),
+            Some("qdisc htb 1: parent root has different options")
+        );
+        assert_eq!(
+            c.diff(&tree(vec![], vec![])).as_deref(),
+            Some("qdisc htb 1: parent root is missing")
+        );
+    }
+
+    #[test]
+    fn htb_options_are_made_replayable() {
+        let o = replayable_options("htb", htb_init(0x0003_0011, 9));
+        assert_eq!(o, htb_init(3, 0));
+    }
+
+    #[test]
+    fn tree_round_trips_through_json() {
+        let mut q = obj("tbf", 0xc4a0_0000, TC_H_ROOT, Some(vec![0xde, 0xad, 0x01]));
+        q.extra.push((13, vec![1, 0, 0, 0]));
+        let t = tree(vec![q, obj("noqueue", 0, TC_H_ROOT, None)], vec![]);
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains("\"options\":\"dead01\""), "{json}");
+        assert_eq!(serde_json::from_str::<QdiscTree>(&json).unwrap(), t);
     }
 }
