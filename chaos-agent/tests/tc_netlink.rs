@@ -546,3 +546,23 @@ fn ifb_with_mirred_redirect_and_cleanup() {
             .contains("ingress")
     );
 }
+
+#[test]
+fn in_netns_binds_the_socket_to_that_namespace() {
+    let p = VethPair::new(213);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = p.a.path();
+    let (idx, tree) = rt.block_on(async {
+        let tc = Tc::in_netns(&path).unwrap();
+        let idx = tc.ifindex(&p.a_if).await.unwrap();
+        (idx, tc.snapshot(idx).await.unwrap())
+    });
+    assert_eq!(idx, ifindex(&p.a, &p.a_if));
+    assert_eq!(tree.root().map(|r| r.kind.as_str()), Some("noqueue"));
+    // The test thread itself never left the host namespace.
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{}", p.a_if)).exists());
+}

@@ -59,6 +59,36 @@ impl Tc {
         Ok(Self { handle })
     }
 
+    /// Opens an rtnetlink socket in the network namespace at `netns` (e.g. `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`) without moving the caller: a short-lived thread enters the namespace
+    /// and creates the socket, which stays bound to that namespace for its whole life, and the
+    /// connection task runs on the caller's tokio runtime. `setns` is per thread, so doing it on
+    /// a runtime worker would move unrelated tasks into the namespace.
+    pub fn in_netns(netns: &std::path::Path) -> Result<Self, TcError> {
+        let rt = tokio::runtime::Handle::current();
+        let path = netns.to_owned();
+        let made = std::thread::spawn(move || {
+            // The socket registers with the reactor when created, so the thread needs the
+            // runtime's context.
+            let _guard = rt.enter();
+            let file = std::fs::File::open(&path)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            rtnetlink::new_connection().map(|(conn, handle, _)| (conn, handle))
+        })
+        .join();
+        let (conn, handle) = match made {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(source)) => return Err(TcError::Connect { source }),
+            Err(_) => {
+                return Err(TcError::Connect {
+                    source: std::io::Error::other("netns helper thread panicked"),
+                });
+            }
+        };
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
     /// Sends a request that expects only an ACK.
     async fn ack(
         &self,
