@@ -566,3 +566,92 @@ fn in_netns_binds_the_socket_to_that_namespace() {
     // The test thread itself never left the host namespace.
     assert!(!std::path::Path::new(&format!("/sys/class/net/{}", p.a_if)).exists());
 }
+
+/// Packets sent with `SO_PRIORITY` set to `classid` (what the eBPF classifier does through
+/// `skb->priority`) from namespace `a` to `b`'s discard port.
+fn send_with_priority(p: &VethPair, classid: u32, count: u32) {
+    let script = format!(
+        // The class id exceeds a C int, so it is passed as raw native-endian bytes.
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, ({classid}).to_bytes(4, sys.byteorder))\n\
+         for _ in range({count}): s.sendto(b'x' * 200, ('{}', 9))\n",
+        p.b_ip
+    );
+    p.a.exec("python3", ["-c", &script]);
+}
+
+fn class_packets(ns: &NetNs, dev: &str, classid: &str) -> u64 {
+    let text = ns.sh(&format!("tc -s class show dev {dev} classid {classid}"));
+    let sent = text
+        .split("Sent ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no stats: {text}"));
+    sent.split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"))
+}
+
+#[test]
+fn steering_root_sends_only_prioritised_packets_to_the_fault() {
+    use chaos_agent::tc::{default_leaf_from, fault_classid, fault_leaf_handle};
+    let p = VethPair::new(214);
+    let dev = p.a_if.clone();
+    // A host leaf with options, to check that untargeted traffic keeps its kind of queue.
+    p.a.sh(&format!(
+        "tc qdisc add dev {dev} root handle 1: pfifo limit 321"
+    ));
+    let before = tc_state(&p.a, &dev);
+    let idx = ifindex(&p.a, &dev);
+    let link = 1_250_000_000; // 10 Gbit/s
+    let (tree, classid) = in_ns(&p.a, move |tc| async move {
+        let tree = tc.snapshot(idx).await?;
+        let leaf = default_leaf_from(&tree);
+        tc.install_steering_root(idx, link, leaf.as_ref()).await?;
+        let tbf = TbfOptions {
+            rate: 125_000,
+            burst: 10_240,
+            limit: TbfLimit::Bytes(100_000),
+        };
+        let classid = tc
+            .add_fault_slot(idx, 0, link, None, Some(&Qdisc::Tbf(tbf)))
+            .await?;
+        Ok::<_, TcError>((tree, classid))
+    })
+    .unwrap();
+    assert_eq!(classid, fault_classid(0));
+    let qdiscs = p.a.sh(&format!("tc qdisc show dev {dev}"));
+    assert!(qdiscs.contains("qdisc htb c4a0: root"), "{qdiscs}");
+    assert!(
+        qdiscs.contains("qdisc pfifo c4ff: parent c4a0:1 limit 321p"),
+        "{qdiscs}"
+    );
+    assert!(
+        qdiscs.contains(&format!(
+            "qdisc tbf {:x}: parent c4a0:10 rate 1Mbit",
+            fault_leaf_handle(0) >> 16
+        )),
+        "{qdiscs}"
+    );
+    let (fault0, default0) = (
+        class_packets(&p.a, &dev, "c4a0:10"),
+        class_packets(&p.a, &dev, "c4a0:1"),
+    );
+    send_with_priority(&p, classid, 20);
+    send_with_priority(&p, 0, 30);
+    let fault = class_packets(&p.a, &dev, "c4a0:10") - fault0;
+    let default = class_packets(&p.a, &dev, "c4a0:1") - default0;
+    assert_eq!(fault, 20, "steered packets");
+    // ARP/ND may add a few to the default class, never to the fault class.
+    assert!(default >= 30, "default class got {default}");
+    let removed = in_ns(&p.a, move |tc| async move {
+        let first = tc.remove_fault_slot(idx, 0).await?;
+        let again = tc.remove_fault_slot(idx, 0).await?;
+        tc.restore(&tree, false).await?;
+        Ok::<_, TcError>((first, again))
+    })
+    .unwrap();
+    assert_eq!(removed, (true, false));
+    assert_eq!(tc_state(&p.a, &dev), before);
+}

@@ -4,6 +4,8 @@
 //! - [`encode`]: typed options (netem, tbf, htb, prio, fq, clsact, ingress) and message builders
 //!   whose bytes equal what iproute2's `tc` sends (tested against captured fixtures).
 //! - [`Tc`]: an async client over one rtnetlink socket that sends those messages.
+//! - [`Tc::install_steering_root`] / [`Tc::add_fault_slot`]: the agent's HTB root whose classes
+//!   the eBPF classifier selects through `skb->priority` (layout in `steer.rs`).
 //! - [`QdiscTree`]: a serialisable snapshot (kept in the crash journal) that [`Tc::restore`]
 //!   replays, and [`is_faithfully_restorable`] vets.
 //!
@@ -16,6 +18,7 @@ mod encode;
 mod error;
 pub mod raw;
 mod snapshot;
+mod steer;
 
 #[cfg(test)]
 mod fixture_tests;
@@ -30,6 +33,9 @@ pub use encode::{
 };
 pub use error::{NotRestorable, TcError, TcHandleFmt, module_for_kind};
 pub use snapshot::{QdiscTree, TcObject, is_faithfully_restorable};
+pub use steer::{
+    DEFAULT_CLASSID, FAULT_SLOTS, default_leaf_from, fault_classid, fault_leaf_handle,
+};
 
 /// Handle major of every qdisc the agent creates (`c4a0:`), see docs/design.md.
 pub const OUR_MAJOR: u16 = 0xC4A0;
