@@ -42,6 +42,14 @@ impl Mode {
     }
 }
 
+/// The runtime the connection task will run on; an error rather than tokio's panic when the
+/// caller forgot to provide one.
+fn current_runtime() -> Result<tokio::runtime::Handle, TcError> {
+    tokio::runtime::Handle::try_current().map_err(|e| TcError::Connect {
+        source: std::io::Error::other(e),
+    })
+}
+
 /// Errnos that mean "the object is already gone" for deletes, which undo records treat as success.
 fn is_gone(errno: i32) -> bool {
     // ENOENT: no such qdisc/class/filter/link; EINVAL: deleting the default root (handle 0:),
@@ -53,9 +61,10 @@ impl Tc {
     /// Opens an rtnetlink socket in the calling thread's network namespace and spawns its
     /// connection task. Must run inside a tokio runtime.
     pub fn new() -> Result<Self, TcError> {
+        let rt = current_runtime()?;
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|source| TcError::Connect { source })?;
-        tokio::spawn(conn);
+        rt.spawn(conn);
         Ok(Self { handle })
     }
 
@@ -65,7 +74,8 @@ impl Tc {
     /// connection task runs on the caller's tokio runtime. `setns` is per thread, so doing it on
     /// a runtime worker would move unrelated tasks into the namespace.
     pub fn in_netns(netns: &std::path::Path) -> Result<Self, TcError> {
-        let rt = tokio::runtime::Handle::current();
+        let rt = current_runtime()?;
+        let spawner = rt.clone();
         let path = netns.to_owned();
         let made = std::thread::spawn(move || {
             // The socket registers with the reactor when created, so the thread needs the
@@ -85,7 +95,7 @@ impl Tc {
                 });
             }
         };
-        tokio::spawn(conn);
+        spawner.spawn(conn);
         Ok(Self { handle })
     }
 
