@@ -484,7 +484,8 @@ fn ifb_with_mirred_redirect_and_cleanup() {
     let p = VethPair::new(212);
     let dev = p.a_if.clone();
     let idx = ifindex(&p.a, &dev);
-    let ifb = chaos_agent::testing::unique_name("chaos-ifb");
+    // The IFB lives in the test's own namespace, so the production name cannot collide.
+    let ifb = "chaos-ifb0".to_owned();
     let name = ifb.clone();
     let ifb_idx = in_ns(&p.a, move |tc| async move {
         let ifb_idx = tc.create_ifb(&name).await?;
@@ -654,4 +655,77 @@ fn steering_root_sends_only_prioritised_packets_to_the_fault() {
     .unwrap();
     assert_eq!(removed, (true, false));
     assert_eq!(tc_state(&p.a, &dev), before);
+}
+
+#[test]
+fn restore_leaves_a_foreign_root_alone() {
+    let p = VethPair::new(215);
+    let dev = p.a_if.clone();
+    let idx = ifindex(&p.a, &dev);
+    let tree = in_ns(&p.a, move |tc| async move { tc.snapshot(idx).await }).unwrap();
+    // Someone else installs a root while the fault runs.
+    p.a.sh(&format!(
+        "tc qdisc replace dev {dev} root handle 9: tbf rate 1mbit burst 10kb latency 10ms"
+    ));
+    let err = in_ns(
+        &p.a,
+        move |tc| async move { tc.restore(&tree, false).await },
+    )
+    .expect_err("foreign");
+    assert!(
+        matches!(&err, TcError::ForeignRoot { found, .. } if found == "tbf 9:"),
+        "{err:?}"
+    );
+    assert!(
+        p.a.sh(&format!("tc qdisc show dev {dev}"))
+            .contains("qdisc tbf 9: root")
+    );
+}
+
+/// Adds `kind` with the library and reads it back, or skips where the kernel lacks the module.
+fn read_back_or_skip(test: &str, subnet: u8, q: Qdisc, check: impl FnOnce(&Value)) {
+    let p = VethPair::new(subnet);
+    let idx = ifindex(&p.a, &p.a_if);
+    let kind = q.kind().to_owned();
+    match in_ns(&p.a, move |tc| async move {
+        tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &q).await
+    }) {
+        Err(TcError::QdiscUnsupported { module, .. }) => {
+            skip(test, &format!("{module} not available"));
+        }
+        Err(e) => panic!("{test}: {e}"),
+        Ok(()) => {
+            let q = qdisc_json(&p.a, &p.a_if);
+            assert_eq!(q[0]["kind"], kind.as_str());
+            check(&q[0]["options"]);
+        }
+    }
+}
+
+#[test]
+fn fq_parameters_read_back() {
+    let o = chaos_agent::tc::FqOptions {
+        limit: Some(20_000),
+        flow_limit: Some(1000),
+        horizon: Some(Duration::from_secs(10)),
+        horizon_drop: Some(false),
+    };
+    read_back_or_skip("fq_parameters_read_back", 216, Qdisc::Fq(o), |opt| {
+        assert_eq!(opt["limit"], 20_000, "{opt}");
+        assert_eq!(opt["flow_limit"], 1000, "{opt}");
+        assert_eq!(opt["horizon"], 10_000_000, "{opt}");
+        assert_eq!(opt["horizon_drop"], false, "{opt}");
+    });
+}
+
+#[test]
+fn prio_parameters_read_back() {
+    let o = chaos_agent::tc::PrioOptions {
+        bands: 4,
+        priomap: [3, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+    };
+    read_back_or_skip("prio_parameters_read_back", 217, Qdisc::Prio(o), |opt| {
+        assert_eq!(opt["bands"], 4, "{opt}");
+        assert_eq!(opt["priomap"][0], 3, "{opt}");
+    });
 }
