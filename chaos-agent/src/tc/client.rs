@@ -1,8 +1,10 @@
 //! The async rtnetlink client.
 
+use std::sync::{Arc, Mutex};
+
 use futures::StreamExt;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
@@ -22,6 +24,8 @@ use super::{OUR_MAJOR, TC_H_ROOT};
 #[derive(Debug, Clone)]
 pub struct Tc {
     handle: rtnetlink::Handle,
+    /// A plain socket in the same namespace for dumps (see `dump.rs` for why).
+    dump_sock: Arc<Mutex<netlink_sys::Socket>>,
 }
 
 /// How a create request treats an existing object.
@@ -64,8 +68,12 @@ impl Tc {
         let rt = current_runtime()?;
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|source| TcError::Connect { source })?;
+        let dump_sock = super::dump::open().map_err(|source| TcError::Connect { source })?;
         rt.spawn(conn);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            dump_sock: Arc::new(Mutex::new(dump_sock)),
+        })
     }
 
     /// Opens an rtnetlink socket in the network namespace at `netns` (e.g. `/run/netns/NAME` or
@@ -83,10 +91,11 @@ impl Tc {
             let _guard = rt.enter();
             let file = std::fs::File::open(&path)?;
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            rtnetlink::new_connection().map(|(conn, handle, _)| (conn, handle))
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            Ok::<_, std::io::Error>((conn, handle, super::dump::open()?))
         })
         .join();
-        let (conn, handle) = match made {
+        let (conn, handle, dump_sock) = match made {
             Ok(Ok(pair)) => pair,
             Ok(Err(source)) => return Err(TcError::Connect { source }),
             Err(_) => {
@@ -96,7 +105,10 @@ impl Tc {
             }
         };
         spawner.spawn(conn);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            dump_sock: Arc::new(Mutex::new(dump_sock)),
+        })
     }
 
     /// Sends a request that expects only an ACK.
@@ -132,42 +144,6 @@ impl Tc {
             }
         }
         Ok(())
-    }
-
-    /// Sends a dump request and collects the replies.
-    async fn dump(
-        &self,
-        op: &'static str,
-        ifindex: u32,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, TcError> {
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut resp = self
-            .handle
-            .clone()
-            .request(req)
-            .map_err(|source| TcError::Request {
-                op,
-                ifindex,
-                source,
-            })?;
-        let mut out = Vec::new();
-        while let Some(m) = resp.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(TcError::Netlink {
-                        op,
-                        ifindex,
-                        kind: String::new(),
-                        errno: e.raw_code().abs(),
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
     }
 
     /// The index of device `ifname`.
@@ -482,33 +458,46 @@ impl Tc {
 
     /// Every qdisc of `ifindex`, in the kernel's dump order.
     pub async fn qdiscs(&self, ifindex: u32) -> Result<Vec<TcObject>, TcError> {
-        // The qdisc dump ignores tcm_ifindex, so filter here.
-        let req = RouteNetlinkMessage::GetQueueDiscipline(TcMessage::with_index(ifindex as i32));
-        let msgs = self.dump("dump qdiscs", ifindex, req).await?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewQueueDiscipline(t) if t.header.index as u32 == ifindex => {
-                    Some(TcObject::from_message(&t))
-                }
-                _ => None,
-            })
-            .collect())
+        self.raw_dump("dump qdiscs", super::dump::RTM_GETQDISC, ifindex)
+            .await
     }
 
     /// Every class of `ifindex`.
     pub async fn classes(&self, ifindex: u32) -> Result<Vec<TcObject>, TcError> {
-        let req = RouteNetlinkMessage::GetTrafficClass(TcMessage::with_index(ifindex as i32));
-        let msgs = self.dump("dump classes", ifindex, req).await?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficClass(t) if t.header.index as u32 == ifindex => {
-                    Some(TcObject::from_message(&t))
-                }
-                _ => None,
-            })
-            .collect())
+        self.raw_dump("dump classes", super::dump::RTM_GETTCLASS, ifindex)
+            .await
+    }
+
+    async fn raw_dump(
+        &self,
+        op: &'static str,
+        request: u16,
+        ifindex: u32,
+    ) -> Result<Vec<TcObject>, TcError> {
+        let sock = Arc::clone(&self.dump_sock);
+        // Blocking socket: keep it off the runtime's worker threads.
+        let res = tokio::task::spawn_blocking(move || {
+            // A poisoned lock only means another dump panicked mid-way; the socket is still
+            // usable because every dump matches replies by its own sequence number.
+            let sock = sock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            super::dump::dump(&sock, request, ifindex)
+        })
+        .await;
+        match res {
+            Ok(Ok(objs)) => Ok(objs),
+            Ok(Err(e)) => Err(TcError::Dump {
+                op,
+                ifindex,
+                source: e,
+            }),
+            Err(join) => Err(TcError::Dump {
+                op,
+                ifindex,
+                source: std::io::Error::other(join),
+            }),
+        }
     }
 
     /// The agent's root qdisc on `ifindex` (handle major [`OUR_MAJOR`] at the root), if one is

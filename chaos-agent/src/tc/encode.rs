@@ -22,7 +22,7 @@ use super::raw::{
 use super::{TC_H_CLSACT, TC_H_INGRESS_HANDLE};
 
 /// `TCA_OPTIONS`.
-pub(crate) const TCA_OPTIONS: u16 = 2;
+const TCA_OPTIONS: u16 = 2;
 
 /// How netem drops packets.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -126,6 +126,17 @@ pub enum TcError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// Reading a qdisc or class dump failed.
+    #[error("{op} on ifindex {ifindex}: {source}")]
+    Dump {
+        /// Operation.
+        op: &'static str,
+        /// Device index.
+        ifindex: u32,
+        /// The socket or parse error.
+        #[source]
+        source: std::io::Error,
+    },
     /// No device has that name.
     #[error("no network device named {ifname}")]
     NoSuchDevice {

@@ -14,6 +14,7 @@
 
 mod client;
 mod dist;
+mod dump;
 mod encode;
 mod error;
 pub mod raw;

@@ -10,22 +10,15 @@
 
 use std::collections::HashSet;
 
-use netlink_packet_core::{DefaultNla, Emitable, Nla};
-use netlink_packet_route::tc::{TcAttribute, TcMessage};
+use netlink_packet_core::DefaultNla;
+use netlink_packet_route::tc::TcAttribute;
 use serde::{Deserialize, Serialize};
 
 use super::client::Tc;
-use super::encode::{Qdisc, TCA_OPTIONS, raw_class_message};
+use super::encode::{Qdisc, raw_class_message};
 use super::error::{NotRestorable, TcError, TcHandleFmt};
 use super::raw::iter_attrs;
 use super::{OUR_MAJOR, TC_H_CLSACT, TC_H_ROOT};
-
-/// `TCA_INGRESS_BLOCK` / `TCA_EGRESS_BLOCK`: shared filter block indexes of clsact/ingress,
-/// which must be given again when recreating them.
-const TCA_INGRESS_BLOCK: u16 = 13;
-const TCA_EGRESS_BLOCK: u16 = 14;
-/// `TCA_STAB`.
-const TCA_STAB: u16 = 8;
 
 /// One dumped qdisc or class: everything needed to recreate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,34 +39,6 @@ pub struct TcObject {
 }
 
 impl TcObject {
-    /// Extracts the replayable parts of a dumped qdisc or class message.
-    #[must_use]
-    pub fn from_message(m: &TcMessage) -> Self {
-        let mut obj = Self {
-            kind: String::new(),
-            handle: (u32::from(m.header.handle.major) << 16) | u32::from(m.header.handle.minor),
-            parent: (u32::from(m.header.parent.major) << 16) | u32::from(m.header.parent.minor),
-            options: None,
-            has_stab: false,
-            extra: Vec::new(),
-        };
-        for a in &m.attributes {
-            match a {
-                TcAttribute::Kind(k) => obj.kind.clone_from(k),
-                TcAttribute::Options(opts) => obj.options = Some(raw_options(opts)),
-                TcAttribute::Stab(_) => obj.has_stab = true,
-                TcAttribute::Other(nla)
-                    if matches!(nla.kind() & 0x3fff, TCA_INGRESS_BLOCK | TCA_EGRESS_BLOCK) =>
-                {
-                    obj.extra.push((nla.kind(), nla_value(nla)));
-                }
-                TcAttribute::Other(nla) if nla.kind() & 0x3fff == TCA_STAB => obj.has_stab = true,
-                _ => {}
-            }
-        }
-        obj
-    }
-
     /// The object with fields that are counters rather than configuration zeroed, for comparing
     /// a tree before and after a restore.
     #[must_use]
@@ -103,26 +68,6 @@ fn zero_htb_direct_pkts(opts: &mut [u8]) {
     if let Some(start) = htb_init_offset(opts) {
         opts[start + 16..start + 20].fill(0);
     }
-}
-
-fn nla_value(nla: &DefaultNla) -> Vec<u8> {
-    let mut v = vec![0u8; nla.value_len()];
-    nla.emit_value(&mut v);
-    v
-}
-
-/// The raw `TCA_OPTIONS` value. netlink-packet-route parses options of kinds it does not know
-/// into a single `Other` attribute of type `TCA_OPTIONS` holding the whole value (netem's
-/// options are not even a list of attributes); known kinds are re-emitted from their parsed form.
-fn raw_options(opts: &[netlink_packet_route::tc::TcOption]) -> Vec<u8> {
-    if let [netlink_packet_route::tc::TcOption::Other(nla)] = opts
-        && nla.kind() & 0x3fff == TCA_OPTIONS
-    {
-        return nla_value(nla);
-    }
-    let mut v = vec![0u8; opts.buffer_len()];
-    opts.emit(&mut v);
-    v
 }
 
 /// Every qdisc and class of one device, as dumped over netlink. Serialisable: it is stored in
