@@ -730,3 +730,21 @@ fn prio_parameters_read_back() {
         assert_eq!(opt["priomap"][0], 3, "{opt}");
     });
 }
+
+#[test]
+fn restore_large_htb_tree_spanning_many_dump_datagrams() {
+    // 300 classes with rate tables make the class dump span many netlink datagrams.
+    let mut batch = String::from("qdisc add dev DEV root handle 1: htb default 2\n");
+    batch.push_str("class add dev DEV parent 1: classid 1:1 htb rate 1gbit\n");
+    for i in 2..302 {
+        batch.push_str(&format!(
+            "class add dev DEV parent 1:1 classid 1:{i:x} htb rate {i}kbit ceil 1gbit\n"
+        ));
+    }
+    round_trip(
+        218,
+        &format!(
+            "cat > /tmp/chaos-tc-batch.$$ <<'EOB'\n{batch}EOB\ntc -batch /tmp/chaos-tc-batch.$$; rc=$?; rm -f /tmp/chaos-tc-batch.$$; exit $rc"
+        ),
+    );
+}
