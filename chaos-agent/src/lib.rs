@@ -7,6 +7,7 @@
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
 
+pub mod tc;
 pub mod testing;
 pub mod ebpf;
 pub mod engine;
