@@ -202,6 +202,141 @@ pub struct LossSpec {
     pub model: Option<GilbertElliott>,
 }
 
+/// Shape of the delay jitter (netem's distribution tables).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JitterDistribution {
+    /// Uniform in [delay - jitter, delay + jitter].
+    #[default]
+    Uniform,
+    /// Normal.
+    Normal,
+    /// Pareto (heavy tail).
+    Pareto,
+    /// Pareto-normal mix.
+    Paretonormal,
+}
+
+/// A bandwidth in bits per second, written like tc: `1mbit`, `500kbit`, `10gbit`, `8000bit`,
+/// or in bytes per second: `125kbps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Rate {
+    /// Bits per second.
+    pub bits_per_sec: u64,
+}
+
+impl Rate {
+    /// Bytes per second.
+    #[must_use]
+    pub fn bytes_per_sec(self) -> u64 {
+        self.bits_per_sec / 8
+    }
+}
+
+impl FromStr for Rate {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadRate { input: s.to_owned() };
+        let t = s.trim().to_ascii_lowercase();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let v: f64 = num.parse().map_err(|_| bad())?;
+        let mult = match unit {
+            "" | "bit" => 1.0,
+            "kbit" => 1e3,
+            "mbit" => 1e6,
+            "gbit" => 1e9,
+            "bps" => 8.0,
+            "kbps" => 8e3,
+            "mbps" => 8e6,
+            "gbps" => 8e9,
+            _ => return Err(bad()),
+        };
+        let bits = v * mult;
+        if !bits.is_finite() || bits < 8.0 || bits > 4e12 {
+            return Err(bad());
+        }
+        Ok(Self { bits_per_sec: bits as u64 })
+    }
+}
+
+impl TryFrom<String> for Rate {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        s.parse()
+    }
+}
+
+impl From<Rate> for String {
+    fn from(r: Rate) -> Self {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.bits_per_sec;
+        if b % 1_000_000_000 == 0 {
+            write!(f, "{}gbit", b / 1_000_000_000)
+        } else if b % 1_000_000 == 0 {
+            write!(f, "{}mbit", b / 1_000_000)
+        } else if b % 1000 == 0 {
+            write!(f, "{}kbit", b / 1000)
+        } else {
+            write!(f, "{b}bit")
+        }
+    }
+}
+
+/// Delay, jitter, bandwidth and the rest of the netem family. Probabilities are fractions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapeSpec {
+    /// Added one-way delay (per direction: a round trip through two faulted directions pays it
+    /// twice).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Delay variation (+/-); needs a delay.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Duration>,
+    /// Shape of the jitter; needs a jitter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<JitterDistribution>,
+    /// Correlation of successive delays, [0, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<f64>,
+    /// Bandwidth limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Probability of corrupting one bit of a packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<f64>,
+    /// Probability of duplicating a packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<f64>,
+    /// Probability of sending a packet at once, ahead of delayed ones (needs a delay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<f64>,
+}
+
+impl ShapeSpec {
+    /// Whether anything beyond a pure bandwidth limit is asked for (those need `sch_netem`).
+    #[must_use]
+    pub fn needs_netem(&self) -> bool {
+        self.delay.is_some_and(|d| !d.is_zero())
+            || self.corrupt.is_some()
+            || self.duplicate.is_some()
+            || self.reorder.is_some()
+    }
+
+    /// Whether the spec does anything.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        !self.needs_netem() && self.rate.is_none()
+    }
+}
+
 /// A fault: what to do, to which packets, for how long.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +350,12 @@ pub struct FaultSpec {
     /// Packet loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<LossSpec>,
+    /// Delay, jitter, rate, corruption, duplication, reordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<ShapeSpec>,
+    /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
     /// Seed for reproducible randomness (per CPU; reproducible for one flow on one CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -300,8 +441,32 @@ pub enum SpecError {
         /// Why.
         why: String,
     },
+    /// A rate that does not parse.
+    #[error("bad rate {input:?}: expected a number with bit, kbit, mbit, gbit (bits/s) or bps, kbps, mbps, gbps (bytes/s), at least 8bit")]
+    BadRate {
+        /// The text given.
+        input: String,
+    },
+    /// A shaping parameter that needs another one.
+    #[error("{what} needs {needs}")]
+    Needs {
+        /// The parameter given.
+        what: &'static str,
+        /// What it needs.
+        needs: &'static str,
+    },
+    /// A duration out of range.
+    #[error("{what} {} is above the maximum of {}", humantime::format_duration(*value), humantime::format_duration(*max))]
+    DurationTooLong {
+        /// Which.
+        what: &'static str,
+        /// Given.
+        value: Duration,
+        /// Maximum.
+        max: Duration,
+    },
     /// Nothing to do.
-    #[error("the fault does nothing: give at least one of --loss, ...")]
+    #[error("the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder")]
     NoEffect,
     /// Interface name not valid.
     #[error("bad interface name {name:?}")]
@@ -368,6 +533,37 @@ impl FaultSpec {
                 }
             }
         }
+        if let Some(sh) = &self.shape
+            && !sh.is_empty()
+        {
+            effect = true;
+            let max = Duration::from_secs(60);
+            for (what, d) in [("delay", sh.delay), ("jitter", sh.jitter)] {
+                if let Some(d) = d
+                    && d > max
+                {
+                    return Err(SpecError::DurationTooLong { what, value: d, max });
+                }
+            }
+            let has_delay = sh.delay.is_some_and(|d| !d.is_zero());
+            if sh.jitter.is_some_and(|j| !j.is_zero()) && !has_delay {
+                return Err(SpecError::Needs { what: "--jitter", needs: "--delay" });
+            }
+            if sh.distribution.is_some_and(|d| d != JitterDistribution::Uniform) && sh.jitter.is_none_or(|j| j.is_zero()) {
+                return Err(SpecError::Needs { what: "--distribution", needs: "--jitter" });
+            }
+            if sh.correlation.is_some() && !has_delay {
+                return Err(SpecError::Needs { what: "--correlation", needs: "--delay" });
+            }
+            if sh.reorder.is_some() && !has_delay {
+                return Err(SpecError::Needs { what: "--reorder", needs: "--delay (netem reorders by sending some packets without it)" });
+            }
+            for (what, v) in [("correlation", sh.correlation), ("corrupt", sh.corrupt), ("duplicate", sh.duplicate), ("reorder", sh.reorder)] {
+                if let Some(v) = v {
+                    check_prob(what, v, what == "correlation")?;
+                }
+            }
+        }
         if !effect {
             return Err(SpecError::NoEffect);
         }
@@ -377,7 +573,13 @@ impl FaultSpec {
     /// The fault's kind, for metrics labels.
     #[must_use]
     pub fn kind(&self) -> &'static str {
-        if self.loss.is_some() { "loss" } else { "none" }
+        match (&self.loss, &self.shape) {
+            (Some(_), Some(_)) => "loss+shape",
+            (Some(_), None) => "loss",
+            (None, Some(sh)) if sh.needs_netem() => "netem",
+            (None, Some(_)) => "rate",
+            (None, None) => "none",
+        }
     }
 
     /// A short human summary, e.g. `loss 10% egress on eth0`.
@@ -388,6 +590,23 @@ impl FaultSpec {
             match &l.model {
                 None => parts.push(format!("loss {}%", trim_float(l.probability * 100.0))),
                 Some(ge) => parts.push(format!("burst loss (GE, mean {}%)", trim_float(ge.mean_loss() * 100.0))),
+            }
+        }
+        if let Some(sh) = &self.shape {
+            if let Some(d) = sh.delay {
+                let mut p = format!("delay {}", humantime::format_duration(d));
+                if let Some(j) = sh.jitter {
+                    p.push_str(&format!(" +/- {}", humantime::format_duration(j)));
+                }
+                parts.push(p);
+            }
+            if let Some(r) = sh.rate {
+                parts.push(format!("rate {r}"));
+            }
+            for (name, v) in [("corrupt", sh.corrupt), ("duplicate", sh.duplicate), ("reorder", sh.reorder)] {
+                if let Some(v) = v {
+                    parts.push(format!("{name} {}%", trim_float(v * 100.0)));
+                }
             }
         }
         let iface = self.target.iface.as_deref().unwrap_or("<default route>");
@@ -409,6 +628,8 @@ mod tests {
             ttl: Duration::from_secs(30),
             target: Target::default(),
             loss: Some(LossSpec { probability: p, model: None }),
+            shape: None,
+            force: false,
             seed: None,
             label: None,
         }
@@ -441,6 +662,31 @@ mod tests {
         assert_eq!(s.validate(&l), Err(SpecError::TtlZero));
         s.ttl = Duration::from_secs(61);
         assert!(matches!(s.validate(&l), Err(SpecError::TtlTooLong { .. })));
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("1mbit".parse::<Rate>().unwrap().bits_per_sec, 1_000_000);
+        assert_eq!("500kbit".parse::<Rate>().unwrap().bits_per_sec, 500_000);
+        assert_eq!("125kbps".parse::<Rate>().unwrap().bits_per_sec, 1_000_000);
+        assert_eq!("1.5gbit".parse::<Rate>().unwrap().to_string(), "1500mbit");
+        for bad in ["", "fast", "1xbit", "0bit", "-1mbit"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shaping_dependencies() {
+        let l = Limits::default();
+        let shape = |j: &str| -> FaultSpec { serde_json::from_str(&format!(r#"{{"ttl":"5s","shape":{j}}}"#)).unwrap() };
+        assert!(shape(r#"{"delay":"100ms","jitter":"10ms","distribution":"normal"}"#).validate(&l).is_ok());
+        assert!(shape(r#"{"rate":"1mbit"}"#).validate(&l).is_ok());
+        assert!(matches!(shape(r#"{"jitter":"10ms"}"#).validate(&l), Err(SpecError::Needs { .. })));
+        assert!(matches!(shape(r#"{"reorder":0.1}"#).validate(&l), Err(SpecError::Needs { .. })));
+        assert!(matches!(shape(r#"{"delay":"100ms","distribution":"pareto"}"#).validate(&l), Err(SpecError::Needs { .. })));
+        assert!(matches!(shape(r#"{"delay":"2m"}"#).validate(&l), Err(SpecError::DurationTooLong { .. })));
+        assert!(matches!(shape(r#"{"corrupt":1.5}"#).validate(&l), Err(SpecError::Probability { .. })));
+        assert_eq!(shape("{}").validate(&l), Err(SpecError::NoEffect));
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     let report = rt.block_on(async {
         let journal = Journal::open(state_dir)?;
         let nl = crate::ebpf::netlink::connect()?;
-        anyhow::Ok(reconcile::run(&UndoCtx { nl, journal }).await)
+        let tc = crate::tc::Tc::new()?;
+        anyhow::Ok(reconcile::run(&UndoCtx { nl, journal, tc }).await)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

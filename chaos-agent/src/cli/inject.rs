@@ -14,7 +14,7 @@ use super::{InjectArgs, UsageError};
 use crate::ebpf::Counters;
 use crate::engine::{self, Engine, RevertReason, RevertReport, Requester};
 use crate::metrics::Metrics;
-use crate::spec::{FaultSpec, LossSpec, Target};
+use crate::spec::{FaultSpec, LossSpec, ShapeSpec, Target};
 
 /// Builds the spec from the flags.
 pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
@@ -23,8 +23,21 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         (None, Some(model)) => Some(LossSpec { probability: model.mean_loss(), model: Some(model) }),
         (None, None) => None,
     };
-    if loss.is_none() {
-        return Err(UsageError("nothing to inject: give --loss or --loss-model".to_owned()));
+    let shape = ShapeSpec {
+        delay: a.delay,
+        jitter: a.jitter,
+        distribution: a.distribution,
+        correlation: a.correlation,
+        rate: a.rate,
+        corrupt: a.corrupt,
+        duplicate: a.duplicate,
+        reorder: a.reorder,
+    };
+    let shape = (shape != ShapeSpec::default()).then_some(shape);
+    if loss.is_none() && shape.is_none() {
+        return Err(UsageError(
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate or --reorder".to_owned(),
+        ));
     }
     Ok(FaultSpec {
         ttl: a.ttl,
@@ -39,6 +52,8 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
             include_protected: a.include_protected,
         },
         loss,
+        shape,
+        force: a.force,
         seed: a.seed,
         label: a.label.clone(),
     })
@@ -52,7 +67,11 @@ fn pct(n: u64, d: u64) -> String {
 #[must_use]
 pub fn counters_line(c: &Counters) -> String {
     let t = c.total();
-    format!("matched {}, dropped {} ({})", t.matched, t.dropped, pct(t.dropped, t.matched))
+    let mut line = format!("matched {}, dropped {} ({})", t.matched, t.dropped, pct(t.dropped, t.matched));
+    if t.steered > 0 {
+        line.push_str(&format!(", shaped {}", t.steered));
+    }
+    line
 }
 
 pub(super) fn run(state_dir: &Path, a: &InjectArgs) -> anyhow::Result<ExitCode> {

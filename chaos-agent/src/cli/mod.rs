@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use crate::ebpf::AttachMode;
 use crate::engine::EngineConfig;
-use crate::spec::{Direction, GilbertElliott, PortRange, Proto, parse_fraction};
+use crate::spec::{Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, parse_fraction};
 use crate::sys::paths;
 
 /// chaos-agent: inject real, self-expiring faults into this host.
@@ -52,6 +52,33 @@ pub struct InjectArgs {
     /// Burst loss instead of independent drops: `gemodel:p,r[,1-h[,1-k]]` (Gilbert-Elliott).
     #[arg(long, value_name = "MODEL")]
     pub loss_model: Option<GilbertElliott>,
+    /// Add this one-way delay to matching packets (e.g. `100ms`); needs sch_netem.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+    /// Delay variation, +/- (needs --delay).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub jitter: Option<Duration>,
+    /// Shape of the jitter.
+    #[arg(long, value_enum)]
+    pub distribution: Option<JitterDistribution>,
+    /// Correlation of successive delays, [0, 1].
+    #[arg(long, value_parser = parse_fraction_arg)]
+    pub correlation: Option<f64>,
+    /// Limit bandwidth of matching traffic (e.g. `1mbit`, `500kbit`).
+    #[arg(long)]
+    pub rate: Option<Rate>,
+    /// Corrupt one bit of matching packets with this probability.
+    #[arg(long, value_parser = parse_probability)]
+    pub corrupt: Option<f64>,
+    /// Duplicate matching packets with this probability.
+    #[arg(long, value_parser = parse_probability)]
+    pub duplicate: Option<f64>,
+    /// Send this fraction of matching packets at once, ahead of delayed ones (needs --delay).
+    #[arg(long, value_parser = parse_probability)]
+    pub reorder: Option<f64>,
+    /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
+    #[arg(long)]
+    pub force: bool,
     /// How long the fault lasts (e.g. `30s`, `5m`). Required; at most the maximum TTL.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Duration,
@@ -120,6 +147,11 @@ fn parse_probability(s: &str) -> Result<f64, String> {
     if v > 0.0 && v <= 1.0 { Ok(v) } else { Err(format!("{s} is outside (0, 1]")) }
 }
 
+fn parse_fraction_arg(s: &str) -> Result<f64, String> {
+    let v = parse_fraction(s).ok_or_else(|| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{s} is outside [0, 1]")) }
+}
+
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -150,7 +182,8 @@ fn engine_config(state_dir: PathBuf, attach_mode: AttachMode, max_ttl: Duration)
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref(), "warn");
+    // The CLI prints its own results; only errors from the library are worth a log line.
+    init_logging(cli.log.as_deref(), "error");
     let result = match cli.command {
         Command::Inject(args) => inject::run(&cli.state_dir, &args),
         Command::Cleanup(args) => cleanup::run(&cli.state_dir, &args),
@@ -159,7 +192,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Engine errors already spell out their causes; anyhow's chain would repeat them.
+            match e.downcast_ref::<crate::engine::EngineError>() {
+                Some(engine_err) => eprintln!("error: {engine_err}"),
+                None => eprintln!("error: {e:#}"),
+            }
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<crate::spec::SpecError>().is_some()
                 || matches!(e.downcast_ref::<crate::engine::EngineError>(), Some(crate::engine::EngineError::Spec(_) | crate::engine::EngineError::Sys(_)))

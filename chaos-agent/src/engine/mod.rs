@@ -173,6 +173,12 @@ pub enum EngineError {
     /// Host lookup failed (unknown interface...).
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// The kernel lacks what the fault needs; nothing was touched.
+    #[error("{source}")]
+    Unsupported {
+        /// Cause.
+        source: FaultError,
+    },
     /// Applying failed; everything was rolled back.
     #[error("{source}; rolled back")]
     Apply {
@@ -280,6 +286,7 @@ struct Inner {
     cfg: RwLock<EngineConfig>,
     journal: Journal,
     nl: rtnetlink::Handle,
+    tc: crate::tc::Tc,
     state: Mutex<State>,
     wake: Notify,
     paused: AtomicBool,
@@ -310,7 +317,8 @@ impl Engine {
         sys::raise_memlock();
         let journal = Journal::open(&cfg.state_dir)?;
         let nl = crate::ebpf::netlink::connect().map_err(|e| EngineError::Apply { source: e.into() })?;
-        let ctx = UndoCtx { nl: nl.clone(), journal: journal.clone() };
+        let tc = crate::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
+        let ctx = UndoCtx { nl: nl.clone(), journal: journal.clone(), tc: tc.clone() };
         let report = reconcile::run(&ctx).await;
         for (kind, n) in &report.removed_by_kind {
             metrics.leftovers_removed(kind, *n as u64);
@@ -323,6 +331,7 @@ impl Engine {
                 cfg: RwLock::new(cfg),
                 journal,
                 nl,
+                tc,
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
                 paused: AtomicBool::new(false),
@@ -389,6 +398,14 @@ impl Engine {
         if state.faults.len() >= cfg.max_faults {
             return Err(EngineError::TooMany { max: cfg.max_faults });
         }
+        if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
+            faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
+        }
+        for (other, slot) in &state.faults {
+            if let Some(why) = faults::conflict(spec, &slot.info.spec) {
+                return Err(EngineError::Conflict { other: *other, why });
+            }
+        }
         let started = Instant::now();
         let mut id = FaultId::random();
         while state.faults.contains_key(&id) {
@@ -416,6 +433,7 @@ impl Engine {
                 ifindex,
                 txn: &mut txn,
                 nl: &self.inner.nl,
+                tc: &self.inner.tc,
                 attach_mode: mode,
                 protected_ports: &cfg.protected_ports,
                 expires_at_mono_ns: expires_mono,
@@ -460,7 +478,7 @@ impl Engine {
     }
 
     fn undo_ctx(&self) -> UndoCtx {
-        UndoCtx { nl: self.inner.nl.clone(), journal: self.inner.journal.clone() }
+        UndoCtx { nl: self.inner.nl.clone(), journal: self.inner.journal.clone(), tc: self.inner.tc.clone() }
     }
 
     /// Stops a fault now.
@@ -667,6 +685,7 @@ fn refusal_reason(e: &EngineError) -> &'static str {
         EngineError::Spec(_) => "invalid",
         EngineError::Sys(_) => "target",
         EngineError::Apply { .. } | EngineError::RollbackFailed { .. } => "apply_failed",
+        EngineError::Unsupported { .. } => "unsupported",
         EngineError::Journal(_) => "journal",
         EngineError::NotFound(_) => "not_found",
         EngineError::TooMany { .. } => "too_many",
@@ -696,6 +715,9 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
 /// Validates a spec and explains what applying it would do, touching nothing (dry run).
 pub fn plan(cfg: &EngineConfig, mut spec: FaultSpec) -> Result<(FaultSpec, Vec<String>), EngineError> {
     let ifname = prepare(&mut spec, cfg)?;
+    if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
+        faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
+    }
     let plan = faults::plan(&spec, &ifname, cfg.attach_mode.resolve(), &cfg.protected_ports);
     Ok((spec, plan))
 }

@@ -40,6 +40,8 @@ pub async fn run(ctx: &UndoCtx) -> Report {
     let me = super::journal::Owner::current();
     let mut keep_filters: HashSet<(String, u32)> = HashSet::new();
     let mut keep_clsact: HashSet<String> = HashSet::new();
+    let mut keep_roots: HashSet<String> = HashSet::new();
+    let mut keep_mirred: HashSet<String> = HashSet::new();
     let entries = match ctx.journal.load_all() {
         Ok(e) => e,
         Err(e) => {
@@ -66,6 +68,15 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     Undo::Clsact { ifname } => {
                         keep_clsact.insert(ifname.clone());
                     }
+                    Undo::RestoreQdisc { ifname, .. } => {
+                        keep_roots.insert(ifname.clone());
+                    }
+                    Undo::IfbLink { name } => {
+                        keep_roots.insert(name.clone());
+                    }
+                    Undo::MirredFilter { ifname, .. } => {
+                        keep_mirred.insert(ifname.clone());
+                    }
                     Undo::TcxLink { .. } => {}
                 }
             }
@@ -85,13 +96,23 @@ pub async fn run(ctx: &UndoCtx) -> Report {
         }
         report.journals_replayed += 1;
     }
-    sweep(ctx, &keep_filters, &keep_clsact, &mut report).await;
+    let keep = Keep { filters: keep_filters, clsact: keep_clsact, roots: keep_roots, mirred: keep_mirred };
+    sweep(ctx, &keep, &mut report).await;
     report
 }
 
-/// Removes filters carrying our program names that no live journal claims, and clsact qdiscs we
-/// created that nothing uses any more.
-async fn sweep(ctx: &UndoCtx, keep_filters: &HashSet<(String, u32)>, keep_clsact: &HashSet<String>, report: &mut Report) {
+/// What live agents still use.
+struct Keep {
+    filters: HashSet<(String, u32)>,
+    clsact: HashSet<String>,
+    roots: HashSet<String>,
+    mirred: HashSet<String>,
+}
+
+/// Removes objects with our names that no live journal claims: cls_bpf filters named
+/// `chaos_tc_*`, mirred filters at our priority, root qdiscs with our handle major (the kernel's
+/// default root comes back), `chaos-ifb*` devices, and clsact qdiscs we created.
+async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
     let links = match netlink::all_ifindexes(&ctx.nl).await {
         Ok(l) => l,
         Err(e) => {
@@ -108,7 +129,7 @@ async fn sweep(ctx: &UndoCtx, keep_filters: &HashSet<(String, u32)>, keep_clsact
             }
         };
         for f in filters {
-            if keep_filters.contains(&(ifname.clone(), f.handle)) {
+            if keep.filters.contains(&(ifname.clone(), f.handle)) {
                 continue;
             }
             match netlink::delete_our_filter(&ctx.nl, *ifindex, f.hook, f.priority, f.handle).await {
@@ -121,8 +142,41 @@ async fn sweep(ctx: &UndoCtx, keep_filters: &HashSet<(String, u32)>, keep_clsact
             }
         }
     }
+    // Mirred redirects first: with its IFB gone a mirred filter would drop all ingress traffic.
+    for (ifindex, ifname) in &links {
+        if keep.mirred.contains(ifname) {
+            continue;
+        }
+        match ctx.tc.delete_filter(*ifindex, crate::tc::TC_H_CLSACT_INGRESS, crate::faults::netem::MIRRED_PRIO).await {
+            Ok(true) => report.add("mirred_filter"),
+            Ok(false) => {}
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    for (ifindex, ifname) in &links {
+        if keep.roots.contains(ifname) {
+            continue;
+        }
+        if ifname.starts_with("chaos-ifb") {
+            match ctx.tc.delete_link(ifname).await {
+                Ok(true) => report.add("ifb"),
+                Ok(false) => {}
+                Err(e) => report.errors.push(e.to_string()),
+            }
+            continue;
+        }
+        match ctx.tc.find_ours(*ifindex).await {
+            Ok(Some(_)) => match ctx.tc.delete_qdisc(*ifindex, crate::tc::TC_H_ROOT, crate::tc::OUR_ROOT).await {
+                Ok(true) => report.add("qdisc_root"),
+                Ok(false) => {}
+                Err(e) => report.errors.push(e.to_string()),
+            },
+            Ok(None) => {}
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
     for (kind, ifname) in ctx.journal.owned_markers() {
-        if kind != "clsact" || keep_clsact.contains(&ifname) {
+        if kind != "clsact" || keep.clsact.contains(&ifname) {
             continue;
         }
         match (Undo::Clsact { ifname }).run(ctx).await {

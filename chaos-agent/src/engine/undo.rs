@@ -36,6 +36,27 @@ pub enum Undo {
         /// Interface.
         ifname: String,
     },
+    /// The device's qdisc tree before the agent replaced its root: restored exactly.
+    RestoreQdisc {
+        /// Interface.
+        ifname: String,
+        /// The snapshot.
+        tree: Box<crate::tc::QdiscTree>,
+        /// Restore even what cannot be checked exactly.
+        force: bool,
+    },
+    /// An IFB device the agent created.
+    IfbLink {
+        /// Device name.
+        name: String,
+    },
+    /// The mirred filter that sends an interface's ingress traffic through an IFB.
+    MirredFilter {
+        /// Interface.
+        ifname: String,
+        /// Filter priority under clsact ingress.
+        prio: u16,
+    },
 }
 
 /// Why an undo failed.
@@ -44,6 +65,9 @@ pub enum UndoError {
     /// A kernel request failed.
     #[error(transparent)]
     Kernel(#[from] EbpfError),
+    /// A traffic-control request failed.
+    #[error(transparent)]
+    Tc(#[from] crate::tc::TcError),
     /// The journal could not be updated.
     #[error(transparent)]
     Journal(#[from] super::journal::JournalError),
@@ -56,6 +80,8 @@ pub struct UndoCtx {
     pub nl: rtnetlink::Handle,
     /// The journal (for ownership markers).
     pub journal: Journal,
+    /// Traffic-control client.
+    pub tc: crate::tc::Tc,
 }
 
 impl Undo {
@@ -66,6 +92,9 @@ impl Undo {
             Self::TcxLink { .. } => "tcx_link",
             Self::NetlinkFilter { .. } => "tc_filter",
             Self::Clsact { .. } => "clsact",
+            Self::RestoreQdisc { .. } => "qdisc_root",
+            Self::IfbLink { .. } => "ifb",
+            Self::MirredFilter { .. } => "mirred_filter",
         }
     }
 
@@ -78,6 +107,9 @@ impl Undo {
                 format!("cls_bpf filter on {ifname} {} prio {priority} handle {handle:#x}", hook.as_str())
             }
             Self::Clsact { ifname } => format!("clsact qdisc on {ifname}"),
+            Self::RestoreQdisc { ifname, .. } => format!("qdisc tree of {ifname} (restore snapshot)"),
+            Self::IfbLink { name } => format!("IFB device {name}"),
+            Self::MirredFilter { ifname, prio } => format!("mirred filter on {ifname} ingress prio {prio:#x}"),
         }
     }
 
@@ -102,6 +134,21 @@ impl Undo {
                     ctx.journal.unmark_owned("clsact", ifname)?;
                 }
                 Ok(deleted)
+            }
+            Self::RestoreQdisc { ifname, tree, force } => {
+                let Ok(ifindex) = netlink::ifindex(ifname) else { return Ok(false) };
+                if ctx.tc.find_ours(ifindex).await?.is_none() {
+                    return Ok(false);
+                }
+                let mut tree = (**tree).clone();
+                tree.ifindex = ifindex;
+                ctx.tc.restore(&tree, *force).await?;
+                Ok(true)
+            }
+            Self::IfbLink { name } => Ok(ctx.tc.delete_link(name).await?),
+            Self::MirredFilter { ifname, prio } => {
+                let Ok(ifindex) = netlink::ifindex(ifname) else { return Ok(false) };
+                Ok(ctx.tc.delete_filter(ifindex, crate::tc::TC_H_CLSACT_INGRESS, *prio).await?)
             }
         }
     }

@@ -5,7 +5,8 @@
 //! Adding a fault type: a new module here, a branch in [`apply`] and [`plan`], and — if it
 //! changes the kernel in a new way — a new variant of [`crate::engine::undo::Undo`].
 
-pub mod loss;
+pub mod classifier;
+pub mod netem;
 
 use std::fmt::Debug;
 
@@ -28,6 +29,25 @@ pub enum FaultError {
     /// Host lookup failed.
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// A traffic-control request failed (or the kernel lacks a qdisc).
+    #[error(transparent)]
+    Tc(#[from] crate::tc::TcError),
+    /// The kernel lacks a module the fault needs; nothing was changed.
+    #[error("{what} need the {kind} qdisc, which this kernel lacks: load it with `modprobe {module}` (Debian/Ubuntu ship it in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed")]
+    Unsupported {
+        /// What the user asked for.
+        what: &'static str,
+        /// Qdisc kind.
+        kind: &'static str,
+        /// Kernel module.
+        module: &'static str,
+    },
+    /// The interface already carries a chaos-agent root qdisc.
+    #[error("{ifname} already carries a chaos-agent qdisc root (another shaping fault, or a leftover: run `chaos-agent cleanup`)")]
+    Busy {
+        /// Interface.
+        ifname: String,
+    },
 }
 
 /// A fault that is in force. Dropping it releases its in-process resources (which detaches tcx
@@ -56,6 +76,8 @@ pub struct ApplyCtx<'a> {
     pub txn: &'a mut Txn,
     /// Netlink route handle.
     pub nl: &'a rtnetlink::Handle,
+    /// Traffic-control client.
+    pub tc: &'a crate::tc::Tc,
     /// Resolved attach mode (never `Auto`).
     pub attach_mode: AttachMode,
     /// Ports that are never faulted unless the spec says `include_protected`.
@@ -66,11 +88,41 @@ pub struct ApplyCtx<'a> {
 
 /// Applies a fault. On error the caller rolls the transaction back.
 pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveFault>, FaultError> {
-    Ok(Box::new(loss::apply(spec, ctx).await?))
+    // Shaping first, classifier last: packets are only steered once their class exists.
+    let steering = match &spec.shape {
+        Some(sh) if !sh.is_empty() => Some(netem::apply(sh, spec, ctx).await?),
+        _ => None,
+    };
+    Ok(Box::new(classifier::apply(spec, ctx, steering).await?))
 }
 
 /// What applying the fault would do, for `--dry-run`.
 #[must_use]
 pub fn plan(spec: &FaultSpec, ifname: &str, mode: AttachMode, protected: &[PortRange]) -> Vec<String> {
-    loss::plan(spec, ifname, mode, protected)
+    let mut out = Vec::new();
+    if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
+        out.extend(netem::plan(sh, spec, ifname));
+    }
+    out.extend(classifier::plan(spec, ifname, mode, protected));
+    out
+}
+
+/// Whether two faults cannot be active at once, and why. Loss faults compose (each program
+/// draws independently, so two 10% faults drop 19%); shaping faults own the interface's root
+/// qdisc (egress) or its ingress redirect, so two of them on one interface and direction clash.
+#[must_use]
+pub fn conflict(new: &FaultSpec, active: &FaultSpec) -> Option<String> {
+    let shapes = |s: &FaultSpec| s.shape.as_ref().is_some_and(|sh| !sh.is_empty());
+    if !shapes(new) || !shapes(active) || new.target.iface != active.target.iface {
+        return None;
+    }
+    let (a, b) = (new.target.direction, active.target.direction);
+    let both = |f: fn(crate::spec::Direction) -> bool| f(a) && f(b);
+    (both(crate::spec::Direction::egress) || both(crate::spec::Direction::ingress)).then(|| {
+        format!(
+            "both shape {} traffic on {} (one shaping fault per interface and direction; loss faults compose)",
+            if both(crate::spec::Direction::egress) { "egress" } else { "ingress" },
+            new.target.iface.as_deref().unwrap_or("?")
+        )
+    })
 }

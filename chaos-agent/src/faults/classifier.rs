@@ -1,8 +1,10 @@
-//! Packet loss in eBPF: a tc classifier per direction drops matching packets with a Bernoulli or
-//! Gilbert-Elliott draw, and lets everything through once the kernel-side deadline passes.
+//! The eBPF classifier every packet fault uses: one tc program per direction that matches the
+//! fault's targets, drops (loss: Bernoulli or Gilbert-Elliott) and steers matching packets into
+//! a shaping class by `skb->priority` (see `netem.rs`), and lets everything through once the
+//! kernel-side deadline passes.
 
 use chaos_common::{
-    F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER,
+    F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER,
     FaultConfig, MAX_PORT_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortSet, probability_to_threshold,
 };
 
@@ -12,16 +14,20 @@ use crate::ebpf::{AttachMode, Counters, TcProgram, attach::NETLINK_PRIORITY};
 use crate::engine::undo::Undo;
 use crate::spec::{FaultSpec, PortRange, Proto};
 
-/// A loss fault in force.
+/// A classifier in force (loss and/or steering).
 #[derive(Debug)]
-pub struct LossFault {
+pub struct ClassifierFault {
     prog: TcProgram,
     mode: AttachMode,
+    shaping: Option<&'static str>,
 }
 
-impl ActiveFault for LossFault {
+impl ActiveFault for ClassifierFault {
     fn backend(&self) -> String {
-        format!("ebpf/{}", self.mode.as_str())
+        match self.shaping {
+            Some(s) => format!("ebpf/{} + {s}", self.mode.as_str()),
+            None => format!("ebpf/{}", self.mode.as_str()),
+        }
     }
 
     fn counters(&self) -> Option<Counters> {
@@ -114,8 +120,9 @@ pub fn fault_config(spec: &FaultSpec, protected: &[PortRange], expires_at_mono_n
     cfg
 }
 
-/// Makes sure a clsact qdisc exists, recording that we created it (netlink path only).
-async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
+/// Makes sure a clsact qdisc exists, recording that we created it (netlink attach path, and the
+/// mirred redirect of ingress shaping).
+pub async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
     let journal = crate::engine::journal_of(ctx.txn);
     if netlink::has_clsact(ctx.nl, ctx.ifindex).await? {
         // Shared with earlier faults of ours: whichever fault is reverted last removes it.
@@ -130,13 +137,26 @@ async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
     Ok(())
 }
 
-/// Applies the loss fault.
-pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<LossFault, FaultError> {
+/// Where matching packets are steered: the shaping class id and the backend's name.
+#[derive(Clone, Copy, Debug)]
+pub struct Steering {
+    /// Value written into `skb->priority`.
+    pub classid: u32,
+    /// Backend name for reports (`netem`, `htb`).
+    pub backend: &'static str,
+}
+
+/// Loads, configures and attaches the classifier.
+pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>, steering: Option<Steering>) -> Result<ClassifierFault, FaultError> {
     // Loading changes nothing visible: until attached, the programs die with our fds.
     let mut prog = TcProgram::load()?;
     let mut cfg = fault_config(spec, ctx.protected_ports, ctx.expires_at_mono_ns);
     if crate::sys::is_l3_device(&ctx.ifname) {
         cfg.flags |= F_L3_DEVICE;
+    }
+    if let Some(s) = steering {
+        cfg.flags |= F_STEER;
+        cfg.steer_priority = s.classid;
     }
     prog.set_config(&cfg)?;
     prog.add_prefixes(&spec.target.src, true)?;
@@ -165,7 +185,7 @@ pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<LossFault
             }
         }
     }
-    Ok(LossFault { prog, mode: ctx.attach_mode })
+    Ok(ClassifierFault { prog, mode: ctx.attach_mode, shaping: steering.map(|s| s.backend) })
 }
 
 /// Dry-run description.
