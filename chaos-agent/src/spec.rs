@@ -533,10 +533,8 @@ impl FaultSpec {
                 }
             }
         }
-        if let Some(sh) = &self.shape
-            && !sh.is_empty()
-        {
-            effect = true;
+        if let Some(sh) = &self.shape {
+            effect |= !sh.is_empty();
             let max = Duration::from_secs(60);
             for (what, d) in [("delay", sh.delay), ("jitter", sh.jitter)] {
                 if let Some(d) = d
