@@ -28,6 +28,12 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
             report.journals_replayed,
             report.live_skipped
         );
+        if !report.sweep_skipped_for.is_empty() {
+            println!(
+                "cleanup: other chaos-agent processes are running (pids {:?}): removed only what dead agents journaled",
+                report.sweep_skipped_for
+            );
+        }
         for e in &report.errors {
             eprintln!("cleanup: {e}");
         }

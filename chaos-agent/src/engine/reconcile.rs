@@ -20,6 +20,9 @@ pub struct Report {
     pub removed_by_kind: BTreeMap<String, usize>,
     /// Problems (left for the next run).
     pub errors: Vec<String>,
+    /// Other live agents whose presence made us skip the by-name sweep.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sweep_skipped_for: Vec<u32>,
 }
 
 impl Report {
@@ -96,8 +99,15 @@ pub async fn run(ctx: &UndoCtx) -> Report {
         }
         report.journals_replayed += 1;
     }
-    let keep = Keep { filters: keep_filters, clsact: keep_clsact, roots: keep_roots, mirred: keep_mirred };
-    sweep(ctx, &keep, &mut report).await;
+    // Objects with our names but no journal are only ours to remove if no other agent is alive:
+    // a live agent may journal into another state dir (a second foreground inject, a daemon).
+    report.sweep_skipped_for = crate::sys::other_agents();
+    if report.sweep_skipped_for.is_empty() {
+        let keep = Keep { filters: keep_filters, clsact: keep_clsact, roots: keep_roots, mirred: keep_mirred };
+        sweep(ctx, &keep, &mut report).await;
+    } else {
+        tracing::info!(pids = ?report.sweep_skipped_for, "other chaos-agent processes are running: only journaled leftovers of dead agents were removed");
+    }
     report
 }
 

@@ -168,3 +168,18 @@ pub fn is_l3_device(ifname: &str) -> bool {
         .and_then(|t| t.trim().parse::<u32>().ok())
         .is_some_and(|t| L3_TYPES.contains(&t))
 }
+
+/// Pids of other running `chaos-agent` processes (by `/proc/PID/comm`). A live agent may keep its
+/// journal in another state dir, so objects with our names are only swept when this is empty.
+#[must_use]
+pub fn other_agents() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "chaos-agent"))
+        .collect()
+}
