@@ -213,6 +213,11 @@ pub struct UdpResult {
     pub received: u32,
     /// Sequence numbers that never arrived, in order.
     pub lost: Vec<u32>,
+    /// Extra copies received (duplicates).
+    pub duplicates: u32,
+    /// One-way latency of each first arrival, in microseconds (sender and receiver share
+    /// `CLOCK_MONOTONIC`: they are namespaces on one kernel).
+    pub latency_us: Vec<u64>,
 }
 
 impl UdpResult {
@@ -234,7 +239,8 @@ pub struct UdpRun {
     pub sport: u16,
     /// Datagrams to send.
     pub count: u32,
-    /// Payload size (>= 4); above the MTU the datagram is fragmented.
+    /// Payload size (>= 12: sequence number and send time); above the MTU the datagram is
+    /// fragmented.
     pub size: usize,
     /// Byte to fill the payload after the sequence number.
     pub fill: u8,
@@ -273,15 +279,25 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         ready_tx.send(()).expect("ready");
         let mut seen = vec![false; count as usize];
+        let mut dups = 0u32;
+        let mut lat = Vec::new();
         let mut buf = vec![0u8; 65536];
         let mut sender_done_at: Option<Instant> = None;
         let mut last_rx = Instant::now();
         loop {
             match sock.recv(&mut buf) {
-                Ok(n) if n >= 4 => {
+                Ok(n) if n >= 12 => {
+                    let now = crate::sys::monotonic_ns();
                     let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    let mut ts = [0u8; 8];
+                    ts.copy_from_slice(&buf[4..12]);
                     if seq < seen.len() {
-                        seen[seq] = true;
+                        if seen[seq] {
+                            dups += 1;
+                        } else {
+                            seen[seq] = true;
+                            lat.push(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
+                        }
                     }
                     last_rx = Instant::now();
                 }
@@ -297,7 +313,7 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
                 break;
             }
         }
-        seen
+        (seen, dups, lat)
     });
     ready_rx.recv().expect("receiver ready");
     let o = opts.clone();
@@ -312,9 +328,10 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         local.set_port(o.sport);
         let sock = UdpSocket::bind(local).expect("bind sender");
         sock.connect(addr).expect("connect");
-        let mut payload = vec![o.fill; o.size.max(4)];
+        let mut payload = vec![o.fill; o.size.max(12)];
         for seq in 0..o.count {
             payload[..4].copy_from_slice(&seq.to_be_bytes());
+            payload[4..12].copy_from_slice(&crate::sys::monotonic_ns().to_be_bytes());
             // Errors are not expected (drops happen in the kernel after send returns); a
             // send error would be a finding, so surface it.
             sock.send(&payload).expect("send");
@@ -326,9 +343,9 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         }
     });
     done_tx.send(()).expect("done");
-    let seen = receiver.join().expect("receiver");
+    let (seen, duplicates, latency_us) = receiver.join().expect("receiver");
     let lost: Vec<u32> = seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i as u32).collect();
-    UdpResult { sent: opts.count, received: opts.count - lost.len() as u32, lost }
+    UdpResult { sent: opts.count, received: opts.count - lost.len() as u32, lost, duplicates, latency_us }
 }
 
 /// A `chaos-agent` process started by a test.
@@ -491,8 +508,67 @@ pub fn tc_filters(ns: &NetNs, ifname: &str, hook: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]))
 }
 
-/// `tc -j qdisc show dev IF` inside `ns` as text (for exact before/after comparisons).
+/// `tc -j qdisc show dev IF` inside `ns`, for exact before/after comparisons. The one field
+/// masked is htb's `direct_packets_stat`: a packet counter iproute2 prints among the options,
+/// which no restore can (or should) reproduce.
 #[must_use]
 pub fn tc_qdiscs(ns: &NetNs, ifname: &str) -> String {
-    ns.sh(&format!("tc -j qdisc show dev {ifname}"))
+    let out = ns.sh(&format!("tc -j qdisc show dev {ifname}"));
+    let mut v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    if let Some(arr) = v.as_array_mut() {
+        for q in arr {
+            if let Some(opts) = q.get_mut("options").and_then(|o| o.as_object_mut()) {
+                opts.remove("direct_packets_stat");
+            }
+        }
+    }
+    v.to_string()
+}
+
+/// Round-trip times (ms) of `count` pings from `ns` to `dst`, one every `interval` seconds.
+#[must_use]
+pub fn ping_rtts(ns: &NetNs, dst: &str, count: u32, interval: f64) -> Vec<f64> {
+    let out = ns.sh(&format!("ping -n -c {count} -i {interval} -W 2 {dst} || true"));
+    out.lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Median of a sample.
+#[must_use]
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+}
+
+/// Whether a qdisc kind is available (probed in a throwaway namespace).
+#[must_use]
+pub fn have_qdisc(kind: &'static str) -> bool {
+    matches!(crate::doctor::probe_qdiscs(&[kind]).first(), Some((_, Ok(crate::doctor::QdiscProbe::Present))))
+}
+
+/// Programs attached to an interface (tcx links and tc filters), per `bpftool -j net show dev`.
+#[must_use]
+pub fn attached_programs(ns: &NetNs, ifname: &str) -> Vec<String> {
+    let out = ns.sh(&format!("bpftool -j net show dev {ifname} || true"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    let mut names = Vec::new();
+    fn walk(v: &serde_json::Value, names: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(n) = m.get("name").and_then(|n| n.as_str())
+                    && m.contains_key("prog_id")
+                {
+                    names.push(n.to_owned());
+                }
+                m.values().for_each(|x| walk(x, names));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, names)),
+            _ => {}
+        }
+    }
+    walk(&v, &mut names);
+    names
 }

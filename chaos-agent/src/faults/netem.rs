@@ -57,6 +57,8 @@ pub fn netem_options(sh: &ShapeSpec) -> NetemOptions {
         duplicate: pct(sh.duplicate),
         corrupt: pct(sh.corrupt),
         reorder: pct(sh.reorder),
+        // tc(8) turns "reorder P" into gap 1: every packet is a candidate for going first.
+        gap: u32::from(sh.reorder.is_some()),
         // A queue deep enough for (delay + jitter) of traffic at the class's rate: netem's
         // default of 1000 packets drops on busy links, which would be a fault we did not ask for.
         limit: netem_limit(delay, jitter, sh.rate.map(|r| r.bits_per_sec), LINK_RATE_BPS * 8),

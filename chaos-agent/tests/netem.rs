@@ -1,0 +1,242 @@
+//! Delay, jitter, rate, corrupt, duplicate, reorder: measured with ping, iperf3 and timestamped
+//! UDP between two namespaces, and the interface's qdisc tree compared with `tc -j` before and
+//! after. netem tests run where `sch_netem` exists (the Debian 6.1 VM: `cargo xtask vm-test`)
+//! and say SKIP elsewhere; rate (HTB only) and the refusal run everywhere.
+
+use std::time::Duration;
+
+use chaos_agent::testing::{
+    AgentProcess, NetNs, TempDir, UdpRun, VethPair, attached_programs, have_qdisc, median, ping_rtts, skip,
+    tc_qdiscs, udp_run,
+};
+use nix::sys::signal::Signal;
+
+fn bin() -> std::path::PathBuf {
+    chaos_agent::testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+}
+
+fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> AgentProcess {
+    let mut full = vec!["--state-dir", state.str(), "inject"];
+    full.extend_from_slice(args);
+    let mut agent = AgentProcess::spawn(Some(ns), &bin(), &full);
+    agent.expect_injected();
+    agent
+}
+
+fn netem_or_skip(test: &str) -> bool {
+    let ok = have_qdisc("netem");
+    if !ok {
+        skip(test, "sch_netem not available on this kernel (runs in `cargo xtask vm-test`)");
+    }
+    ok
+}
+
+/// A host tree that is not the kernel default, so that "restored" means "recreated exactly",
+/// not "deleted our root".
+fn host_tree(pair: &VethPair) {
+    pair.a.sh(&format!(
+        "tc qdisc add dev {0} root handle 1: htb default 10 && tc class add dev {0} parent 1: classid 1:10 htb rate 5gbit",
+        pair.a_if
+    ));
+}
+
+fn iperf_mbits(client: &NetNs, server: &NetNs, server_ip: &str, port: u16, secs: u32) -> f64 {
+    let mut srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", server_ip, "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    let probe = format!("ss -ltnH sport = :{port}");
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.sh(&probe).contains(&port.to_string()) {
+        assert!(std::time::Instant::now() < end, "iperf3 server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = client.sh(&format!("iperf3 -c {server_ip} -p {port} -t {secs} -J"));
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
+    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bps") / 1e6
+}
+
+#[test]
+fn rate_limits_matching_traffic_within_ten_percent_and_restores_the_tree() {
+    let pair = VethPair::new(31);
+    host_tree(&pair);
+    let before = tc_qdiscs(&pair.a, &pair.a_if);
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--rate", "1mbit", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "tcp", "--dport", "5201"]);
+    let limited = iperf_mbits(&pair.a, &pair.b, &pair.b_ip, 5201, 5);
+    let other = iperf_mbits(&pair.a, &pair.b, &pair.b_ip, 5202, 2);
+    agent.signal(Signal::SIGTERM);
+    let (status, out, err) = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert!((limited - 1.0).abs() <= 0.1, "1mbit fault measured {limited:.3} Mbit/s");
+    assert!(other > 20.0, "untargeted traffic must not be shaped: {other:.1} Mbit/s");
+    assert!(out.iter().any(|l| l.contains("shaped")), "{out:?}");
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "host qdisc tree must come back exactly");
+}
+
+#[test]
+fn second_shaping_fault_on_the_same_interface_is_refused() {
+    let pair = VethPair::new(32);
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--rate", "10mbit", "--ttl", "60s", "--iface", &pair.a_if]);
+    let state2 = TempDir::new("chst");
+    let out = pair.a.command(bin().to_str().unwrap())
+        .args(["--state-dir", state2.str(), "inject", "--rate", "5mbit", "--ttl", "10s", "--iface", &pair.a_if])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already carries a chaos-agent qdisc root"), "{err}");
+    drop(agent);
+}
+
+#[test]
+fn netem_faults_are_refused_cleanly_without_sch_netem() {
+    if have_qdisc("netem") {
+        skip("netem_refused", "this kernel has sch_netem");
+        return;
+    }
+    let pair = VethPair::new(33);
+    let state = TempDir::new("chst");
+    let before = tc_qdiscs(&pair.a, &pair.a_if);
+    for args in [["--delay", "100ms"], ["--corrupt", "0.1"], ["--duplicate", "0.1"]] {
+        let out = pair.a.command(bin().to_str().unwrap())
+            .args(["--state-dir", state.str(), "inject", "--ttl", "10s", "--iface", &pair.a_if])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains("sch_netem") && err.contains("modprobe") && err.contains("nothing was changed"), "{err}");
+    }
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before);
+    assert!(attached_programs(&pair.a, &pair.a_if).is_empty(), "{:?}", attached_programs(&pair.a, &pair.a_if));
+    assert_eq!(std::fs::read_dir(state.0.join("faults")).map(|d| d.count()).unwrap_or(0), 0, "journal untouched");
+}
+
+#[test]
+fn delay_adds_latency_to_matching_destinations_only() {
+    if !netem_or_skip("delay") {
+        return;
+    }
+    let pair = VethPair::new(34);
+    pair.add_b_addr("10.34.0.3/24");
+    let base = median(&ping_rtts(&pair.a, &pair.b_ip, 10, 0.1));
+    let state = TempDir::new("chst");
+    let dst = format!("{}/32", pair.b_ip);
+    let agent = inject(&pair.a, &state, &["--delay", "100ms", "--ttl", "60s", "--iface", &pair.a_if, "--dest", &dst]);
+    let faulted = median(&ping_rtts(&pair.a, &pair.b_ip, 20, 0.2));
+    let other = median(&ping_rtts(&pair.a, "10.34.0.3", 10, 0.1));
+    drop(agent);
+    assert!((faulted - base - 100.0).abs() <= 2.0, "median RTT {faulted:.2} ms vs base {base:.2} ms");
+    assert!(other < base + 2.0, "untargeted destination delayed: {other:.2} ms vs {base:.2} ms");
+}
+
+#[test]
+fn jitter_spread_matches_configuration() {
+    if !netem_or_skip("jitter") {
+        return;
+    }
+    let pair = VethPair::new(35);
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--delay", "100ms", "--jitter", "20ms", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let mut run = UdpRun::new(&pair.b_ip, 5000, 400);
+    run.size = 64;
+    let r = udp_run(&pair.a, &pair.b, &run);
+    drop(agent);
+    let ms: Vec<f64> = r.latency_us.iter().map(|u| *u as f64 / 1000.0).collect();
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    let sd = (ms.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / ms.len() as f64).sqrt();
+    // Uniform on [delay - j, delay + j] has standard deviation j / sqrt(3).
+    let jitter = sd * 3f64.sqrt();
+    assert!((mean - 100.0).abs() < 5.0, "mean one-way delay {mean:.2} ms");
+    assert!((jitter - 20.0).abs() <= 4.0, "measured jitter {jitter:.2} ms for 20 ms configured");
+}
+
+#[test]
+fn corrupt_duplicate_and_reorder_rates_at_the_receiver() {
+    if !netem_or_skip("corrupt_duplicate_reorder") {
+        return;
+    }
+    let pair = VethPair::new(36);
+    let n = 3000;
+    let bound = |p: f64| 5.0 * (p * (1.0 - p) / f64::from(n)).sqrt();
+    // Duplicate 20%: extra copies at the receiver.
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--duplicate", "0.2", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
+    drop(agent);
+    let dup = f64::from(r.duplicates) / f64::from(n);
+    assert!((dup - 0.2).abs() <= bound(0.2), "duplicate rate {dup}");
+    // Corrupt 20%: a flipped bit almost always breaks a checksum (or the destination MAC), so
+    // the receiver loses the datagram; bits of the source MAC (48 of ~850) go unnoticed.
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--corrupt", "0.2", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
+    drop(agent);
+    let lost = r.loss();
+    assert!(lost >= 0.2 * 0.85 - bound(0.2) && lost <= 0.2 + bound(0.2), "corrupt 20% lost {lost}");
+    // Reorder 25% with 50 ms delay: a quarter of the packets skip the delay.
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--delay", "50ms", "--reorder", "0.25", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
+    drop(agent);
+    let fast = r.latency_us.iter().filter(|u| **u < 25_000).count() as f64 / r.latency_us.len() as f64;
+    assert!((fast - 0.25).abs() <= bound(0.25), "reordered fraction {fast}");
+}
+
+#[test]
+fn ingress_delay_through_ifb_and_the_ifb_is_removed() {
+    if !netem_or_skip("ingress_delay") {
+        return;
+    }
+    let pair = VethPair::new(37);
+    let base = median(&ping_rtts(&pair.a, &pair.b_ip, 10, 0.1));
+    let before = tc_qdiscs(&pair.a, &pair.a_if);
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &["--delay", "100ms", "--direction", "ingress", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "icmp"]);
+    assert!(pair.a.sh("ip -o link show").contains("chaos-ifb"), "IFB device expected while the fault runs");
+    let faulted = median(&ping_rtts(&pair.a, &pair.b_ip, 20, 0.2));
+    agent.signal(Signal::SIGINT);
+    let (status, _, err) = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert!((faulted - base - 100.0).abs() <= 2.0, "ingress delay: {faulted:.2} ms vs base {base:.2} ms");
+    assert!(!pair.a.sh("ip -o link show").contains("chaos-ifb"), "IFB left behind");
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before);
+}
+
+#[test]
+fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
+    let pair = VethPair::new(38);
+    host_tree(&pair);
+    let before = tc_qdiscs(&pair.a, &pair.a_if);
+    let shape: &[&str] = if have_qdisc("netem") { &["--delay", "10ms", "--rate", "50mbit"] } else { &["--rate", "50mbit"] };
+    let args = |ttl: &'static str| {
+        let mut v = vec!["--ttl", ttl, "--iface", pair.a_if.as_str(), "--direction", "both"];
+        v.extend_from_slice(shape);
+        v
+    };
+    // TTL.
+    let state = TempDir::new("chst");
+    let agent = inject(&pair.a, &state, &args("2s"));
+    assert_ne!(tc_qdiscs(&pair.a, &pair.a_if), before);
+    let (status, out, err) = agent.wait(Duration::from_secs(15));
+    assert!(status.success() && out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?} {err}");
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after TTL");
+    // SIGTERM.
+    let agent = inject(&pair.a, &state, &args("60s"));
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait(Duration::from_secs(10)).0.success());
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after SIGTERM");
+    // SIGKILL: everything stays until cleanup replays the journal.
+    let agent = inject(&pair.a, &state, &args("60s"));
+    agent.signal(Signal::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(5));
+    assert_ne!(tc_qdiscs(&pair.a, &pair.a_if), before, "a killed agent cannot restore by itself");
+    let out = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    assert!(out.contains("replayed 1 journal"), "{out}");
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after SIGKILL + cleanup");
+    assert!(!pair.a.sh("ip -o link show").contains("chaos-ifb"), "IFB left behind");
+}
