@@ -31,12 +31,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let agent = build_agent()?;
     crate::catch_interrupts()?;
     let net = DemoNet::create()?;
-    {
-        let _stats = BpfStats::enable()?;
-        per_packet_cost(&net, &agent)?;
+    // Each measurement reports on its own: one failing does not hide the other's number.
+    let cost = BpfStats::enable().and_then(|_stats| per_packet_cost(&net, &agent));
+    if let Err(e) = &cost {
+        println!("eBPF cost per packet: FAILED: {e:#}");
     }
-    time_to_first_drop(&net, &agent)?;
-    Ok(())
+    crate::check_interrupted()?;
+    let first_drop = time_to_first_drop(&net, &agent);
+    if let Err(e) = &first_drop {
+        println!("time to first drop: FAILED: {e:#}");
+    }
+    cost.and(first_drop)
 }
 
 /// Turns `kernel.bpf_stats_enabled` on and restores the previous value on drop (the accounting

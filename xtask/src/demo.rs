@@ -118,8 +118,13 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds chaos-agent in release mode and returns the binary's path.
+/// Builds chaos-agent in release mode and returns the binary's path; `CHAOS_AGENT_BIN` (the
+/// variable the tests and the VM guest use) names a prebuilt agent instead.
 pub fn build_agent() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("CHAOS_AGENT_BIN") {
+        println!("using CHAOS_AGENT_BIN={}", bin.to_string_lossy());
+        return Ok(PathBuf::from(bin));
+    }
     exec(crate::cargo().args(["build", "--release", "-p", "chaos-agent"]))?;
     let bin = crate::workspace_root().join("target/release/chaos-agent");
     if !bin.is_file() {
