@@ -192,7 +192,8 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         "-o",
         "Dpkg::Options::=--force-confold",
     ]);
-    install.args(pkgs);
+    // Wait for a dpkg lock held by another install (another session's setup) instead of failing.
+    install.args(["-o", "DPkg::Lock::Timeout=300"]).args(pkgs);
     exec(&mut install)?;
     for pkg in pkgs {
         if !dpkg_installed(pkg) {

@@ -116,7 +116,7 @@ fn run_step(name: &'static str, mut cmd: Command, parse: fn(&str) -> Option<Tall
             let ok = status.success() && tally.failed == 0;
             let mut note = String::new();
             if !status.success() {
-                note = format!("exit {status}");
+                note = status.to_string();
                 if tally.failed == 0 {
                     tally.failed = 1;
                 }
@@ -234,9 +234,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         }
 
         if !args.no_vm {
-            let exe = std::env::current_exe().context("current exe")?;
-            let mut c = Command::new(exe);
-            c.arg("vm-test");
+            // Through cargo, not current_exe(): the workspace build above may have relinked
+            // (replaced) this very binary, because features unify differently there.
+            let mut c = cargo();
+            c.args(["run", "--quiet", "--package", "xtask", "--", "vm-test"]);
             steps.push(run_step("vm tests (QEMU)", c, parse_vm));
         }
     }
