@@ -11,7 +11,7 @@ mod vm;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
@@ -50,18 +50,20 @@ enum Cmd {
     UdpRecv(demo::UdpRecvArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup(args) => setup::run(&args),
-        Cmd::Test(args) => test::run(&args),
+        // `test` prints its own summary as the last line and reports failure by exit code only.
+        Cmd::Test(args) => return Ok(test::run(&args)),
         Cmd::Lint => test::lint(),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::UdpSend(args) => demo::udp_send(&args),
         Cmd::UdpRecv(args) => demo::udp_recv(&args),
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The workspace root (this crate lives in `<root>/xtask`).

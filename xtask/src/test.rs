@@ -6,7 +6,7 @@
 //! final `N passed, N failed` line that CI reads.
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -42,7 +42,7 @@ impl std::ops::AddAssign for Tally {
 /// One line of the final summary table.
 #[derive(Debug)]
 struct Step {
-    name: &'static str,
+    name: String,
     tally: Tally,
     ok: bool,
     note: String,
@@ -91,7 +91,8 @@ fn parse_vm(line: &str) -> Option<Tally> {
 /// Runs a step, streaming its stdout (stderr is inherited) and adding up the result lines.
 /// A step that fails without reporting a failed test counts as one failure, so that a broken
 /// build can never end in "0 failed".
-fn run_step(name: &'static str, mut cmd: Command, parse: fn(&str) -> Option<Tally>) -> Step {
+fn run_step(name: impl Into<String>, mut cmd: Command, parse: fn(&str) -> Option<Tally>) -> Step {
+    let name = name.into();
     println!("\n==> {name}: {}", display(&cmd));
     let start = Instant::now();
     let result = (|| -> anyhow::Result<(Tally, std::process::ExitStatus)> {
@@ -142,15 +143,16 @@ fn run_step(name: &'static str, mut cmd: Command, parse: fn(&str) -> Option<Tall
     }
 }
 
-/// Names of the integration test targets (`tests/*.rs`) of one package, from cargo metadata.
-fn integration_tests(package: &str) -> anyhow::Result<Vec<String>> {
+/// The integration test targets (`tests/*.rs`) of each workspace package, from cargo metadata.
+fn integration_tests() -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let json = capture(cargo().args(["metadata", "--no-deps", "--format-version", "1"]))?;
     let meta: serde_json::Value = serde_json::from_str(&json).context("parse cargo metadata")?;
-    let mut names = Vec::new();
+    let mut found = Vec::new();
     for pkg in meta["packages"].as_array().into_iter().flatten() {
-        if pkg["name"] != package {
+        let Some(package) = pkg["name"].as_str() else {
             continue;
-        }
+        };
+        let mut names = Vec::new();
         for target in pkg["targets"].as_array().into_iter().flatten() {
             let is_test = target["kind"]
                 .as_array()
@@ -159,37 +161,56 @@ fn integration_tests(package: &str) -> anyhow::Result<Vec<String>> {
                 names.push(name.to_owned());
             }
         }
+        if package != "chaos-ebpf" && !names.is_empty() {
+            found.push((package.to_owned(), names));
+        }
     }
-    Ok(names)
+    Ok(found)
 }
 
 /// chaos-ebpf builds only for bpfel-unknown-none (chaos-agent's build.rs builds it), so every
 /// host cargo command leaves it out.
 const EXCLUDE_EBPF: [&str; 3] = ["--workspace", "--exclude", "chaos-ebpf"];
 
-pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+/// Runs every step and prints the summary; the exit code says whether all passed. (Not an
+/// `Err`: `main` would print it after the summary, and CI reads the summary as the last line.)
+pub fn run(args: &TestArgs) -> ExitCode {
     let start = Instant::now();
+    let steps = run_steps(args);
+    summarize(&steps, args.no_vm, start.elapsed())
+}
+
+impl Step {
+    /// A step that failed before it could report any test.
+    fn failed(name: &str, error: &anyhow::Error, took: Duration) -> Self {
+        Step {
+            name: name.into(),
+            tally: Tally {
+                failed: 1,
+                ..Tally::default()
+            },
+            ok: false,
+            note: format!("{error:#}"),
+            took,
+        }
+    }
+}
+
+fn run_steps(args: &TestArgs) -> Vec<Step> {
     let mut steps = Vec::new();
 
     if !args.no_setup {
         let s = Instant::now();
-        let r = crate::setup::run(&crate::setup::SetupArgs::default());
-        let note = r
-            .as_ref()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        let ok = r.is_ok();
-        steps.push(Step {
-            name: "setup",
-            tally: Tally {
-                failed: u64::from(!ok),
-                ..Tally::default()
-            },
-            ok,
-            note,
-            took: s.elapsed(),
-        });
+        match crate::setup::run(&crate::setup::SetupArgs::default()) {
+            Ok(()) => steps.push(Step {
+                name: "setup".into(),
+                tally: Tally::default(),
+                ok: true,
+                note: String::new(),
+                took: s.elapsed(),
+            }),
+            Err(e) => steps.push(Step::failed("setup", &e, s.elapsed())),
+        }
     }
 
     let ready = steps.iter().all(|s| s.ok);
@@ -211,26 +232,27 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             .args(EXCLUDE_EBPF);
         steps.push(run_step("doc tests", c, parse_libtest));
 
-        // Privileged integration tests: they attach programs, add qdiscs and create namespaces
-        // on the one shared kernel, so one at a time.
-        for (package, threads) in [("chaos-agent", "1"), ("chaos-common", "2")] {
-            let names = integration_tests(package)?;
-            if names.is_empty() {
-                println!("\n==> {package}: no integration tests");
-                continue;
+        // chaos-agent's integration tests are privileged: they attach programs, add qdiscs and
+        // create namespaces on the one kernel they all share, so one test at a time.
+        match integration_tests() {
+            Ok(packages) if packages.is_empty() => println!("\n==> no integration tests"),
+            Ok(packages) => {
+                for (package, names) in packages {
+                    let mut c = cargo();
+                    c.args(["test", "--no-fail-fast", "-p", &package]);
+                    for n in &names {
+                        c.args(["--test", n]);
+                    }
+                    let name = if package == "chaos-agent" {
+                        c.args(["--", "--test-threads=1"]);
+                        format!("{package} integration tests (root, serial)")
+                    } else {
+                        format!("{package} integration tests")
+                    };
+                    steps.push(run_step(name, c, parse_libtest));
+                }
             }
-            let mut c = cargo();
-            c.args(["test", "--no-fail-fast", "-p", package]);
-            for n in &names {
-                c.args(["--test", n]);
-            }
-            c.args(["--", &format!("--test-threads={threads}")]);
-            let name = if package == "chaos-agent" {
-                "chaos-agent integration tests (root)"
-            } else {
-                "chaos-common integration tests"
-            };
-            steps.push(run_step(name, c, parse_libtest));
+            Err(e) => steps.push(Step::failed("list integration tests", &e, Duration::ZERO)),
         }
 
         if !args.no_vm {
@@ -242,16 +264,21 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         }
     }
 
+    steps
+}
+
+/// Prints the table and the closing `N passed, N failed` line.
+fn summarize(steps: &[Step], no_vm: bool, took: Duration) -> ExitCode {
     let mut total = Tally::default();
-    println!("\n==> summary ({:.0?})", start.elapsed());
+    println!("\n==> summary ({took:.0?})");
     println!(
-        "{:<40} {:>7} {:>7} {:>8} {:>8}  note",
+        "{:<46} {:>7} {:>7} {:>8} {:>8}  note",
         "step", "passed", "failed", "ignored", "time"
     );
-    for s in &steps {
+    for s in steps {
         total += s.tally;
         println!(
-            "{:<40} {:>7} {:>7} {:>8} {:>7.1}s  {}{}",
+            "{:<46} {:>7} {:>7} {:>8} {:>7.1}s  {}{}",
             s.name,
             s.tally.passed,
             s.tally.failed,
@@ -265,16 +292,16 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             },
         );
     }
-    if args.no_vm {
+    if no_vm {
         println!("(vm tests skipped: --no-vm)");
     }
     println!("{} ignored", total.ignored);
     println!("{} passed, {} failed", total.passed, total.failed);
     if total.failed > 0 || steps.iter().any(|s| !s.ok) {
-        // The summary line above is the last thing CI needs; the exit status carries the rest.
-        std::process::exit(1);
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
-    Ok(())
 }
 
 /// `cargo xtask lint`: clippy with warnings as errors and rustfmt --check. Kept out of `test` so
