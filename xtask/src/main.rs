@@ -72,10 +72,22 @@ fn workspace_root() -> PathBuf {
     manifest.parent().map_or(manifest.clone(), PathBuf::from)
 }
 
-/// `cargo`, as the one running us (cargo sets `CARGO` for `cargo run`), in the workspace root.
+/// `cargo`, as the one running us (cargo sets `CARGO` for `cargo run`), in the workspace root,
+/// with `$CARGO_HOME/bin` on PATH: chaos-agent's build.rs must find the bpf-linker that
+/// `setup` installed there even where that directory is not on the caller's PATH.
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(workspace_root());
+    let bin = setup::cargo_home().join("bin");
+    let mut paths: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if !paths.contains(&bin) {
+        paths.push(bin);
+        if let Ok(joined) = std::env::join_paths(paths) {
+            c.env("PATH", joined);
+        }
+    }
     c
 }
 

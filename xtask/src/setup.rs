@@ -226,7 +226,8 @@ fn bpf_linker_path() -> Option<PathBuf> {
     })
 }
 
-fn cargo_home() -> PathBuf {
+/// `$CARGO_HOME`, else `~/.cargo`: where `cargo install` puts binaries (under `bin/`).
+pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
         PathBuf::from,
