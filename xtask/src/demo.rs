@@ -126,7 +126,9 @@ pub fn build_agent() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(bin));
     }
     exec(crate::cargo().args(["build", "--release", "-p", "chaos-agent"]))?;
-    let bin = crate::workspace_root().join("target/release/chaos-agent");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let bin = target.join("release/chaos-agent");
     if !bin.is_file() {
         bail!("{} missing after the build", bin.display());
     }
