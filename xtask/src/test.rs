@@ -232,25 +232,26 @@ fn run_steps(args: &TestArgs) -> Vec<Step> {
             .args(EXCLUDE_EBPF);
         steps.push(run_step("doc tests", c, parse_libtest));
 
-        // chaos-agent's integration tests are privileged: they attach programs, add qdiscs and
-        // create namespaces on the one kernel they all share, so one test at a time.
+        // Integration tests are privileged: they attach programs, add qdiscs and create
+        // namespaces on the one kernel they all share, so one test at a time. One invocation
+        // over the workspace (not `-p chaos-agent`), so that features unify as in the build above
+        // and nothing, above all the eBPF object, is rebuilt.
         match integration_tests() {
             Ok(packages) if packages.is_empty() => println!("\n==> no integration tests"),
             Ok(packages) => {
-                for (package, names) in packages {
-                    let mut c = cargo();
-                    c.args(["test", "--no-fail-fast", "-p", &package]);
-                    for n in &names {
+                let mut c = cargo();
+                c.args(["test", "--no-fail-fast"]).args(EXCLUDE_EBPF);
+                for (_, names) in &packages {
+                    for n in names {
                         c.args(["--test", n]);
                     }
-                    let name = if package == "chaos-agent" {
-                        c.args(["--", "--test-threads=1"]);
-                        format!("{package} integration tests (root, serial)")
-                    } else {
-                        format!("{package} integration tests")
-                    };
-                    steps.push(run_step(name, c, parse_libtest));
                 }
+                c.args(["--", "--test-threads=1"]);
+                steps.push(run_step(
+                    "integration tests (root, serial)",
+                    c,
+                    parse_libtest,
+                ));
             }
             Err(e) => steps.push(Step::failed("list integration tests", &e, Duration::ZERO)),
         }
