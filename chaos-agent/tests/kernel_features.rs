@@ -42,24 +42,39 @@ fn has_qdisc(pair: &VethPair, kind: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
-        pair.a.exec("tc", ["qdisc", "del", "dev", &pair.a_if, "root"]);
+        pair.a
+            .exec("tc", ["qdisc", "del", "dev", &pair.a_if, "root"]);
     }
     ok
 }
 
 /// The root qdisc of a device as `tc -j` reports it.
 fn root_qdisc(pair: &VethPair) -> serde_json::Value {
-    let out = pair.a.exec("tc", ["-j", "qdisc", "show", "dev", &pair.a_if, "root"]);
+    let out = pair
+        .a
+        .exec("tc", ["-j", "qdisc", "show", "dev", &pair.a_if, "root"]);
     let list: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).expect("tc -j qdisc show prints a JSON array");
-    list.into_iter().next().expect("a device always has a root qdisc")
+    list.into_iter()
+        .next()
+        .expect("a device always has a root qdisc")
 }
 
 /// Minimum round-trip time in ms of `count` pings from `a` to `b`.
 fn min_rtt_ms(pair: &VethPair, count: u32) -> f64 {
     let out = pair.a.exec(
         "ping",
-        ["-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "5", &pair.b_ip],
+        [
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "5",
+            &pair.b_ip,
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     // "rtt min/avg/max/mdev = 10.1/10.3/10.9/0.2 ms"
@@ -68,7 +83,11 @@ fn min_rtt_ms(pair: &VethPair, count: u32) -> f64 {
         .find_map(|l| l.split_once(" = ").filter(|(k, _)| k.contains("min/avg")))
         .unwrap_or_else(|| panic!("no rtt line in ping output: {text}"))
         .1;
-    stats.split('/').next().and_then(|v| v.trim().parse().ok()).expect("numeric min rtt")
+    stats
+        .split('/')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("numeric min rtt")
 }
 
 #[test]
@@ -77,8 +96,10 @@ fn veth_pair_between_namespaces_passes_traffic() {
         return;
     }
     let pair = VethPair::new(31);
-    pair.a.exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip]);
-    pair.a.exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip6]);
+    pair.a
+        .exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip]);
+    pair.a
+        .exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip6]);
 }
 
 #[test]
@@ -89,15 +110,26 @@ fn netem_delay_applies_and_reads_back() {
     }
     let pair = VethPair::new(32);
     if !in_vm() && !has_qdisc(&pair, "netem") {
-        skip(test, "this kernel has no sch_netem (the VM suite covers it)");
+        skip(
+            test,
+            "this kernel has no sch_netem (the VM suite covers it)",
+        );
         return;
     }
-    pair.a.exec("tc", ["qdisc", "add", "dev", &pair.a_if, "root", "netem", "delay", "10ms"]);
+    pair.a.exec(
+        "tc",
+        [
+            "qdisc", "add", "dev", &pair.a_if, "root", "netem", "delay", "10ms",
+        ],
+    );
     let q = root_qdisc(&pair);
     assert_eq!(q["kind"], "netem", "root qdisc: {q}");
     // tc reports the delay in seconds.
     let delay = q["options"]["delay"]["delay"].as_f64().unwrap_or_default();
-    assert!((delay - 0.010).abs() < 1e-6, "netem delay read back as {delay}: {q}");
+    assert!(
+        (delay - 0.010).abs() < 1e-6,
+        "netem delay read back as {delay}: {q}"
+    );
     // The delay is a lower bound whatever the (emulated) CPU's speed: one way only, so >= 10 ms.
     let rtt = min_rtt_ms(&pair, 3);
     assert!(rtt >= 10.0, "min rtt {rtt} ms with 10 ms netem delay");
@@ -110,13 +142,20 @@ fn qdiscs_the_agent_builds_on_exist() {
         return;
     }
     let pair = VethPair::new(33);
-    let kinds = ["netem", "fq", "prio", "htb", "tbf rate 1mbit burst 32kbit latency 50ms"];
+    let kinds = [
+        "netem",
+        "fq",
+        "prio",
+        "htb",
+        "tbf rate 1mbit burst 32kbit latency 50ms",
+    ];
     let missing: Vec<&str> = kinds.into_iter().filter(|k| !has_qdisc(&pair, k)).collect();
     if !missing.is_empty() {
-        if in_vm() {
-            panic!("the VM kernel lacks qdiscs {missing:?}: a module was not loaded");
-        }
-        skip(test, &format!("this kernel lacks {missing:?} (the VM suite covers them)"));
+        assert!(!in_vm(), "the VM kernel lacks qdiscs {missing:?}: a module was not loaded");
+        skip(
+            test,
+            &format!("this kernel lacks {missing:?} (the VM suite covers them)"),
+        );
     }
 }
 
@@ -129,7 +168,8 @@ fn clsact_u32_mirred_and_ifb_work() {
     let ifb = chaos_agent::testing::unique_name("ifb");
     pair.a.exec("ip", ["link", "add", &ifb, "type", "ifb"]);
     pair.a.exec("ip", ["link", "set", &ifb, "up"]);
-    pair.a.exec("tc", ["qdisc", "add", "dev", &pair.a_if, "clsact"]);
+    pair.a
+        .exec("tc", ["qdisc", "add", "dev", &pair.a_if, "clsact"]);
     pair.a.exec(
         "tc",
         [
@@ -137,11 +177,14 @@ fn clsact_u32_mirred_and_ifb_work() {
             "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &ifb,
         ],
     );
-    let out = pair.a.exec("tc", ["-j", "filter", "show", "dev", &pair.a_if, "ingress"]);
+    let out = pair
+        .a
+        .exec("tc", ["-j", "filter", "show", "dev", &pair.a_if, "ingress"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("mirred"), "ingress filters: {text}");
     // Redirected ingress traffic still reaches the stack through the ifb.
-    pair.a.exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip]);
+    pair.a
+        .exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip]);
 }
 
 #[test]
@@ -150,20 +193,31 @@ fn cgroup2_offers_the_resource_controllers() {
     let controllers = Path::new("/sys/fs/cgroup/cgroup.controllers");
     let Ok(list) = std::fs::read_to_string(controllers) else {
         assert!(!in_vm(), "the guest must mount cgroup2 at /sys/fs/cgroup");
-        skip(test, "cgroup2 is not mounted at /sys/fs/cgroup (hybrid host)");
+        skip(
+            test,
+            "cgroup2 is not mounted at /sys/fs/cgroup (hybrid host)",
+        );
         return;
     };
     let have: Vec<&str> = list.split_whitespace().collect();
-    let missing: Vec<&str> =
-        ["cpu", "memory", "io", "pids"].into_iter().filter(|c| !have.contains(c)).collect();
+    let missing: Vec<&str> = ["cpu", "memory", "io", "pids"]
+        .into_iter()
+        .filter(|c| !have.contains(c))
+        .collect();
     if in_vm() {
-        assert!(missing.is_empty(), "cgroup2 controllers {have:?} lack {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "cgroup2 controllers {have:?} lack {missing:?}"
+        );
         for psi in ["cpu", "memory", "io"] {
             let path = format!("/proc/pressure/{psi}");
             assert!(Path::new(&path).exists(), "{path} missing: no PSI");
         }
     } else if !missing.is_empty() {
-        skip(test, &format!("host cgroup2 lacks {missing:?} (the VM suite covers them)"));
+        skip(
+            test,
+            &format!("host cgroup2 lacks {missing:?} (the VM suite covers them)"),
+        );
     }
 }
 
@@ -177,15 +231,24 @@ fn bpf_prerequisites_are_in_place() {
     }
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     assert!(
-        mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")),
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("bpf")),
         "bpffs not mounted: {mounts}"
     );
-    assert!(Path::new("/sys/kernel/btf/vmlinux").exists(), "kernel BTF missing");
+    assert!(
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "kernel BTF missing"
+    );
     let out = run("bpftool", ["-j", "prog", "show"]);
     let _: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("bpftool -j prog show prints JSON");
     let agent = chaos_agent::testing::agent_bin("");
-    assert!(agent.is_file(), "CHAOS_AGENT_BIN={} is not a file", agent.display());
+    assert!(
+        agent.is_file(),
+        "CHAOS_AGENT_BIN={} is not a file",
+        agent.display()
+    );
 }
 
 #[test]
@@ -198,7 +261,13 @@ fn vm_kernel_has_no_tcx() {
         return;
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    assert!(version < (6, 6), "guest kernel {release} has tcx; the netlink path goes untested");
+    assert!(
+        version < (6, 6),
+        "guest kernel {release} has tcx; the netlink path goes untested"
+    );
 }
