@@ -22,6 +22,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 # Not needed by the suite, but makes bpf_printk readable when debugging a failure by hand.
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+echo
 echo "VM-INIT kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s"
 
 ip link set lo up
