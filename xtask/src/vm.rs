@@ -48,8 +48,23 @@ const MODULES: &[&str] = &[
 /// Host tools the tests verify with. They are the host's glibc builds, so their shared libraries
 /// and the dynamic loader go in too.
 const TOOLS: &[&str] = &["tc", "ip", "ping", "iperf3", "bpftool", "ss"];
-/// Copied when present: useful for debugging a failure, never required by a test.
-const OPTIONAL_TOOLS: &[&str] = &["strace"];
+/// Copied when the host has them: tests that use them skip without them (as on a host that
+/// lacks them), and strace is for debugging a failure by hand. Not `dig`: through libicu it
+/// would add 50 MB to an initramfs that TCG unpacks at every boot.
+const OPTIONAL_TOOLS: &[&str] = &[
+    "nstat",
+    "ethtool",
+    "socat",
+    "dnsmasq",
+    "stress-ng",
+    "strace",
+];
+/// Where iproute2 keeps netem's delay distribution tables (`tc ... distribution normal`).
+const TC_DIST_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/tc",
+    "/usr/lib/tc",
+    "/usr/share/tc",
+];
 
 /// Console markers of a kernel that is no longer trustworthy.
 const KERNEL_FAULTS: &[&str] = &[
@@ -668,30 +683,7 @@ fn initramfs_tree(
         0o644,
     )?;
 
-    // Real tools at /usr/bin, ahead of busybox's applets of the same name on PATH.
-    let mut libs = BTreeSet::new();
-    for tool in TOOLS.iter().chain(OPTIONAL_TOOLS) {
-        let Some(path) = find_on_path(tool) else {
-            if TOOLS.contains(tool) {
-                bail!("`{tool}` is not installed on this host (cargo xtask setup installs it)");
-            }
-            continue;
-        };
-        a.copy(&format!("usr/bin/{tool}"), &path)?;
-        libs.extend(shared_libs(&path)?);
-    }
-    let busybox = find_on_path("busybox").ok_or_else(|| anyhow!("busybox is not installed"))?;
-    a.copy("bin/busybox", &busybox)?;
-    libs.extend(shared_libs(&busybox)?);
-    let applets = output(Command::new(&busybox).arg("--list"))?;
-    for applet in applets.lines().filter(|l| !l.is_empty() && *l != "busybox") {
-        a.symlink(&format!("bin/{applet}"), "busybox")?;
-    }
-    // At the paths ldd printed: the loader's path is baked into each binary, and the libraries'
-    // directories are in the loader's default search list, so no ld.so.cache is needed.
-    for lib in &libs {
-        a.copy(&lib.to_string_lossy(), lib)?;
-    }
+    add_host_tools(&mut a)?;
 
     a.file("bin/chaos-agent", stripped(&bins.agent, cache)?, 0o755)?;
     let mut list = String::new();
@@ -722,6 +714,47 @@ fn initramfs_tree(
     }
     a.file("etc/vm/modules", order.into_bytes(), 0o644)?;
     Ok(a)
+}
+
+/// busybox as `/bin/*`, and the host's glibc tools with their shared libraries.
+fn add_host_tools(a: &mut cpio::Archive) -> anyhow::Result<()> {
+    // Real tools at /usr/bin, ahead of busybox's applets of the same name on PATH.
+    let mut libs = BTreeSet::new();
+    for tool in TOOLS.iter().chain(OPTIONAL_TOOLS) {
+        let Some(path) = find_on_path(tool) else {
+            if TOOLS.contains(tool) {
+                bail!("`{tool}` is not installed on this host (cargo xtask setup installs it)");
+            }
+            continue;
+        };
+        a.copy(&format!("usr/bin/{tool}"), &path)?;
+        libs.extend(shared_libs(&path)?);
+    }
+    let busybox = find_on_path("busybox").ok_or_else(|| anyhow!("busybox is not installed"))?;
+    a.copy("bin/busybox", &busybox)?;
+    libs.extend(shared_libs(&busybox)?);
+    let applets = output(Command::new(&busybox).arg("--list"))?;
+    for applet in applets.lines().filter(|l| !l.is_empty() && *l != "busybox") {
+        a.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    for dir in TC_DIST_DIRS {
+        for entry in std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "dist") {
+                a.copy(&path.to_string_lossy(), &path)?;
+            }
+        }
+    }
+    // At the paths ldd printed: the loader's path is baked into each binary, and the libraries'
+    // directories are in the loader's default search list, so no ld.so.cache is needed.
+    for lib in &libs {
+        a.copy(&lib.to_string_lossy(), lib)?;
+    }
+    Ok(())
 }
 
 /// Shared libraries (and the dynamic loader) of a host binary, from `ldd`; none if static.
