@@ -151,7 +151,10 @@ fn qdiscs_the_agent_builds_on_exist() {
     ];
     let missing: Vec<&str> = kinds.into_iter().filter(|k| !has_qdisc(&pair, k)).collect();
     if !missing.is_empty() {
-        assert!(!in_vm(), "the VM kernel lacks qdiscs {missing:?}: a module was not loaded");
+        assert!(
+            !in_vm(),
+            "the VM kernel lacks qdiscs {missing:?}: a module was not loaded"
+        );
         skip(
             test,
             &format!("this kernel lacks {missing:?} (the VM suite covers them)"),
@@ -270,4 +273,70 @@ fn vm_kernel_has_no_tcx() {
         version < (6, 6),
         "guest kernel {release} has tcx; the netlink path goes untested"
     );
+}
+
+#[test]
+fn tools_the_tests_judge_with_run() {
+    // In the guest these are the host's glibc builds: a missing shared library shows up here,
+    // by name, instead of as an obscure failure in some fault test.
+    let test = "tools_the_tests_judge_with_run";
+    let checks: [(&str, &[&str]); 6] = [
+        ("ip", &["-V"]),
+        ("tc", &["-V"]),
+        ("ping", &["-V"]),
+        ("ss", &["-V"]),
+        ("iperf3", &["--version"]),
+        ("bpftool", &["version"]),
+    ];
+    for (tool, args) in checks {
+        if !in_vm() && !have_tool(tool) {
+            skip(test, &format!("`{tool}` is not installed"));
+            continue;
+        }
+        run(tool, args);
+    }
+}
+
+#[test]
+fn iperf3_measures_between_namespaces() {
+    let test = "iperf3_measures_between_namespaces";
+    if !can_run(test) {
+        return;
+    }
+    if !have_tool("iperf3") {
+        assert!(!in_vm(), "the guest must have iperf3");
+        skip(test, "`iperf3` is not installed");
+        return;
+    }
+    let pair = VethPair::new(35);
+    // -1: the server exits after one test; -D would detach from the namespace's pid tracking.
+    let mut server = pair.b.command("iperf3");
+    server.args(["-s", "-1", "-B", &pair.b_ip]);
+    let mut server = server
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 server");
+    // The server needs a moment to listen; retry rather than sleep a fixed time (TCG is slow).
+    let mut out = None;
+    for _ in 0..50 {
+        let o = pair
+            .a
+            .command("iperf3")
+            .args(["-c", &pair.b_ip, "-t", "1", "-J"])
+            .output()
+            .expect("spawn iperf3 client");
+        if o.status.success() {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.wait();
+    let out = out.expect("iperf3 client never connected");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("iperf3 -J prints JSON");
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_default();
+    assert!(bps > 0.0, "iperf3 measured {bps} bit/s: {report}");
 }
