@@ -266,34 +266,20 @@ fn debian_kernel(cache: &Path) -> anyhow::Result<Kernel> {
             cached
         }
     };
-    let dir = cache.join(&package);
-    let done = dir.join(".unpacked");
-    if done.exists() {
+    let package = if cache.join(&package).join(".unpacked").exists() {
         println!("vm: kernel {package} (cached)");
+        package
+    } else if let Err(e) = fetch_kernel(cache, &package) {
+        // Stale apt lists name a package the archive has already dropped for a newer one.
+        println!("vm: {e:#}; refreshing the apt lists");
+        output(Command::new("apt-get").args(["update", "-qq"]))?;
+        let newer = newest_kernel_package()?;
+        fetch_kernel(cache, &newer)?;
+        newer
     } else {
-        println!("vm: downloading {package}");
-        let _ = std::fs::remove_dir_all(&dir);
-        let dl = cache.join("download");
-        let _ = std::fs::remove_dir_all(&dl);
-        std::fs::create_dir_all(&dl)?;
-        output(
-            Command::new("apt-get")
-                .args(["download", &package])
-                .current_dir(&dl),
-        )?;
-        let deb = std::fs::read_dir(&dl)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))?;
-        output(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
-        std::fs::remove_dir_all(&dl)?;
-        std::fs::write(&done, "")?;
-        // Keep one kernel: each is 400 MB unpacked.
-        for old in cached_kernels(cache).into_iter().filter(|k| *k != package) {
-            let _ = std::fs::remove_dir_all(cache.join(old));
-        }
-    }
+        package
+    };
+    let dir = cache.join(&package);
     let version = package.trim_start_matches("linux-image-");
     let vmlinuz = dir.join(format!("boot/vmlinuz-{version}"));
     let modules = dir.join(format!("lib/modules/{version}"));
@@ -347,6 +333,34 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> anyhow::Result<()> {
     let tmp = out.with_extension("tmp");
     std::fs::write(&tmp, elf)?;
     std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+/// Downloads and unpacks one kernel package into `cache/<package>`, then drops older ones.
+fn fetch_kernel(cache: &Path, package: &str) -> anyhow::Result<()> {
+    println!("vm: downloading {package}");
+    let dir = cache.join(package);
+    let _ = std::fs::remove_dir_all(&dir);
+    let dl = cache.join("download");
+    let _ = std::fs::remove_dir_all(&dl);
+    std::fs::create_dir_all(&dl)?;
+    output(
+        Command::new("apt-get")
+            .args(["download", package])
+            .current_dir(&dl),
+    )?;
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))?;
+    output(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::remove_dir_all(&dl)?;
+    std::fs::write(dir.join(".unpacked"), "")?;
+    // Keep one kernel: each is 400 MB unpacked.
+    for old in cached_kernels(cache).into_iter().filter(|k| k != package) {
+        let _ = std::fs::remove_dir_all(cache.join(old));
+    }
     Ok(())
 }
 

@@ -46,7 +46,10 @@ export RUST_BACKTRACE=1
 # the VM suite inside its 10-minute budget, so every run shows them. (No test target may set
 # `harness = false`, or it would get these flags too.)
 export RUSTC_BOOTSTRAP=1
+# libtest's arguments, the same for every binary.
+set -- --test-threads=1 -Zunstable-options --report-time
 FILTER=$(cat /etc/vm/filter)
+[ -n "$FILTER" ] && set -- "$@" "$FILTER"
 cd /tmp
 
 pass=0
@@ -55,11 +58,7 @@ while read -r t; do
     [ -n "$t" ] || continue
     echo "VM-TEST-BIN $t"
     # </dev/null: the loop's stdin is the list; a test must not eat it.
-    if [ -n "$FILTER" ]; then
-        "/tests/$t" --test-threads=1 "$FILTER" </dev/null
-    else
-        "/tests/$t" --test-threads=1 -Zunstable-options --report-time </dev/null
-    fi
+    "/tests/$t" "$@" </dev/null
     rc=$?
     if [ "$rc" -eq 0 ]; then
         pass=$((pass + 1))
