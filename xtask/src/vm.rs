@@ -889,30 +889,55 @@ fn is_kernel_fault(line: &str) -> bool {
     KERNEL_FAULTS.iter().any(|m| msg.starts_with(m))
 }
 
-/// Drops carriage returns and terminal escape sequences from the serial console: `SeaBIOS` and the
-/// kernel send "reset terminal" and "clear screen", which would wipe the user's terminal and
-/// glue themselves to the guest's first line.
+/// Turns the serial console into clean UTF-8 text. It drops terminal escape sequences (`SeaBIOS`
+/// and the kernel send "reset terminal" and "clear screen", which would wipe the user's
+/// terminal and glue themselves to the guest's first line) and control characters other than
+/// newline and tab, and replaces invalid UTF-8: whoever reads our stdout line by line as text
+/// (`cargo xtask test`) must not choke on what a kernel or a test wrote to the console.
 #[derive(Debug, Default)]
 struct ConsoleFilter {
     /// 0: text, 1: after ESC, 2: inside a CSI sequence (ESC [ ... final byte).
     state: u8,
+    /// Bytes of a UTF-8 sequence cut by the end of the previous chunk.
+    partial: Vec<u8>,
 }
 
 impl ConsoleFilter {
-    fn filter(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(chunk.len());
+    fn filter(&mut self, chunk: &[u8]) -> String {
+        let mut bytes = std::mem::take(&mut self.partial);
         for &b in chunk {
             self.state = match (self.state, b) {
                 (0, 0x1b) => 1,
-                (0, b'\r') => 0,
-                (0, _) => {
-                    out.push(b);
+                (0, b'\n' | b'\t' | 0x20..=0x7e | 0x80..) => {
+                    bytes.push(b);
                     0
                 }
                 (1, b'[') => 2,
-                (2, 0x40..=0x7e) | (1, _) => 0,
+                // Other control characters, an ESC pair's second byte, a CSI's final byte.
+                (2, 0x40..=0x7e) | (0 | 1, _) => 0,
                 (s, _) => s,
             };
+        }
+        let mut out = String::with_capacity(bytes.len());
+        let mut rest = bytes.as_slice();
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    out.push_str(text);
+                    break;
+                }
+                Err(e) => {
+                    let (valid, tail) = rest.split_at(e.valid_up_to());
+                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    if let Some(n) = e.error_len() {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        rest = &tail[n..];
+                    } else {
+                        self.partial = tail.to_vec();
+                        break;
+                    }
+                }
+            }
         }
         out
     }
@@ -1029,7 +1054,7 @@ fn watch(
         std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let mut outcome = Outcome::default();
     let mut deadline = start + timeout;
-    let mut pending = Vec::new();
+    let mut pending = String::new();
     let mut terminal = ConsoleFilter::default();
     let mut stdout_w = std::io::stdout();
     loop {
@@ -1042,15 +1067,15 @@ fn watch(
         }
         match rx.recv_timeout(deadline - now) {
             Ok(chunk) => {
-                let chunk = terminal.filter(&chunk);
-                stdout_w.write_all(&chunk)?;
+                let text = terminal.filter(&chunk);
+                stdout_w.write_all(text.as_bytes())?;
                 stdout_w.flush()?;
-                log_file.write_all(&chunk)?;
-                pending.extend_from_slice(&chunk);
-                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=i).collect();
+                log_file.write_all(text.as_bytes())?;
+                pending.push_str(&text);
+                while let Some(i) = pending.find('\n') {
+                    let line: String = pending.drain(..=i).collect();
                     let had_fault = outcome.kernel_fault.is_some();
-                    outcome.line(String::from_utf8_lossy(&line).trim_end(), start.elapsed());
+                    outcome.line(line.trim_end(), start.elapsed());
                     if !had_fault && outcome.kernel_fault.is_some() {
                         deadline = deadline.min(Instant::now() + AFTER_FAULT);
                     }
@@ -1093,8 +1118,13 @@ mod tests {
     fn console_filter_drops_escapes_across_chunks() {
         let mut f = ConsoleFilter::default();
         let mut out = f.filter(b"\x1bc\x1b[?7l\x1b[2");
-        out.extend(f.filter(b"JVM-INIT x\r\n"));
-        assert_eq!(out, b"VM-INIT x\n");
+        out += &f.filter(b"JVM-INIT x\r\n");
+        assert_eq!(out, "VM-INIT x\n");
+        // A multi-byte character cut between chunks survives; invalid bytes and BEL do not.
+        let dash = "\u{2014}".as_bytes();
+        let mut out = f.filter(&[b"a\x07".as_slice(), &dash[..1]].concat());
+        out += &f.filter(&[&dash[1..], b"\xffb\n".as_slice()].concat());
+        assert_eq!(out, "a\u{2014}\u{fffd}b\n");
     }
 
     #[test]
