@@ -216,6 +216,17 @@ fn cgroup2_offers_the_resource_controllers() {
             let path = format!("/proc/pressure/{psi}");
             assert!(Path::new(&path).exists(), "{path} missing: no PSI");
         }
+        // Delegated to children (the guest's /init enables them), so a child group gets the
+        // interface files the resource faults write.
+        let child = Path::new("/sys/fs/cgroup").join(chaos_agent::testing::unique_name("kf"));
+        std::fs::create_dir(&child).expect("create a child cgroup");
+        let files = ["cpu.max", "memory.high", "io.max", "cpu.pressure"];
+        let absent: Vec<&str> = files
+            .into_iter()
+            .filter(|f| !child.join(f).exists())
+            .collect();
+        let _ = std::fs::remove_dir(&child);
+        assert!(absent.is_empty(), "child cgroup lacks {absent:?}");
     } else if !missing.is_empty() {
         skip(
             test,
