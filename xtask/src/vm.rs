@@ -113,7 +113,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     };
     let bins = build_static(&root)?;
     let initramfs = cache.join("initramfs.cpio");
-    let archive = initramfs_tree(&kernel, &bins, args.filter.as_deref(), &cache)?;
+    let archive = initramfs_tree(&root, &kernel, &bins, args.filter.as_deref(), &cache)?;
     write_archive(&archive, &initramfs)?;
     println!(
         "vm: initramfs {} MiB ({} test binaries), built in {:.0} s",
@@ -650,6 +650,7 @@ fn stripped(exe: &Path, cache: &Path) -> anyhow::Result<Vec<u8>> {
 // initramfs
 
 fn initramfs_tree(
+    root: &Path,
     kernel: &Kernel,
     bins: &Bins,
     filter: Option<&str>,
@@ -699,6 +700,15 @@ fn initramfs_tree(
 
     add_host_tools(&mut a)?;
 
+    add_workspace(&mut a, root)?;
+    a.file(
+        "etc/vm/pkgdir",
+        root.join("chaos-agent")
+            .to_string_lossy()
+            .as_bytes()
+            .to_vec(),
+        0o644,
+    )?;
     a.file("bin/chaos-agent", stripped(&bins.agent, cache)?, 0o755)?;
     let mut list = String::new();
     for (name, exe) in &bins.tests {
@@ -728,6 +738,27 @@ fn initramfs_tree(
     }
     a.file("etc/vm/modules", order.into_bytes(), 0o644)?;
     Ok(a)
+}
+
+/// The workspace's sources and fixtures, at their host paths: tests find fixtures through
+/// `env!("CARGO_MANIFEST_DIR")`, which the compiler baked in as the host path. Build output,
+/// git data and big files stay out (the sources are under 1 MB).
+fn add_workspace(a: &mut cpio::Archive, root: &Path) -> anyhow::Result<()> {
+    const MAX_FILE: u64 = 4 << 20;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let entry = entry?;
+            let (path, kind) = (entry.path(), entry.file_type()?);
+            let name = entry.file_name();
+            if kind.is_dir() && name != "target" && name != ".git" {
+                dirs.push(path);
+            } else if kind.is_file() && entry.metadata()?.len() <= MAX_FILE {
+                a.copy(&path.to_string_lossy(), &path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// busybox as `/bin/*`, and the host's glibc tools with their shared libraries.

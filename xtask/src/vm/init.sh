@@ -15,7 +15,8 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# Unless the workspace's sources are there (a checkout under /tmp): the root is writable anyway.
+[ -z "$(ls -A /tmp)" ] && mount -t tmpfs tmpfs /tmp
 # `ip netns add` bind-mounts namespaces here; tools look in /var/run too.
 mkdir -p /run/netns
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -50,7 +51,9 @@ export RUSTC_BOOTSTRAP=1
 set -- --test-threads=1 -Zunstable-options --report-time
 FILTER=$(cat /etc/vm/filter)
 [ -n "$FILTER" ] && set -- "$@" "$FILTER"
-cd /tmp
+# Like cargo test: in the package's directory, where relative fixture paths resolve.
+export CARGO_MANIFEST_DIR="$(cat /etc/vm/pkgdir)"
+cd "$CARGO_MANIFEST_DIR" 2>/dev/null || cd /tmp
 
 pass=0
 fail=0
