@@ -306,6 +306,12 @@ fn tools_the_tests_judge_with_run() {
         }
         run(tool, args);
     }
+    // Through `sh -c` too, as many tests call them: the guest's shell must find iproute2's tc
+    // on PATH, not a busybox applet of the same name.
+    if in_vm() || have_tool("tc") {
+        let version = chaos_agent::testing::sh("tc -V 2>&1");
+        assert!(version.contains("iproute2"), "sh -c tc runs {version}");
+    }
 }
 
 #[test]

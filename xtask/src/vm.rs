@@ -778,8 +778,16 @@ fn add_host_tools(a: &mut cpio::Archive) -> anyhow::Result<()> {
     let busybox = find_on_path("busybox").ok_or_else(|| anyhow!("busybox is not installed"))?;
     a.copy("bin/busybox", &busybox)?;
     libs.extend(shared_libs(&busybox)?);
+    // /bin/sh is dash, not busybox's ash: Debian's busybox prefers its own applets to PATH, so
+    // the `sh -c "tc ..."` of a test would run busybox's tc, not iproute2's.
+    let dash = find_on_path("dash").ok_or_else(|| anyhow!("dash is not installed"))?;
+    a.copy("bin/sh", &dash)?;
+    libs.extend(shared_libs(&dash)?);
     let applets = output(Command::new(&busybox).arg("--list"))?;
-    for applet in applets.lines().filter(|l| !l.is_empty() && *l != "busybox") {
+    for applet in applets
+        .lines()
+        .filter(|l| !matches!(*l, "" | "busybox" | "sh"))
+    {
         a.symlink(&format!("bin/{applet}"), "busybox")?;
     }
     for dir in TC_DIST_DIRS {
