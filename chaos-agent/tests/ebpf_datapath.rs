@@ -177,7 +177,13 @@ fn tcp_transfer(pair: &VethPair, cfg: FaultConfig) -> (u64, u64) {
         .stderr(Stdio::null())
         .spawn()
         .expect("iperf3 server");
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until it listens (a client that comes too early fails the whole transfer).
+    for _ in 0..50 {
+        if !pair.b.sh("ss -Hltn 'sport = :5201'").trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let ebpf = attach_in(&pair.a, &pair.a_if, cfg);
     let out = pair
         .a
