@@ -448,10 +448,11 @@ fn verifier_accepts_both_programs_and_reports_size_and_cost() {
         let info = prog.info().expect("info");
         let xlated = info.size_translated().expect("xlated");
         println!(
-            "{name}: id {} xlated {xlated} bytes = {} insns, jited {} bytes",
+            "{name}: id {} xlated {xlated} bytes = {} insns, jited {} bytes, verifier processed {:?} insns",
             info.id(),
             xlated / 8,
-            info.size_jitted()
+            info.size_jitted(),
+            info.verified_instruction_count()
         );
         let bpftool = std::process::Command::new("bpftool")
             .args(["-j", "prog", "show", "id", &info.id().to_string()])

@@ -57,25 +57,30 @@ pub struct Packet {
 /// or is too short to hold the IP header: such packets are never faulted.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, l3_device: bool) -> Option<Packet> {
-    if l3_device {
+    // Decide (family, offset of the IP header) first and parse each family once: inlining the
+    // IP parsers per link type would double the program.
+    let (version, l3) = if l3_device {
         // What tun and the IP stack themselves use to tell the family of a headerless packet.
-        return match ctx.load::<u8>(0).ok()? >> 4 {
-            4 => parse_v4(ctx, 0),
-            6 => parse_v6(ctx, 0),
-            _ => None,
-        };
-    }
-    let mut l3 = ETH_HLEN;
-    let mut ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    // With hardware VLAN offload the tag lives in skb->vlan_tci and the frame shows the inner
-    // ethertype; without it (or for the packets BPF_PROG_TEST_RUN builds) the tag is in the data.
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).ok()?);
-        l3 = ETH_HLEN + 4;
-    }
-    match ethertype {
-        ETH_P_IP => parse_v4(ctx, l3),
-        ETH_P_IPV6 => parse_v6(ctx, l3),
+        (ctx.load::<u8>(0).ok()? >> 4, 0)
+    } else {
+        let mut l3 = ETH_HLEN;
+        let mut ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        // With hardware VLAN offload the tag lives in skb->vlan_tci and the frame shows the
+        // inner ethertype; without it (or for the packets BPF_PROG_TEST_RUN builds) the tag is
+        // in the data.
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            ethertype = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).ok()?);
+            l3 = ETH_HLEN + 4;
+        }
+        match ethertype {
+            ETH_P_IP => (4, l3),
+            ETH_P_IPV6 => (6, l3),
+            _ => return None,
+        }
+    };
+    match version {
+        4 => parse_v4(ctx, l3),
+        6 => parse_v6(ctx, l3),
         _ => None,
     }
 }
