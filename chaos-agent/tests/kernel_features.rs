@@ -91,18 +91,6 @@ fn min_rtt_ms(pair: &VethPair, count: u32) -> f64 {
 }
 
 #[test]
-fn veth_pair_between_namespaces_passes_traffic() {
-    if !can_run("veth_pair_between_namespaces_passes_traffic") {
-        return;
-    }
-    let pair = VethPair::new(31);
-    pair.a
-        .exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip]);
-    pair.a
-        .exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip6]);
-}
-
-#[test]
 fn netem_delay_applies_and_reads_back() {
     let test = "netem_delay_applies_and_reads_back";
     if !can_run(test) {
@@ -133,6 +121,9 @@ fn netem_delay_applies_and_reads_back() {
     // The delay is a lower bound whatever the (emulated) CPU's speed: one way only, so >= 10 ms.
     let rtt = min_rtt_ms(&pair, 3);
     assert!(rtt >= 10.0, "min rtt {rtt} ms with 10 ms netem delay");
+    // IPv6 between the namespaces too (the loss suite filters on v6 prefixes).
+    pair.a
+        .exec("ping", ["-n", "-c", "1", "-W", "5", &pair.b_ip6]);
 }
 
 #[test]
@@ -312,48 +303,12 @@ fn tools_the_tests_judge_with_run() {
         let version = chaos_agent::testing::sh("tc -V 2>&1");
         assert!(version.contains("iproute2"), "sh -c tc runs {version}");
     }
-}
-
-#[test]
-fn iperf3_measures_between_namespaces() {
-    let test = "iperf3_measures_between_namespaces";
-    if !can_run(test) {
-        return;
+    // util-linux's setpriv (dropping privileges in tests), not busybox's, which lacks --reuid.
+    if have_tool("setpriv") {
+        let help = chaos_agent::testing::sh("setpriv --help 2>&1");
+        assert!(
+            help.contains("--reuid"),
+            "setpriv is not util-linux's: {help}"
+        );
     }
-    if !have_tool("iperf3") {
-        assert!(!in_vm(), "the guest must have iperf3");
-        skip(test, "`iperf3` is not installed");
-        return;
-    }
-    let pair = VethPair::new(35);
-    // -1: the server exits after one test; -D would detach from the namespace's pid tracking.
-    let mut server = pair.b.command("iperf3");
-    server.args(["-s", "-1", "-B", &pair.b_ip]);
-    let mut server = server
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn iperf3 server");
-    // The server needs a moment to listen; retry rather than sleep a fixed time (TCG is slow).
-    let mut out = None;
-    for _ in 0..50 {
-        let o = pair
-            .a
-            .command("iperf3")
-            .args(["-c", &pair.b_ip, "-t", "1", "-J"])
-            .output()
-            .expect("spawn iperf3 client");
-        if o.status.success() {
-            out = Some(o);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = server.wait();
-    let out = out.expect("iperf3 client never connected");
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("iperf3 -J prints JSON");
-    let bps = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_default();
-    assert!(bps > 0.0, "iperf3 measured {bps} bit/s: {report}");
 }

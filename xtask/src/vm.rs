@@ -49,9 +49,14 @@ const MODULES: &[&str] = &[
 /// and the dynamic loader go in too.
 const TOOLS: &[&str] = &["tc", "ip", "ping", "iperf3", "bpftool", "ss"];
 /// Copied when the host has them: tests that use them skip without them (as on a host that
-/// lacks them), and strace is for debugging a failure by hand. Not `dig`: through libicu it
-/// would add 50 MB to an initramfs that TCG unpacks at every boot.
+/// lacks them), and strace is for debugging a failure by hand. setpriv, nsenter and unshare are
+/// util-linux's: busybox's applets of those names lack options the tests use (`--reuid`).
+/// Not `dig`: through libicu it would add 50 MB to an initramfs that TCG unpacks at every boot.
+/// Not python3 either (its standard library is as big): tests that run in the guest can't use it.
 const OPTIONAL_TOOLS: &[&str] = &[
+    "setpriv",
+    "nsenter",
+    "unshare",
     "nstat",
     "ethtool",
     "socat",
