@@ -456,7 +456,17 @@ impl AgentProcess {
 }
 
 impl Drop for AgentProcess {
+    /// Stops the agent the way an operator would (SIGTERM, so it reverts), and only kills it
+    /// if it does not exit in time: a SIGKILL would leave netlink filters behind on kernels
+    /// without tcx, and the next test would trip over them.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -571,4 +581,17 @@ pub fn attached_programs(ns: &NetNs, ifname: &str) -> Vec<String> {
     }
     walk(&v, &mut names);
     names
+}
+
+/// Whether the suite runs inside the `cargo xtask vm-test` guest (set by its /init).
+#[must_use]
+pub fn in_vm() -> bool {
+    std::env::var_os("CHAOS_VM").is_some()
+}
+
+/// A TTL for a test that must see the fault act before it expires: the guest runs under TCG,
+/// about ten times slower than the host, so TTLs there are four times longer.
+#[must_use]
+pub fn test_ttl(secs: u64) -> String {
+    format!("{}s", if in_vm() { secs * 4 } else { secs })
 }

@@ -192,9 +192,10 @@ fn tcp_egress_loss_is_wire_loss_so_the_sender_retransmits() {
 fn after_ttl_traffic_flows_and_nothing_is_left() {
     let pair = VethPair::new(17);
     let state = TempDir::new("chst");
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "2s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let ttl = chaos_agent::testing::test_ttl(2);
+    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", &ttl, "--iface", &pair.a_if, "--proto", "udp"]);
     assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
-    let (status, out, _) = agent.wait(Duration::from_secs(10));
+    let (status, out, _) = agent.wait(Duration::from_secs(30));
     assert!(status.success());
     assert!(out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?}");
     assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 500)).received, 500);
@@ -228,8 +229,10 @@ fn sigkill_on_netlink_path_kernel_deadline_then_cleanup() {
     let pair = VethPair::new(19);
     let state = TempDir::new("chst");
     let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
+    let ttl_s = if chaos_agent::testing::in_vm() { 16 } else { 4 };
+    let ttl = format!("{ttl_s}s");
     let (agent, _) =
-        inject(&pair.a, &state, &["--loss", "1", "--ttl", "4s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
+        inject(&pair.a, &state, &["--loss", "1", "--ttl", &ttl, "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
     let injected_at = Instant::now();
     assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
     agent.signal(Signal::SIGKILL);
@@ -238,11 +241,11 @@ fn sigkill_on_netlink_path_kernel_deadline_then_cleanup() {
     let f = tc_filters(&pair.a, &pair.a_if, "egress");
     assert!(f.to_string().contains("chaos_tc_eg"), "filter should survive SIGKILL: {f}");
     // ...and keep dropping until the in-kernel deadline...
-    if injected_at.elapsed() < Duration::from_secs(3) {
+    if injected_at.elapsed() < Duration::from_secs(ttl_s - 1) {
         assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 50)).received, 0);
     }
     // ...after which the program lets everything through, with the filter still attached.
-    let wait = Duration::from_secs(4).saturating_sub(injected_at.elapsed()) + Duration::from_millis(200);
+    let wait = Duration::from_secs(ttl_s).saturating_sub(injected_at.elapsed()) + Duration::from_millis(200);
     std::thread::sleep(wait); // waiting for a kernel clock deadline, not for a race
     assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
     assert!(tc_filters(&pair.a, &pair.a_if, "egress").to_string().contains("chaos_tc_eg"));

@@ -213,25 +213,30 @@ fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
     host_tree(&pair);
     let before = tc_qdiscs(&pair.a, &pair.a_if);
     let shape: &[&str] = if have_qdisc("netem") { &["--delay", "10ms", "--rate", "50mbit"] } else { &["--rate", "50mbit"] };
-    let args = |ttl: &'static str| {
-        let mut v = vec!["--ttl", ttl, "--iface", pair.a_if.as_str(), "--direction", "both"];
-        v.extend_from_slice(shape);
+    let short = chaos_agent::testing::test_ttl(2);
+    let args = |ttl: &str| {
+        let mut v = vec!["--ttl".to_owned(), ttl.to_owned(), "--iface".to_owned(), pair.a_if.clone(), "--direction".to_owned(), "both".to_owned()];
+        v.extend(shape.iter().map(|s| (*s).to_owned()));
         v
+    };
+    let inject = |state: &TempDir, a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        inject(&pair.a, state, &refs)
     };
     // TTL.
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &args("2s"));
+    let agent = inject(&state, args(&short));
     assert_ne!(tc_qdiscs(&pair.a, &pair.a_if), before);
-    let (status, out, err) = agent.wait(Duration::from_secs(15));
+    let (status, out, err) = agent.wait(Duration::from_secs(40));
     assert!(status.success() && out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?} {err}");
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after TTL");
     // SIGTERM.
-    let agent = inject(&pair.a, &state, &args("60s"));
+    let agent = inject(&state, args("60s"));
     agent.signal(Signal::SIGTERM);
     assert!(agent.wait(Duration::from_secs(10)).0.success());
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after SIGTERM");
     // SIGKILL: everything stays until cleanup replays the journal.
-    let agent = inject(&pair.a, &state, &args("60s"));
+    let agent = inject(&state, args("60s"));
     agent.signal(Signal::SIGKILL);
     let _ = agent.wait(Duration::from_secs(5));
     assert_ne!(tc_qdiscs(&pair.a, &pair.a_if), before, "a killed agent cannot restore by itself");
