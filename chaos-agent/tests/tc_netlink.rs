@@ -509,10 +509,7 @@ fn ifb_with_mirred_redirect_and_cleanup() {
             .trim()
             .parse()
             .unwrap();
-    p.b.sh(&format!(
-        "for i in 1 2 3 4 5; do bash -c 'echo x > /dev/udp/{}/9' || true; done",
-        p.a_ip
-    ));
+    let _ = chaos_agent::testing::udp_run(&p.b, &p.a, &chaos_agent::testing::UdpRun::new(&p.a_ip, 9, 5));
     let tx_after: u64 =
         p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets"))
             .trim()
@@ -571,15 +568,26 @@ fn in_netns_binds_the_socket_to_that_namespace() {
 /// Packets sent with `SO_PRIORITY` set to `classid` (what the eBPF classifier does through
 /// `skb->priority`) from namespace `a` to `b`'s discard port.
 fn send_with_priority(p: &VethPair, classid: u32, count: u32) {
-    let script = format!(
-        // The class id exceeds a C int, so it is passed as raw native-endian bytes.
-        "import socket, sys\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, ({classid}).to_bytes(4, sys.byteorder))\n\
-         for _ in range({count}): s.sendto(b'x' * 200, ('{}', 9))\n",
-        p.b_ip
-    );
-    p.a.exec("python3", ["-c", &script]);
+    let dst: std::net::SocketAddr = format!("{}:9", p.b_ip).parse().unwrap();
+    chaos_agent::testing::in_netns(&p.a, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        // SO_PRIORITY takes the class id as a raw u32 (it exceeds a C int's positive range).
+        let prio: u32 = classid;
+        // SAFETY: valid fd, option pointer and length for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_PRIORITY,
+                (&raw const prio).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt(SO_PRIORITY): {}", std::io::Error::last_os_error());
+        for _ in 0..count {
+            s.send_to(&[b'x'; 200], dst).unwrap();
+        }
+    });
 }
 
 fn class_packets(ns: &NetNs, dev: &str, classid: &str) -> u64 {
