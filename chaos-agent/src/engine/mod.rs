@@ -274,6 +274,9 @@ struct Slot {
 struct State {
     faults: HashMap<FaultId, Slot>,
     deadlines: BTreeMap<(Instant, FaultId), ()>,
+    /// Faults being applied (id reserved, not yet registered): they count against the maximum
+    /// and are checked for conflicts, and shutdown waits for them.
+    pending: HashMap<FaultId, FaultSpec>,
 }
 
 struct Inner {
@@ -385,15 +388,75 @@ impl Engine {
         let cfg = self.config();
         let ifname = self.prepare(spec, &cfg)?;
         let ifindex = sys::ifindex(&ifname)?;
+        // Reserve a slot under the lock, then apply without it: loading and attaching programs
+        // takes milliseconds, and holding the registry lock that long would delay the TTL
+        // watchdog and every other request behind one apply.
+        let id = {
+            let mut state = self.inner.state.lock().await;
+            if state.faults.len() + state.pending.len() >= cfg.max_faults {
+                return Err(EngineError::TooMany { max: cfg.max_faults });
+            }
+            let others = state.faults.iter().map(|(id, s)| (*id, &s.info.spec)).chain(state.pending.iter().map(|(id, s)| (*id, s)));
+            for (other, other_spec) in others {
+                if let Some(why) = faults::conflict(spec, other_spec) {
+                    return Err(EngineError::Conflict { other, why });
+                }
+            }
+            let mut id = FaultId::random();
+            while state.faults.contains_key(&id) || state.pending.contains_key(&id) {
+                id = FaultId::random();
+            }
+            state.pending.insert(id, spec.clone());
+            id
+        };
+        let applied = self.apply_reserved(id, spec, &cfg, ifname, ifindex, who).await;
         let mut state = self.inner.state.lock().await;
-        if state.faults.len() >= cfg.max_faults {
-            return Err(EngineError::TooMany { max: cfg.max_faults });
+        state.pending.remove(&id);
+        let (info, active, txn, deadline) = applied?;
+        // Shutdown or pause may have started while we applied: they only see registered faults,
+        // so a fault registered now would outlive them. Undo it instead.
+        let refused = if self.inner.shutdown.is_cancelled() {
+            Some(EngineError::ShuttingDown)
+        } else if self.inner.paused.load(Ordering::SeqCst) {
+            Some(EngineError::Paused)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            drop(state);
+            let mut active = active;
+            let _ = active.disarm();
+            drop(active);
+            let (_, errors) = txn.rollback(&self.undo_ctx()).await;
+            for err in errors {
+                tracing::error!(event = "revert", id = %id, error = %err, "rollback after a refused apply incomplete; journal kept for cleanup");
+            }
+            self.inner.wake.notify_one();
+            return Err(e);
         }
+        let kind = info.kind.clone();
+        let (done, _) = watch::channel(None);
+        state.deadlines.insert((deadline, id), ());
+        state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
+        drop(state);
+        self.inner.wake.notify_one();
+        let m = &self.inner.metrics;
+        m.fault_injected(&kind);
+        m.set_active(&kind, 1);
+        Ok(info)
+    }
+
+    /// Journals and applies a fault whose id is reserved; on failure everything is rolled back.
+    async fn apply_reserved(
+        &self,
+        id: FaultId,
+        spec: &FaultSpec,
+        cfg: &EngineConfig,
+        ifname: String,
+        ifindex: u32,
+        who: Requester,
+    ) -> Result<(FaultInfo, Box<dyn ActiveFault>, Txn, Instant), EngineError> {
         let started = Instant::now();
-        let mut id = FaultId::random();
-        while state.faults.contains_key(&id) {
-            id = FaultId::random();
-        }
         let now_wall = SystemTime::now();
         let mono_now = sys::monotonic_ns();
         let deadline = started + spec.ttl;
@@ -433,10 +496,9 @@ impl Engine {
                 });
             }
         };
-        let kind = spec.kind().to_owned();
         let info = FaultInfo {
             id,
-            kind: kind.clone(),
+            kind: spec.kind().to_owned(),
             summary: spec.summary(),
             spec: spec.clone(),
             iface: ifname,
@@ -447,16 +509,8 @@ impl Engine {
             remaining_ms: spec.ttl.as_millis() as u64,
             counters: None,
         };
-        let (done, _) = watch::channel(None);
-        state.deadlines.insert((deadline, id), ());
-        state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
-        drop(state);
-        self.inner.wake.notify_one();
-        let m = &self.inner.metrics;
-        m.fault_injected(&kind);
-        m.apply_duration(started.elapsed());
-        m.set_active(&kind, 1);
-        Ok(info)
+        self.inner.metrics.apply_duration(started.elapsed());
+        Ok((info, active, txn, deadline))
     }
 
     fn undo_ctx(&self) -> UndoCtx {
@@ -486,8 +540,18 @@ impl Engine {
     /// Reverts one fault: disarm in the kernel, release links, run the undo list, drop the
     /// journal entry. Returns `None` if it is not active (already reverted).
     pub async fn revert(&self, id: FaultId, reason: RevertReason) -> Option<RevertReport> {
-        let started = Instant::now();
+        self.revert_inner(id, reason, None, Instant::now()).await
+    }
+
+    /// Reverts `id`; with `due`, only if its deadline is still `due` (it was not extended since
+    /// the watchdog picked it). `started` is when the revert was decided, for the lateness.
+    async fn revert_inner(&self, id: FaultId, reason: RevertReason, due: Option<Instant>, started: Instant) -> Option<RevertReport> {
         let mut state = self.inner.state.lock().await;
+        if let Some(d) = due
+            && state.faults.get(&id).is_none_or(|s| s.deadline != d)
+        {
+            return None;
+        }
         let mut slot = state.faults.remove(&id)?;
         state.deadlines.remove(&(slot.deadline, id));
         drop(state);
@@ -625,11 +689,16 @@ impl Engine {
         self.inner.paused.load(Ordering::SeqCst)
     }
 
-    /// Reverts everything and stops the watchdog.
+    /// Reverts everything and stops the watchdog. Faults that were being applied when it was
+    /// called roll themselves back; this waits (up to 3 s) until they have.
     pub async fn shutdown(&self) -> Vec<RevertReport> {
         self.inner.shutdown.cancel();
         let r = self.stop_all(RevertReason::Shutdown, Requester::me()).await;
         self.inner.wake.notify_one();
+        let give_up = Instant::now() + Duration::from_secs(3);
+        while !self.inner.state.lock().await.pending.is_empty() && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         r
     }
 
@@ -641,8 +710,23 @@ impl Engine {
                 state.deadlines.keys().next().copied()
             };
             match next {
-                Some((deadline, id)) if deadline <= Instant::now() => {
-                    self.revert(id, RevertReason::Ttl).await;
+                Some((deadline, _)) if deadline <= Instant::now() => {
+                    // Every fault that is due is reverted concurrently, each in its own task:
+                    // one slow revert (netlink, fsync) must not make the others late, and the
+                    // watchdog goes straight back to the next deadline.
+                    let now = Instant::now();
+                    let due: Vec<(Instant, FaultId)> = {
+                        let mut state = self.inner.state.lock().await;
+                        let due: Vec<_> = state.deadlines.range(..=(now, FaultId::from_raw(u32::MAX))).map(|(k, ())| *k).collect();
+                        for k in &due {
+                            state.deadlines.remove(k);
+                        }
+                        due
+                    };
+                    for (deadline, id) in due {
+                        let engine = self.clone();
+                        tokio::spawn(async move { engine.revert_inner(id, RevertReason::Ttl, Some(deadline), now).await });
+                    }
                 }
                 Some((deadline, _)) => {
                     tokio::select! {

@@ -69,6 +69,19 @@ pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn A
     Ok(Box::new(loss::apply(spec, ctx).await?))
 }
 
+/// Whether a new fault can run alongside an active one on the same host; `Some(why)` refuses it
+/// (the engine names the other fault). Loss faults compose: each has its own program, and
+/// independent drops multiply (`1 - (1-p1)(1-p2)` of the packets both match are lost; see
+/// docs/design.md). Kinds that own a shared kernel object (a root qdisc) refuse each other here.
+#[must_use]
+#[allow(clippy::match_same_arms, reason = "one arm per pair of kinds states the policy; the netem kinds add refusing arms")]
+pub fn conflict(new: &FaultSpec, active: &FaultSpec) -> Option<String> {
+    match (new.kind(), active.kind()) {
+        ("loss", "loss") => None,
+        _ => None,
+    }
+}
+
 /// What applying the fault would do, for `--dry-run`.
 #[must_use]
 pub fn plan(spec: &FaultSpec, ifname: &str, mode: AttachMode, protected: &[PortRange]) -> Vec<String> {
