@@ -237,13 +237,20 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Resul
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid {what}: {e}")))
 }
 
+/// Runs an engine operation in its own task: if the client disconnects, axum drops the handler
+/// future, and an apply or revert cut off half-way would leave kernel state no slot owns.
+async fn detached<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> Result<T, ApiError> {
+    tokio::spawn(f).await.map_err(|e| ApiError::new(500, "internal", format!("request task failed: {e}")))
+}
+
 type Who = axum::Extension<Requester>;
 type Json<T> = axum::Json<T>;
 
 async fn create(State(st): State<Arc<ApiState>>, axum::Extension(who): Who, body: Bytes) -> Result<(StatusCode, Json<crate::engine::FaultInfo>), ApiError> {
     let spec: FaultSpec = parse_json(&body, "fault spec").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
     // The engine logs and counts its own refusals.
-    let info = st.engine.inject(spec, who).await?;
+    let engine = st.engine.clone();
+    let info = detached(async move { engine.inject(spec, who).await }).await??;
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
@@ -258,11 +265,14 @@ async fn show(State(st): State<Arc<ApiState>>, UrlPath(id): UrlPath<String>) -> 
 
 async fn stop(State(st): State<Arc<ApiState>>, axum::Extension(who): Who, UrlPath(id): UrlPath<String>) -> Result<Json<crate::engine::RevertReport>, ApiError> {
     let id = parse_id(&id)?;
-    Ok(axum::Json(st.engine.stop(id, who).await?))
+    let engine = st.engine.clone();
+    Ok(axum::Json(detached(async move { engine.stop(id, who).await }).await??))
 }
 
-async fn stop_all(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Json<Reverted> {
-    axum::Json(Reverted { reverted: st.engine.stop_all(RevertReason::Stopped, who).await })
+async fn stop_all(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Result<Json<Reverted>, ApiError> {
+    let engine = st.engine.clone();
+    let reverted = detached(async move { engine.stop_all(RevertReason::Stopped, who).await }).await?;
+    Ok(axum::Json(Reverted { reverted }))
 }
 
 async fn extend(
@@ -276,7 +286,8 @@ async fn extend(
     if req.by.is_zero() {
         return Err(refuse(who, "invalid", ApiError::invalid("`by` must be greater than zero"), &st.engine));
     }
-    match st.engine.extend(id, req.by, who).await {
+    let engine = st.engine.clone();
+    match detached(async move { engine.extend(id, req.by, who).await }).await? {
         Ok(info) => Ok(axum::Json(info)),
         Err(e) => {
             let api = ApiError::from(&e);
@@ -319,9 +330,10 @@ async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
     })
 }
 
-async fn pause(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Json<PauseState> {
-    let reverted = st.engine.pause(who).await;
-    axum::Json(PauseState { paused: true, reverted })
+async fn pause(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Result<Json<PauseState>, ApiError> {
+    let engine = st.engine.clone();
+    let reverted = detached(async move { engine.pause(who).await }).await?;
+    Ok(axum::Json(PauseState { paused: true, reverted }))
 }
 
 async fn resume(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Json<PauseState> {
