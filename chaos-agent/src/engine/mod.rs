@@ -284,6 +284,8 @@ struct Inner {
     journal: Journal,
     nl: rtnetlink::Handle,
     state: Mutex<State>,
+    /// Serialises kernel changes (apply, undo) between faults; never held with `state`.
+    kernel: Mutex<()>,
     wake: Notify,
     paused: AtomicBool,
     shutdown: CancellationToken,
@@ -327,6 +329,7 @@ impl Engine {
                 journal,
                 nl,
                 state: Mutex::new(State::default()),
+                kernel: Mutex::new(()),
                 wake: Notify::new(),
                 paused: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
@@ -426,8 +429,10 @@ impl Engine {
             drop(state);
             let mut active = active;
             let _ = active.disarm();
+            let kernel = self.inner.kernel.lock().await;
             drop(active);
             let (_, errors) = txn.rollback(&self.undo_ctx()).await;
+            drop(kernel);
             for err in errors {
                 tracing::error!(event = "revert", id = %id, error = %err, "rollback after a refused apply incomplete; journal kept for cleanup");
             }
@@ -470,6 +475,9 @@ impl Engine {
             expires_unix_ms: unix_ms(now_wall + spec.ttl),
             undo: Vec::new(),
         };
+        // Kernel changes of different faults must not interleave: a revert deleting a shared
+        // clsact it believes unused must not run between another apply's check and its attach.
+        let kernel = self.inner.kernel.lock().await;
         let mut txn = Txn::begin(self.inner.journal.clone(), entry)?;
         let mode = cfg.attach_mode.resolve();
         let applied = {
@@ -496,6 +504,7 @@ impl Engine {
                 });
             }
         };
+        drop(kernel);
         let info = FaultInfo {
             id,
             kind: spec.kind().to_owned(),
@@ -561,8 +570,10 @@ impl Engine {
         if let Err(e) = slot.active.disarm() {
             errors.push(format!("disarm: {e}"));
         }
+        let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
+        drop(kernel);
         errors.extend(undo_errors);
         let report = RevertReport {
             id,
