@@ -27,6 +27,11 @@ pub const F_STEER: u32 = 1 << 7;
 /// Egress drops go through `bpf_redirect` to ifindex 0 (the stack sees the packet as sent and
 /// loses it "on the wire", so TCP retransmits) instead of `TC_ACT_SHOT` (local congestion).
 pub const F_EGRESS_WIRE_DROP: u32 = 1 << 8;
+/// The interface has no link-layer header (wireguard, tun, ipip, ...: `ARPHRD_NONE` and other
+/// non-Ethernet types): tc sees packets starting at the IP header, so the programs take the IP
+/// version from the first nibble instead of parsing an Ethernet header. Without it, bytes 12-13
+/// of the IP header (part of the source address) would be read as an ethertype.
+pub const F_L3_DEVICE: u32 = 1 << 9;
 
 /// `FaultConfig::protos` bits: which L4 protocols match. 0 means every protocol.
 pub const PROTO_TCP: u32 = 1 << 0;
