@@ -425,13 +425,29 @@ pub async fn serve(state: Arc<ApiState>, unix: UnixListener, tcp: Option<TcpList
     tokio::join!(unix_srv, tcp_srv);
 }
 
+/// Content type of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper asked for the classic text format only (`Accept: text/plain...` without
+/// OpenMetrics). Everyone else, Prometheus included, gets OpenMetrics.
+fn wants_classic_text(headers: &axum::http::HeaderMap) -> bool {
+    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+}
+
 /// Serves `GET /metrics` (OpenMetrics text) until `stop` is cancelled.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken) {
     let app = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let m = metrics.clone();
-            async move { ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.encode()) }
+            async move {
+                if wants_classic_text(&headers) {
+                    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)], m.encode_prometheus_text())
+                } else {
+                    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.encode())
+                }
+            }
         }),
     );
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
