@@ -286,6 +286,8 @@ struct Inner {
     state: Mutex<State>,
     /// Serialises kernel changes (apply, undo) between faults; never held with `state`.
     kernel: Mutex<()>,
+    /// Cancelled when the watchdog has finished (after its in-flight reverts).
+    watchdog_exited: CancellationToken,
     wake: Notify,
     paused: AtomicBool,
     shutdown: CancellationToken,
@@ -330,15 +332,41 @@ impl Engine {
                 nl,
                 state: Mutex::new(State::default()),
                 kernel: Mutex::new(()),
+                watchdog_exited: CancellationToken::new(),
                 wake: Notify::new(),
                 paused: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 metrics,
             }),
         };
-        let watchdog = engine.clone();
-        tokio::spawn(async move { watchdog.watchdog().await });
+        engine.spawn_watchdog();
         Ok((engine, report))
+    }
+
+    /// Runs the watchdog on its own thread and runtime: request handlers do blocking syscalls
+    /// (program load and verification take tens of milliseconds, journal fsync), and a timer
+    /// driven by a busy worker thread would fire late. Falls back to a task if no thread can
+    /// be created.
+    fn spawn_watchdog(&self) {
+        let watchdog = self.clone();
+        let exited = self.inner.watchdog_exited.clone();
+        let spawned = std::thread::Builder::new().name("chaos-watchdog".to_owned()).spawn(move || {
+            raise_watchdog_priority();
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(watchdog.watchdog()),
+                Err(e) => tracing::error!(error = %e, "cannot build the watchdog runtime; TTLs rely on the kernel-side deadline"),
+            }
+            exited.cancel();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no watchdog thread; running the watchdog as a task");
+            let watchdog = self.clone();
+            let exited = self.inner.watchdog_exited.clone();
+            tokio::spawn(async move {
+                watchdog.watchdog().await;
+                exited.cancel();
+            });
+        }
     }
 
     /// The metrics registry the engine reports to.
@@ -564,12 +592,14 @@ impl Engine {
         let mut slot = state.faults.remove(&id)?;
         state.deadlines.remove(&(slot.deadline, id));
         drop(state);
-        let lateness = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline));
-        let counters = slot.active.counters();
+        // Disarm first: from here on the fault has no effect, so lateness is measured here (the
+        // counters and the undo list, which may wait behind another apply, come after).
         let mut errors = Vec::new();
         if let Err(e) = slot.active.disarm() {
             errors.push(format!("disarm: {e}"));
         }
+        let lateness = (reason == RevertReason::Ttl).then(|| Instant::now().saturating_duration_since(slot.deadline));
+        let counters = slot.active.counters();
         let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
@@ -594,7 +624,7 @@ impl Engine {
             m.retire_counters(&slot.info.iface, &c);
         }
         if report.errors.is_empty() {
-            tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, "fault reverted");
+            tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, picked_late_us = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline).as_micros() as u64), "fault reverted");
         } else {
             m.revert_failure(&slot.info.kind);
             tracing::error!(event = "revert", id = %id, reason = reason.as_str(), errors = ?report.errors, "fault revert incomplete; journal kept for cleanup");
@@ -710,12 +740,16 @@ impl Engine {
         while !self.inner.state.lock().await.pending.is_empty() && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // TTL reverts in flight finish before the watchdog exits.
+        let _ = tokio::time::timeout_at(give_up.into(), self.inner.watchdog_exited.cancelled()).await;
         r
     }
 
     /// The one TTL task: sleeps until the earliest deadline (or until woken by a change).
     async fn watchdog(&self) {
+        let mut reverts = tokio::task::JoinSet::new();
         loop {
+            while reverts.try_join_next().is_some() {}
             let next = {
                 let state = self.inner.state.lock().await;
                 state.deadlines.keys().next().copied()
@@ -736,24 +770,40 @@ impl Engine {
                     };
                     for (deadline, id) in due {
                         let engine = self.clone();
-                        tokio::spawn(async move { engine.revert_inner(id, RevertReason::Ttl, Some(deadline), now).await });
+                        reverts.spawn(async move { engine.revert_inner(id, RevertReason::Ttl, Some(deadline), now).await });
                     }
                 }
                 Some((deadline, _)) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline.into()) => {}
                         () = self.inner.wake.notified() => {}
-                        () = self.inner.shutdown.cancelled() => return,
+                        () = self.inner.shutdown.cancelled() => break,
                     }
                 }
                 None => {
                     tokio::select! {
                         () = self.inner.wake.notified() => {}
-                        () = self.inner.shutdown.cancelled() => return,
+                        () = self.inner.shutdown.cancelled() => break,
                     }
                 }
             }
         }
+        // A TTL revert already took its fault out of the registry, so shutdown's stop_all does
+        // not see it: finish it before the watchdog (and its runtime) goes away.
+        while reverts.join_next().await.is_some() {}
+    }
+}
+
+/// Best effort: the lowest real-time priority for the watchdog thread, so that on a busy host
+/// (the situation chaos experiments create) a deadline is not missed because the thread waits
+/// for a CPU. The thread sleeps almost always and its work per deadline is a map write, so it
+/// cannot starve anything. Without CAP_SYS_NICE this fails and the thread stays SCHED_OTHER.
+fn raise_watchdog_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param) };
+    if rc != 0 {
+        tracing::debug!(errno = rc, "watchdog thread keeps normal scheduling (no CAP_SYS_NICE?)");
     }
 }
 
