@@ -262,9 +262,20 @@ pub struct RevertReport {
     pub lateness_us: Option<u64>,
 }
 
+/// An active fault's in-process handle, shared with the watchdog's timer table so that a TTL
+/// disarm never waits for the registry lock.
+type SharedFault = Arc<std::sync::Mutex<Box<dyn ActiveFault>>>;
+
+/// Runs `f` on the fault; a poisoned lock (a panic elsewhere) still gives access, since the
+/// fault itself is intact.
+fn with_fault<T>(f: &SharedFault, op: impl FnOnce(&mut Box<dyn ActiveFault>) -> T) -> T {
+    let mut g = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    op(&mut g)
+}
+
 struct Slot {
     info: FaultInfo,
-    active: Box<dyn ActiveFault>,
+    active: SharedFault,
     txn: Txn,
     deadline: Instant,
     done: watch::Sender<Option<RevertReport>>,
@@ -273,7 +284,6 @@ struct Slot {
 #[derive(Default)]
 struct State {
     faults: HashMap<FaultId, Slot>,
-    deadlines: BTreeMap<(Instant, FaultId), ()>,
     /// Faults being applied (id reserved, not yet registered): they count against the maximum
     /// and are checked for conflicts, and shutdown waits for them.
     pending: HashMap<FaultId, FaultSpec>,
@@ -286,6 +296,10 @@ struct Inner {
     state: Mutex<State>,
     /// Serialises kernel changes (apply, undo) between faults; never held with `state`.
     kernel: Mutex<()>,
+    /// Deadlines of active faults, in a std mutex held for microseconds only: the watchdog reads
+    /// and disarms from here, never waiting behind the registry lock (whose holder may be a
+    /// preempted worker thread on a busy host).
+    timers: std::sync::Mutex<BTreeMap<(Instant, FaultId), SharedFault>>,
     /// Cancelled when the watchdog has finished (after its in-flight reverts).
     watchdog_exited: CancellationToken,
     wake: Notify,
@@ -333,6 +347,7 @@ impl Engine {
                 state: Mutex::new(State::default()),
                 kernel: Mutex::new(()),
                 watchdog_exited: CancellationToken::new(),
+                timers: std::sync::Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
                 paused: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
@@ -349,11 +364,12 @@ impl Engine {
     /// be created.
     fn spawn_watchdog(&self) {
         let watchdog = self.clone();
+        let main = tokio::runtime::Handle::current();
         let exited = self.inner.watchdog_exited.clone();
         let spawned = std::thread::Builder::new().name("chaos-watchdog".to_owned()).spawn(move || {
             raise_watchdog_priority();
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(watchdog.watchdog()),
+                Ok(rt) => rt.block_on(watchdog.watchdog(&main)),
                 Err(e) => tracing::error!(error = %e, "cannot build the watchdog runtime; TTLs rely on the kernel-side deadline"),
             }
             exited.cancel();
@@ -362,8 +378,9 @@ impl Engine {
             tracing::warn!(error = %e, "no watchdog thread; running the watchdog as a task");
             let watchdog = self.clone();
             let exited = self.inner.watchdog_exited.clone();
+            let main = tokio::runtime::Handle::current();
             tokio::spawn(async move {
-                watchdog.watchdog().await;
+                watchdog.watchdog(&main).await;
                 exited.cancel();
             });
         }
@@ -469,7 +486,8 @@ impl Engine {
         }
         let kind = info.kind.clone();
         let (done, _) = watch::channel(None);
-        state.deadlines.insert((deadline, id), ());
+        let active: SharedFault = Arc::new(std::sync::Mutex::new(active));
+        self.timers().insert((deadline, id), active.clone());
         state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
         drop(state);
         self.inner.wake.notify_one();
@@ -580,26 +598,44 @@ impl Engine {
         self.revert_inner(id, reason, None, Instant::now()).await
     }
 
-    /// Reverts `id`; with `due`, only if its deadline is still `due` (it was not extended since
-    /// the watchdog picked it). `started` is when the revert was decided, for the lateness.
-    async fn revert_inner(&self, id: FaultId, reason: RevertReason, due: Option<Instant>, started: Instant) -> Option<RevertReport> {
+    fn timers(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Instant, FaultId), SharedFault>> {
+        self.inner.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reverts `id`. `ttl` is set by the watchdog, which already disarmed the fault: its
+    /// deadline and the disarm's (lateness, error). `started` is when the revert was decided.
+    async fn revert_inner(
+        &self,
+        id: FaultId,
+        reason: RevertReason,
+        ttl: Option<(Instant, Duration, Option<String>)>,
+        started: Instant,
+    ) -> Option<RevertReport> {
         let mut state = self.inner.state.lock().await;
-        if let Some(d) = due
-            && state.faults.get(&id).is_none_or(|s| s.deadline != d)
+        if let Some((d, _, _)) = &ttl
+            && state.faults.get(&id).is_none_or(|s| s.deadline != *d)
         {
             return None;
         }
-        let mut slot = state.faults.remove(&id)?;
-        state.deadlines.remove(&(slot.deadline, id));
+        let slot = state.faults.remove(&id)?;
+        self.timers().remove(&(slot.deadline, id));
         drop(state);
         // Disarm first: from here on the fault has no effect, so lateness is measured here (the
         // counters and the undo list, which may wait behind another apply, come after).
         let mut errors = Vec::new();
-        if let Err(e) = slot.active.disarm() {
-            errors.push(format!("disarm: {e}"));
-        }
-        let lateness = (reason == RevertReason::Ttl).then(|| Instant::now().saturating_duration_since(slot.deadline));
-        let counters = slot.active.counters();
+        let lateness = match ttl {
+            Some((_, lateness, disarm_error)) => {
+                errors.extend(disarm_error);
+                Some(lateness)
+            }
+            None => {
+                if let Err(e) = with_fault(&slot.active, |f| f.disarm()) {
+                    errors.push(format!("disarm: {e}"));
+                }
+                None
+            }
+        };
+        let counters = with_fault(&slot.active, |f| f.counters());
         let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
@@ -639,14 +675,17 @@ impl Engine {
         let mut state = self.inner.state.lock().await;
         let slot = state.faults.get_mut(&id).ok_or(EngineError::NotFound(id))?;
         let old_deadline = slot.deadline;
+        // The watchdog may have picked (and disarmed) it already: it is ending, not extendable.
+        if !self.timers().contains_key(&(old_deadline, id)) {
+            return Err(EngineError::NotFound(id));
+        }
         let new_total = slot.info.spec.ttl + by;
         if new_total > max {
             return Err(SpecError::TtlTooLong { ttl: new_total, max }.into());
         }
         let new_deadline = old_deadline + by;
         let remaining = new_deadline.saturating_duration_since(Instant::now());
-        slot.active
-            .set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64)
+        with_fault(&slot.active, |f| f.set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64))
             .map_err(|source| EngineError::Apply { source })?;
         slot.deadline = new_deadline;
         slot.info.spec.ttl = new_total;
@@ -657,8 +696,12 @@ impl Engine {
             e.expires_unix_ms = expires;
         })?;
         let info = slot.info.clone();
-        state.deadlines.remove(&(old_deadline, id));
-        state.deadlines.insert((new_deadline, id), ());
+        let active = slot.active.clone();
+        {
+            let mut timers = self.timers();
+            timers.remove(&(old_deadline, id));
+            timers.insert((new_deadline, id), active);
+        }
         drop(state);
         self.inner.wake.notify_one();
         tracing::info!(event = "extend", id = %id, uid = who.uid, by_ms = by.as_millis() as u64, "fault extended");
@@ -668,7 +711,7 @@ impl Engine {
     async fn fill(&self, mut info: FaultInfo) -> FaultInfo {
         let state = self.inner.state.lock().await;
         if let Some(slot) = state.faults.get(&info.id) {
-            info.counters = slot.active.counters();
+            info.counters = with_fault(&slot.active, |f| f.counters());
             info.remaining_ms = slot.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
         }
         info
@@ -683,7 +726,7 @@ impl Engine {
             .values()
             .map(|s| {
                 let mut i = s.info.clone();
-                i.counters = s.active.counters();
+                i.counters = with_fault(&s.active, |f| f.counters());
                 i.remaining_ms = s.deadline.saturating_duration_since(now).as_millis() as u64;
                 i
             })
@@ -707,7 +750,7 @@ impl Engine {
         // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
         self.inner.state.try_lock().map_or_else(
             |_| Vec::new(),
-            |s| s.faults.values().filter_map(|f| Some((f.info.iface.clone(), f.active.counters()?))).collect(),
+            |s| s.faults.values().filter_map(|f| Some((f.info.iface.clone(), with_fault(&f.active, |a| a.counters())?))).collect(),
         )
     }
 
@@ -746,31 +789,35 @@ impl Engine {
     }
 
     /// The one TTL task: sleeps until the earliest deadline (or until woken by a change).
-    async fn watchdog(&self) {
-        let mut reverts = tokio::task::JoinSet::new();
+    ///
+    /// The watchdog thread only picks due faults and disarms them; the rest of each revert runs
+    /// on the main runtime (`main`): closing a tcx link waits for an RCU grace period, which
+    /// under load takes tens of milliseconds and would make the next deadline late.
+    async fn watchdog(&self, main: &tokio::runtime::Handle) {
+        let mut reverts: Vec<tokio::task::JoinHandle<Option<RevertReport>>> = Vec::new();
         loop {
-            while reverts.try_join_next().is_some() {}
-            let next = {
-                let state = self.inner.state.lock().await;
-                state.deadlines.keys().next().copied()
-            };
+            reverts.retain(|h| !h.is_finished());
+            let next = self.timers().keys().next().copied();
             match next {
                 Some((deadline, _)) if deadline <= Instant::now() => {
                     // Every fault that is due is reverted concurrently, each in its own task:
                     // one slow revert (netlink, fsync) must not make the others late, and the
                     // watchdog goes straight back to the next deadline.
                     let now = Instant::now();
-                    let due: Vec<(Instant, FaultId)> = {
-                        let mut state = self.inner.state.lock().await;
-                        let due: Vec<_> = state.deadlines.range(..=(now, FaultId::from_raw(u32::MAX))).map(|(k, ())| *k).collect();
-                        for k in &due {
-                            state.deadlines.remove(k);
-                        }
-                        due
+                    let due: Vec<((Instant, FaultId), SharedFault)> = {
+                        let mut timers = self.timers();
+                        let later = timers.split_off(&(now, FaultId::from_raw(u32::MAX)));
+                        std::mem::replace(&mut *timers, later).into_iter().collect()
                     };
-                    for (deadline, id) in due {
+                    for ((deadline, id), fault) in due {
+                        // Disarm right here, before anything that could wait: this is the
+                        // moment the fault stops acting.
+                        let disarm_error = with_fault(&fault, |f| f.disarm()).err().map(|e| format!("disarm: {e}"));
+                        let lateness = Instant::now().saturating_duration_since(deadline);
                         let engine = self.clone();
-                        reverts.spawn(async move { engine.revert_inner(id, RevertReason::Ttl, Some(deadline), now).await });
+                        reverts.push(main.spawn(async move {
+                            engine.revert_inner(id, RevertReason::Ttl, Some((deadline, lateness, disarm_error)), now).await
+                        }));
                     }
                 }
                 Some((deadline, _)) => {
@@ -790,7 +837,9 @@ impl Engine {
         }
         // A TTL revert already took its fault out of the registry, so shutdown's stop_all does
         // not see it: finish it before the watchdog (and its runtime) goes away.
-        while reverts.join_next().await.is_some() {}
+        for h in reverts {
+            let _ = h.await;
+        }
     }
 }
 
