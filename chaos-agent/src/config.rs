@@ -160,7 +160,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_ttl: crate::spec::DEFAULT_MAX_TTL,
-            default_ttl: Duration::from_secs(300),
+            default_ttl: Duration::from_mins(5),
             max_faults: 64,
             protected_ports: vec![PortRange { lo: 22, hi: 22 }],
         }
@@ -218,7 +218,7 @@ impl Config {
             return bad("api.tcp_listen needs api.tcp_token_file: the TCP API always requires a bearer token".to_owned());
         }
         if self.api.socket.as_os_str().is_empty() || self.api.socket.is_relative() {
-            return bad(format!("api.socket must be an absolute path, got {:?}", self.api.socket));
+            return bad(format!("api.socket must be an absolute path, got {:?}", self.api.socket.display().to_string()));
         }
         if let Some(g) = &self.api.allowed_group
             && g.is_empty()
@@ -318,6 +318,6 @@ mod tests {
     fn default_ttl_within_max() {
         assert!(Config::parse("[limits]\nmax_ttl = \"1m\"\ndefault_ttl = \"5m\"\n", Path::new("c")).is_err());
         let c = Config::parse("[limits]\nmax_ttl = \"10m\"\ndefault_ttl = \"1m\"\n", Path::new("c")).unwrap();
-        assert_eq!(c.engine_config().default_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(c.engine_config().default_ttl, Some(Duration::from_mins(1)));
     }
 }

@@ -169,7 +169,7 @@ impl Metrics {
 
     /// The same metrics in the classic Prometheus text format (0.0.4), for clients that ask
     /// for `text/plain` (e.g. promtool 2.x, whose parser wants counter HELP/TYPE lines named
-    /// with the `_total` suffix that OpenMetrics puts on samples only).
+    /// with the `_total` suffix that `OpenMetrics` puts on samples only).
     #[must_use]
     pub fn encode_prometheus_text(&self) -> String {
         openmetrics_to_prometheus_text(&self.encode())
@@ -223,10 +223,11 @@ impl Metrics {
     }
 }
 
-/// Rewrites OpenMetrics text as Prometheus text 0.0.4: counter families are named with their
+/// Rewrites `OpenMetrics` text as Prometheus text 0.0.4: counter families are named with their
 /// `_total` suffix in HELP/TYPE, and the `# EOF` marker is dropped.
 #[must_use]
 pub fn openmetrics_to_prometheus_text(om: &str) -> String {
+    use std::fmt::Write as _;
     let counters: std::collections::HashSet<&str> = om
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
@@ -241,7 +242,7 @@ pub fn openmetrics_to_prometheus_text(om: &str) -> String {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
                 if counters.contains(name) && !name.ends_with("_total") {
-                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                    let _ = write!(out, "{prefix}{name}_total {tail}");
                 } else {
                     out.push_str(line);
                 }

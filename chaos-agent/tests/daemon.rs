@@ -117,7 +117,7 @@ impl<'a> Agent<'a> {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
-    /// Runs the CLI (as root) inside the namespace with the socket in CHAOS_AGENT_SOCKET.
+    /// Runs the CLI (as root) inside the namespace with the socket in `CHAOS_AGENT_SOCKET`.
     fn cli(&self, args: &[&str]) -> Output {
         self.net
             .a
@@ -290,6 +290,7 @@ fn assert_progs_gone(ours: &BTreeSet<u32>) {
 const NETLINK: &[&str] = &["--attach-mode", "netlink"];
 
 #[test]
+#[allow(clippy::too_many_lines, clippy::many_single_char_names, reason = "one scenario, read top to bottom")]
 fn api_create_list_show_extend_stop() {
     require_root!("api_create_list_show_extend_stop");
     let net = VethPair::new(41);
@@ -500,7 +501,7 @@ fn parallel_clients_leave_nothing() {
     });
     let took = t0.elapsed();
     eprintln!("load: 4 clients x 25 create/stop cycles in {:.2}s", took.as_secs_f64());
-    assert!(took < Duration::from_secs(60), "load took {took:?}");
+    assert!(took < Duration::from_mins(1), "load took {took:?}");
     assert!(agent.list_ids().is_empty());
     assert_eq!(agent.our_filters(), 0);
     assert!(!agent.has_clsact());
@@ -644,6 +645,16 @@ fn ttl_reverts_are_on_time() {
     assert!(m.contains("chaos_agent_ttl_revert_lateness_seconds_bucket{le=\"0.0256\"}"), "{m}");
 }
 
+/// Kills a helper process (Prometheus) however the test ends.
+struct KillOnDrop<'c>(&'c mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port_in(ns: &testing::NetNs) -> u16 {
     // A fresh namespace has no listeners; any port works, but ask the kernel to be safe.
     ns.sh("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'").trim().parse().expect("port")
@@ -699,13 +710,6 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
         .stderr(std::fs::File::create(pdir.join("prom.log")).expect("log"))
         .spawn()
         .expect("prometheus");
-    struct KillOnDrop<'c>(&'c mut Child);
-    impl Drop for KillOnDrop<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _guard = KillOnDrop(&mut prom);
 
     let query = |q: &str| -> Option<f64> {

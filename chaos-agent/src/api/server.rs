@@ -1,4 +1,4 @@
-//! The API server (axum): routes, authorization (SO_PEERCRED on the Unix socket, a bearer token
+//! The API server (axum): routes, authorization (`SO_PEERCRED` on the Unix socket, a bearer token
 //! on TCP), JSON errors, and the Prometheus endpoint.
 //!
 //! Authorization happens in one middleware in front of every route, so a handler never runs for
@@ -28,7 +28,7 @@ use super::{ApiError, ExtendRequest, FaultList, PauseState, Reverted, Status};
 use crate::engine::{Engine, EngineError, FaultId, RevertReason, Requester};
 use crate::spec::FaultSpec;
 
-/// Content type of the metrics endpoint (OpenMetrics 1.0 text, what prometheus-client encodes).
+/// Content type of the metrics endpoint (`OpenMetrics` 1.0 text, what prometheus-client encodes).
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Errors setting up the listeners.
@@ -113,7 +113,7 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 /// The peer of a connection, taken from the kernel when it is accepted.
 #[derive(Clone, Debug)]
 pub enum Peer {
-    /// A Unix-socket client with its SO_PEERCRED credentials (`None` if the kernel gave none).
+    /// A Unix-socket client with its `SO_PEERCRED` credentials (`None` if the kernel gave none).
     Unix {
         /// Credentials: uid, gid, pid.
         cred: Option<(u32, u32, Option<i32>)>,
@@ -429,13 +429,13 @@ pub async fn serve(state: Arc<ApiState>, unix: UnixListener, tcp: Option<TcpList
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether a scraper asked for the classic text format only (`Accept: text/plain...` without
-/// OpenMetrics). Everyone else, Prometheus included, gets OpenMetrics.
+/// `OpenMetrics`). Everyone else, Prometheus included, gets `OpenMetrics`.
 fn wants_classic_text(headers: &axum::http::HeaderMap) -> bool {
     let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
     accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
 }
 
-/// Serves `GET /metrics` (OpenMetrics text) until `stop` is cancelled.
+/// Serves `GET /metrics` (`OpenMetrics` text) until `stop` is cancelled.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken) {
     let app = Router::new().route(
         "/metrics",

@@ -72,6 +72,7 @@ pub enum Command {
 
 /// `inject` flags.
 #[derive(Debug, clap::Args)]
+#[allow(clippy::struct_excessive_bools, reason = "independent command-line switches")]
 pub struct InjectArgs {
     /// Drop matching packets with this probability, in (0, 1] (`0.1` or `10%`).
     #[arg(long, value_parser = parse_probability)]

@@ -604,6 +604,7 @@ impl Engine {
 
     /// Reverts `id`. `ttl` is set by the watchdog, which already disarmed the fault: its
     /// deadline and the disarm's (lateness, error). `started` is when the revert was decided.
+    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
     async fn revert_inner(
         &self,
         id: FaultId,
@@ -623,17 +624,14 @@ impl Engine {
         // Disarm first: from here on the fault has no effect, so lateness is measured here (the
         // counters and the undo list, which may wait behind another apply, come after).
         let mut errors = Vec::new();
-        let lateness = match ttl {
-            Some((_, lateness, disarm_error)) => {
-                errors.extend(disarm_error);
-                Some(lateness)
+        let lateness = if let Some((_, lateness, disarm_error)) = ttl {
+            errors.extend(disarm_error);
+            Some(lateness)
+        } else {
+            if let Err(e) = with_fault(&slot.active, |f| f.disarm()) {
+                errors.push(format!("disarm: {e}"));
             }
-            None => {
-                if let Err(e) = with_fault(&slot.active, |f| f.disarm()) {
-                    errors.push(format!("disarm: {e}"));
-                }
-                None
-            }
+            None
         };
         let counters = with_fault(&slot.active, |f| f.counters());
         let kernel = self.inner.kernel.lock().await;
@@ -670,6 +668,7 @@ impl Engine {
     }
 
     /// Moves a fault's deadline by `by`; the total lifetime stays within the maximum TTL.
+    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
     pub async fn extend(&self, id: FaultId, by: Duration, who: Requester) -> Result<FaultInfo, EngineError> {
         let max = self.config().limits.max_ttl;
         let mut state = self.inner.state.lock().await;
@@ -793,6 +792,7 @@ impl Engine {
     /// The watchdog thread only picks due faults and disarms them; the rest of each revert runs
     /// on the main runtime (`main`): closing a tcx link waits for an RCU grace period, which
     /// under load takes tens of milliseconds and would make the next deadline late.
+    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
     async fn watchdog(&self, main: &tokio::runtime::Handle) {
         let mut reverts: Vec<tokio::task::JoinHandle<Option<RevertReport>>> = Vec::new();
         loop {
@@ -846,7 +846,7 @@ impl Engine {
 /// Best effort: the lowest real-time priority for the watchdog thread, so that on a busy host
 /// (the situation chaos experiments create) a deadline is not missed because the thread waits
 /// for a CPU. The thread sleeps almost always and its work per deadline is a map write, so it
-/// cannot starve anything. Without CAP_SYS_NICE this fails and the thread stays SCHED_OTHER.
+/// cannot starve anything. Without `CAP_SYS_NICE` this fails and the thread stays `SCHED_OTHER`.
 fn raise_watchdog_priority() {
     let param = libc::sched_param { sched_priority: 1 };
     // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
