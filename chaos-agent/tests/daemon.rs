@@ -746,6 +746,37 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
 }
 
 #[test]
+fn tcp_needs_a_token_and_limits_apply() {
+    require_root!("tcp_needs_a_token_and_limits_apply");
+    let net = VethPair::new(48);
+    let dir = TempDir::new();
+    let token = "s3cret-token-0123456789";
+    std::fs::write(dir.0.join("token"), format!("{token}\n")).expect("token");
+    let port = free_port_in(&net.a);
+    let cfg = format!(
+        "[api]\ntcp_listen = \"127.0.0.1:{port}\"\ntcp_token_file = \"{}\"\n[limits]\nmax_faults = 2\nprotected_ports = [\"22\", \"6000-6010\"]\n",
+        dir.0.join("token").display()
+    );
+    let agent = Agent::start(&net, &dir.0, &cfg, &[]);
+    let url = format!("http://127.0.0.1:{port}/v1/status");
+    let code = |extra: &str| net.a.sh(&format!("curl -s -o /dev/null -w '%{{http_code}}' {extra} {url}"));
+    assert_eq!(code(""), "401");
+    assert_eq!(code("-H 'Authorization: Bearer wrong-token-0123456789'"), "401");
+    assert_eq!(code(&format!("-H 'Authorization: Bearer {token}'")), "200");
+    let st = agent.cli_json(&["status"]);
+    let ports: Vec<&str> = st["protected_ports"].as_array().expect("ports").iter().filter_map(Value::as_str).collect();
+    assert!(ports.contains(&"22") && ports.contains(&"6000-6010") && ports.contains(&port.to_string().as_str()), "{ports:?}");
+
+    // max_faults: the third concurrent fault is refused with 429 and a clear message.
+    agent.inject(&["--loss", "0.1", "--ttl", "60s"]);
+    agent.inject(&["--loss", "0.1", "--ttl", "60s"]);
+    let (c, e) = agent.curl("POST", "/v1/faults", Some(&format!(r#"{{"ttl":"60s","loss":{{"probability":0.1}},"target":{{"iface":"{}"}}}}"#, net.a_if)));
+    assert_eq!(c, 429, "{e}");
+    assert!(e["error"]["message"].as_str().expect("msg").contains("maximum 2"), "{e}");
+    agent.cli_ok(&["stop", "--all"]);
+}
+
+#[test]
 fn config_check() {
     let dir = TempDir::new();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml");

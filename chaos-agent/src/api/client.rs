@@ -18,7 +18,7 @@ use crate::spec::FaultSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listens on the socket.
-    #[error("cannot reach the agent at {path}: {source} (is `chaos-agent run` running?)")]
+    #[error("cannot reach the agent at {path}: {source} (is `chaos-agent run` running? `inject --foreground` works without it)")]
     Connect {
         /// Socket path.
         path: PathBuf,
