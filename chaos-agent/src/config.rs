@@ -17,20 +17,20 @@ use crate::sys::paths;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("read {path}: {source}")]
+    #[error("read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message; not a `source`, so anyhow does not print it twice).
+        cause: std::io::Error,
     },
     /// The file is not valid TOML for this schema (syntax, unknown key, wrong type).
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// The cause (names the key and position).
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     /// The values parse but do not make sense together.
     #[error("{path}: {why}")]
@@ -171,14 +171,14 @@ impl Config {
     /// Parses and validates TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: Self =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), cause: Box::new(e) })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
         Self::parse(&text, path)
     }
 

@@ -18,12 +18,12 @@ use crate::spec::FaultSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listens on the socket.
-    #[error("cannot reach the agent at {path}: {source} (is `chaos-agent run` running? `inject --foreground` works without it)")]
+    #[error("cannot reach the agent at {path}: {cause} (is `chaos-agent run` running? `inject --foreground` works without it)")]
     Connect {
         /// Socket path.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not a `source`: the message already says it, and anyhow would repeat it).
+        cause: std::io::Error,
     },
     /// The HTTP exchange failed.
     #[error("talking to the agent: {0}")]
@@ -88,7 +88,7 @@ impl Client {
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+            .map_err(|cause| ClientError::Connect { path: self.socket.clone(), cause })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The connection task ends when the response is read (one request per connection).
         tokio::spawn(async move {

@@ -38,14 +38,14 @@ pub enum ServerError {
     #[error("another chaos-agent is already listening on {0}")]
     InUse(PathBuf),
     /// A filesystem or socket operation failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// On what.
         path: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message; not a `source`, so anyhow does not print it twice).
+        cause: std::io::Error,
     },
     /// The configured group does not exist.
     #[error("api.allowed_group {0:?}: no such group")]
@@ -370,7 +370,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 pub fn bind_unix(path: &Path, group: Option<u32>) -> Result<UnixListener, ServerError> {
     let io = |what: &'static str, p: &Path| {
         let path = p.display().to_string();
-        move |source| ServerError::Io { what, path, source }
+        move |cause| ServerError::Io { what, path, cause }
     };
     if let Some(dir) = path.parent()
         && !dir.exists()
@@ -394,7 +394,7 @@ pub fn bind_unix(path: &Path, group: Option<u32>) -> Result<UnixListener, Server
     let listener = bound.map_err(io("bind", path))?;
     if let Some(gid) = group {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| ServerError::Io { what: "chown", path: path.display().to_string(), source: e.into() })?;
+            .map_err(|e| ServerError::Io { what: "chown", path: path.display().to_string(), cause: e.into() })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("chmod", path))?;
     }
     Ok(listener)
