@@ -1,4 +1,4 @@
-//! Prometheus metrics (prometheus-client, OpenMetrics text). The engine updates the event
+//! Prometheus metrics (prometheus-client, `OpenMetrics` text). The engine updates the event
 //! counters; the eBPF packet counters are read from the kernel at scrape time.
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -157,7 +157,7 @@ impl Metrics {
         let _ = self.packets.live.set(f);
     }
 
-    /// OpenMetrics text of every metric.
+    /// `OpenMetrics` text of every metric.
     #[must_use]
     pub fn encode(&self) -> String {
         let mut out = String::new();
