@@ -15,5 +15,7 @@ pub mod faults;
 pub mod metrics;
 pub mod spec;
 pub mod sys;
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod doctor;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (prometheus-client, OpenMetrics text). The engine updates the event
+//! Prometheus metrics (prometheus-client, `OpenMetrics` text). The engine updates the event
 //! counters; the eBPF packet counters are read from the kernel at scrape time.
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,7 +10,6 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::ebpf::Counters;
@@ -131,17 +130,21 @@ impl Metrics {
             ttl_lateness_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
             packets: Arc::new(PacketCounters::default()),
         };
-        r.register("chaos_agent_faults_injected", "Faults injected, by kind.", m.injected.clone());
-        r.register("chaos_agent_faults_active", "Faults currently active, by kind.", m.active.clone());
-        r.register("chaos_agent_faults_reverted", "Faults reverted, by kind and reason (ttl, stopped, shutdown, error, leftover).", m.reverted.clone());
-        r.register("chaos_agent_faults_refused", "Fault requests refused, by reason.", m.refused.clone());
-        r.register("chaos_agent_revert_failures", "Reverts that could not remove everything (left for cleanup).", m.revert_failures.clone());
-        r.register("chaos_agent_leftovers_removed", "Kernel objects of a dead agent removed at start-up or by cleanup, by kind.", m.leftovers.clone());
-        r.register("chaos_agent_apply_duration_seconds", "Time to apply a fault.", m.apply_seconds.clone());
-        r.register("chaos_agent_revert_duration_seconds", "Time to revert a fault.", m.revert_seconds.clone());
-        r.register("chaos_agent_ttl_revert_lateness_seconds", "Delay between a fault's deadline and its revert.", m.ttl_lateness_seconds.clone());
+        r.register("chaos_agent_faults_injected", "Faults injected, by kind", m.injected.clone());
+        r.register("chaos_agent_faults_active", "Faults currently active, by kind", m.active.clone());
+        r.register("chaos_agent_faults_reverted", "Faults reverted, by kind and reason (ttl, stopped, shutdown, error, leftover)", m.reverted.clone());
+        r.register("chaos_agent_faults_refused", "Fault requests refused, by reason", m.refused.clone());
+        r.register("chaos_agent_revert_failures", "Reverts that could not remove everything (left for cleanup)", m.revert_failures.clone());
+        r.register("chaos_agent_leftovers_removed", "Kernel objects of a dead agent removed at start-up or by cleanup, by kind", m.leftovers.clone());
+        r.register("chaos_agent_apply_duration_seconds", "Time to apply a fault", m.apply_seconds.clone());
+        r.register("chaos_agent_revert_duration_seconds", "Time to revert a fault", m.revert_seconds.clone());
+        r.register("chaos_agent_ttl_revert_lateness_seconds", "Delay between a fault's deadline and its revert", m.ttl_lateness_seconds.clone());
         let labels: Vec<(String, String)> = info.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-        r.register("chaos_agent", "Agent build and host information.", Info::new(labels));
+        // A gauge fixed at 1 (the `node_uname_info` convention) rather than the OpenMetrics info
+        // type: promtool and Prometheus' text parser reject `# TYPE ... info`.
+        let info_family: Family<Vec<(String, String)>, Gauge> = Family::default();
+        info_family.get_or_create(&labels).set(1);
+        r.register("chaos_agent_info", "Agent build and host information (version, kernel, backends); always 1", info_family);
         r.register_collector(Box::new(m.packets.clone()));
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
@@ -154,7 +157,7 @@ impl Metrics {
         let _ = self.packets.live.set(f);
     }
 
-    /// OpenMetrics text of every metric.
+    /// `OpenMetrics` text of every metric.
     #[must_use]
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -162,6 +165,14 @@ impl Metrics {
             let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
         }
         out
+    }
+
+    /// The same metrics in the classic Prometheus text format (0.0.4), for clients that ask
+    /// for `text/plain` (e.g. promtool 2.x, whose parser wants counter HELP/TYPE lines named
+    /// with the `_total` suffix that `OpenMetrics` puts on samples only).
+    #[must_use]
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
     }
 
     fn kind(kind: &str) -> KindLabels {
@@ -209,5 +220,55 @@ impl Metrics {
         if let Ok(mut m) = self.packets.retired.lock() {
             add(&mut m, iface, c);
         }
+    }
+}
+
+/// Rewrites `OpenMetrics` text as Prometheus text 0.0.4: counter families are named with their
+/// `_total` suffix in HELP/TYPE, and the `# EOF` marker is dropped.
+#[must_use]
+pub fn openmetrics_to_prometheus_text(om: &str) -> String {
+    use std::fmt::Write as _;
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 256);
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) && !name.ends_with("_total") {
+                    let _ = write!(out, "{prefix}{name}_total {tail}");
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_with_total() {
+        let m = Metrics::new(&[("version", "1".to_owned())]);
+        m.fault_injected("loss");
+        let om = m.encode();
+        assert!(om.contains("# TYPE chaos_agent_faults_injected counter") && om.ends_with("# EOF\n"), "{om}");
+        let text = m.encode_prometheus_text();
+        assert!(text.contains("# TYPE chaos_agent_faults_injected_total counter"), "{text}");
+        assert!(text.contains("# HELP chaos_agent_faults_injected_total Faults injected"), "{text}");
+        assert!(text.contains("chaos_agent_faults_injected_total{kind=\"loss\"} 1"), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# TYPE chaos_agent_info gauge"), "{text}");
     }
 }

@@ -40,7 +40,9 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         ));
     }
     Ok(FaultSpec {
-        ttl: a.ttl,
+        // Zero means "not given": the agent substitutes its default TTL; the foreground path
+        // requires the flag before it gets here.
+        ttl: a.ttl.unwrap_or_default(),
         target: Target {
             iface: a.iface.clone(),
             direction: a.direction,
@@ -74,8 +76,15 @@ pub fn counters_line(c: &Counters) -> String {
     line
 }
 
-pub(super) fn run(state_dir: &Path, a: &InjectArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Result<ExitCode> {
     let spec = spec_from_args(a)?;
+    let client = crate::api::client::Client::new(socket);
+    if !a.foreground && !a.dry_run && client.agent_present() {
+        return super::client::inject(&client, &spec, a);
+    }
+    if a.ttl.is_none() {
+        return Err(UsageError("--ttl is required when no agent is running (the fault runs in the foreground)".to_owned()).into());
+    }
     let cfg = super::engine_config(state_dir.to_owned(), a.attach_mode, a.max_ttl);
     if a.dry_run {
         // No engine: a dry run must not even open the journal.

@@ -2,8 +2,10 @@
 //! spec or a request and call the library.
 
 mod cleanup;
+mod client;
 mod doctor;
 mod inject;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +15,7 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::ebpf::AttachMode;
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, FaultId};
 use crate::spec::{Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, parse_fraction};
 use crate::sys::paths;
 
@@ -21,9 +23,14 @@ use crate::sys::paths;
 #[derive(Debug, Parser)]
 #[command(name = "chaos-agent", version, about, long_about = None)]
 pub struct Cli {
-    /// Directory holding the crash journal of active faults.
-    #[arg(long, global = true, env = "CHAOS_AGENT_STATE_DIR", default_value = paths::STATE_DIR)]
-    pub state_dir: PathBuf,
+    /// Directory holding the crash journal of active faults [default: /var/lib/chaos-agent, or
+    /// `state_dir` from the config file for `run`].
+    #[arg(long, global = true, env = "CHAOS_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The agent's control socket [default: /run/chaos-agent/agent.sock, or `api.socket` from
+    /// the config file for `run`].
+    #[arg(long, global = true, env = "CHAOS_AGENT_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `chaos_agent=debug`.
     #[arg(long, global = true, env = "CHAOS_AGENT_LOG")]
     pub log: Option<String>,
@@ -35,8 +42,28 @@ pub struct Cli {
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Inject a fault and keep it until its TTL, Ctrl-C or SIGTERM (foreground).
+    /// Inject a fault. Sent to the agent when its socket exists (prints the id; `--wait` blocks
+    /// until the fault ends); otherwise kept in the foreground until its TTL, Ctrl-C or SIGTERM.
     Inject(Box<InjectArgs>),
+    /// Run the agent: the control API, the TTL watchdog and the metrics endpoint.
+    Run(RunArgs),
+    /// List the agent's active faults.
+    List(OutputArgs),
+    /// Show one active fault.
+    Show(ShowArgs),
+    /// Stop one fault (`stop ID`) or every fault (`stop --all`).
+    Stop(StopArgs),
+    /// Move a fault's deadline (within the agent's maximum TTL).
+    Extend(ExtendArgs),
+    /// The agent's status.
+    Status(OutputArgs),
+    /// Stop every fault and refuse new ones until `resume` (the safety lever).
+    Pause(OutputArgs),
+    /// Accept new faults again after `pause`.
+    Resume(OutputArgs),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Remove every leftover of a dead agent (idempotent; for systemd ExecStopPost=).
     Cleanup(CleanupArgs),
     /// Show what this kernel supports.
@@ -45,6 +72,7 @@ pub enum Command {
 
 /// `inject` flags.
 #[derive(Debug, clap::Args)]
+#[allow(clippy::struct_excessive_bools, reason = "independent command-line switches")]
 pub struct InjectArgs {
     /// Drop matching packets with this probability, in (0, 1] (`0.1` or `10%`).
     #[arg(long, value_parser = parse_probability)]
@@ -79,9 +107,10 @@ pub struct InjectArgs {
     /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
     #[arg(long)]
     pub force: bool,
-    /// How long the fault lasts (e.g. `30s`, `5m`). Required; at most the maximum TTL.
+    /// How long the fault lasts (e.g. `30s`, `5m`), at most the maximum TTL. Required in the
+    /// foreground; the agent uses its `default_ttl` when omitted.
     #[arg(long, value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
+    pub ttl: Option<Duration>,
     /// Interface (default: the interface of the default route).
     #[arg(long)]
     pub iface: Option<String>,
@@ -124,6 +153,84 @@ pub struct InjectArgs {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// With an agent: block until the fault ends and print its summary (Ctrl-C stops it).
+    #[arg(long)]
+    pub wait: bool,
+    /// Run in the foreground even if an agent is running.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `run` flags (each overrides the config file).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file [default: /etc/chaos-agent/config.toml, if it exists].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Prometheus endpoint address (overrides `metrics.listen`).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How to attach tc programs (overrides `attach_mode`).
+    #[arg(long, value_enum)]
+    pub attach_mode: Option<AttachMode>,
+    /// Log format (overrides `log_format`).
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
+}
+
+/// Output flags of the client verbs.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Print the agent's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `show` flags.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The fault id (`f-XXXXXXXX`).
+    pub id: FaultId,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stop` flags.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// The fault id (`f-XXXXXXXX`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<FaultId>,
+    /// Stop every fault.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `extend` flags.
+#[derive(Debug, clap::Args)]
+pub struct ExtendArgs {
+    /// The fault id (`f-XXXXXXXX`).
+    pub id: FaultId,
+    /// How much longer (e.g. `30s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub by: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (exit 0 if valid, 2 with the reason if not).
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// `cleanup` flags.
@@ -163,10 +270,16 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn init_logging(filter: Option<&str>, default: &str) {
+fn init_logging(filter: Option<&str>, default: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // Colours only on a terminal: journald and log shippers get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let _ = match format {
+        crate::config::LogFormat::Text => b.try_init(),
+        crate::config::LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
 }
 
 fn engine_config(state_dir: PathBuf, attach_mode: AttachMode, max_ttl: Duration) -> EngineConfig {
@@ -182,12 +295,26 @@ fn engine_config(state_dir: PathBuf, attach_mode: AttachMode, max_ttl: Duration)
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The CLI prints its own results; only errors from the library are worth a log line.
-    init_logging(cli.log.as_deref(), "error");
-    let result = match cli.command {
-        Command::Inject(args) => inject::run(&cli.state_dir, &args),
-        Command::Cleanup(args) => cleanup::run(&cli.state_dir, &args),
-        Command::Doctor(args) => doctor::run(&args),
+    if !matches!(cli.command, Command::Run(_)) {
+        // `run` sets up logging itself, once it knows the configured format.
+        // The CLI prints its own results; only errors from the library are worth a log line.
+        init_logging(cli.log.as_deref(), "error", crate::config::LogFormat::Text);
+    }
+    let state_dir = cli.state_dir.clone().unwrap_or_else(|| PathBuf::from(paths::STATE_DIR));
+    let socket = cli.socket.clone().unwrap_or_else(|| PathBuf::from(paths::SOCKET));
+    let result = match &cli.command {
+        Command::Inject(args) => inject::run(&state_dir, &socket, args),
+        Command::Run(args) => run::run(&cli, args),
+        Command::List(o) => client::list(&socket, o),
+        Command::Show(a) => client::show(&socket, a),
+        Command::Stop(a) => client::stop(&socket, a),
+        Command::Extend(a) => client::extend(&socket, a),
+        Command::Status(o) => client::status(&socket, o),
+        Command::Pause(o) => client::pause(&socket, o),
+        Command::Resume(o) => client::resume(&socket, o),
+        Command::Config(ConfigCommand::Check { file }) => run::check_config(file),
+        Command::Cleanup(args) => cleanup::run(&state_dir, args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(code) => code,
@@ -199,6 +326,8 @@ pub fn main() -> ExitCode {
             }
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<crate::spec::SpecError>().is_some()
+                || e.downcast_ref::<crate::config::ConfigError>().is_some()
+                || e.downcast_ref::<crate::api::client::ClientError>().is_some_and(crate::api::client::ClientError::is_bad_request)
                 || matches!(e.downcast_ref::<crate::engine::EngineError>(), Some(crate::engine::EngineError::Spec(_) | crate::engine::EngineError::Sys(_)))
             {
                 ExitCode::from(2)

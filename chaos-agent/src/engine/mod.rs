@@ -268,9 +268,20 @@ pub struct RevertReport {
     pub lateness_us: Option<u64>,
 }
 
+/// An active fault's in-process handle, shared with the watchdog's timer table so that a TTL
+/// disarm never waits for the registry lock.
+type SharedFault = Arc<std::sync::Mutex<Box<dyn ActiveFault>>>;
+
+/// Runs `f` on the fault; a poisoned lock (a panic elsewhere) still gives access, since the
+/// fault itself is intact.
+fn with_fault<T>(f: &SharedFault, op: impl FnOnce(&mut Box<dyn ActiveFault>) -> T) -> T {
+    let mut g = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    op(&mut g)
+}
+
 struct Slot {
     info: FaultInfo,
-    active: Box<dyn ActiveFault>,
+    active: SharedFault,
     txn: Txn,
     deadline: Instant,
     done: watch::Sender<Option<RevertReport>>,
@@ -279,7 +290,9 @@ struct Slot {
 #[derive(Default)]
 struct State {
     faults: HashMap<FaultId, Slot>,
-    deadlines: BTreeMap<(Instant, FaultId), ()>,
+    /// Faults being applied (id reserved, not yet registered): they count against the maximum
+    /// and are checked for conflicts, and shutdown waits for them.
+    pending: HashMap<FaultId, FaultSpec>,
 }
 
 struct Inner {
@@ -288,6 +301,14 @@ struct Inner {
     nl: rtnetlink::Handle,
     tc: crate::tc::Tc,
     state: Mutex<State>,
+    /// Serialises kernel changes (apply, undo) between faults; never held with `state`.
+    kernel: Mutex<()>,
+    /// Deadlines of active faults, in a std mutex held for microseconds only: the watchdog reads
+    /// and disarms from here, never waiting behind the registry lock (whose holder may be a
+    /// preempted worker thread on a busy host).
+    timers: std::sync::Mutex<BTreeMap<(Instant, FaultId), SharedFault>>,
+    /// Cancelled when the watchdog has finished (after its in-flight reverts).
+    watchdog_exited: CancellationToken,
     wake: Notify,
     paused: AtomicBool,
     shutdown: CancellationToken,
@@ -333,15 +354,45 @@ impl Engine {
                 nl,
                 tc,
                 state: Mutex::new(State::default()),
+                kernel: Mutex::new(()),
+                watchdog_exited: CancellationToken::new(),
+                timers: std::sync::Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
                 paused: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 metrics,
             }),
         };
-        let watchdog = engine.clone();
-        tokio::spawn(async move { watchdog.watchdog().await });
+        engine.spawn_watchdog();
         Ok((engine, report))
+    }
+
+    /// Runs the watchdog on its own thread and runtime: request handlers do blocking syscalls
+    /// (program load and verification take tens of milliseconds, journal fsync), and a timer
+    /// driven by a busy worker thread would fire late. Falls back to a task if no thread can
+    /// be created.
+    fn spawn_watchdog(&self) {
+        let watchdog = self.clone();
+        let main = tokio::runtime::Handle::current();
+        let exited = self.inner.watchdog_exited.clone();
+        let spawned = std::thread::Builder::new().name("chaos-watchdog".to_owned()).spawn(move || {
+            raise_watchdog_priority();
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(watchdog.watchdog(&main)),
+                Err(e) => tracing::error!(error = %e, "cannot build the watchdog runtime; TTLs rely on the kernel-side deadline"),
+            }
+            exited.cancel();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no watchdog thread; running the watchdog as a task");
+            let watchdog = self.clone();
+            let exited = self.inner.watchdog_exited.clone();
+            let main = tokio::runtime::Handle::current();
+            tokio::spawn(async move {
+                watchdog.watchdog(&main).await;
+                exited.cancel();
+            });
+        }
     }
 
     /// The metrics registry the engine reports to.
@@ -394,23 +445,82 @@ impl Engine {
         let cfg = self.config();
         let ifname = self.prepare(spec, &cfg)?;
         let ifindex = sys::ifindex(&ifname)?;
-        let mut state = self.inner.state.lock().await;
-        if state.faults.len() >= cfg.max_faults {
-            return Err(EngineError::TooMany { max: cfg.max_faults });
-        }
+        // A kernel without the needed qdisc is refused before anything is reserved or journaled.
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
             faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
         }
-        for (other, slot) in &state.faults {
-            if let Some(why) = faults::conflict(spec, &slot.info.spec) {
-                return Err(EngineError::Conflict { other: *other, why });
+        // Reserve a slot under the lock, then apply without it: loading and attaching programs
+        // takes milliseconds, and holding the registry lock that long would delay the TTL
+        // watchdog and every other request behind one apply.
+        let id = {
+            let mut state = self.inner.state.lock().await;
+            if state.faults.len() + state.pending.len() >= cfg.max_faults {
+                return Err(EngineError::TooMany { max: cfg.max_faults });
             }
+            let others = state.faults.iter().map(|(id, s)| (*id, &s.info.spec)).chain(state.pending.iter().map(|(id, s)| (*id, s)));
+            for (other, other_spec) in others {
+                if let Some(why) = faults::conflict(spec, other_spec) {
+                    return Err(EngineError::Conflict { other, why });
+                }
+            }
+            let mut id = FaultId::random();
+            while state.faults.contains_key(&id) || state.pending.contains_key(&id) {
+                id = FaultId::random();
+            }
+            state.pending.insert(id, spec.clone());
+            id
+        };
+        let applied = self.apply_reserved(id, spec, &cfg, ifname, ifindex, who).await;
+        let mut state = self.inner.state.lock().await;
+        state.pending.remove(&id);
+        let (info, active, txn, deadline) = applied?;
+        // Shutdown or pause may have started while we applied: they only see registered faults,
+        // so a fault registered now would outlive them. Undo it instead.
+        let refused = if self.inner.shutdown.is_cancelled() {
+            Some(EngineError::ShuttingDown)
+        } else if self.inner.paused.load(Ordering::SeqCst) {
+            Some(EngineError::Paused)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            drop(state);
+            let mut active = active;
+            let _ = active.disarm();
+            let kernel = self.inner.kernel.lock().await;
+            drop(active);
+            let (_, errors) = txn.rollback(&self.undo_ctx()).await;
+            drop(kernel);
+            for err in errors {
+                tracing::error!(event = "revert", id = %id, error = %err, "rollback after a refused apply incomplete; journal kept for cleanup");
+            }
+            self.inner.wake.notify_one();
+            return Err(e);
         }
+        let kind = info.kind.clone();
+        let (done, _) = watch::channel(None);
+        let active: SharedFault = Arc::new(std::sync::Mutex::new(active));
+        self.timers().insert((deadline, id), active.clone());
+        state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
+        drop(state);
+        self.inner.wake.notify_one();
+        let m = &self.inner.metrics;
+        m.fault_injected(&kind);
+        m.set_active(&kind, 1);
+        Ok(info)
+    }
+
+    /// Journals and applies a fault whose id is reserved; on failure everything is rolled back.
+    async fn apply_reserved(
+        &self,
+        id: FaultId,
+        spec: &FaultSpec,
+        cfg: &EngineConfig,
+        ifname: String,
+        ifindex: u32,
+        who: Requester,
+    ) -> Result<(FaultInfo, Box<dyn ActiveFault>, Txn, Instant), EngineError> {
         let started = Instant::now();
-        let mut id = FaultId::random();
-        while state.faults.contains_key(&id) {
-            id = FaultId::random();
-        }
         let now_wall = SystemTime::now();
         let mono_now = sys::monotonic_ns();
         let deadline = started + spec.ttl;
@@ -424,6 +534,9 @@ impl Engine {
             expires_unix_ms: unix_ms(now_wall + spec.ttl),
             undo: Vec::new(),
         };
+        // Kernel changes of different faults must not interleave: a revert deleting a shared
+        // clsact it believes unused must not run between another apply's check and its attach.
+        let kernel = self.inner.kernel.lock().await;
         let mut txn = Txn::begin(self.inner.journal.clone(), entry)?;
         let mode = cfg.attach_mode.resolve();
         let applied = {
@@ -451,10 +564,10 @@ impl Engine {
                 });
             }
         };
-        let kind = spec.kind().to_owned();
+        drop(kernel);
         let info = FaultInfo {
             id,
-            kind: kind.clone(),
+            kind: spec.kind().to_owned(),
             summary: spec.summary(),
             spec: spec.clone(),
             iface: ifname,
@@ -465,16 +578,8 @@ impl Engine {
             remaining_ms: spec.ttl.as_millis() as u64,
             counters: None,
         };
-        let (done, _) = watch::channel(None);
-        state.deadlines.insert((deadline, id), ());
-        state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
-        drop(state);
-        self.inner.wake.notify_one();
-        let m = &self.inner.metrics;
-        m.fault_injected(&kind);
-        m.apply_duration(started.elapsed());
-        m.set_active(&kind, 1);
-        Ok(info)
+        self.inner.metrics.apply_duration(started.elapsed());
+        Ok((info, active, txn, deadline))
     }
 
     fn undo_ctx(&self) -> UndoCtx {
@@ -504,19 +609,49 @@ impl Engine {
     /// Reverts one fault: disarm in the kernel, release links, run the undo list, drop the
     /// journal entry. Returns `None` if it is not active (already reverted).
     pub async fn revert(&self, id: FaultId, reason: RevertReason) -> Option<RevertReport> {
-        let started = Instant::now();
+        self.revert_inner(id, reason, None, Instant::now()).await
+    }
+
+    fn timers(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Instant, FaultId), SharedFault>> {
+        self.inner.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reverts `id`. `ttl` is set by the watchdog, which already disarmed the fault: its
+    /// deadline and the disarm's (lateness, error). `started` is when the revert was decided.
+    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
+    async fn revert_inner(
+        &self,
+        id: FaultId,
+        reason: RevertReason,
+        ttl: Option<(Instant, Duration, Option<String>)>,
+        started: Instant,
+    ) -> Option<RevertReport> {
         let mut state = self.inner.state.lock().await;
-        let mut slot = state.faults.remove(&id)?;
-        state.deadlines.remove(&(slot.deadline, id));
-        drop(state);
-        let lateness = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline));
-        let counters = slot.active.counters();
-        let mut errors = Vec::new();
-        if let Err(e) = slot.active.disarm() {
-            errors.push(format!("disarm: {e}"));
+        if let Some((d, _, _)) = &ttl
+            && state.faults.get(&id).is_none_or(|s| s.deadline != *d)
+        {
+            return None;
         }
+        let slot = state.faults.remove(&id)?;
+        self.timers().remove(&(slot.deadline, id));
+        drop(state);
+        // Disarm first: from here on the fault has no effect, so lateness is measured here (the
+        // counters and the undo list, which may wait behind another apply, come after).
+        let mut errors = Vec::new();
+        let lateness = if let Some((_, lateness, disarm_error)) = ttl {
+            errors.extend(disarm_error);
+            Some(lateness)
+        } else {
+            if let Err(e) = with_fault(&slot.active, |f| f.disarm()) {
+                errors.push(format!("disarm: {e}"));
+            }
+            None
+        };
+        let counters = with_fault(&slot.active, |f| f.counters());
+        let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
+        drop(kernel);
         errors.extend(undo_errors);
         let report = RevertReport {
             id,
@@ -537,7 +672,7 @@ impl Engine {
             m.retire_counters(&slot.info.iface, &c);
         }
         if report.errors.is_empty() {
-            tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, "fault reverted");
+            tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, picked_late_us = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline).as_micros() as u64), "fault reverted");
         } else {
             m.revert_failure(&slot.info.kind);
             tracing::error!(event = "revert", id = %id, reason = reason.as_str(), errors = ?report.errors, "fault revert incomplete; journal kept for cleanup");
@@ -547,19 +682,23 @@ impl Engine {
     }
 
     /// Moves a fault's deadline by `by`; the total lifetime stays within the maximum TTL.
+    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
     pub async fn extend(&self, id: FaultId, by: Duration, who: Requester) -> Result<FaultInfo, EngineError> {
         let max = self.config().limits.max_ttl;
         let mut state = self.inner.state.lock().await;
         let slot = state.faults.get_mut(&id).ok_or(EngineError::NotFound(id))?;
         let old_deadline = slot.deadline;
+        // The watchdog may have picked (and disarmed) it already: it is ending, not extendable.
+        if !self.timers().contains_key(&(old_deadline, id)) {
+            return Err(EngineError::NotFound(id));
+        }
         let new_total = slot.info.spec.ttl + by;
         if new_total > max {
             return Err(SpecError::TtlTooLong { ttl: new_total, max }.into());
         }
         let new_deadline = old_deadline + by;
         let remaining = new_deadline.saturating_duration_since(Instant::now());
-        slot.active
-            .set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64)
+        with_fault(&slot.active, |f| f.set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64))
             .map_err(|source| EngineError::Apply { source })?;
         slot.deadline = new_deadline;
         slot.info.spec.ttl = new_total;
@@ -570,8 +709,12 @@ impl Engine {
             e.expires_unix_ms = expires;
         })?;
         let info = slot.info.clone();
-        state.deadlines.remove(&(old_deadline, id));
-        state.deadlines.insert((new_deadline, id), ());
+        let active = slot.active.clone();
+        {
+            let mut timers = self.timers();
+            timers.remove(&(old_deadline, id));
+            timers.insert((new_deadline, id), active);
+        }
         drop(state);
         self.inner.wake.notify_one();
         tracing::info!(event = "extend", id = %id, uid = who.uid, by_ms = by.as_millis() as u64, "fault extended");
@@ -581,7 +724,7 @@ impl Engine {
     async fn fill(&self, mut info: FaultInfo) -> FaultInfo {
         let state = self.inner.state.lock().await;
         if let Some(slot) = state.faults.get(&info.id) {
-            info.counters = slot.active.counters();
+            info.counters = with_fault(&slot.active, |f| f.counters());
             info.remaining_ms = slot.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
         }
         info
@@ -596,7 +739,7 @@ impl Engine {
             .values()
             .map(|s| {
                 let mut i = s.info.clone();
-                i.counters = s.active.counters();
+                i.counters = with_fault(&s.active, |f| f.counters());
                 i.remaining_ms = s.deadline.saturating_duration_since(now).as_millis() as u64;
                 i
             })
@@ -620,7 +763,7 @@ impl Engine {
         // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
         self.inner.state.try_lock().map_or_else(
             |_| Vec::new(),
-            |s| s.faults.values().filter_map(|f| Some((f.info.iface.clone(), f.active.counters()?))).collect(),
+            |s| s.faults.values().filter_map(|f| Some((f.info.iface.clone(), with_fault(&f.active, |a| a.counters())?))).collect(),
         )
     }
 
@@ -643,40 +786,87 @@ impl Engine {
         self.inner.paused.load(Ordering::SeqCst)
     }
 
-    /// Reverts everything and stops the watchdog.
+    /// Reverts everything and stops the watchdog. Faults that were being applied when it was
+    /// called roll themselves back; this waits (up to 3 s) until they have.
     pub async fn shutdown(&self) -> Vec<RevertReport> {
         self.inner.shutdown.cancel();
         let r = self.stop_all(RevertReason::Shutdown, Requester::me()).await;
         self.inner.wake.notify_one();
+        let give_up = Instant::now() + Duration::from_secs(3);
+        while !self.inner.state.lock().await.pending.is_empty() && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // TTL reverts in flight finish before the watchdog exits.
+        let _ = tokio::time::timeout_at(give_up.into(), self.inner.watchdog_exited.cancelled()).await;
         r
     }
 
     /// The one TTL task: sleeps until the earliest deadline (or until woken by a change).
-    async fn watchdog(&self) {
+    ///
+    /// The watchdog thread only picks due faults and disarms them; the rest of each revert runs
+    /// on the main runtime (`main`): closing a tcx link waits for an RCU grace period, which
+    /// under load takes tens of milliseconds and would make the next deadline late.
+    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
+    async fn watchdog(&self, main: &tokio::runtime::Handle) {
+        let mut reverts: Vec<tokio::task::JoinHandle<Option<RevertReport>>> = Vec::new();
         loop {
-            let next = {
-                let state = self.inner.state.lock().await;
-                state.deadlines.keys().next().copied()
-            };
+            reverts.retain(|h| !h.is_finished());
+            let next = self.timers().keys().next().copied();
             match next {
-                Some((deadline, id)) if deadline <= Instant::now() => {
-                    self.revert(id, RevertReason::Ttl).await;
+                Some((deadline, _)) if deadline <= Instant::now() => {
+                    // Every fault that is due is reverted concurrently, each in its own task:
+                    // one slow revert (netlink, fsync) must not make the others late, and the
+                    // watchdog goes straight back to the next deadline.
+                    let now = Instant::now();
+                    let due: Vec<((Instant, FaultId), SharedFault)> = {
+                        let mut timers = self.timers();
+                        let later = timers.split_off(&(now, FaultId::from_raw(u32::MAX)));
+                        std::mem::replace(&mut *timers, later).into_iter().collect()
+                    };
+                    for ((deadline, id), fault) in due {
+                        // Disarm right here, before anything that could wait: this is the
+                        // moment the fault stops acting.
+                        let disarm_error = with_fault(&fault, |f| f.disarm()).err().map(|e| format!("disarm: {e}"));
+                        let lateness = Instant::now().saturating_duration_since(deadline);
+                        let engine = self.clone();
+                        reverts.push(main.spawn(async move {
+                            engine.revert_inner(id, RevertReason::Ttl, Some((deadline, lateness, disarm_error)), now).await
+                        }));
+                    }
                 }
                 Some((deadline, _)) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline.into()) => {}
                         () = self.inner.wake.notified() => {}
-                        () = self.inner.shutdown.cancelled() => return,
+                        () = self.inner.shutdown.cancelled() => break,
                     }
                 }
                 None => {
                     tokio::select! {
                         () = self.inner.wake.notified() => {}
-                        () = self.inner.shutdown.cancelled() => return,
+                        () = self.inner.shutdown.cancelled() => break,
                     }
                 }
             }
         }
+        // A TTL revert already took its fault out of the registry, so shutdown's stop_all does
+        // not see it: finish it before the watchdog (and its runtime) goes away.
+        for h in reverts {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Best effort: the lowest real-time priority for the watchdog thread, so that on a busy host
+/// (the situation chaos experiments create) a deadline is not missed because the thread waits
+/// for a CPU. The thread sleeps almost always and its work per deadline is a map write, so it
+/// cannot starve anything. Without `CAP_SYS_NICE` this fails and the thread stays `SCHED_OTHER`.
+fn raise_watchdog_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param) };
+    if rc != 0 {
+        tracing::debug!(errno = rc, "watchdog thread keeps normal scheduling (no CAP_SYS_NICE?)");
     }
 }
 

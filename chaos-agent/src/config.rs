@@ -1,0 +1,323 @@
+//! The daemon's TOML configuration. Unknown keys are errors (a typo must not silently fall back
+//! to a default on a host where faults are injected); every key and its default is documented in
+//! `deploy/config.example.toml`, which a unit test parses so the two cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ebpf::AttachMode;
+use crate::engine::EngineConfig;
+use crate::spec::{Limits, PortRange};
+use crate::sys::paths;
+
+/// Errors loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {path}: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause (in the message; not a `source`, so anyhow does not print it twice).
+        cause: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (syntax, unknown key, wrong type).
+    #[error("{path}: {cause}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause (names the key and position).
+        cause: Box<toml::de::Error>,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{path}: {why}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The TCP API token file could not be read or is empty.
+    #[error("api.tcp_token_file {path}: {why}")]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding the crash journal of active faults.
+    pub state_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// How tc programs are attached: `auto`, `tcx` or `netlink`.
+    pub attach_mode: AttachMode,
+    /// The control API.
+    pub api: ApiConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Limits on what may be injected.
+    pub limits: LimitsConfig,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Path of the Unix control socket.
+    pub socket: PathBuf,
+    /// Users (besides root) allowed to use the API, by uid.
+    pub allowed_uids: Vec<u32>,
+    /// A group whose members may use the API. The socket becomes `0660 root:GROUP`.
+    pub allowed_group: Option<String>,
+    /// Address of an optional TCP listener (e.g. `127.0.0.1:9465`). Needs `tcp_token_file`.
+    pub tcp_listen: Option<SocketAddr>,
+    /// File holding the bearer token that TCP clients must send.
+    pub tcp_token_file: Option<PathBuf>,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address of the Prometheus endpoint; `enabled = false` turns it off.
+    pub listen: SocketAddr,
+    /// Whether to serve metrics at all.
+    pub enabled: bool,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest TTL a fault may have (also bounds extensions).
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// TTL given to API requests that have none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Most faults active at once.
+    pub max_faults: usize,
+    /// Ports never faulted unless a fault says `include_protected` (the agent's own TCP API and
+    /// metrics ports are always added).
+    pub protected_ports: Vec<PortRange>,
+}
+
+/// Default metrics address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(paths::STATE_DIR),
+            log_format: LogFormat::Text,
+            attach_mode: AttachMode::Auto,
+            api: ApiConfig::default(),
+            metrics: MetricsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(paths::SOCKET),
+            allowed_uids: Vec::new(),
+            allowed_group: None,
+            tcp_listen: None,
+            tcp_token_file: None,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)), enabled: true }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_ttl: crate::spec::DEFAULT_MAX_TTL,
+            default_ttl: Duration::from_mins(5),
+            max_faults: 64,
+            protected_ports: vec![PortRange { lo: 22, hi: 22 }],
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), cause: Box::new(e) })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
+        Self::parse(&text, path)
+    }
+
+    /// Loads `path`, or the defaults when `path` is the default location and does not exist
+    /// (a fresh host needs no config file; an explicitly named one must exist).
+    pub fn load_or_default(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        if !explicit && !path.exists() {
+            return Ok(Self::default());
+        }
+        Self::load(path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |why: String| Err(ConfigError::Invalid { path: path.to_owned(), why });
+        let l = &self.limits;
+        if l.max_ttl.is_zero() {
+            return bad("limits.max_ttl must be greater than zero".to_owned());
+        }
+        if l.default_ttl.is_zero() || l.default_ttl > l.max_ttl {
+            return bad(format!(
+                "limits.default_ttl ({}) must be greater than zero and at most limits.max_ttl ({})",
+                humantime::format_duration(l.default_ttl),
+                humantime::format_duration(l.max_ttl)
+            ));
+        }
+        if l.max_faults == 0 {
+            return bad("limits.max_faults must be at least 1".to_owned());
+        }
+        if l.protected_ports.len() + 2 > chaos_common::MAX_PORT_RANGES {
+            return bad(format!(
+                "limits.protected_ports has {} ranges; at most {} fit (2 are kept for the agent's own ports)",
+                l.protected_ports.len(),
+                chaos_common::MAX_PORT_RANGES - 2
+            ));
+        }
+        if self.api.tcp_listen.is_some() && self.api.tcp_token_file.is_none() {
+            return bad("api.tcp_listen needs api.tcp_token_file: the TCP API always requires a bearer token".to_owned());
+        }
+        if self.api.socket.as_os_str().is_empty() || self.api.socket.is_relative() {
+            return bad(format!("api.socket must be an absolute path, got {:?}", self.api.socket.display().to_string()));
+        }
+        if let Some(g) = &self.api.allowed_group
+            && g.is_empty()
+        {
+            return bad("api.allowed_group is empty: remove the key or name a group".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The protected ports the engine enforces: the configured ones plus the agent's own TCP
+    /// API and metrics ports (faulting them would cut the operator off from the agent).
+    #[must_use]
+    pub fn protected_ports(&self) -> Vec<PortRange> {
+        let mut v = self.limits.protected_ports.clone();
+        let own = self
+            .api
+            .tcp_listen
+            .map(|a| a.port())
+            .into_iter()
+            .chain(self.metrics.enabled.then_some(self.metrics.listen.port()));
+        for port in own {
+            if port != 0 && !v.iter().any(|r| r.lo <= port && port <= r.hi) {
+                v.push(PortRange { lo: port, hi: port });
+            }
+        }
+        v
+    }
+
+    /// The engine settings this configuration implies.
+    #[must_use]
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            state_dir: self.state_dir.clone(),
+            limits: Limits { max_ttl: self.limits.max_ttl },
+            default_ttl: Some(self.limits.default_ttl),
+            attach_mode: self.attach_mode,
+            protected_ports: self.protected_ports(),
+            max_faults: self.limits.max_faults,
+        }
+    }
+
+    /// Reads the TCP bearer token (trimmed), if a TCP listener is configured.
+    pub fn tcp_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.api.tcp_token_file else { return Ok(None) };
+        let err = |why: String| ConfigError::Token { path: path.clone(), why };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let token = text.trim().to_owned();
+        if token.len() < 16 {
+            return Err(err("token must be at least 16 characters".to_owned()));
+        }
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/config.example.toml");
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let parsed = Config::parse(EXAMPLE, Path::new("config.example.toml")).unwrap();
+        assert_eq!(parsed, Config::default(), "deploy/config.example.toml must document the defaults");
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::parse("[limits]\nmax_tll = \"1m\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("max_tll"), "{e}");
+        assert!(Config::parse("bogus = 1\n", Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn tcp_needs_a_token() {
+        let e = Config::parse("[api]\ntcp_listen = \"127.0.0.1:9465\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("tcp_token_file"), "{e}");
+    }
+
+    #[test]
+    fn own_ports_are_protected() {
+        let cfg = Config::parse(
+            "[api]\ntcp_listen = \"127.0.0.1:9465\"\ntcp_token_file = \"/t\"\n[metrics]\nlisten = \"0.0.0.0:9999\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let ports: Vec<String> = cfg.protected_ports().iter().map(ToString::to_string).collect();
+        assert_eq!(ports, ["22", "9465", "9999"]);
+    }
+
+    #[test]
+    fn default_ttl_within_max() {
+        assert!(Config::parse("[limits]\nmax_ttl = \"1m\"\ndefault_ttl = \"5m\"\n", Path::new("c")).is_err());
+        let c = Config::parse("[limits]\nmax_ttl = \"10m\"\ndefault_ttl = \"1m\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.engine_config().default_ttl, Some(Duration::from_mins(1)));
+    }
+}
