@@ -862,7 +862,10 @@ impl Engine {
 /// for a CPU. The thread sleeps almost always and its work per deadline is a map write, so it
 /// cannot starve anything. Without `CAP_SYS_NICE` this fails and the thread stays `SCHED_OTHER`.
 fn raise_watchdog_priority() {
-    let param = libc::sched_param { sched_priority: 1 };
+    // Zeroed then set: musl's sched_param has extra (SCHED_SPORADIC) fields, glibc's does not.
+    // SAFETY: sched_param is plain integers; all-zero is a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = 1;
     // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
     let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param) };
     if rc != 0 {
