@@ -539,21 +539,33 @@ fn crash_leftovers_removed_at_restart_and_by_cleanup() {
     require_root!("crash_leftovers_removed_at_restart_and_by_cleanup");
     let net = VethPair::new(44);
     let dir = TempDir::new();
+    let qdiscs_before = testing::tc_qdiscs(&net.a, &net.a_if);
     let mut agent = Agent::start(&net, &dir.0, "", NETLINK);
     agent.inject(&["--loss", "0.1", "--ttl", "10m"]);
     agent.inject(&["--loss", "0.2", "--ttl", "10m", "--direction", "both"]);
-    assert_eq!(agent.our_filters(), 3);
+    // Every kind of kernel object the agent makes: a shaping fault in both directions adds the
+    // HTB root (egress), an IFB with its own root and the mirred redirect (ingress).
+    let shaping = agent.inject(&["--rate", "5mbit", "--ttl", "10m", "--direction", "both"]);
+    // A second shaping fault on the same interface and direction is refused, naming the first.
+    let clash = agent.cli(&["inject", "--iface", &net.a_if, "--rate", "1mbit", "--ttl", "1m"]);
+    let clash_err = String::from_utf8_lossy(&clash.stderr);
+    assert!(!clash.status.success() && clash_err.contains(&shaping), "conflict must name {shaping}: {clash_err}");
+    assert_eq!(agent.our_filters(), 5);
+    assert_ne!(testing::tc_qdiscs(&net.a, &net.a_if), qdiscs_before);
+    assert!(net.a.sh("ip -o link show").contains("chaos-ifb"));
     agent.sigkill();
-    assert_eq!(agent.our_filters(), 3, "netlink filters outlive a SIGKILLed agent");
-    assert_eq!(agent.journal_files(), 2);
+    assert_eq!(agent.our_filters(), 5, "netlink filters outlive a SIGKILLed agent");
+    assert_eq!(agent.journal_files(), 3);
 
     agent.spawn();
     assert_eq!(agent.our_filters(), 0, "start-up reconcile removed the filters");
     assert!(!agent.has_clsact());
     assert_eq!(agent.journal_files(), 0);
+    assert_eq!(testing::tc_qdiscs(&net.a, &net.a_if), qdiscs_before, "qdisc tree restored at start-up");
+    assert!(!net.a.sh("ip -o link show").contains("chaos-ifb"), "IFB removed at start-up");
     let st = agent.cli_json(&["status"]);
     let removed = leftovers_removed(&agent.metrics());
-    assert!(removed >= 3, "chaos_agent_leftovers_removed_total = {removed}");
+    assert!(removed >= 7, "chaos_agent_leftovers_removed_total = {removed}");
     assert_eq!(st["leftovers_removed_at_start"].as_u64(), Some(removed));
 
     // Same crash, cleaned up offline.
