@@ -54,6 +54,7 @@ const TOOLS: &[&str] = &["tc", "ip", "ping", "iperf3", "bpftool", "ss"];
 /// Not `dig`: through libicu it would add 50 MB to an initramfs that TCG unpacks at every boot.
 /// Not python3 either (its standard library is as big): tests that run in the guest can't use it.
 const OPTIONAL_TOOLS: &[&str] = &[
+    "curl",
     "setpriv",
     "nsenter",
     "unshare",
