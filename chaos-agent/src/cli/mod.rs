@@ -296,6 +296,15 @@ fn engine_config(state_dir: PathBuf, attach_mode: AttachMode, max_ttl: Duration)
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run(_)) {
+        // Rust ignores SIGPIPE so writes fail with EPIPE, and println! then panics:
+        // `chaos-agent doctor | head` must end quietly like any Unix tool. The daemon keeps
+        // ignoring it (a client hanging up must not kill the agent).
+        // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    if !matches!(cli.command, Command::Run(_)) {
         // `run` sets up logging itself, once it knows the configured format.
         // The CLI prints its own results; only errors from the library are worth a log line.
         init_logging(cli.log.as_deref(), "error", crate::config::LogFormat::Text);
