@@ -7,7 +7,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use serde::Serialize;
 
-use crate::ebpf::{TcProgram, attach, netlink::request_ack};
+use crate::ebpf::netlink::{request_ack, request_ack_flags};
+use crate::ebpf::{TcProgram, attach};
 use crate::sys;
 
 /// One capability.
@@ -60,7 +61,7 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
                 msg.header.handle = if kind == "clsact" { TcHandle { major: 0xffff, minor: 0 } } else { TcHandle { major: 0xc4a1, minor: 0 } };
                 msg.attributes.push(TcAttribute::Kind(kind.to_owned()));
                 let add = RouteNetlinkMessage::NewQueueDiscipline(msg.clone());
-                let r = match request_ack_create(&nl, add).await {
+                let r = match request_ack_flags(&nl, add, netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL).await {
                     Ok(()) => {
                         let _ = request_ack(&nl, RouteNetlinkMessage::DelQueueDiscipline(msg)).await;
                         Ok(QdiscProbe::Present)
@@ -78,23 +79,6 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
     })
     .join()
     .unwrap_or_default()
-}
-
-async fn request_ack_create(nl: &rtnetlink::Handle, msg: RouteNetlinkMessage) -> Result<(), rtnetlink::Error> {
-    use futures::StreamExt as _;
-    use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-    let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    let mut handle = nl.clone();
-    let mut resp = handle.request(req)?;
-    while let Some(m) = resp.next().await {
-        if let NetlinkPayload::Error(e) = m.payload
-            && e.code.is_some()
-        {
-            return Err(rtnetlink::Error::NetlinkError(e));
-        }
-    }
-    Ok(())
 }
 
 fn cgroup_layout() -> (String, String) {

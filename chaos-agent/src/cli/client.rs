@@ -46,13 +46,7 @@ pub(super) fn inject(client: &Client, spec: &FaultSpec, a: &InjectArgs) -> anyho
         if a.json && !a.wait {
             print_json(&info)?;
         } else {
-            println!(
-                "injected {}: {} ({}), ttl {}",
-                info.id,
-                info.summary,
-                info.backend,
-                humantime::format_duration(info.spec.ttl)
-            );
+            println!("{}", super::inject::injected_line(&info));
         }
         if !a.wait {
             return Ok(ExitCode::SUCCESS);

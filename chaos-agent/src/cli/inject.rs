@@ -61,6 +61,12 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     })
 }
 
+/// The line both the foreground and the client print once a fault is in (scripts parse its id).
+#[must_use]
+pub fn injected_line(info: &crate::engine::FaultInfo) -> String {
+    format!("injected {}: {} ({}), ttl {}", info.id, info.summary, info.backend, humantime::format_duration(info.spec.ttl))
+}
+
 fn pct(n: u64, d: u64) -> String {
     if d == 0 { "-".to_owned() } else { format!("{:.2}%", n as f64 * 100.0 / d as f64) }
 }
@@ -112,13 +118,7 @@ async fn foreground(cfg: engine::EngineConfig, spec: FaultSpec, json: bool) -> a
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let started = Instant::now();
     let info = engine.inject(spec, Requester::me()).await?;
-    println!(
-        "injected {}: {} ({}), ttl {}",
-        info.id,
-        info.summary,
-        info.backend,
-        humantime::format_duration(info.spec.ttl)
-    );
+    println!("{}", injected_line(&info));
     let _ = std::io::stdout().flush();
     let mut done = engine.watch(info.id).await.context("fault vanished right after inject")?;
     let tty = std::io::stderr().is_terminal();

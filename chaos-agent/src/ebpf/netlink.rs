@@ -199,10 +199,15 @@ pub async fn delete_clsact_if_unused(handle: &Handle, ifindex: u32) -> Result<bo
 
 /// Sends one request and waits for its acknowledgement.
 pub async fn request_ack(handle: &Handle, msg: RouteNetlinkMessage) -> Result<(), rtnetlink::Error> {
+    request_ack_flags(handle, msg, 0).await
+}
+
+/// Sends one request with extra `NLM_F_*` flags (e.g. create/excl) and waits for its ack.
+pub async fn request_ack_flags(handle: &Handle, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
     use futures::StreamExt as _;
     use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
     let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
     let mut handle = handle.clone();
     let mut response = handle.request(req)?;
     while let Some(m) = response.next().await {
