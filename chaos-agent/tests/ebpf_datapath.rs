@@ -111,8 +111,20 @@ fn armed(dirs: u32) -> FaultConfig {
     }
 }
 
+/// These tests attach with tcx links on purpose (the netlink path is covered by tests/loss.rs).
+fn tcx_or_skip(test: &str) -> bool {
+    let ok = chaos_agent::ebpf::attach::kernel_has_tcx();
+    if !ok {
+        chaos_agent::testing::skip(test, "kernel has no tcx (< 6.6); tests/loss.rs covers the netlink path");
+    }
+    ok
+}
+
 #[test]
 fn tcx_drop_pass_through_and_ttl() {
+    if !tcx_or_skip("tcx_drop_pass_through_and_ttl") {
+        return;
+    }
     let pair = VethPair::new(201);
     assert!(ping_ok(&pair, 2), "baseline ping");
 
@@ -202,6 +214,9 @@ fn tcp_transfer(pair: &VethPair, cfg: FaultConfig) -> (u64, u64) {
 
 #[test]
 fn egress_wire_drop_is_real_loss_for_tcp() {
+    if !tcx_or_skip("egress_wire_drop_is_real_loss_for_tcp") {
+        return;
+    }
     let pair = VethPair::new(202);
     let base = FaultConfig {
         flags: armed(F_EGRESS).flags,
