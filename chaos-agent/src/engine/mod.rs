@@ -399,7 +399,7 @@ impl Engine {
             return Err(EngineError::TooMany { max: cfg.max_faults });
         }
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-            faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
+            faults::netem::backend(sh, spec.target.direction).map_err(|source| EngineError::Unsupported { source })?;
         }
         for (other, slot) in &state.faults {
             if let Some(why) = faults::conflict(spec, &slot.info.spec) {
@@ -716,7 +716,7 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
 pub fn plan(cfg: &EngineConfig, mut spec: FaultSpec) -> Result<(FaultSpec, Vec<String>), EngineError> {
     let ifname = prepare(&mut spec, cfg)?;
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-        faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
+        faults::netem::backend(sh, spec.target.direction).map_err(|source| EngineError::Unsupported { source })?;
     }
     let plan = faults::plan(&spec, &ifname, cfg.attach_mode.resolve(), &cfg.protected_ports);
     Ok((spec, plan))
