@@ -150,6 +150,21 @@ pub struct Steering {
     pub backend: &'static str,
 }
 
+impl Steering {
+    /// Sets the flags and fields the programs need for this shaping.
+    pub fn configure(&self, cfg: &mut FaultConfig) {
+        if let Some(classid) = self.classid {
+            cfg.flags |= F_STEER;
+            cfg.steer_priority = classid;
+        }
+        if let Some(e) = self.edt {
+            cfg.flags |= F_EDT;
+            cfg.edt_delay_us = e.delay_us;
+            cfg.edt_jitter_us = e.jitter_us;
+        }
+    }
+}
+
 /// Loads, configures and attaches the classifier.
 pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>, steering: Option<Steering>) -> Result<ClassifierFault, FaultError> {
     // Loading changes nothing visible: until attached, the programs die with our fds.
@@ -159,15 +174,7 @@ pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>, steering: Option<St
         cfg.flags |= F_L3_DEVICE;
     }
     if let Some(s) = steering {
-        if let Some(classid) = s.classid {
-            cfg.flags |= F_STEER;
-            cfg.steer_priority = classid;
-        }
-        if let Some(e) = s.edt {
-            cfg.flags |= F_EDT;
-            cfg.edt_delay_us = e.delay_us;
-            cfg.edt_jitter_us = e.jitter_us;
-        }
+        s.configure(&mut cfg);
     }
     prog.set_config(&cfg)?;
     prog.add_prefixes(&spec.target.src, true)?;
@@ -252,6 +259,17 @@ mod tests {
         assert_eq!(cfg.dports.len, 2);
         assert_eq!(cfg.dports.ranges[1], chaos_common::PortRange { lo: 8000, hi: 8100 });
         assert_eq!(cfg.protected_ports.len, 1);
+    }
+
+    #[test]
+    fn edt_steering_sets_the_delay_and_no_class() {
+        let mut cfg = FaultConfig::default();
+        let edt = super::super::netem::EdtDelay { delay_us: 100_000, jitter_us: 20 };
+        Steering { classid: None, edt: Some(edt), backend: "edt" }.configure(&mut cfg);
+        assert_eq!((cfg.flags & (F_EDT | F_STEER), cfg.edt_delay_us, cfg.edt_jitter_us), (F_EDT, 100_000, 20));
+        let mut cfg = FaultConfig::default();
+        Steering { classid: Some(0xc4a0_0010), edt: None, backend: "netem" }.configure(&mut cfg);
+        assert_eq!((cfg.flags & (F_EDT | F_STEER), cfg.steer_priority), (F_STEER, 0xc4a0_0010));
     }
 
     #[test]

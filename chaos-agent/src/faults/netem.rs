@@ -100,32 +100,35 @@ pub fn backend(sh: &ShapeSpec, direction: Direction) -> Result<Backend, FaultErr
     if !sh.needs_netem() {
         return Ok(Backend::Htb);
     }
-    let have = |kind: &'static str| {
-        matches!(crate::doctor::probe_qdiscs(&[kind]).first(), Some((_, Ok(crate::doctor::QdiscProbe::Present))))
-    };
+    let probes = crate::doctor::probe_qdiscs(&["netem", "fq"]);
+    let have = |kind: &str| probes.iter().any(|(k, r)| *k == kind && matches!(r, Ok(crate::doctor::QdiscProbe::Present)));
+    choose_backend(sh, direction, have("netem"), have("fq"))
+}
+
+/// [`backend`]'s decision, given which qdisc kinds the kernel has.
+pub fn choose_backend(sh: &ShapeSpec, direction: Direction, netem: bool, fq: bool) -> Result<Backend, FaultError> {
+    if !sh.needs_netem() {
+        return Ok(Backend::Htb);
+    }
     let netem_missing = || FaultError::Unsupported {
         what: "delay, jitter, corrupt, duplicate and reorder",
         kind: "netem",
         module: "sch_netem",
     };
-    let fq_missing = || FaultError::Unsupported { what: "EDT delay (--shaping-backend edt)", kind: "fq", module: "sch_fq" };
     match sh.backend {
-        ShapingBackend::Netem => have("netem").then_some(Backend::Netem).ok_or_else(netem_missing),
+        ShapingBackend::Netem => netem.then_some(Backend::Netem).ok_or_else(netem_missing),
         // Validation already limited a forced EDT to egress delay/jitter.
-        ShapingBackend::Edt => have("fq").then_some(Backend::Edt).ok_or_else(fq_missing),
-        ShapingBackend::Auto => {
-            if have("netem") {
-                return Ok(Backend::Netem);
-            }
-            let edt_can = sh.edt_unsupported().is_none() && !direction.ingress();
-            if !edt_can {
-                return Err(netem_missing());
-            }
-            if have("fq") {
-                return Ok(Backend::Edt);
-            }
-            Err(FaultError::NoDelayBackend)
-        }
+        ShapingBackend::Edt => fq.then_some(Backend::Edt).ok_or(FaultError::Unsupported {
+            what: "EDT delay (--shaping-backend edt)",
+            kind: "fq",
+            module: "sch_fq",
+        }),
+        ShapingBackend::Auto if netem => Ok(Backend::Netem),
+        // What only netem can do (or ingress, where no fq root sees the packet) is refused
+        // naming netem alone: loading fq would not help.
+        ShapingBackend::Auto if sh.edt_unsupported().is_some() || direction.ingress() => Err(netem_missing()),
+        ShapingBackend::Auto if fq => Ok(Backend::Edt),
+        ShapingBackend::Auto => Err(FaultError::NoDelayBackend),
     }
 }
 
@@ -258,4 +261,52 @@ pub fn plan(sh: &ShapeSpec, spec: &FaultSpec, ifname: &str) -> Vec<String> {
     }
     out.push(format!("classifier steers matching packets with skb->priority = {:#x}", fault_classid(SLOT)));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(j: &str) -> ShapeSpec {
+        serde_json::from_str(j).unwrap()
+    }
+
+    #[test]
+    fn backend_by_what_the_kernel_has() {
+        let delay = shape(r#"{"delay":"100ms","jitter":"10ms"}"#);
+        let eg = Direction::Egress;
+        assert_eq!(choose_backend(&delay, eg, true, true).unwrap(), Backend::Netem);
+        assert_eq!(choose_backend(&delay, eg, false, true).unwrap(), Backend::Edt);
+        let none = choose_backend(&delay, eg, false, false).unwrap_err().to_string();
+        assert!(none.contains("sch_netem") && none.contains("sch_fq") && none.contains("nothing was changed"), "{none}");
+        // Only netem can: ingress, corruption, a rate with the delay.
+        for (s, dir) in [
+            (delay.clone(), Direction::Ingress),
+            (delay.clone(), Direction::Both),
+            (shape(r#"{"delay":"100ms","corrupt":0.1}"#), eg),
+            (shape(r#"{"delay":"100ms","rate":"1mbit"}"#), eg),
+        ] {
+            let e = choose_backend(&s, dir, false, true).unwrap_err().to_string();
+            assert!(e.contains("sch_netem") && !e.contains("sch_fq"), "{e}");
+        }
+        // A rate alone is HTB whatever the kernel has.
+        assert_eq!(choose_backend(&shape(r#"{"rate":"1mbit"}"#), eg, false, false).unwrap(), Backend::Htb);
+        // Forced.
+        let edt = shape(r#"{"delay":"100ms","backend":"edt"}"#);
+        assert_eq!(choose_backend(&edt, eg, true, true).unwrap(), Backend::Edt);
+        assert!(choose_backend(&edt, eg, true, false).unwrap_err().to_string().contains("sch_fq"));
+        let netem = shape(r#"{"delay":"100ms","backend":"netem"}"#);
+        assert!(choose_backend(&netem, eg, false, true).unwrap_err().to_string().contains("sch_netem"));
+    }
+
+    #[test]
+    fn fq_never_drops_a_delayed_packet_by_default_limits() {
+        let o = fq_options(&shape(r#"{"delay":"30s","jitter":"10s"}"#));
+        assert_eq!(o.horizon, Some(Duration::from_secs(80)));
+        assert_eq!(o.horizon_drop, Some(false));
+        let o = fq_options(&shape(r#"{"delay":"100ms"}"#));
+        assert_eq!(o.horizon, Some(Duration::from_secs(10)), "never below fq's default");
+        assert!(o.flow_limit.unwrap() >= 100_000 && o.limit == o.flow_limit, "{o:?}");
+        assert_eq!(edt_delay(&shape(r#"{"delay":"100ms","jitter":"1500us"}"#)), EdtDelay { delay_us: 100_000, jitter_us: 1500 });
+    }
 }
