@@ -626,11 +626,10 @@ impl FaultSpec {
                 }
             }
             match sh.backend {
-                ShapingBackend::Auto => {}
                 ShapingBackend::Netem if !sh.needs_netem() => {
                     return Err(SpecError::Needs { what: "--shaping-backend netem", needs: "--delay, --corrupt, --duplicate or --reorder" });
                 }
-                ShapingBackend::Netem => {}
+                ShapingBackend::Auto | ShapingBackend::Netem => {}
                 ShapingBackend::Edt => {
                     if !has_delay {
                         return Err(SpecError::Needs { what: "--shaping-backend edt", needs: "--delay" });

@@ -52,7 +52,7 @@ pub struct InjectArgs {
     /// Burst loss instead of independent drops: `gemodel:p,r[,1-h[,1-k]]` (Gilbert-Elliott).
     #[arg(long, value_name = "MODEL")]
     pub loss_model: Option<GilbertElliott>,
-    /// Add this one-way delay to matching packets (e.g. `100ms`); needs sch_netem, or sch_fq
+    /// Add this one-way delay to matching packets (e.g. `100ms`); needs `sch_netem`, or `sch_fq`
     /// for egress delay and uniform jitter (EDT).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub delay: Option<Duration>,
@@ -78,7 +78,7 @@ pub struct InjectArgs {
     #[arg(long, value_parser = parse_probability)]
     pub reorder: Option<f64>,
     /// Which mechanism delays packets: `auto` uses netem if the kernel has it, else EDT
-    /// (`skb->tstamp` + an fq root; delay and uniform jitter, egress only) if it has sch_fq.
+    /// (`skb->tstamp` + an fq root; delay and uniform jitter, egress only) if it has `sch_fq`.
     #[arg(long, value_enum, default_value_t = ShapingBackend::Auto)]
     pub shaping_backend: ShapingBackend,
     /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.

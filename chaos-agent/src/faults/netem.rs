@@ -96,6 +96,7 @@ impl Backend {
 
 /// The backend a spec needs, or why this kernel cannot do it. Qdisc kinds are probed in a
 /// throwaway network namespace, so nothing on the host changes.
+#[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error; this runs once per inject")]
 pub fn backend(sh: &ShapeSpec, direction: Direction) -> Result<Backend, FaultError> {
     if !sh.needs_netem() {
         return Ok(Backend::Htb);
@@ -106,6 +107,7 @@ pub fn backend(sh: &ShapeSpec, direction: Direction) -> Result<Backend, FaultErr
 }
 
 /// [`backend`]'s decision, given which qdisc kinds the kernel has.
+#[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error; this runs once per inject")]
 pub fn choose_backend(sh: &ShapeSpec, direction: Direction, netem: bool, fq: bool) -> Result<Backend, FaultError> {
     if !sh.needs_netem() {
         return Ok(Backend::Htb);
@@ -240,7 +242,7 @@ pub fn plan(sh: &ShapeSpec, spec: &FaultSpec, ifname: &str) -> Vec<String> {
                 o.limit.unwrap_or_default(),
             ));
             out.push(format!(
-                "egress program sets skb->tstamp = max(tstamp, now) + {} us +/- {} us (uniform) on matching packets; fq holds each until then and keeps per-flow order, so within a flow jittered latency becomes a running maximum",
+                "egress program sets skb->tstamp = max(tstamp, now) + {} us +/- {} us (uniform) on matching packets; fq holds each until then and sends a flow's packets in departure-time order (jitter reorders within a flow, as netem's does)",
                 e.delay_us, e.jitter_us
             ));
             return out;
