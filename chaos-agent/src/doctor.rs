@@ -114,7 +114,11 @@ pub fn run() -> Vec<Check> {
     v.push(check("tcx", tcx, if tcx { "tcx links (>= 6.6): faults detach when the agent dies" } else { "no tcx (< 6.6): netlink cls_bpf, kernel deadline + cleanup remove leftovers" }, "attach mode"));
     let bpffs = sys::is_bpffs(Path::new(sys::paths::BPFFS));
     v.push(check("bpffs", bpffs, if bpffs { "mounted at /sys/fs/bpf".to_owned() } else { "not mounted (the agent mounts it)".to_owned() }, "-"));
+    let mut present = Vec::new();
     for (kind, r) in probe_qdiscs(&["clsact", "netem", "fq", "htb", "tbf", "prio"]) {
+        if matches!(r, Ok(QdiscProbe::Present)) {
+            present.push(kind);
+        }
         let module = format!("sch_{}", if kind == "clsact" { "ingress" } else { kind });
         let needed = match kind {
             "clsact" => "netlink attach (pre-6.6)",
@@ -130,6 +134,14 @@ pub fn run() -> Vec<Check> {
             Err(e) => v.push(check(kind, false, format!("probe failed: {e}"), needed)),
         }
     }
+    // What `inject --delay` will use (`--shaping-backend auto`), as `faults::netem::backend` picks.
+    v.push(if present.contains(&"netem") {
+        check("delay", true, "backend netem (every delay/jitter/corrupt/duplicate/reorder option, both directions)", "delay")
+    } else if present.contains(&"fq") {
+        check("delay", true, "backend edt (skb->tstamp + fq root): egress delay with uniform jitter only; corrupt/duplicate/reorder/ingress delay need sch_netem", "delay")
+    } else {
+        check("delay", false, "no backend: `modprobe sch_netem` (everything) or `modprobe sch_fq` (egress delay via EDT)", "delay")
+    });
     let (layout, controllers) = cgroup_layout();
     v.push(check("cgroup", true, format!("{layout}; controllers: {controllers}"), "cpu, memory, io pressure"));
     let psi = std::fs::read_to_string("/proc/pressure/cpu").is_ok();

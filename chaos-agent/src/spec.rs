@@ -289,6 +289,39 @@ impl fmt::Display for Rate {
     }
 }
 
+/// Which kernel mechanism implements a delay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ShapingBackend {
+    /// netem if the kernel has `sch_netem`, else EDT if it has `sch_fq` (delay and uniform
+    /// jitter on egress only), else refuse.
+    #[default]
+    Auto,
+    /// netem behind the agent's HTB root; refused if `sch_netem` is missing.
+    Netem,
+    /// Earliest Departure Time: the egress program sets `skb->tstamp` and an `fq` root holds the
+    /// packet until then. Delay and uniform jitter only, egress only; needs `sch_fq`.
+    Edt,
+}
+
+impl ShapingBackend {
+    /// Whether this is the default (not serialised).
+    #[must_use]
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
+impl fmt::Display for ShapingBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Netem => "netem",
+            Self::Edt => "edt",
+        })
+    }
+}
+
 /// Delay, jitter, bandwidth and the rest of the netem family. Probabilities are fractions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -318,6 +351,9 @@ pub struct ShapeSpec {
     /// Probability of sending a packet at once, ahead of delayed ones (needs a delay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reorder: Option<f64>,
+    /// Which mechanism implements the delay (`auto` picks by what the kernel has).
+    #[serde(skip_serializing_if = "ShapingBackend::is_auto")]
+    pub backend: ShapingBackend,
 }
 
 impl ShapeSpec {
@@ -334,6 +370,25 @@ impl ShapeSpec {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         !self.needs_netem() && self.rate.is_none()
+    }
+
+    /// The first thing asked for that the EDT backend cannot do, if any. EDT only moves a
+    /// packet's departure time: a fixed delay plus a uniform jitter. Corruption, duplication
+    /// and reordering need netem; a correlation or a distribution table needs netem's state; a
+    /// rate needs a shaping class, and fq's `maxrate` is per flow, not per fault.
+    #[must_use]
+    pub fn edt_unsupported(&self) -> Option<&'static str> {
+        let non_uniform = self.distribution.is_some_and(|d| d != JitterDistribution::Uniform);
+        [
+            (self.corrupt.is_some(), "--corrupt"),
+            (self.duplicate.is_some(), "--duplicate"),
+            (self.reorder.is_some(), "--reorder"),
+            (self.correlation.is_some(), "--correlation"),
+            (non_uniform, "a non-uniform --distribution"),
+            (self.rate.is_some(), "--rate"),
+        ]
+        .into_iter()
+        .find_map(|(bad, what)| bad.then_some(what))
     }
 }
 
@@ -465,6 +520,15 @@ pub enum SpecError {
         /// Maximum.
         max: Duration,
     },
+    /// The EDT backend was asked for something it cannot do.
+    #[error("--shaping-backend edt does delay and uniform jitter only, not {what}: use --shaping-backend netem (or auto) for it")]
+    EdtUnsupported {
+        /// What was asked for.
+        what: &'static str,
+    },
+    /// The EDT backend was asked for ingress.
+    #[error("--shaping-backend edt works on egress only: a departure time is honoured only by the fq root of the device a packet leaves through, and incoming packets never pass one; use --direction egress, or --shaping-backend netem (through an IFB) for ingress delay")]
+    EdtIngress,
     /// Nothing to do.
     #[error("the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder")]
     NoEffect,
@@ -559,6 +623,23 @@ impl FaultSpec {
             for (what, v) in [("correlation", sh.correlation), ("corrupt", sh.corrupt), ("duplicate", sh.duplicate), ("reorder", sh.reorder)] {
                 if let Some(v) = v {
                     check_prob(what, v, what == "correlation")?;
+                }
+            }
+            match sh.backend {
+                ShapingBackend::Netem if !sh.needs_netem() => {
+                    return Err(SpecError::Needs { what: "--shaping-backend netem", needs: "--delay, --corrupt, --duplicate or --reorder" });
+                }
+                ShapingBackend::Auto | ShapingBackend::Netem => {}
+                ShapingBackend::Edt => {
+                    if !has_delay {
+                        return Err(SpecError::Needs { what: "--shaping-backend edt", needs: "--delay" });
+                    }
+                    if let Some(what) = sh.edt_unsupported() {
+                        return Err(SpecError::EdtUnsupported { what });
+                    }
+                    if self.target.direction.ingress() {
+                        return Err(SpecError::EdtIngress);
+                    }
                 }
             }
         }
@@ -685,6 +766,34 @@ mod tests {
         assert!(matches!(shape(r#"{"delay":"2m"}"#).validate(&l), Err(SpecError::DurationTooLong { .. })));
         assert!(matches!(shape(r#"{"corrupt":1.5}"#).validate(&l), Err(SpecError::Probability { .. })));
         assert_eq!(shape("{}").validate(&l), Err(SpecError::NoEffect));
+    }
+
+    #[test]
+    fn edt_backend_is_delay_and_egress_only() {
+        let l = Limits::default();
+        let spec = |j: &str| -> FaultSpec { serde_json::from_str(j).unwrap() };
+        let ok = spec(r#"{"ttl":"5s","shape":{"delay":"100ms","jitter":"5ms","backend":"edt"}}"#);
+        assert!(ok.validate(&l).is_ok());
+        // Round trip keeps the backend; auto is not written.
+        assert!(serde_json::to_string(&ok).unwrap().contains(r#""backend":"edt""#));
+        let auto = spec(r#"{"ttl":"5s","shape":{"delay":"100ms"}}"#);
+        assert!(!serde_json::to_string(&auto).unwrap().contains("backend"));
+        for (shape, what) in [
+            (r#"{"delay":"100ms","corrupt":0.1,"backend":"edt"}"#, "--corrupt"),
+            (r#"{"delay":"100ms","rate":"1mbit","backend":"edt"}"#, "--rate"),
+            (r#"{"delay":"100ms","jitter":"5ms","distribution":"normal","backend":"edt"}"#, "a non-uniform --distribution"),
+        ] {
+            let s = spec(&format!(r#"{{"ttl":"5s","shape":{shape}}}"#));
+            assert_eq!(s.validate(&l), Err(SpecError::EdtUnsupported { what }), "{shape}");
+        }
+        for dir in ["ingress", "both"] {
+            let s = spec(&format!(r#"{{"ttl":"5s","target":{{"direction":"{dir}"}},"shape":{{"delay":"10ms","backend":"edt"}}}}"#));
+            assert_eq!(s.validate(&l), Err(SpecError::EdtIngress));
+        }
+        for shape in [r#"{"rate":"1mbit","backend":"netem"}"#, r#"{"rate":"1mbit","backend":"edt"}"#] {
+            let s = spec(&format!(r#"{{"ttl":"5s","shape":{shape}}}"#));
+            assert!(matches!(s.validate(&l), Err(SpecError::Needs { .. })), "{shape}");
+        }
     }
 
     #[test]

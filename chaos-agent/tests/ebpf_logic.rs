@@ -19,7 +19,7 @@ use aya::{
 };
 use chaos_common::{
     Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE,
-    F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    F_EDT, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     PortRange, PortSet, counter_index, names, probability_to_threshold,
 };
 
@@ -69,8 +69,23 @@ impl SkBuffCtx {
     /// `vlan_present`, `vlan_tci`, `vlan_proto`).
     const PRIORITY: usize = 8;
 
+    /// Index of `tstamp` (a `__u64` at byte 152: after `data_meta` comes the 8-byte
+    /// `flow_keys` pointer at 144).
+    const TSTAMP: usize = 38;
+
     fn priority(&self) -> u32 {
         self.0[Self::PRIORITY]
+    }
+
+    fn tstamp(&self) -> u64 {
+        u64::from(self.0[Self::TSTAMP]) | (u64::from(self.0[Self::TSTAMP + 1]) << 32)
+    }
+
+    fn with_tstamp(ts: u64) -> Self {
+        let mut c = Self([0; 48]);
+        c.0[Self::TSTAMP] = ts as u32;
+        c.0[Self::TSTAMP + 1] = (ts >> 32) as u32;
+        c
     }
 }
 
@@ -1244,4 +1259,83 @@ fn headerless_l3_devices() {
         ..cfg
     });
     assert_eq!(h.run(Dir::Ingress, &raw4), TC_ACT_UNSPEC);
+}
+
+/// EDT delay (`F_EDT`): the egress program writes `skb->tstamp = max(tstamp, now) + delay +
+/// U[-j, +j]`; read back through `ctx_out`. `bpf_ktime_get_ns` is `CLOCK_MONOTONIC`, so the
+/// kernel's "now" lies between our clock readings before and after each run.
+#[test]
+fn edt_departure_time_within_delay_and_jitter_bounds() {
+    const DELAY_US: u64 = 100_000;
+    const JITTER_US: u64 = 20_000;
+    let edt = |delay_us: u64, jitter_us: u64| FaultConfig {
+        flags: base().flags | F_EDT,
+        edt_delay_us: delay_us as u32,
+        edt_jitter_us: jitter_us as u32,
+        protos: PROTO_TCP,
+        ..base()
+    };
+    let mut h = Harness::with(&edt(DELAY_US, JITTER_US));
+    let p = pkt4(A, B, &L4::Tcp(40_000, 80));
+    let n = 2000u32;
+    let (mut lo, mut hi, mut sum) = (u64::MAX, 0u64, 0f64);
+    for _ in 0..n {
+        let before = monotonic_ns();
+        let out = h.run_full(Dir::Egress, &p, 1);
+        let after = monotonic_ns();
+        assert_eq!(out.retval, TC_ACT_UNSPEC, "EDT must not end the tc chain");
+        let ts = out.ctx.tstamp();
+        assert!(
+            ts >= before + (DELAY_US - JITTER_US) * 1000 && ts <= after + (DELAY_US + JITTER_US) * 1000,
+            "tstamp {ts} outside [{before} + 80 ms, {after} + 120 ms]"
+        );
+        let added_us = (ts - before) / 1000;
+        lo = lo.min(added_us);
+        hi = hi.max(added_us);
+        sum += added_us as f64;
+    }
+    let mean = sum / f64::from(n);
+    // Uniform on [80, 120] ms: sd = 20 ms / sqrt(3) = 11.5 ms, so the mean of 2000 draws is
+    // within 5 standard errors (1.3 ms) of 100 ms, and both ends of the range are reached.
+    println!("EDT 100 ms +/- 20 ms over {n} runs: added {lo}..{hi} us, mean {mean:.0} us");
+    assert!((mean - DELAY_US as f64).abs() < 1300.0, "mean added delay {mean} us");
+    assert!(lo < 81_000 && hi > 119_000, "jitter range not covered: {lo}..{hi} us");
+    assert_eq!(h.counters(Dir::Egress), [u64::from(n), u64::from(n), 0, u64::from(n), 0, 0]);
+
+    // Unmatched (UDP): tstamp untouched.
+    let out = h.run_full(Dir::Egress, &pkt4(A, B, &L4::Udp(1, 2)), 1);
+    assert_eq!((out.retval, out.ctx.tstamp()), (TC_ACT_UNSPEC, 0));
+
+    // Ingress never sets a departure time (no qdisc there honours it).
+    let out = h.run_full(Dir::Ingress, &p, 1);
+    assert_eq!((out.retval, out.ctx.tstamp()), (TC_ACT_UNSPEC, 0));
+    assert_eq!(h.counters(Dir::Ingress), [1, 1, 0, 0, 0, 0]);
+
+    // Without jitter: exact. A departure time already in the future (TCP pacing) is the base,
+    // never moved earlier; one in the past, or implausibly far ahead (another clock), is not.
+    h.set_config(&edt(DELAY_US, 0));
+    let ahead = monotonic_ns() + 5_000_000_000;
+    let out = test_run(h.prog_fd(Dir::Egress), &p, &SkBuffCtx::with_tstamp(ahead), 1);
+    assert_eq!(out.ctx.tstamp(), ahead + DELAY_US * 1000, "pacing departure time must be kept as base");
+    for stale in [1, monotonic_ns() + 3_600_000_000_000] {
+        let before = monotonic_ns();
+        let out = test_run(h.prog_fd(Dir::Egress), &p, &SkBuffCtx::with_tstamp(stale), 1);
+        let after = monotonic_ns();
+        let ts = out.ctx.tstamp();
+        assert!(ts >= before + DELAY_US * 1000 && ts <= after + DELAY_US * 1000, "stale {stale} -> {ts}");
+    }
+
+    // Jitter larger than the delay: clamped, never before "now".
+    h.set_config(&edt(1_000, 50_000));
+    for _ in 0..200 {
+        let before = monotonic_ns();
+        let ts = h.run_full(Dir::Egress, &p, 1).ctx.tstamp();
+        assert!(ts >= before && ts <= monotonic_ns() + 51_000_000, "{ts} vs {before}");
+    }
+
+    // A dropped packet gets no departure time and is not counted as steered.
+    let h = Harness::with(&FaultConfig { loss_threshold: u32::MAX, ..edt(DELAY_US, 0) });
+    let out = h.run_full(Dir::Egress, &p, 1);
+    assert_eq!((out.retval, out.ctx.tstamp()), (TC_ACT_SHOT, 0));
+    assert_eq!(h.counter(Dir::Egress, Counter::Steered), 0);
 }

@@ -32,6 +32,11 @@ pub const F_EGRESS_WIRE_DROP: u32 = 1 << 8;
 /// version from the first nibble instead of parsing an Ethernet header. Without it, bytes 12-13
 /// of the IP header (part of the source address) would be read as an ethertype.
 pub const F_L3_DEVICE: u32 = 1 << 9;
+/// Delay matched egress packets by giving them an Earliest Departure Time: the egress program
+/// writes `skb->tstamp = max(skb->tstamp, now) + edt_delay_us +/- edt_jitter_us` and the
+/// device's root `fq` qdisc holds each packet until then. This is the delay backend for kernels
+/// without `sch_netem`; `F_STEER` stays off (fq does not classify by `skb->priority`).
+pub const F_EDT: u32 = 1 << 10;
 
 /// `FaultConfig::protos` bits: which L4 protocols match. 0 means every protocol.
 pub const PROTO_TCP: u32 = 1 << 0;
@@ -113,8 +118,10 @@ pub struct FaultConfig {
     pub ge_loss_bad: u32,
     /// `skb->priority` given to matched packets when `F_STEER` is set (a tc classid, `major:minor`).
     pub steer_priority: u32,
-    /// Explicit padding (keeps the layout free of implicit holes).
-    pub _pad: u32,
+    /// `F_EDT`: the added delay in microseconds. Microseconds, not nanoseconds, so that it fits
+    /// the `u32` slot the layout already had (up to ~71 minutes; validation caps a delay at
+    /// 60 s) and the struct keeps its size and field offsets.
+    pub edt_delay_us: u32,
     /// Source ports that match.
     pub sports: PortSet,
     /// Destination ports that match.
@@ -122,10 +129,16 @@ pub struct FaultConfig {
     /// Protected TCP/UDP ports: a packet whose source or destination port is in this set is
     /// never faulted (SSH, the agent's own API...). Checked before anything else.
     pub protected_ports: PortSet,
-    /// Explicit padding to a multiple of 8.
-    pub _pad2: u32,
+    /// `F_EDT`: uniform jitter half-width in microseconds (each packet gets
+    /// `delay + U[-jitter, +jitter]`, never departing before "now"). Microseconds for the same
+    /// reason as `edt_delay_us`; the field also keeps the struct's size a multiple of 8.
+    pub edt_jitter_us: u32,
 }
 const _: () = assert!(core::mem::size_of::<FaultConfig>() == 152);
+// The EDT fields took over the two former padding slots: nothing else moved.
+const _: () = assert!(core::mem::offset_of!(FaultConfig, edt_delay_us) == 36);
+const _: () = assert!(core::mem::offset_of!(FaultConfig, sports) == 40);
+const _: () = assert!(core::mem::offset_of!(FaultConfig, edt_jitter_us) == 148);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -2,12 +2,14 @@
 //!
 //! One object per fault. Both programs read the single [`FaultConfig`] in `CHAOS_CONFIG`, decide
 //! whether a packet matches the fault's filters and then drop it, steer it to a shaping class
-//! (`skb->priority`) or let it continue. They never end the tc chain for packets they do not act
+//! (`skb->priority`), give it a later departure time (`skb->tstamp`, egress EDT delay) or let it
+//! continue. They never end the tc chain for packets they do not act
 //! on: "no verdict" is `TC_ACT_UNSPEC`, which is `TCX_NEXT` under tcx (>= 6.6) and "continue" under
 //! cls_bpf, so other programs on the hook still run (`TC_ACT_OK` would skip them).
 //!
 //! Helpers used: map lookup, `bpf_skb_load_bytes`, `bpf_ktime_get_ns`, `bpf_get_prandom_u32`,
-//! `bpf_redirect` — all present since 4.x, so the object verifies on Debian 12's 6.1.
+//! `bpf_redirect` — all present since 4.x, so the object verifies on Debian 12's 6.1. Context
+//! fields written: `priority` and `tstamp` (tc read/write access to `tstamp` since 5.0).
 #![no_std]
 #![no_main]
 
@@ -23,7 +25,7 @@ use aya_ebpf::{
 };
 use chaos_common::{
     COUNTERS_LEN, Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS,
-    F_L3_DEVICE, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    F_EDT, F_L3_DEVICE, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter_index, names::MAX_PREFIXES,
 };
 
@@ -95,7 +97,8 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
     // The kernel-enforced TTL: holds even if the agent is dead and its filters outlived it
     // (netlink attach). bpf_ktime_get_ns is CLOCK_MONOTONIC, as is the agent's deadline.
     // SAFETY: helper without arguments, available since 4.1.
-    if unsafe { bpf_ktime_get_ns() } > cfg.expires_at_ns {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now > cfg.expires_at_ns {
         count(dir, Counter::Expired);
         return TC_ACT_UNSPEC;
     }
@@ -126,13 +129,54 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
         }
         return TC_ACT_SHOT as i32;
     }
+    let mut steered = false;
+    if matches!(dir, Dir::Egress) && flags & F_EDT != 0 {
+        // Egress only: the departure time is honoured by the root fq of the device the packet is
+        // leaving, which is this one. On ingress there is no qdisc to honour it, and before 5.18
+        // `skb_scrub_packet` cleared it on a netns crossing anyway.
+        // SAFETY: `skb` is the program's context; tc programs may read and write `tstamp`
+        // (sched_cls since 5.0). At egress the kernel stores the value as is (CLOCK_MONOTONIC).
+        unsafe {
+            let skb = ctx.skb.skb;
+            (*skb).tstamp = edt_departure(cfg, flags, now, (*skb).tstamp);
+        }
+        steered = true;
+    }
     if flags & F_STEER != 0 {
         // SAFETY: `skb` is the program's context; tc programs may write `priority` (the verifier
         // allows it for sched_cls/act), which an agent-owned htb/prio qdisc uses as classid.
         unsafe { (*ctx.skb.skb).priority = cfg.steer_priority };
+        steered = true;
+    }
+    if steered {
         count(dir, Counter::Steered);
     }
     TC_ACT_UNSPEC
+}
+
+/// How far ahead of `now` an existing `skb->tstamp` may be and still be trusted as a
+/// `CLOCK_MONOTONIC` departure time. TCP's own EDT pacing (>= 4.20) stamps at most a few ms
+/// ahead; anything far beyond is another clock (`SO_TXTIME` with `CLOCK_TAI`) and is replaced,
+/// not added to, so fq does not park the packet at its horizon.
+const EDT_TRUST_NS: u64 = 60 * 1_000_000_000;
+
+/// The earliest departure time for a delayed packet: `max(current, now) + delay + U[-j, +j]`,
+/// never earlier than `now`. A departure time already set (TCP pacing) is never moved earlier,
+/// which would reorder the socket's packets against its own schedule.
+#[inline(always)]
+fn edt_departure(cfg: &FaultConfig, flags: u32, now: u64, current: u64) -> u64 {
+    let base = if current > now && current - now < EDT_TRUST_NS { current } else { now };
+    let delay_us = u64::from(cfg.edt_delay_us);
+    let jitter_us = u64::from(cfg.edt_jitter_us);
+    let mut add_us = delay_us;
+    if jitter_us != 0 {
+        // Uniform offset in [0, 2j] µs: the high 32 bits of draw * (2j + 1). No division, and
+        // 2^32 * (2 * 60 s in µs + 1) < 2^64, so the product cannot overflow.
+        let offset = (u64::from(rng::draw(flags)) * (2 * jitter_us + 1)) >> 32;
+        // delay + offset - j, clamped at 0 when the jitter exceeds the delay.
+        add_us = (delay_us + offset).saturating_sub(jitter_us);
+    }
+    base + add_us * 1000
 }
 
 /// Protocol, address and port filters.

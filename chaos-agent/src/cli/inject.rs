@@ -32,6 +32,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         corrupt: a.corrupt,
         duplicate: a.duplicate,
         reorder: a.reorder,
+        backend: a.shaping_backend,
     };
     let shape = (shape != ShapeSpec::default()).then_some(shape);
     if loss.is_none() && shape.is_none() {

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 use crate::ebpf::AttachMode;
 use crate::engine::{EngineConfig, FaultId};
-use crate::spec::{Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, parse_fraction};
+use crate::spec::{Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, ShapingBackend, parse_fraction};
 use crate::sys::paths;
 
 /// chaos-agent: inject real, self-expiring faults into this host.
@@ -80,7 +80,8 @@ pub struct InjectArgs {
     /// Burst loss instead of independent drops: `gemodel:p,r[,1-h[,1-k]]` (Gilbert-Elliott).
     #[arg(long, value_name = "MODEL")]
     pub loss_model: Option<GilbertElliott>,
-    /// Add this one-way delay to matching packets (e.g. `100ms`); needs sch_netem.
+    /// Add this one-way delay to matching packets (e.g. `100ms`); needs `sch_netem`, or `sch_fq`
+    /// for egress delay and uniform jitter (EDT).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub delay: Option<Duration>,
     /// Delay variation, +/- (needs --delay).
@@ -104,6 +105,10 @@ pub struct InjectArgs {
     /// Send this fraction of matching packets at once, ahead of delayed ones (needs --delay).
     #[arg(long, value_parser = parse_probability)]
     pub reorder: Option<f64>,
+    /// Which mechanism delays packets: `auto` uses netem if the kernel has it, else EDT
+    /// (`skb->tstamp` + an fq root; delay and uniform jitter, egress only) if it has `sch_fq`.
+    #[arg(long, value_enum, default_value_t = ShapingBackend::Auto)]
+    pub shaping_backend: ShapingBackend,
     /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
     #[arg(long)]
     pub force: bool,

@@ -447,7 +447,7 @@ impl Engine {
         let ifindex = sys::ifindex(&ifname)?;
         // A kernel without the needed qdisc is refused before anything is reserved or journaled.
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-            faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
+            faults::netem::backend(sh, spec.target.direction).map_err(|source| EngineError::Unsupported { source })?;
         }
         // Reserve a slot under the lock, then apply without it: loading and attaching programs
         // takes milliseconds, and holding the registry lock that long would delay the TTL
@@ -909,7 +909,7 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
 pub fn plan(cfg: &EngineConfig, mut spec: FaultSpec) -> Result<(FaultSpec, Vec<String>), EngineError> {
     let ifname = prepare(&mut spec, cfg)?;
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-        faults::netem::backend(sh).map_err(|source| EngineError::Unsupported { source })?;
+        faults::netem::backend(sh, spec.target.direction).map_err(|source| EngineError::Unsupported { source })?;
     }
     let plan = faults::plan(&spec, &ifname, cfg.attach_mode.resolve(), &cfg.protected_ports);
     Ok((spec, plan))

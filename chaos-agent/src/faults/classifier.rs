@@ -4,7 +4,7 @@
 //! kernel-side deadline passes.
 
 use chaos_common::{
-    F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER,
+    F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER,
     FaultConfig, MAX_PORT_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortSet, probability_to_threshold,
 };
 
@@ -137,13 +137,32 @@ pub async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
     Ok(())
 }
 
-/// Where matching packets are steered: the shaping class id and the backend's name.
+/// What the classifier does to matching packets for a shaping fault: steer them into a class
+/// (`skb->priority`), and/or give them a later departure time (EDT), plus the backend's name.
 #[derive(Clone, Copy, Debug)]
 pub struct Steering {
-    /// Value written into `skb->priority`.
-    pub classid: u32,
-    /// Backend name for reports (`netem`, `htb`).
+    /// Value written into `skb->priority` (`F_STEER`); `None` for EDT, whose fq root does not
+    /// classify.
+    pub classid: Option<u32>,
+    /// Egress departure-time delay (`F_EDT`).
+    pub edt: Option<super::netem::EdtDelay>,
+    /// Backend name for reports (`netem`, `htb`, `edt`).
     pub backend: &'static str,
+}
+
+impl Steering {
+    /// Sets the flags and fields the programs need for this shaping.
+    pub fn configure(&self, cfg: &mut FaultConfig) {
+        if let Some(classid) = self.classid {
+            cfg.flags |= F_STEER;
+            cfg.steer_priority = classid;
+        }
+        if let Some(e) = self.edt {
+            cfg.flags |= F_EDT;
+            cfg.edt_delay_us = e.delay_us;
+            cfg.edt_jitter_us = e.jitter_us;
+        }
+    }
 }
 
 /// Loads, configures and attaches the classifier.
@@ -155,8 +174,7 @@ pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>, steering: Option<St
         cfg.flags |= F_L3_DEVICE;
     }
     if let Some(s) = steering {
-        cfg.flags |= F_STEER;
-        cfg.steer_priority = s.classid;
+        s.configure(&mut cfg);
     }
     prog.set_config(&cfg)?;
     prog.add_prefixes(&spec.target.src, true)?;
@@ -241,6 +259,17 @@ mod tests {
         assert_eq!(cfg.dports.len, 2);
         assert_eq!(cfg.dports.ranges[1], chaos_common::PortRange { lo: 8000, hi: 8100 });
         assert_eq!(cfg.protected_ports.len, 1);
+    }
+
+    #[test]
+    fn edt_steering_sets_the_delay_and_no_class() {
+        let mut cfg = FaultConfig::default();
+        let edt = super::super::netem::EdtDelay { delay_us: 100_000, jitter_us: 20 };
+        Steering { classid: None, edt: Some(edt), backend: "edt" }.configure(&mut cfg);
+        assert_eq!((cfg.flags & (F_EDT | F_STEER), cfg.edt_delay_us, cfg.edt_jitter_us), (F_EDT, 100_000, 20));
+        let mut cfg = FaultConfig::default();
+        Steering { classid: Some(0xc4a0_0010), edt: None, backend: "netem" }.configure(&mut cfg);
+        assert_eq!((cfg.flags & (F_EDT | F_STEER), cfg.steer_priority), (F_STEER, 0xc4a0_0010));
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum FaultError {
         /// Kernel module.
         module: &'static str,
     },
+    /// A delay, but neither delay backend exists in this kernel.
+    #[error("delay needs the netem qdisc (module sch_netem), or for egress delay with uniform jitter the fq qdisc (module sch_fq, EDT backend), and this kernel has neither: load one with `modprobe sch_netem` or `modprobe sch_fq` (Debian/Ubuntu ship both in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed")]
+    NoDelayBackend,
     /// The interface already carries a chaos-agent root qdisc.
     #[error("{ifname} already carries a chaos-agent qdisc root (another shaping fault, or a leftover: run `chaos-agent cleanup`)")]
     Busy {
