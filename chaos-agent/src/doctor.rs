@@ -108,7 +108,7 @@ pub fn run() -> Vec<Check> {
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     v.push(check("btf", btf, if btf { "/sys/kernel/btf/vmlinux" } else { "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)" }, "-"));
     let ebpf = TcProgram::load();
-    v.push(check("ebpf", ebpf.is_ok(), ebpf.as_ref().map_or_else(|e| e.to_string(), |_| "tc programs load and pass the verifier".to_owned()), "loss, steering"));
+    v.push(check("ebpf", ebpf.is_ok(), ebpf.as_ref().map_or_else(std::string::ToString::to_string, |_| "tc programs load and pass the verifier".to_owned()), "loss, steering"));
     drop(ebpf);
     let tcx = attach::kernel_has_tcx();
     v.push(check("tcx", tcx, if tcx { "tcx links (>= 6.6): faults detach when the agent dies" } else { "no tcx (< 6.6): netlink cls_bpf, kernel deadline + cleanup remove leftovers" }, "attach mode"));

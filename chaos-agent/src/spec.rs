@@ -3,6 +3,7 @@
 //! spec into kernel configuration without re-checking.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ pub enum Proto {
     Tcp,
     /// UDP.
     Udp,
-    /// ICMP and ICMPv6.
+    /// ICMP and `ICMPv6`.
     Icmp,
 }
 
@@ -74,12 +75,9 @@ impl FromStr for PortRange {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let bad = || SpecError::BadPortRange { input: s.to_owned() };
-        let (lo, hi) = match s.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
-            None => {
-                let p = s.trim().parse::<u16>().map_err(|_| bad())?;
-                (p, p)
-            }
+        let (lo, hi) = if let Some((a, b)) = s.split_once('-') { (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?) } else {
+            let p = s.trim().parse::<u16>().map_err(|_| bad())?;
+            (p, p)
         };
         if lo == 0 || lo > hi {
             return Err(bad());
@@ -254,7 +252,7 @@ impl FromStr for Rate {
             _ => return Err(bad()),
         };
         let bits = v * mult;
-        if !bits.is_finite() || bits < 8.0 || bits > 4e12 {
+        if !bits.is_finite() || !(8.0..=4e12).contains(&bits) {
             return Err(bad());
         }
         Ok(Self { bits_per_sec: bits as u64 })
@@ -277,11 +275,11 @@ impl From<Rate> for String {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.bits_per_sec;
-        if b % 1_000_000_000 == 0 {
+        if b.is_multiple_of(1_000_000_000) {
             write!(f, "{}gbit", b / 1_000_000_000)
-        } else if b % 1_000_000 == 0 {
+        } else if b.is_multiple_of(1_000_000) {
             write!(f, "{}mbit", b / 1_000_000)
-        } else if b % 1000 == 0 {
+        } else if b.is_multiple_of(1000) {
             write!(f, "{}kbit", b / 1000)
         } else {
             write!(f, "{b}bit")
@@ -433,7 +431,7 @@ impl Default for Limits {
 }
 
 /// Default maximum TTL.
-pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_hours(1);
 
 /// Why a spec was rejected. Every variant names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -599,7 +597,7 @@ impl FaultSpec {
         }
         if let Some(sh) = &self.shape {
             effect |= !sh.is_empty();
-            let max = Duration::from_secs(60);
+            let max = Duration::from_mins(1);
             for (what, d) in [("delay", sh.delay), ("jitter", sh.jitter)] {
                 if let Some(d) = d
                     && d > max
@@ -675,7 +673,7 @@ impl FaultSpec {
             if let Some(d) = sh.delay {
                 let mut p = format!("delay {}", humantime::format_duration(d));
                 if let Some(j) = sh.jitter {
-                    p.push_str(&format!(" +/- {}", humantime::format_duration(j)));
+                    let _ = write!(p, " +/- {}", humantime::format_duration(j));
                 }
                 parts.push(p);
             }
@@ -735,7 +733,7 @@ mod tests {
 
     #[test]
     fn ttl_is_bounded() {
-        let l = Limits { max_ttl: Duration::from_secs(60) };
+        let l = Limits { max_ttl: Duration::from_mins(1) };
         let mut s = loss(0.5);
         s.ttl = Duration::ZERO;
         assert_eq!(s.validate(&l), Err(SpecError::TtlZero));

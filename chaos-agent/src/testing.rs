@@ -30,7 +30,9 @@ where
     out
 }
 
-/// Runs `sh -c script` and panics on failure.
+/// Runs `sh -c script` and panics on failure. Its output is often not needed, hence no
+/// `#[must_use]`.
+#[allow(clippy::must_use_candidate, reason = "run for effect as often as for output")]
 pub fn sh(script: &str) -> String {
     String::from_utf8_lossy(&run("sh", ["-c", script]).stdout).into_owned()
 }
@@ -86,6 +88,7 @@ impl NetNs {
     }
 
     /// Runs `sh -c script` inside the namespace (panics on failure) and returns stdout.
+    #[allow(clippy::must_use_candidate, reason = "run for effect as often as for output")]
     pub fn sh(&self, script: &str) -> String {
         String::from_utf8_lossy(&self.exec("sh", ["-c", script]).stdout).into_owned()
     }
@@ -118,7 +121,7 @@ impl Drop for NetNs {
 }
 
 /// Two namespaces joined by a veth pair, with IPv4 and IPv6 addresses:
-/// `a` is 10.X.0.1/24 + fd00:X::1/64, `b` is 10.X.0.2/24 + fd00:X::2/64.
+/// `a` is 10.X.0.1/24 + `fd00:X::1/64`, `b` is 10.X.0.2/24 + `fd00:X::2/64`.
 /// The agent under test usually runs inside `a` and faults `a`'s veth.
 #[derive(Debug)]
 pub struct VethPair {
@@ -141,8 +144,9 @@ pub struct VethPair {
 }
 
 impl VethPair {
-    /// Creates the pair; `subnet` (1..=250) picks 10.<subnet>.0.0/24 and fd00:<subnet>::/64.
+    /// Creates the pair; `subnet` (1..=250) picks 10.<subnet>.0.0/24 and fd00:<subnet>`::/64`.
     #[must_use]
+    #[allow(clippy::similar_names, reason = "a_ip/b_ip and a_if/b_if name the two ends on purpose")]
     pub fn new(subnet: u8) -> Self {
         let a = NetNs::new("cha");
         let b = NetNs::new("chb");
@@ -410,7 +414,7 @@ impl AgentProcess {
                         return line;
                     }
                 }
-                Err(_) => panic!(
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout | std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!(
                     "no line starting with {prefix:?} within {timeout:?}; stdout {:?}; stderr:\n{}",
                     self.stdout,
                     self.stderr()
@@ -438,6 +442,7 @@ impl AgentProcess {
     }
 
     /// Waits for exit (bounded) and returns the status and the remaining stdout.
+    #[must_use] 
     pub fn wait(mut self, timeout: std::time::Duration) -> (std::process::ExitStatus, Vec<String>, String) {
         let deadline = std::time::Instant::now() + timeout;
         let status = loop {
@@ -562,9 +567,6 @@ pub fn have_qdisc(kind: &'static str) -> bool {
 /// Programs attached to an interface (tcx links and tc filters), per `bpftool -j net show dev`.
 #[must_use]
 pub fn attached_programs(ns: &NetNs, ifname: &str) -> Vec<String> {
-    let out = ns.sh(&format!("bpftool -j net show dev {ifname} || true"));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
-    let mut names = Vec::new();
     fn walk(v: &serde_json::Value, names: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {
@@ -579,6 +581,10 @@ pub fn attached_programs(ns: &NetNs, ifname: &str) -> Vec<String> {
             _ => {}
         }
     }
+
+    let out = ns.sh(&format!("bpftool -j net show dev {ifname} || true"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    let mut names = Vec::new();
     walk(&v, &mut names);
     names
 }

@@ -317,7 +317,7 @@ fn host_state(pair: &VethPair, state: &TempDir) -> String {
         tc_filters(&pair.a, &pair.a_if, "ingress"),
         tc_filters(&pair.a, &pair.a_if, "egress"),
         our_programs(),
-        std::fs::read_dir(&state.0).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(&state.0).map_or(0, std::iter::Iterator::count)
     )
 }
 

@@ -114,7 +114,7 @@ fn netem_faults_are_refused_cleanly_without_sch_netem() {
     }
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before);
     assert!(attached_programs(&pair.a, &pair.a_if).is_empty(), "{:?}", attached_programs(&pair.a, &pair.a_if));
-    assert_eq!(std::fs::read_dir(state.0.join("faults")).map(|d| d.count()).unwrap_or(0), 0, "journal untouched");
+    assert_eq!(std::fs::read_dir(state.0.join("faults")).map_or(0, std::iter::Iterator::count), 0, "journal untouched");
 }
 
 #[test]

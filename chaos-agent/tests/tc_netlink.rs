@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo test -p chaos-agent --test tc_netlink -- --test-threads=1`
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::time::Duration;
 
@@ -745,9 +746,7 @@ fn restore_large_htb_tree_spanning_many_dump_datagrams() {
     let mut batch = String::from("qdisc add dev DEV root handle 1: htb default 2\n");
     batch.push_str("class add dev DEV parent 1: classid 1:1 htb rate 1gbit\n");
     for i in 2..302 {
-        batch.push_str(&format!(
-            "class add dev DEV parent 1:1 classid 1:{i:x} htb rate {i}kbit ceil 1gbit\n"
-        ));
+        let _ = writeln!(batch, "class add dev DEV parent 1:1 classid 1:{i:x} htb rate {i}kbit ceil 1gbit");
     }
     round_trip(
         218,

@@ -1,6 +1,7 @@
 //! `chaos-agent inject` in the foreground: apply, show a live countdown with the kernel
 //! counters, revert at TTL / Ctrl-C / SIGTERM, print a one-line summary.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
@@ -78,7 +79,7 @@ pub fn counters_line(c: &Counters) -> String {
     let t = c.total();
     let mut line = format!("matched {}, dropped {} ({})", t.matched, t.dropped, pct(t.dropped, t.matched));
     if t.steered > 0 {
-        line.push_str(&format!(", shaped {}", t.steered));
+        let _ = write!(line, ", shaped {}", t.steered);
     }
     line
 }

@@ -64,7 +64,7 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Remove every leftover of a dead agent (idempotent; for systemd ExecStopPost=).
+    /// Remove every leftover of a dead agent (idempotent; for systemd `ExecStopPost`=).
     Cleanup(CleanupArgs),
     /// Show what this kernel supports.
     Doctor(DoctorArgs),

@@ -1,4 +1,4 @@
-//! Attaching the classifiers: tcx links where the kernel has them, netlink cls_bpf otherwise.
+//! Attaching the classifiers: tcx links where the kernel has them, netlink `cls_bpf` otherwise.
 
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::netlink::Hook;
 use super::{EbpfError, TcProgram};
 
-/// Priority of our cls_bpf filters on the netlink path (`0xC4A0`, "chaos"). Lower numbers run
+/// Priority of our `cls_bpf` filters on the netlink path (`0xC4A0`, "chaos"). Lower numbers run
 /// first; the default priority tc(8) hands out starts at 49152 (0xC000), so filters that other
 /// tools add without a priority run before ours at egress, which is where loss belongs (closest
 /// to the wire).
@@ -24,7 +24,7 @@ pub enum AttachMode {
     Auto,
     /// tcx `bpf_link`s: detached by the kernel when the agent exits, even on SIGKILL.
     Tcx,
-    /// clsact + cls_bpf over netlink (pre-6.6 kernels): outlives the agent, so the in-kernel
+    /// clsact + `cls_bpf` over netlink (pre-6.6 kernels): outlives the agent, so the in-kernel
     /// deadline and the start-up reconciler clean up after a crash.
     Netlink,
 }
@@ -95,11 +95,11 @@ impl TcProgram {
                 prog: hook.program(),
                 ifname: ifname.to_owned(),
                 direction: hook.as_str(),
-                source,
+                source: Box::new(source),
             })
     }
 
-    /// Attaches the hook's classifier as a direct-action cls_bpf filter at our priority with the
+    /// Attaches the hook's classifier as a direct-action `cls_bpf` filter at our priority with the
     /// given handle (chosen and journaled by the caller beforehand). Needs a clsact qdisc.
     pub fn attach_netlink(&mut self, ifname: &str, hook: Hook, handle: u32) -> Result<(), EbpfError> {
         let prog: &mut SchedClassifier = self.classifier(hook.program())?;
@@ -110,7 +110,7 @@ impl TcProgram {
                 prog: hook.program(),
                 ifname: ifname.to_owned(),
                 direction: hook.as_str(),
-                source,
+                source: Box::new(source),
             })
     }
 }

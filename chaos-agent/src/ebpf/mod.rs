@@ -25,14 +25,14 @@ pub use attach::{AttachMode, AttachedProgram};
 pub enum EbpfError {
     /// The object failed to load (verifier, missing BTF, permissions...).
     #[error("load eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     /// A program failed to load into the kernel (usually the verifier).
     #[error("load program {name}: {source}")]
     Program {
         /// Program name.
         name: &'static str,
-        /// The cause.
-        source: aya::programs::ProgramError,
+        /// The cause (boxed: aya's errors are large and would bloat every `Result`).
+        source: Box<aya::programs::ProgramError>,
     },
     /// A map operation failed.
     #[error("{op} map {map}: {source}")]
@@ -42,7 +42,7 @@ pub enum EbpfError {
         /// Map name.
         map: &'static str,
         /// The cause.
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// A map or program the object should contain is missing (object/agent mismatch).
     #[error("eBPF object has no {0}")]
@@ -57,7 +57,7 @@ pub enum EbpfError {
         /// Direction.
         direction: &'static str,
         /// The cause.
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A netlink request failed.
     #[error("{op} on {ifname}: {source}")]
@@ -67,7 +67,7 @@ pub enum EbpfError {
         /// Interface.
         ifname: String,
         /// The cause.
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Opening a netlink socket failed.
     #[error("open netlink socket: {0}")]
@@ -126,14 +126,14 @@ impl TcProgram {
     /// Loads the embedded object and both classifiers into the kernel. Nothing is attached yet:
     /// if the agent dies now, the kernel frees everything with the file descriptors.
     pub fn load() -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT)?;
+        let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(EbpfError::Missing(name))?
                 .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+                .map_err(|source| EbpfError::Program { name, source: Box::new(source) })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source: Box::new(source) })?;
         }
         Ok(Self { ebpf })
     }
@@ -142,16 +142,16 @@ impl TcProgram {
     pub fn set_config(&mut self, cfg: &FaultConfig) -> Result<(), EbpfError> {
         let map = self.ebpf.map_mut(names::MAP_CONFIG).ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
         let mut arr: Array<&mut MapData, FaultConfig> =
-            Array::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_CONFIG, source })?;
-        arr.set(0, *cfg, 0).map_err(|source| EbpfError::Map { op: "write", map: names::MAP_CONFIG, source })
+            Array::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_CONFIG, source: Box::new(source) })?;
+        arr.set(0, *cfg, 0).map_err(|source| EbpfError::Map { op: "write", map: names::MAP_CONFIG, source: Box::new(source) })
     }
 
     /// Reads the fault's configuration back.
     pub fn config(&self) -> Result<FaultConfig, EbpfError> {
         let map = self.ebpf.map(names::MAP_CONFIG).ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
         let arr: Array<&MapData, FaultConfig> =
-            Array::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_CONFIG, source })?;
-        arr.get(&0, 0).map_err(|source| EbpfError::Map { op: "read", map: names::MAP_CONFIG, source })
+            Array::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_CONFIG, source: Box::new(source) })?;
+        arr.get(&0, 0).map_err(|source| EbpfError::Map { op: "read", map: names::MAP_CONFIG, source: Box::new(source) })
     }
 
     /// Adds prefixes to the source or destination tries (both families).
@@ -166,16 +166,16 @@ impl TcProgram {
                 IpNet::V4(n) => {
                     let map = self.ebpf.map_mut(m4).ok_or(EbpfError::Missing(m4))?;
                     let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> =
-                        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: m4, source })?;
+                        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: m4, source: Box::new(source) })?;
                     trie.insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 1, 0)
-                        .map_err(|source| EbpfError::Map { op: "insert", map: m4, source })?;
+                        .map_err(|source| EbpfError::Map { op: "insert", map: m4, source: Box::new(source) })?;
                 }
                 IpNet::V6(n) => {
                     let map = self.ebpf.map_mut(m6).ok_or(EbpfError::Missing(m6))?;
                     let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
-                        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: m6, source })?;
+                        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: m6, source: Box::new(source) })?;
                     trie.insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 1, 0)
-                        .map_err(|source| EbpfError::Map { op: "insert", map: m6, source })?;
+                        .map_err(|source| EbpfError::Map { op: "insert", map: m6, source: Box::new(source) })?;
                 }
             }
         }
@@ -186,25 +186,25 @@ impl TcProgram {
     pub fn seed_rng(&mut self, seed: u64) -> Result<(), EbpfError> {
         let map = self.ebpf.map_mut(names::MAP_RNG).ok_or(EbpfError::Missing(names::MAP_RNG))?;
         let mut arr: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_RNG, source })?;
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_RNG, source: Box::new(source) })?;
         let ncpu = aya::util::nr_cpus().unwrap_or(1);
         let values: Vec<u64> = (0..ncpu as u64).map(|i| splitmix64(seed.wrapping_add(i)).max(1)).collect();
         let values = PerCpuValues::try_from(values)
-            .map_err(|e| EbpfError::Map { op: "seed", map: names::MAP_RNG, source: aya::maps::MapError::IoError(e) })?;
-        arr.set(0, values, 0).map_err(|source| EbpfError::Map { op: "write", map: names::MAP_RNG, source })
+            .map_err(|e| EbpfError::Map { op: "seed", map: names::MAP_RNG, source: Box::new(aya::maps::MapError::IoError(e)) })?;
+        arr.set(0, values, 0).map_err(|source| EbpfError::Map { op: "write", map: names::MAP_RNG, source: Box::new(source) })
     }
 
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, EbpfError> {
         let map = self.ebpf.map(names::MAP_COUNTERS).ok_or(EbpfError::Missing(names::MAP_COUNTERS))?;
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-            .map_err(|source| EbpfError::Map { op: "open", map: names::MAP_COUNTERS, source })?;
+            .map_err(|source| EbpfError::Map { op: "open", map: names::MAP_COUNTERS, source: Box::new(source) })?;
         let read = |dir: Dir, c: Counter| -> Result<u64, EbpfError> {
             let idx = counter_index(dir, c);
             debug_assert!(idx < COUNTERS_LEN);
             let v = arr
                 .get(&idx, 0)
-                .map_err(|source| EbpfError::Map { op: "read", map: names::MAP_COUNTERS, source })?;
+                .map_err(|source| EbpfError::Map { op: "read", map: names::MAP_COUNTERS, source: Box::new(source) })?;
             Ok(v.iter().sum())
         };
         let dir = |d: Dir| -> Result<DirCounters, EbpfError> {
@@ -226,7 +226,7 @@ impl TcProgram {
             .program_mut(name)
             .ok_or(EbpfError::Missing(name))?
             .try_into()
-            .map_err(|source| EbpfError::Program { name, source })
+            .map_err(|source| EbpfError::Program { name, source: Box::new(source) })
     }
 }
 

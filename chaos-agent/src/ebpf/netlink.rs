@@ -1,6 +1,6 @@
-//! The netlink side of the pre-tcx attach path: clsact and our cls_bpf filters.
+//! The netlink side of the pre-tcx attach path: clsact and our `cls_bpf` filters.
 //!
-//! On kernels without tcx (< 6.6), tc programs are attached as cls_bpf filters under a clsact
+//! On kernels without tcx (< 6.6), tc programs are attached as `cls_bpf` filters under a clsact
 //! qdisc. Those filters are not owned by a file descriptor, so they outlive the agent: these
 //! functions find and remove them, and only ever touch filters that carry our program names.
 
@@ -56,7 +56,7 @@ impl Hook {
     }
 }
 
-/// One of our cls_bpf filters, as found in the kernel.
+/// One of our `cls_bpf` filters, as found in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OurFilter {
     /// Hook.
@@ -65,7 +65,7 @@ pub struct OurFilter {
     pub priority: u16,
     /// Filter handle.
     pub handle: u32,
-    /// The program name the filter carries (TCA_BPF_NAME).
+    /// The program name the filter carries (`TCA_BPF_NAME`).
     pub name: String,
 }
 
@@ -100,7 +100,7 @@ fn is_ours(name: &str) -> bool {
     name == names::PROG_TC_INGRESS || name == names::PROG_TC_EGRESS
 }
 
-/// Every cls_bpf filter of ours on the interface (both hooks).
+/// Every `cls_bpf` filter of ours on the interface (both hooks).
 pub async fn our_filters(handle: &Handle, ifindex: u32) -> Result<Vec<OurFilter>, EbpfError> {
     let mut out = Vec::new();
     for hook in Hook::ALL {
@@ -136,7 +136,7 @@ async fn filters(handle: &Handle, ifindex: u32, hook: Hook) -> Result<Vec<(Optio
             // No clsact (EINVAL) or the device vanished: there is nothing to list.
             Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => break,
             Err(source) => {
-                return Err(EbpfError::Netlink { op: "list tc filters", ifname: ifindex.to_string(), source });
+                return Err(EbpfError::Netlink { op: "list tc filters", ifname: ifindex.to_string(), source: Box::new(source) });
             }
         }
     }
@@ -154,7 +154,7 @@ pub async fn has_clsact(handle: &Handle, ifindex: u32) -> Result<bool, EbpfError
     while let Some(msg) = stream
         .try_next()
         .await
-        .map_err(|source| EbpfError::Netlink { op: "list qdiscs", ifname: ifindex.to_string(), source })?
+        .map_err(|source| EbpfError::Netlink { op: "list qdiscs", ifname: ifindex.to_string(), source: Box::new(source) })?
     {
         if msg.header.index == ifindex as i32
             && msg.header.parent == TcHandle::CLSACT
@@ -172,7 +172,7 @@ pub fn add_clsact(ifname: &str) -> Result<(), EbpfError> {
         prog: "clsact",
         ifname: ifname.to_owned(),
         direction: "both",
-        source: e.into(),
+        source: Box::new(e.into()),
     })
 }
 
@@ -193,7 +193,7 @@ pub async fn delete_clsact_if_unused(handle: &Handle, ifindex: u32) -> Result<bo
     match request_ack(handle, RouteNetlinkMessage::DelQueueDiscipline(msg)).await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => Ok(false),
-        Err(source) => Err(EbpfError::Netlink { op: "delete clsact", ifname: ifindex.to_string(), source }),
+        Err(source) => Err(EbpfError::Netlink { op: "delete clsact", ifname: ifindex.to_string(), source: Box::new(source) }),
     }
 }
 
@@ -211,11 +211,10 @@ pub async fn request_ack_flags(handle: &Handle, msg: RouteNetlinkMessage, flags:
     let mut handle = handle.clone();
     let mut response = handle.request(req)?;
     while let Some(m) = response.next().await {
-        if let NetlinkPayload::Error(e) = m.payload {
-            if e.code.is_some() {
+        if let NetlinkPayload::Error(e) = m.payload
+            && e.code.is_some() {
                 return Err(rtnetlink::Error::NetlinkError(e));
             }
-        }
     }
     Ok(())
 }
@@ -244,7 +243,7 @@ pub async fn delete_our_filter(
     match request_ack(handle, RouteNetlinkMessage::DelTrafficFilter(msg)).await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => Ok(false),
-        Err(source) => Err(EbpfError::Netlink { op: "delete tc filter", ifname: ifindex.to_string(), source }),
+        Err(source) => Err(EbpfError::Netlink { op: "delete tc filter", ifname: ifindex.to_string(), source: Box::new(source) }),
     }
 }
 
@@ -256,7 +255,7 @@ pub async fn all_ifindexes(handle: &Handle) -> Result<Vec<(u32, String)>, EbpfEr
     while let Some(l) = links
         .try_next()
         .await
-        .map_err(|source| EbpfError::Netlink { op: "list links", ifname: "*".to_owned(), source })?
+        .map_err(|source| EbpfError::Netlink { op: "list links", ifname: "*".to_owned(), source: Box::new(source) })?
     {
         let name = l
             .attributes

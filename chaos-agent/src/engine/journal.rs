@@ -103,31 +103,31 @@ impl Journal {
         Ok(Self { dir, owned })
     }
 
-    fn path(&self, id: &FaultId) -> PathBuf {
+    fn path(&self, id: FaultId) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 
     /// Writes (or rewrites) an entry durably.
     pub fn write(&self, entry: &JournalEntry) -> Result<(), JournalError> {
-        let path = self.path(&entry.id);
+        let path = self.path(entry.id);
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(entry).map_err(|source| JournalError::Parse { path: path.clone(), source })?;
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        self.sync_dir(&self.dir)
+        Self::sync_dir(&self.dir)
     }
 
-    fn sync_dir(&self, dir: &Path) -> Result<(), JournalError> {
+    fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
     }
 
     /// Removes an entry (the fault is fully reverted).
     pub fn remove(&self, id: &FaultId) -> Result<(), JournalError> {
-        let path = self.path(id);
+        let path = self.path(*id);
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(&self.dir),
+            Ok(()) => Self::sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(JournalError::Io { path, source }),
         }
@@ -169,7 +169,7 @@ impl Journal {
     pub fn mark_owned(&self, kind: &str, key: &str) -> Result<(), JournalError> {
         let p = self.marker(kind, key);
         File::create(&p).and_then(|f| f.sync_all()).map_err(io_err(&p))?;
-        self.sync_dir(&self.owned)
+        Self::sync_dir(&self.owned)
     }
 
     /// Whether the agent created the object.

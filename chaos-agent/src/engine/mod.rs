@@ -122,7 +122,7 @@ impl RevertReason {
 /// Who asked for an operation (logged with it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requester {
-    /// Unix uid (from SO_PEERCRED for the socket API, getuid() for the CLI).
+    /// Unix uid (from `SO_PEERCRED` for the socket API, `getuid()` for the CLI).
     pub uid: u32,
 }
 
@@ -414,10 +414,6 @@ impl Engine {
         }
     }
 
-    fn prepare(&self, spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineError> {
-        prepare(spec, cfg)
-    }
-
     /// Injects a fault. On failure nothing is left applied (or, if even the rollback failed,
     /// the journal keeps what is left for `cleanup`).
     pub async fn inject(&self, mut spec: FaultSpec, who: Requester) -> Result<FaultInfo, EngineError> {
@@ -443,7 +439,7 @@ impl Engine {
             return Err(EngineError::Paused);
         }
         let cfg = self.config();
-        let ifname = self.prepare(spec, &cfg)?;
+        let ifname = prepare(spec, &cfg)?;
         let ifindex = sys::ifindex(&ifname)?;
         // A kernel without the needed qdisc is refused before anything is reserved or journaled.
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
@@ -759,6 +755,7 @@ impl Engine {
     }
 
     /// Live counters of every active fault as (interface, counters), for metrics.
+    #[must_use] 
     pub fn counters_now(&self) -> Vec<(String, Counters)> {
         // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
         self.inner.state.try_lock().map_or_else(

@@ -119,7 +119,7 @@ struct Keep {
     mirred: HashSet<String>,
 }
 
-/// Removes objects with our names that no live journal claims: cls_bpf filters named
+/// Removes objects with our names that no live journal claims: `cls_bpf` filters named
 /// `chaos_tc_*`, mirred filters at our priority, root qdiscs with our handle major (the kernel's
 /// default root comes back), `chaos-ifb*` devices, and clsact qdiscs we created.
 async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {

@@ -51,11 +51,10 @@ impl Txn {
     /// succeeded (otherwise it stays for the reconciler). Returns (kinds removed, errors).
     pub async fn rollback(self, ctx: &UndoCtx) -> (Vec<&'static str>, Vec<String>) {
         let (removed, mut errors) = undo::run_reversed(&self.entry.undo, ctx).await;
-        if errors.is_empty() {
-            if let Err(e) = self.journal.remove(&self.entry.id) {
+        if errors.is_empty()
+            && let Err(e) = self.journal.remove(&self.entry.id) {
                 errors.push(e.to_string());
             }
-        }
         (removed, errors)
     }
 }

@@ -20,7 +20,7 @@ pub enum Undo {
         /// Hook.
         hook: Hook,
     },
-    /// A cls_bpf filter of ours at a known priority and handle (netlink attach path).
+    /// A `cls_bpf` filter of ours at a known priority and handle (netlink attach path).
     NetlinkFilter {
         /// Interface.
         ifname: String,

@@ -32,7 +32,7 @@ use crate::tc::{
 /// root's default class carries all untargeted traffic at this rate.
 pub const LINK_RATE_BPS: u64 = 100_000_000_000 / 8;
 /// Priority of the mirred filter that sends ingress traffic through the IFB: right after our
-/// own cls_bpf filters (`0xC4A0`), so our ingress program has written `skb->priority` first.
+/// own `cls_bpf` filters (`0xC4A0`), so our ingress program has written `skb->priority` first.
 pub const MIRRED_PRIO: u16 = 0xC4A1;
 /// The fault slot used under an agent root (one shaping fault per device and direction).
 pub const SLOT: u16 = 0;

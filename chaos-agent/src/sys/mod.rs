@@ -108,7 +108,7 @@ pub fn ensure_bpffs() -> Result<bool, SysError> {
 #[must_use]
 pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Raises `RLIMIT_MEMLOCK` to infinity: kernels before 5.11 charge BPF maps to it.
@@ -137,9 +137,7 @@ pub fn check_privileges() -> Result<(), SysError> {
 /// Kernel release string (`uname -r`).
 #[must_use]
 pub fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+    nix::sys::utsname::uname().map_or_else(|_| "unknown".to_owned(), |u| u.release().to_string_lossy().into_owned())
 }
 
 /// Start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat), used to
@@ -159,7 +157,7 @@ pub fn process_alive(pid: u32, start_time: u64) -> bool {
 }
 
 /// Whether packets on `ifname` start at the IP header (no link-layer header in the skb):
-/// tun, WireGuard, ipip/sit/gre tunnels. Read from the ARPHRD type in sysfs.
+/// tun, `WireGuard`, ipip/sit/gre tunnels. Read from the ARPHRD type in sysfs.
 #[must_use]
 pub fn is_l3_device(ifname: &str) -> bool {
     const L3_TYPES: [u32; 6] = [65534 /* NONE */, 768 /* TUNNEL */, 769 /* TUNNEL6 */, 776 /* SIT */, 778 /* IPGRE */, 519 /* RAWIP */];
