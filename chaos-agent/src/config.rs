@@ -152,7 +152,10 @@ impl Default for ApiConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)), enabled: true }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            enabled: true,
+        }
     }
 }
 
@@ -170,15 +173,20 @@ impl Default for LimitsConfig {
 impl Config {
     /// Parses and validates TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), cause: Box::new(e) })?;
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            cause: Box::new(e),
+        })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -192,7 +200,12 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |why: String| Err(ConfigError::Invalid { path: path.to_owned(), why });
+        let bad = |why: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                why,
+            })
+        };
         let l = &self.limits;
         if l.max_ttl.is_zero() {
             return bad("limits.max_ttl must be greater than zero".to_owned());
@@ -218,7 +231,10 @@ impl Config {
             return bad("api.tcp_listen needs api.tcp_token_file: the TCP API always requires a bearer token".to_owned());
         }
         if self.api.socket.as_os_str().is_empty() || self.api.socket.is_relative() {
-            return bad(format!("api.socket must be an absolute path, got {:?}", self.api.socket.display().to_string()));
+            return bad(format!(
+                "api.socket must be an absolute path, got {:?}",
+                self.api.socket.display().to_string()
+            ));
         }
         if let Some(g) = &self.api.allowed_group
             && g.is_empty()
@@ -252,7 +268,9 @@ impl Config {
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             state_dir: self.state_dir.clone(),
-            limits: Limits { max_ttl: self.limits.max_ttl },
+            limits: Limits {
+                max_ttl: self.limits.max_ttl,
+            },
             default_ttl: Some(self.limits.default_ttl),
             attach_mode: self.attach_mode,
             protected_ports: self.protected_ports(),
@@ -262,8 +280,13 @@ impl Config {
 
     /// Reads the TCP bearer token (trimmed), if a TCP listener is configured.
     pub fn tcp_token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.api.tcp_token_file else { return Ok(None) };
-        let err = |why: String| ConfigError::Token { path: path.clone(), why };
+        let Some(path) = &self.api.tcp_token_file else {
+            return Ok(None);
+        };
+        let err = |why: String| ConfigError::Token {
+            path: path.clone(),
+            why,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let token = text.trim().to_owned();
         if token.len() < 16 {
@@ -282,24 +305,38 @@ mod tests {
     #[test]
     fn example_file_is_the_defaults() {
         let parsed = Config::parse(EXAMPLE, Path::new("config.example.toml")).unwrap();
-        assert_eq!(parsed, Config::default(), "deploy/config.example.toml must document the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "deploy/config.example.toml must document the defaults"
+        );
     }
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = Config::parse("[limits]\nmax_tll = \"1m\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        let e = Config::parse("[limits]\nmax_tll = \"1m\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_tll"), "{e}");
         assert!(Config::parse("bogus = 1\n", Path::new("c.toml")).is_err());
     }
 
     #[test]
     fn tcp_needs_a_token() {
-        let e = Config::parse("[api]\ntcp_listen = \"127.0.0.1:9465\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        let e = Config::parse(
+            "[api]\ntcp_listen = \"127.0.0.1:9465\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("tcp_token_file"), "{e}");
     }
 
@@ -310,14 +347,28 @@ mod tests {
             Path::new("c.toml"),
         )
         .unwrap();
-        let ports: Vec<String> = cfg.protected_ports().iter().map(ToString::to_string).collect();
+        let ports: Vec<String> = cfg
+            .protected_ports()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(ports, ["22", "9465", "9999"]);
     }
 
     #[test]
     fn default_ttl_within_max() {
-        assert!(Config::parse("[limits]\nmax_ttl = \"1m\"\ndefault_ttl = \"5m\"\n", Path::new("c")).is_err());
-        let c = Config::parse("[limits]\nmax_ttl = \"10m\"\ndefault_ttl = \"1m\"\n", Path::new("c")).unwrap();
+        assert!(
+            Config::parse(
+                "[limits]\nmax_ttl = \"1m\"\ndefault_ttl = \"5m\"\n",
+                Path::new("c")
+            )
+            .is_err()
+        );
+        let c = Config::parse(
+            "[limits]\nmax_ttl = \"10m\"\ndefault_ttl = \"1m\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
         assert_eq!(c.engine_config().default_ttl, Some(Duration::from_mins(1)));
     }
 }

@@ -25,7 +25,12 @@ pub struct Check {
 }
 
 fn check(name: &str, ok: bool, detail: impl Into<String>, needed_for: &str) -> Check {
-    Check { name: name.to_owned(), ok, detail: detail.into(), needed_for: needed_for.to_owned() }
+    Check {
+        name: name.to_owned(),
+        ok,
+        detail: detail.into(),
+        needed_for: needed_for.to_owned(),
+    }
 }
 
 /// Result of probing a qdisc kind.
@@ -44,31 +49,65 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
     std::thread::spawn(move || {
         // unshare(2) affects only this thread: the agent's own namespace is never changed.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-            return kinds.iter().map(|k| (*k, Err(format!("unshare(CLONE_NEWNET): {e}")))).collect();
+            return kinds
+                .iter()
+                .map(|k| (*k, Err(format!("unshare(CLONE_NEWNET): {e}"))))
+                .collect();
         }
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
         };
         rt.block_on(async {
             let Ok(nl) = crate::ebpf::netlink::connect() else {
-                return kinds.iter().map(|k| (*k, Err("netlink socket".to_owned()))).collect();
+                return kinds
+                    .iter()
+                    .map(|k| (*k, Err("netlink socket".to_owned())))
+                    .collect();
             };
             let mut out = Vec::new();
             for kind in kinds {
                 let mut msg = TcMessage::with_index(1); // lo is always ifindex 1 in a new netns
-                msg.header.parent = if kind == "clsact" { TcHandle::CLSACT } else { TcHandle::ROOT };
-                msg.header.handle = if kind == "clsact" { TcHandle { major: 0xffff, minor: 0 } } else { TcHandle { major: 0xc4a1, minor: 0 } };
+                msg.header.parent = if kind == "clsact" {
+                    TcHandle::CLSACT
+                } else {
+                    TcHandle::ROOT
+                };
+                msg.header.handle = if kind == "clsact" {
+                    TcHandle {
+                        major: 0xffff,
+                        minor: 0,
+                    }
+                } else {
+                    TcHandle {
+                        major: 0xc4a1,
+                        minor: 0,
+                    }
+                };
                 msg.attributes.push(TcAttribute::Kind(kind.to_owned()));
                 let add = RouteNetlinkMessage::NewQueueDiscipline(msg.clone());
-                let r = match request_ack_flags(&nl, add, netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL).await {
+                let r = match request_ack_flags(
+                    &nl,
+                    add,
+                    netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+                )
+                .await
+                {
                     Ok(()) => {
-                        let _ = request_ack(&nl, RouteNetlinkMessage::DelQueueDiscipline(msg)).await;
+                        let _ =
+                            request_ack(&nl, RouteNetlinkMessage::DelQueueDiscipline(msg)).await;
                         Ok(QdiscProbe::Present)
                     }
                     // ENOENT = unknown kind. Anything else (EINVAL for missing options) means the
                     // kernel found the kind and rejected our empty options: present.
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(QdiscProbe::Missing),
+                    Err(rtnetlink::Error::NetlinkError(e))
+                        if e.raw_code().abs() == libc::ENOENT =>
+                    {
+                        Ok(QdiscProbe::Missing)
+                    }
                     Err(rtnetlink::Error::NetlinkError(_)) => Ok(QdiscProbe::Present),
                     Err(e) => Err(e.to_string()),
                 };
@@ -94,7 +133,10 @@ fn cgroup_layout() -> (String, String) {
             .filter_map(|d| d.file_name().into_string().ok())
             .filter(|n| n != "unified" && n != "systemd")
             .collect();
-        return ("hybrid (v1 controllers + cgroup2 at /sys/fs/cgroup/unified)".to_owned(), format!("v1: {} | v2: {}", v1.join(" "), c.trim()));
+        return (
+            "hybrid (v1 controllers + cgroup2 at /sys/fs/cgroup/unified)".to_owned(),
+            format!("v1: {} | v2: {}", v1.join(" "), c.trim()),
+        );
     }
     ("v1".to_owned(), String::new())
 }
@@ -104,16 +146,59 @@ fn cgroup_layout() -> (String, String) {
 pub fn run() -> Vec<Check> {
     let mut v = Vec::new();
     v.push(check("kernel", true, sys::kernel_release(), "-"));
-    v.push(check("root", sys::check_privileges().is_ok(), sys::check_privileges().err().map_or_else(|| "CAP_NET_ADMIN, CAP_SYS_ADMIN".to_owned(), |e| e.to_string()), "everything"));
+    v.push(check(
+        "root",
+        sys::check_privileges().is_ok(),
+        sys::check_privileges().err().map_or_else(
+            || "CAP_NET_ADMIN, CAP_SYS_ADMIN".to_owned(),
+            |e| e.to_string(),
+        ),
+        "everything",
+    ));
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    v.push(check("btf", btf, if btf { "/sys/kernel/btf/vmlinux" } else { "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)" }, "-"));
+    v.push(check(
+        "btf",
+        btf,
+        if btf {
+            "/sys/kernel/btf/vmlinux"
+        } else {
+            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)"
+        },
+        "-",
+    ));
     let ebpf = TcProgram::load();
-    v.push(check("ebpf", ebpf.is_ok(), ebpf.as_ref().map_or_else(std::string::ToString::to_string, |_| "tc programs load and pass the verifier".to_owned()), "loss, steering"));
+    v.push(check(
+        "ebpf",
+        ebpf.is_ok(),
+        ebpf.as_ref()
+            .map_or_else(std::string::ToString::to_string, |_| {
+                "tc programs load and pass the verifier".to_owned()
+            }),
+        "loss, steering",
+    ));
     drop(ebpf);
     let tcx = attach::kernel_has_tcx();
-    v.push(check("tcx", tcx, if tcx { "tcx links (>= 6.6): faults detach when the agent dies" } else { "no tcx (< 6.6): netlink cls_bpf, kernel deadline + cleanup remove leftovers" }, "attach mode"));
+    v.push(check(
+        "tcx",
+        tcx,
+        if tcx {
+            "tcx links (>= 6.6): faults detach when the agent dies"
+        } else {
+            "no tcx (< 6.6): netlink cls_bpf, kernel deadline + cleanup remove leftovers"
+        },
+        "attach mode",
+    ));
     let bpffs = sys::is_bpffs(Path::new(sys::paths::BPFFS));
-    v.push(check("bpffs", bpffs, if bpffs { "mounted at /sys/fs/bpf".to_owned() } else { "not mounted (the agent mounts it)".to_owned() }, "-"));
+    v.push(check(
+        "bpffs",
+        bpffs,
+        if bpffs {
+            "mounted at /sys/fs/bpf".to_owned()
+        } else {
+            "not mounted (the agent mounts it)".to_owned()
+        },
+        "-",
+    ));
     let mut present = Vec::new();
     for (kind, r) in probe_qdiscs(&["clsact", "netem", "fq", "htb", "tbf", "prio"]) {
         if matches!(r, Ok(QdiscProbe::Present)) {
@@ -129,8 +214,17 @@ pub fn run() -> Vec<Check> {
             _ => "-",
         };
         match r {
-            Ok(QdiscProbe::Present) => v.push(check(kind, true, format!("{module} available"), needed)),
-            Ok(QdiscProbe::Missing) => v.push(check(kind, false, format!("{module} missing: `modprobe {module}` or install the kernel's extra modules"), needed)),
+            Ok(QdiscProbe::Present) => {
+                v.push(check(kind, true, format!("{module} available"), needed))
+            }
+            Ok(QdiscProbe::Missing) => v.push(check(
+                kind,
+                false,
+                format!(
+                    "{module} missing: `modprobe {module}` or install the kernel's extra modules"
+                ),
+                needed,
+            )),
             Err(e) => v.push(check(kind, false, format!("probe failed: {e}"), needed)),
         }
     }
@@ -143,8 +237,22 @@ pub fn run() -> Vec<Check> {
         check("delay", false, "no backend: `modprobe sch_netem` (everything) or `modprobe sch_fq` (egress delay via EDT)", "delay")
     });
     let (layout, controllers) = cgroup_layout();
-    v.push(check("cgroup", true, format!("{layout}; controllers: {controllers}"), "cpu, memory, io pressure"));
+    v.push(check(
+        "cgroup",
+        true,
+        format!("{layout}; controllers: {controllers}"),
+        "cpu, memory, io pressure",
+    ));
     let psi = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
-    v.push(check("psi", psi, if psi { "/proc/pressure/* readable" } else { "no PSI (CONFIG_PSI, or boot with psi=1)" }, "pressure checks"));
+    v.push(check(
+        "psi",
+        psi,
+        if psi {
+            "/proc/pressure/* readable"
+        } else {
+            "no PSI (CONFIG_PSI, or boot with psi=1)"
+        },
+        "pressure checks",
+    ));
     v
 }

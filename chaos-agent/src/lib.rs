@@ -7,15 +7,15 @@
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf"));
 
-pub mod tc;
-pub mod testing;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod doctor;
 pub mod ebpf;
 pub mod engine;
 pub mod faults;
 pub mod metrics;
 pub mod spec;
 pub mod sys;
-pub mod api;
-pub mod cli;
-pub mod config;
-pub mod doctor;
+pub mod tc;
+pub mod testing;

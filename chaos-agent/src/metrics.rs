@@ -56,7 +56,12 @@ impl std::fmt::Debug for PacketCounters {
 
 fn add(map: &mut std::collections::BTreeMap<PacketLabels, [u64; 3]>, iface: &str, c: &Counters) {
     for (dir, d) in [("ingress", c.ingress), ("egress", c.egress)] {
-        let e = map.entry(PacketLabels { interface: iface.to_owned(), direction: dir.to_owned() }).or_default();
+        let e = map
+            .entry(PacketLabels {
+                interface: iface.to_owned(),
+                direction: dir.to_owned(),
+            })
+            .or_default();
         e[0] += d.seen;
         e[1] += d.matched;
         e[2] += d.dropped;
@@ -72,9 +77,18 @@ impl prometheus_client::collector::Collector for PacketCounters {
             }
         }
         for (i, (name, help)) in [
-            ("chaos_agent_packets_seen", "Packets the agent's tc programs ran on while a fault was armed."),
-            ("chaos_agent_packets_matched", "Packets that matched a fault's filters."),
-            ("chaos_agent_packets_dropped", "Packets dropped by loss faults."),
+            (
+                "chaos_agent_packets_seen",
+                "Packets the agent's tc programs ran on while a fault was armed.",
+            ),
+            (
+                "chaos_agent_packets_matched",
+                "Packets that matched a fault's filters.",
+            ),
+            (
+                "chaos_agent_packets_dropped",
+                "Packets dropped by loss faults.",
+            ),
         ]
         .into_iter()
         .enumerate()
@@ -130,21 +144,64 @@ impl Metrics {
             ttl_lateness_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
             packets: Arc::new(PacketCounters::default()),
         };
-        r.register("chaos_agent_faults_injected", "Faults injected, by kind", m.injected.clone());
-        r.register("chaos_agent_faults_active", "Faults currently active, by kind", m.active.clone());
-        r.register("chaos_agent_faults_reverted", "Faults reverted, by kind and reason (ttl, stopped, shutdown, error, leftover)", m.reverted.clone());
-        r.register("chaos_agent_faults_refused", "Fault requests refused, by reason", m.refused.clone());
-        r.register("chaos_agent_revert_failures", "Reverts that could not remove everything (left for cleanup)", m.revert_failures.clone());
-        r.register("chaos_agent_leftovers_removed", "Kernel objects of a dead agent removed at start-up or by cleanup, by kind", m.leftovers.clone());
-        r.register("chaos_agent_apply_duration_seconds", "Time to apply a fault", m.apply_seconds.clone());
-        r.register("chaos_agent_revert_duration_seconds", "Time to revert a fault", m.revert_seconds.clone());
-        r.register("chaos_agent_ttl_revert_lateness_seconds", "Delay between a fault's deadline and its revert", m.ttl_lateness_seconds.clone());
-        let labels: Vec<(String, String)> = info.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        r.register(
+            "chaos_agent_faults_injected",
+            "Faults injected, by kind",
+            m.injected.clone(),
+        );
+        r.register(
+            "chaos_agent_faults_active",
+            "Faults currently active, by kind",
+            m.active.clone(),
+        );
+        r.register(
+            "chaos_agent_faults_reverted",
+            "Faults reverted, by kind and reason (ttl, stopped, shutdown, error, leftover)",
+            m.reverted.clone(),
+        );
+        r.register(
+            "chaos_agent_faults_refused",
+            "Fault requests refused, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "chaos_agent_revert_failures",
+            "Reverts that could not remove everything (left for cleanup)",
+            m.revert_failures.clone(),
+        );
+        r.register(
+            "chaos_agent_leftovers_removed",
+            "Kernel objects of a dead agent removed at start-up or by cleanup, by kind",
+            m.leftovers.clone(),
+        );
+        r.register(
+            "chaos_agent_apply_duration_seconds",
+            "Time to apply a fault",
+            m.apply_seconds.clone(),
+        );
+        r.register(
+            "chaos_agent_revert_duration_seconds",
+            "Time to revert a fault",
+            m.revert_seconds.clone(),
+        );
+        r.register(
+            "chaos_agent_ttl_revert_lateness_seconds",
+            "Delay between a fault's deadline and its revert",
+            m.ttl_lateness_seconds.clone(),
+        );
+        let labels: Vec<(String, String)> = info
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         // A gauge fixed at 1 (the `node_uname_info` convention) rather than the OpenMetrics info
         // type: promtool and Prometheus' text parser reject `# TYPE ... info`.
         let info_family: Family<Vec<(String, String)>, Gauge> = Family::default();
         info_family.get_or_create(&labels).set(1);
-        r.register("chaos_agent_info", "Agent build and host information (version, kernel, backends); always 1", info_family);
+        r.register(
+            "chaos_agent_info",
+            "Agent build and host information (version, kernel, backends); always 1",
+            info_family,
+        );
         r.register_collector(Box::new(m.packets.clone()));
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
@@ -176,7 +233,9 @@ impl Metrics {
     }
 
     fn kind(kind: &str) -> KindLabels {
-        KindLabels { kind: kind.to_owned() }
+        KindLabels {
+            kind: kind.to_owned(),
+        }
     }
 
     /// A fault was injected.
@@ -189,11 +248,20 @@ impl Metrics {
     }
     /// A fault ended.
     pub fn fault_reverted(&self, kind: &str, reason: RevertReason) {
-        self.reverted.get_or_create(&RevertLabels { kind: kind.to_owned(), reason: reason.as_str().to_owned() }).inc();
+        self.reverted
+            .get_or_create(&RevertLabels {
+                kind: kind.to_owned(),
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
     }
     /// A request was refused.
     pub fn fault_refused(&self, reason: &str) {
-        self.refused.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
     /// A revert left something behind.
     pub fn revert_failure(&self, kind: &str) {
@@ -237,7 +305,9 @@ pub fn openmetrics_to_prometheus_text(om: &str) -> String {
         if line == "# EOF" {
             continue;
         }
-        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
         match meta {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -263,11 +333,23 @@ mod tests {
         let m = Metrics::new(&[("version", "1".to_owned())]);
         m.fault_injected("loss");
         let om = m.encode();
-        assert!(om.contains("# TYPE chaos_agent_faults_injected counter") && om.ends_with("# EOF\n"), "{om}");
+        assert!(
+            om.contains("# TYPE chaos_agent_faults_injected counter") && om.ends_with("# EOF\n"),
+            "{om}"
+        );
         let text = m.encode_prometheus_text();
-        assert!(text.contains("# TYPE chaos_agent_faults_injected_total counter"), "{text}");
-        assert!(text.contains("# HELP chaos_agent_faults_injected_total Faults injected"), "{text}");
-        assert!(text.contains("chaos_agent_faults_injected_total{kind=\"loss\"} 1"), "{text}");
+        assert!(
+            text.contains("# TYPE chaos_agent_faults_injected_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP chaos_agent_faults_injected_total Faults injected"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chaos_agent_faults_injected_total{kind=\"loss\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("# EOF"));
         assert!(text.contains("# TYPE chaos_agent_info gauge"), "{text}");
     }

@@ -74,8 +74,15 @@ pub struct PortRange {
 impl FromStr for PortRange {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        let bad = || SpecError::BadPortRange { input: s.to_owned() };
-        let (lo, hi) = if let Some((a, b)) = s.split_once('-') { (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?) } else {
+        let bad = || SpecError::BadPortRange {
+            input: s.to_owned(),
+        };
+        let (lo, hi) = if let Some((a, b)) = s.split_once('-') {
+            (
+                a.trim().parse::<u16>().map_err(|_| bad())?,
+                b.trim().parse::<u16>().map_err(|_| bad())?,
+            )
+        } else {
             let p = s.trim().parse::<u16>().map_err(|_| bad())?;
             (p, p)
         };
@@ -101,7 +108,11 @@ impl From<PortRange> for String {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
     }
 }
 
@@ -167,13 +178,27 @@ impl FromStr for GilbertElliott {
     type Err = SpecError;
     /// Parses `gemodel:p,r[,1-h[,1-k]]` (probabilities as fractions or percentages with `%`).
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        let bad = |why: &str| SpecError::BadLossModel { input: s.to_owned(), why: why.to_owned() };
-        let body = s.strip_prefix("gemodel:").ok_or_else(|| bad("expected gemodel:p,r[,1-h[,1-k]]"))?;
-        let nums: Vec<f64> = body.split(',').map(parse_fraction).collect::<Option<_>>().ok_or_else(|| bad("not a number"))?;
+        let bad = |why: &str| SpecError::BadLossModel {
+            input: s.to_owned(),
+            why: why.to_owned(),
+        };
+        let body = s
+            .strip_prefix("gemodel:")
+            .ok_or_else(|| bad("expected gemodel:p,r[,1-h[,1-k]]"))?;
+        let nums: Vec<f64> = body
+            .split(',')
+            .map(parse_fraction)
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("not a number"))?;
         if !(2..=4).contains(&nums.len()) {
             return Err(bad("expected 2 to 4 values"));
         }
-        Ok(Self { p: nums[0], r: nums[1], loss_bad: nums.get(2).copied().unwrap_or(1.0), loss_good: nums.get(3).copied().unwrap_or(0.0) })
+        Ok(Self {
+            p: nums[0],
+            r: nums[1],
+            loss_bad: nums.get(2).copied().unwrap_or(1.0),
+            loss_good: nums.get(3).copied().unwrap_or(0.0),
+        })
     }
 }
 
@@ -235,9 +260,13 @@ impl Rate {
 impl FromStr for Rate {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        let bad = || SpecError::BadRate { input: s.to_owned() };
+        let bad = || SpecError::BadRate {
+            input: s.to_owned(),
+        };
         let t = s.trim().to_ascii_lowercase();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let v: f64 = num.parse().map_err(|_| bad())?;
         let mult = match unit {
@@ -255,7 +284,9 @@ impl FromStr for Rate {
         if !bits.is_finite() || !(8.0..=4e12).contains(&bits) {
             return Err(bad());
         }
-        Ok(Self { bits_per_sec: bits as u64 })
+        Ok(Self {
+            bits_per_sec: bits as u64,
+        })
     }
 }
 
@@ -376,7 +407,9 @@ impl ShapeSpec {
     /// rate needs a shaping class, and fq's `maxrate` is per flow, not per fault.
     #[must_use]
     pub fn edt_unsupported(&self) -> Option<&'static str> {
-        let non_uniform = self.distribution.is_some_and(|d| d != JitterDistribution::Uniform);
+        let non_uniform = self
+            .distribution
+            .is_some_and(|d| d != JitterDistribution::Uniform);
         [
             (self.corrupt.is_some(), "--corrupt"),
             (self.duplicate.is_some(), "--duplicate"),
@@ -426,7 +459,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_ttl: DEFAULT_MAX_TTL }
+        Self {
+            max_ttl: DEFAULT_MAX_TTL,
+        }
     }
 }
 
@@ -495,7 +530,9 @@ pub enum SpecError {
         why: String,
     },
     /// A rate that does not parse.
-    #[error("bad rate {input:?}: expected a number with bit, kbit, mbit, gbit (bits/s) or bps, kbps, mbps, gbps (bytes/s), at least 8bit")]
+    #[error(
+        "bad rate {input:?}: expected a number with bit, kbit, mbit, gbit (bits/s) or bps, kbps, mbps, gbps (bytes/s), at least 8bit"
+    )]
     BadRate {
         /// The text given.
         input: String,
@@ -519,16 +556,22 @@ pub enum SpecError {
         max: Duration,
     },
     /// The EDT backend was asked for something it cannot do.
-    #[error("--shaping-backend edt does delay and uniform jitter only, not {what}: use --shaping-backend netem (or auto) for it")]
+    #[error(
+        "--shaping-backend edt does delay and uniform jitter only, not {what}: use --shaping-backend netem (or auto) for it"
+    )]
     EdtUnsupported {
         /// What was asked for.
         what: &'static str,
     },
     /// The EDT backend was asked for ingress.
-    #[error("--shaping-backend edt works on egress only: a departure time is honoured only by the fq root of the device a packet leaves through, and incoming packets never pass one; use --direction egress, or --shaping-backend netem (through an IFB) for ingress delay")]
+    #[error(
+        "--shaping-backend edt works on egress only: a departure time is honoured only by the fq root of the device a packet leaves through, and incoming packets never pass one; use --direction egress, or --shaping-backend netem (through an IFB) for ingress delay"
+    )]
     EdtIngress,
     /// Nothing to do.
-    #[error("the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder")]
+    #[error(
+        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder"
+    )]
     NoEffect,
     /// Interface name not valid.
     #[error("bad interface name {name:?}")]
@@ -543,7 +586,11 @@ fn check_prob(what: &'static str, v: f64, allow_zero: bool) -> Result<(), SpecEr
     if ok {
         Ok(())
     } else {
-        Err(SpecError::Probability { what, range: if allow_zero { "[0, 1]" } else { "(0, 1]" }, value: v })
+        Err(SpecError::Probability {
+            what,
+            range: if allow_zero { "[0, 1]" } else { "(0, 1]" },
+            value: v,
+        })
     }
 }
 
@@ -554,7 +601,10 @@ impl FaultSpec {
             return Err(SpecError::TtlZero);
         }
         if self.ttl > limits.max_ttl {
-            return Err(SpecError::TtlTooLong { ttl: self.ttl, max: limits.max_ttl });
+            return Err(SpecError::TtlTooLong {
+                ttl: self.ttl,
+                max: limits.max_ttl,
+            });
         }
         let t = &self.target;
         if let Some(name) = &t.iface
@@ -564,13 +614,20 @@ impl FaultSpec {
         }
         for (what, list) in [("source port", &t.sports), ("destination port", &t.dports)] {
             if list.len() > MAX_PORT_RANGES {
-                return Err(SpecError::TooManyPorts { what, max: MAX_PORT_RANGES, got: list.len() });
+                return Err(SpecError::TooManyPorts {
+                    what,
+                    max: MAX_PORT_RANGES,
+                    got: list.len(),
+                });
             }
         }
         let max = MAX_PREFIXES as usize;
         for (what, list) in [("source", &t.src), ("destination", &t.dst)] {
             for v6 in [false, true] {
-                let n = list.iter().filter(|n| matches!(n, IpNet::V6(_)) == v6).count();
+                let n = list
+                    .iter()
+                    .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                    .count();
                 if n > max {
                     return Err(SpecError::TooManyPrefixes { what, max, got: n });
                 }
@@ -602,35 +659,66 @@ impl FaultSpec {
                 if let Some(d) = d
                     && d > max
                 {
-                    return Err(SpecError::DurationTooLong { what, value: d, max });
+                    return Err(SpecError::DurationTooLong {
+                        what,
+                        value: d,
+                        max,
+                    });
                 }
             }
             let has_delay = sh.delay.is_some_and(|d| !d.is_zero());
             if sh.jitter.is_some_and(|j| !j.is_zero()) && !has_delay {
-                return Err(SpecError::Needs { what: "--jitter", needs: "--delay" });
+                return Err(SpecError::Needs {
+                    what: "--jitter",
+                    needs: "--delay",
+                });
             }
-            if sh.distribution.is_some_and(|d| d != JitterDistribution::Uniform) && sh.jitter.is_none_or(|j| j.is_zero()) {
-                return Err(SpecError::Needs { what: "--distribution", needs: "--jitter" });
+            if sh
+                .distribution
+                .is_some_and(|d| d != JitterDistribution::Uniform)
+                && sh.jitter.is_none_or(|j| j.is_zero())
+            {
+                return Err(SpecError::Needs {
+                    what: "--distribution",
+                    needs: "--jitter",
+                });
             }
             if sh.correlation.is_some() && !has_delay {
-                return Err(SpecError::Needs { what: "--correlation", needs: "--delay" });
+                return Err(SpecError::Needs {
+                    what: "--correlation",
+                    needs: "--delay",
+                });
             }
             if sh.reorder.is_some() && !has_delay {
-                return Err(SpecError::Needs { what: "--reorder", needs: "--delay (netem reorders by sending some packets without it)" });
+                return Err(SpecError::Needs {
+                    what: "--reorder",
+                    needs: "--delay (netem reorders by sending some packets without it)",
+                });
             }
-            for (what, v) in [("correlation", sh.correlation), ("corrupt", sh.corrupt), ("duplicate", sh.duplicate), ("reorder", sh.reorder)] {
+            for (what, v) in [
+                ("correlation", sh.correlation),
+                ("corrupt", sh.corrupt),
+                ("duplicate", sh.duplicate),
+                ("reorder", sh.reorder),
+            ] {
                 if let Some(v) = v {
                     check_prob(what, v, what == "correlation")?;
                 }
             }
             match sh.backend {
                 ShapingBackend::Netem if !sh.needs_netem() => {
-                    return Err(SpecError::Needs { what: "--shaping-backend netem", needs: "--delay, --corrupt, --duplicate or --reorder" });
+                    return Err(SpecError::Needs {
+                        what: "--shaping-backend netem",
+                        needs: "--delay, --corrupt, --duplicate or --reorder",
+                    });
                 }
                 ShapingBackend::Auto | ShapingBackend::Netem => {}
                 ShapingBackend::Edt => {
                     if !has_delay {
-                        return Err(SpecError::Needs { what: "--shaping-backend edt", needs: "--delay" });
+                        return Err(SpecError::Needs {
+                            what: "--shaping-backend edt",
+                            needs: "--delay",
+                        });
                     }
                     if let Some(what) = sh.edt_unsupported() {
                         return Err(SpecError::EdtUnsupported { what });
@@ -666,7 +754,10 @@ impl FaultSpec {
         if let Some(l) = &self.loss {
             match &l.model {
                 None => parts.push(format!("loss {}%", trim_float(l.probability * 100.0))),
-                Some(ge) => parts.push(format!("burst loss (GE, mean {}%)", trim_float(ge.mean_loss() * 100.0))),
+                Some(ge) => parts.push(format!(
+                    "burst loss (GE, mean {}%)",
+                    trim_float(ge.mean_loss() * 100.0)
+                )),
             }
         }
         if let Some(sh) = &self.shape {
@@ -680,7 +771,11 @@ impl FaultSpec {
             if let Some(r) = sh.rate {
                 parts.push(format!("rate {r}"));
             }
-            for (name, v) in [("corrupt", sh.corrupt), ("duplicate", sh.duplicate), ("reorder", sh.reorder)] {
+            for (name, v) in [
+                ("corrupt", sh.corrupt),
+                ("duplicate", sh.duplicate),
+                ("reorder", sh.reorder),
+            ] {
                 if let Some(v) = v {
                     parts.push(format!("{name} {}%", trim_float(v * 100.0)));
                 }
@@ -704,7 +799,10 @@ mod tests {
         FaultSpec {
             ttl: Duration::from_secs(30),
             target: Target::default(),
-            loss: Some(LossSpec { probability: p, model: None }),
+            loss: Some(LossSpec {
+                probability: p,
+                model: None,
+            }),
             shape: None,
             force: false,
             seed: None,
@@ -714,8 +812,14 @@ mod tests {
 
     #[test]
     fn port_ranges_parse() {
-        assert_eq!("80".parse::<PortRange>().unwrap(), PortRange { lo: 80, hi: 80 });
-        assert_eq!("8000-8100".parse::<PortRange>().unwrap(), PortRange { lo: 8000, hi: 8100 });
+        assert_eq!(
+            "80".parse::<PortRange>().unwrap(),
+            PortRange { lo: 80, hi: 80 }
+        );
+        assert_eq!(
+            "8000-8100".parse::<PortRange>().unwrap(),
+            PortRange { lo: 8000, hi: 8100 }
+        );
         for bad in ["0", "10-5", "70000", "a-b", "", "-5"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
@@ -727,13 +831,18 @@ mod tests {
         assert!(loss(0.1).validate(&l).is_ok());
         assert!(loss(1.0).validate(&l).is_ok());
         for p in [0.0, -0.1, 1.01, f64::NAN] {
-            assert!(matches!(loss(p).validate(&l), Err(SpecError::Probability { .. })), "{p}");
+            assert!(
+                matches!(loss(p).validate(&l), Err(SpecError::Probability { .. })),
+                "{p}"
+            );
         }
     }
 
     #[test]
     fn ttl_is_bounded() {
-        let l = Limits { max_ttl: Duration::from_mins(1) };
+        let l = Limits {
+            max_ttl: Duration::from_mins(1),
+        };
         let mut s = loss(0.5);
         s.ttl = Duration::ZERO;
         assert_eq!(s.validate(&l), Err(SpecError::TtlZero));
@@ -755,14 +864,35 @@ mod tests {
     #[test]
     fn shaping_dependencies() {
         let l = Limits::default();
-        let shape = |j: &str| -> FaultSpec { serde_json::from_str(&format!(r#"{{"ttl":"5s","shape":{j}}}"#)).unwrap() };
-        assert!(shape(r#"{"delay":"100ms","jitter":"10ms","distribution":"normal"}"#).validate(&l).is_ok());
+        let shape = |j: &str| -> FaultSpec {
+            serde_json::from_str(&format!(r#"{{"ttl":"5s","shape":{j}}}"#)).unwrap()
+        };
+        assert!(
+            shape(r#"{"delay":"100ms","jitter":"10ms","distribution":"normal"}"#)
+                .validate(&l)
+                .is_ok()
+        );
         assert!(shape(r#"{"rate":"1mbit"}"#).validate(&l).is_ok());
-        assert!(matches!(shape(r#"{"jitter":"10ms"}"#).validate(&l), Err(SpecError::Needs { .. })));
-        assert!(matches!(shape(r#"{"reorder":0.1}"#).validate(&l), Err(SpecError::Needs { .. })));
-        assert!(matches!(shape(r#"{"delay":"100ms","distribution":"pareto"}"#).validate(&l), Err(SpecError::Needs { .. })));
-        assert!(matches!(shape(r#"{"delay":"2m"}"#).validate(&l), Err(SpecError::DurationTooLong { .. })));
-        assert!(matches!(shape(r#"{"corrupt":1.5}"#).validate(&l), Err(SpecError::Probability { .. })));
+        assert!(matches!(
+            shape(r#"{"jitter":"10ms"}"#).validate(&l),
+            Err(SpecError::Needs { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"reorder":0.1}"#).validate(&l),
+            Err(SpecError::Needs { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"delay":"100ms","distribution":"pareto"}"#).validate(&l),
+            Err(SpecError::Needs { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"delay":"2m"}"#).validate(&l),
+            Err(SpecError::DurationTooLong { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"corrupt":1.5}"#).validate(&l),
+            Err(SpecError::Probability { .. })
+        ));
         assert_eq!(shape("{}").validate(&l), Err(SpecError::NoEffect));
     }
 
@@ -773,24 +903,49 @@ mod tests {
         let ok = spec(r#"{"ttl":"5s","shape":{"delay":"100ms","jitter":"5ms","backend":"edt"}}"#);
         assert!(ok.validate(&l).is_ok());
         // Round trip keeps the backend; auto is not written.
-        assert!(serde_json::to_string(&ok).unwrap().contains(r#""backend":"edt""#));
+        assert!(
+            serde_json::to_string(&ok)
+                .unwrap()
+                .contains(r#""backend":"edt""#)
+        );
         let auto = spec(r#"{"ttl":"5s","shape":{"delay":"100ms"}}"#);
         assert!(!serde_json::to_string(&auto).unwrap().contains("backend"));
         for (shape, what) in [
-            (r#"{"delay":"100ms","corrupt":0.1,"backend":"edt"}"#, "--corrupt"),
-            (r#"{"delay":"100ms","rate":"1mbit","backend":"edt"}"#, "--rate"),
-            (r#"{"delay":"100ms","jitter":"5ms","distribution":"normal","backend":"edt"}"#, "a non-uniform --distribution"),
+            (
+                r#"{"delay":"100ms","corrupt":0.1,"backend":"edt"}"#,
+                "--corrupt",
+            ),
+            (
+                r#"{"delay":"100ms","rate":"1mbit","backend":"edt"}"#,
+                "--rate",
+            ),
+            (
+                r#"{"delay":"100ms","jitter":"5ms","distribution":"normal","backend":"edt"}"#,
+                "a non-uniform --distribution",
+            ),
         ] {
             let s = spec(&format!(r#"{{"ttl":"5s","shape":{shape}}}"#));
-            assert_eq!(s.validate(&l), Err(SpecError::EdtUnsupported { what }), "{shape}");
+            assert_eq!(
+                s.validate(&l),
+                Err(SpecError::EdtUnsupported { what }),
+                "{shape}"
+            );
         }
         for dir in ["ingress", "both"] {
-            let s = spec(&format!(r#"{{"ttl":"5s","target":{{"direction":"{dir}"}},"shape":{{"delay":"10ms","backend":"edt"}}}}"#));
+            let s = spec(&format!(
+                r#"{{"ttl":"5s","target":{{"direction":"{dir}"}},"shape":{{"delay":"10ms","backend":"edt"}}}}"#
+            ));
             assert_eq!(s.validate(&l), Err(SpecError::EdtIngress));
         }
-        for shape in [r#"{"rate":"1mbit","backend":"netem"}"#, r#"{"rate":"1mbit","backend":"edt"}"#] {
+        for shape in [
+            r#"{"rate":"1mbit","backend":"netem"}"#,
+            r#"{"rate":"1mbit","backend":"edt"}"#,
+        ] {
             let s = spec(&format!(r#"{{"ttl":"5s","shape":{shape}}}"#));
-            assert!(matches!(s.validate(&l), Err(SpecError::Needs { .. })), "{shape}");
+            assert!(
+                matches!(s.validate(&l), Err(SpecError::Needs { .. })),
+                "{shape}"
+            );
         }
     }
 
@@ -808,6 +963,8 @@ mod tests {
         let s = loss(0.25);
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<FaultSpec>(&j).unwrap(), s);
-        assert!(serde_json::from_str::<FaultSpec>(r#"{"ttl":"1s","los":{"probability":0.1}}"#).is_err());
+        assert!(
+            serde_json::from_str::<FaultSpec>(r#"{"ttl":"1s","los":{"probability":0.1}}"#).is_err()
+        );
     }
 }

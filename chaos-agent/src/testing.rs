@@ -3,7 +3,10 @@
 //!
 //! Everything here shells out to iproute2 on purpose: the tests must judge the agent with
 //! independent tools, not with the netlink code under test.
-#![allow(clippy::missing_panics_doc, reason = "test helpers panic with context by design")]
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test helpers panic with context by design"
+)]
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -32,7 +35,10 @@ where
 
 /// Runs `sh -c script` and panics on failure. Its output is often not needed, hence no
 /// `#[must_use]`.
-#[allow(clippy::must_use_candidate, reason = "run for effect as often as for output")]
+#[allow(
+    clippy::must_use_candidate,
+    reason = "run for effect as often as for output"
+)]
 pub fn sh(script: &str) -> String {
     String::from_utf8_lossy(&run("sh", ["-c", script]).stdout).into_owned()
 }
@@ -81,14 +87,21 @@ impl NetNs {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut full: Vec<std::ffi::OsString> =
-            vec!["netns".into(), "exec".into(), self.name.clone().into(), program.into()];
+        let mut full: Vec<std::ffi::OsString> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.name.clone().into(),
+            program.into(),
+        ];
         full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         run("ip", full)
     }
 
     /// Runs `sh -c script` inside the namespace (panics on failure) and returns stdout.
-    #[allow(clippy::must_use_candidate, reason = "run for effect as often as for output")]
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "run for effect as often as for output"
+    )]
     pub fn sh(&self, script: &str) -> String {
         String::from_utf8_lossy(&self.exec("sh", ["-c", script]).stdout).into_owned()
     }
@@ -111,12 +124,17 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         // Kill whatever a test left running inside, then delete the namespace.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -146,7 +164,10 @@ pub struct VethPair {
 impl VethPair {
     /// Creates the pair; `subnet` (1..=250) picks 10.<subnet>.0.0/24 and fd00:<subnet>`::/64`.
     #[must_use]
-    #[allow(clippy::similar_names, reason = "a_ip/b_ip and a_if/b_if name the two ends on purpose")]
+    #[allow(
+        clippy::similar_names,
+        reason = "a_ip/b_ip and a_if/b_if name the two ends on purpose"
+    )]
     pub fn new(subnet: u8) -> Self {
         let a = NetNs::new("cha");
         let b = NetNs::new("chb");
@@ -154,22 +175,48 @@ impl VethPair {
         let b_if = unique_name("vb");
         run(
             "ip",
-            ["link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name],
+            [
+                "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if,
+                "netns", &b.name,
+            ],
         );
         let (a_ip, b_ip) = (format!("10.{subnet}.0.1"), format!("10.{subnet}.0.2"));
         let (a_ip6, b_ip6) = (format!("fd00:{subnet}::1"), format!("fd00:{subnet}::2"));
         for (ns, ifname, ip, ip6) in [(&a, &a_if, &a_ip, &a_ip6), (&b, &b_if, &b_ip, &b_ip6)] {
             ns.exec("ip", ["addr", "add", &format!("{ip}/24"), "dev", ifname]);
-            ns.exec("ip", ["-6", "addr", "add", &format!("{ip6}/64"), "dev", ifname, "nodad"]);
+            ns.exec(
+                "ip",
+                [
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ],
+            );
             ns.exec("ip", ["link", "set", ifname, "up"]);
         }
-        Self { a, b, a_if, b_if, a_ip, b_ip, a_ip6, b_ip6 }
+        Self {
+            a,
+            b,
+            a_if,
+            b_if,
+            a_ip,
+            b_ip,
+            a_ip6,
+            b_ip6,
+        }
     }
 
     /// Adds a second address to `b` (e.g. to have a destination outside a fault's filter).
     pub fn add_b_addr(&self, cidr: &str) {
         if cidr.contains(':') {
-            self.b.exec("ip", ["-6", "addr", "add", cidr, "dev", &self.b_if, "nodad"]);
+            self.b.exec(
+                "ip",
+                ["-6", "addr", "add", cidr, "dev", &self.b_if, "nodad"],
+            );
         } else {
             self.b.exec("ip", ["addr", "add", cidr, "dev", &self.b_if]);
         }
@@ -200,7 +247,8 @@ pub fn skip(test: &str, why: &str) {
 pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = ns.path();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let file =
+            std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         f()
     })
@@ -256,7 +304,15 @@ impl UdpRun {
     /// `count` small datagrams to `dst:dport`.
     #[must_use]
     pub fn new(dst: &str, dport: u16, count: u32) -> Self {
-        Self { dst: dst.to_owned(), dport, sport: 0, count, size: 64, fill: 0, cpu: None }
+        Self {
+            dst: dst.to_owned(),
+            dport,
+            sport: 0,
+            count,
+            size: 64,
+            fill: 0,
+            cpu: None,
+        }
     }
 }
 
@@ -280,7 +336,8 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let sock = UdpSocket::bind(addr).expect("bind receiver");
         let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
-        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
         ready_tx.send(()).expect("ready");
         let mut seen = vec![false; count as usize];
         let mut dups = 0u32;
@@ -327,7 +384,11 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
             set.set(cpu).expect("cpu");
             nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("affinity");
         }
-        let local: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+        let local: SocketAddr = if dst.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
         let mut local = local;
         local.set_port(o.sport);
         let sock = UdpSocket::bind(local).expect("bind sender");
@@ -348,8 +409,19 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
     });
     done_tx.send(()).expect("done");
     let (seen, duplicates, latency_us) = receiver.join().expect("receiver");
-    let lost: Vec<u32> = seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i as u32).collect();
-    UdpResult { sent: opts.count, received: opts.count - lost.len() as u32, lost, duplicates, latency_us }
+    let lost: Vec<u32> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !**s)
+        .map(|(i, _)| i as u32)
+        .collect();
+    UdpResult {
+        sent: opts.count,
+        received: opts.count - lost.len() as u32,
+        lost,
+        duplicates,
+        latency_us,
+    }
 }
 
 /// A `chaos-agent` process started by a test.
@@ -380,7 +452,10 @@ impl AgentProcess {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -395,10 +470,17 @@ impl AgentProcess {
                 if n == 0 {
                     break;
                 }
-                sb.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+                sb.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Self { child, lines, stderr: stderr_buf, stdout: Vec::new() }
+        Self {
+            child,
+            lines,
+            stderr: stderr_buf,
+            stdout: Vec::new(),
+        }
     }
 
     /// Waits for a stdout line starting with `prefix` and returns it (panics after `timeout`
@@ -414,7 +496,10 @@ impl AgentProcess {
                         return line;
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout | std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!(
+                Err(
+                    std::sync::mpsc::RecvTimeoutError::Timeout
+                    | std::sync::mpsc::RecvTimeoutError::Disconnected,
+                ) => panic!(
                     "no line starting with {prefix:?} within {timeout:?}; stdout {:?}; stderr:\n{}",
                     self.stdout,
                     self.stderr()
@@ -426,7 +511,11 @@ impl AgentProcess {
     /// Waits for the `injected f-XXXXXXXX: ...` line and returns the fault id.
     pub fn expect_injected(&mut self) -> String {
         let line = self.expect_line("injected ", std::time::Duration::from_secs(30));
-        line.split_whitespace().nth(1).expect("id").trim_end_matches(':').to_owned()
+        line.split_whitespace()
+            .nth(1)
+            .expect("id")
+            .trim_end_matches(':')
+            .to_owned()
     }
 
     /// Stderr so far.
@@ -438,21 +527,32 @@ impl AgentProcess {
     /// Sends a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         // `ip netns exec` execs the binary, so the child pid is the agent itself.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("kill");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("kill");
     }
 
     /// Waits for exit (bounded) and returns the status and the remaining stdout.
-    #[must_use] 
-    pub fn wait(mut self, timeout: std::time::Duration) -> (std::process::ExitStatus, Vec<String>, String) {
+    #[must_use]
+    pub fn wait(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> (std::process::ExitStatus, Vec<String>, String) {
         let deadline = std::time::Instant::now() + timeout;
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 break s;
             }
-            assert!(std::time::Instant::now() < deadline, "agent did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        while let Ok(l) = self.lines.recv_timeout(std::time::Duration::from_millis(500)) {
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(std::time::Duration::from_millis(500))
+        {
             self.stdout.push(l);
         }
         let err = self.stderr();
@@ -466,9 +566,13 @@ impl Drop for AgentProcess {
     /// without tcx, and the next test would trip over them.
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
@@ -508,7 +612,11 @@ pub fn loaded_bpf_programs() -> Vec<String> {
     let out = run("bpftool", ["-j", "prog", "show"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
     v.as_array()
-        .map(|a| a.iter().filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -516,7 +624,9 @@ pub fn loaded_bpf_programs() -> Vec<String> {
 #[must_use]
 pub fn tc_filters(ns: &NetNs, ifname: &str, hook: &str) -> serde_json::Value {
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "tc", "-j", "filter", "show", "dev", ifname, hook])
+        .args([
+            "netns", "exec", &ns.name, "tc", "-j", "filter", "show", "dev", ifname, hook,
+        ])
         .output()
         .expect("tc");
     // Without clsact, tc prints nothing (or an error): that is "no filters".
@@ -543,7 +653,9 @@ pub fn tc_qdiscs(ns: &NetNs, ifname: &str) -> String {
 /// Round-trip times (ms) of `count` pings from `ns` to `dst`, one every `interval` seconds.
 #[must_use]
 pub fn ping_rtts(ns: &NetNs, dst: &str, count: u32, interval: f64) -> Vec<f64> {
-    let out = ns.sh(&format!("ping -n -c {count} -i {interval} -W 2 {dst} || true"));
+    let out = ns.sh(&format!(
+        "ping -n -c {count} -i {interval} -W 2 {dst} || true"
+    ));
     out.lines()
         .filter_map(|l| l.split("time=").nth(1))
         .filter_map(|t| t.split_whitespace().next()?.parse().ok())
@@ -555,13 +667,20 @@ pub fn ping_rtts(ns: &NetNs, dst: &str, count: u32, interval: f64) -> Vec<f64> {
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+    if s.is_empty() {
+        f64::NAN
+    } else {
+        s[s.len() / 2]
+    }
 }
 
 /// Whether a qdisc kind is available (probed in a throwaway namespace).
 #[must_use]
 pub fn have_qdisc(kind: &'static str) -> bool {
-    matches!(crate::doctor::probe_qdiscs(&[kind]).first(), Some((_, Ok(crate::doctor::QdiscProbe::Present))))
+    matches!(
+        crate::doctor::probe_qdiscs(&[kind]).first(),
+        Some((_, Ok(crate::doctor::QdiscProbe::Present)))
+    )
 }
 
 /// Programs attached to an interface (tcx links and tc filters), per `bpftool -j net show dev`.

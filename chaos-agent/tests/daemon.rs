@@ -6,7 +6,10 @@
 //! Other agents may run on the same host (other worktrees, CI jobs), so "nothing left" is
 //! checked precisely: the tc filters of our namespace, and the eBPF program ids our agent held
 //! (read from its /proc fdinfo) are no longer loaded anywhere.
-#![allow(clippy::missing_panics_doc, reason = "test helpers panic with context by design")]
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "test helpers panic with context by design"
+)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -29,7 +32,10 @@ fn is_root() -> bool {
 macro_rules! host_only {
     ($name:expr) => {
         if testing::in_vm() {
-            testing::skip($name, "timing/load test: measured on the host, not under TCG");
+            testing::skip(
+                $name,
+                "timing/load test: measured on the host, not under TCG",
+            );
             return;
         }
     };
@@ -85,14 +91,23 @@ impl<'a> Agent<'a> {
 
     /// Starts an agent with `config` (TOML) and extra `run` flags; waits until it answers.
     fn start(net: &'a VethPair, dir: &Path, config: &str, extra: &[&str]) -> Self {
-        let mut a = Self { net, dir: dir.to_owned(), child: None, extra: extra.iter().map(|s| (*s).to_owned()).collect() };
+        let mut a = Self {
+            net,
+            dir: dir.to_owned(),
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
         std::fs::write(a.config(), config).expect("write config");
         a.spawn();
         a
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("log");
         let mut cmd = self.net.a.command(bin().to_str().expect("utf-8 path"));
         cmd.arg("--state-dir")
             .arg(self.state())
@@ -109,13 +124,23 @@ impl<'a> Agent<'a> {
         self.child = Some(cmd.spawn().expect("spawn agent"));
         let t0 = Instant::now();
         loop {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("agent exited at start ({st}): {}", self.log_text());
             }
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() && self.cli(&["status"]).status.success() {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+                && self.cli(&["status"]).status.success()
+            {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "agent did not come up: {}", self.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "agent did not come up: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -142,7 +167,12 @@ impl<'a> Agent<'a> {
     /// Runs the CLI and panics unless it succeeds; returns stdout.
     fn cli_ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
-        assert!(o.status.success(), "chaos-agent {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "chaos-agent {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -157,7 +187,10 @@ impl<'a> Agent<'a> {
         let mut v = vec!["inject", "--iface", &self.net.a_if];
         v.extend_from_slice(args);
         let out = self.cli_ok(&v);
-        let id = out.strip_prefix("injected ").and_then(|s| s.split(':').next()).unwrap_or_else(|| panic!("unexpected inject output {out:?}"));
+        let id = out
+            .strip_prefix("injected ")
+            .and_then(|s| s.split(':').next())
+            .unwrap_or_else(|| panic!("unexpected inject output {out:?}"));
         id.to_owned()
     }
 
@@ -167,11 +200,19 @@ impl<'a> Agent<'a> {
     }
 
     fn list_ids(&self) -> Vec<String> {
-        self.cli_json(&["list"])["faults"].as_array().expect("faults").iter().map(|f| f["id"].as_str().expect("id").to_owned()).collect()
+        self.cli_json(&["list"])["faults"]
+            .as_array()
+            .expect("faults")
+            .iter()
+            .map(|f| f["id"].as_str().expect("id").to_owned())
+            .collect()
     }
 
     fn metrics_addr(&self) -> String {
-        self.cli_json(&["status"])["metrics_addr"].as_str().expect("metrics addr").to_owned()
+        self.cli_json(&["status"])["metrics_addr"]
+            .as_str()
+            .expect("metrics addr")
+            .to_owned()
     }
 
     fn metrics(&self) -> String {
@@ -195,7 +236,11 @@ impl<'a> Agent<'a> {
     fn sigterm(&mut self) -> (bool, Duration) {
         let mut c = self.child.take().expect("running");
         let t0 = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("kill");
         loop {
             if let Some(st) = c.try_wait().expect("wait") {
                 return (st.success(), t0.elapsed());
@@ -213,19 +258,37 @@ impl<'a> Agent<'a> {
         ["ingress", "egress"]
             .iter()
             .map(|hook| {
-                let out = self.net.a.sh(&format!("tc -j filter show dev {} {hook}", self.net.a_if));
-                let v: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).expect("tc json");
-                v.as_array().map_or(0, |a| a.iter().filter(|f| f.to_string().contains("chaos_tc")).count())
+                let out = self
+                    .net
+                    .a
+                    .sh(&format!("tc -j filter show dev {} {hook}", self.net.a_if));
+                let v: Value =
+                    serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
+                        .expect("tc json");
+                v.as_array().map_or(0, |a| {
+                    a.iter()
+                        .filter(|f| f.to_string().contains("chaos_tc"))
+                        .count()
+                })
             })
             .sum()
     }
 
     fn has_clsact(&self) -> bool {
-        self.net.a.sh(&format!("tc qdisc show dev {}", self.net.a_if)).contains("clsact")
+        self.net
+            .a
+            .sh(&format!("tc qdisc show dev {}", self.net.a_if))
+            .contains("clsact")
     }
 
     fn journal_files(&self) -> usize {
-        std::fs::read_dir(self.state().join("faults")).map_or(0, |d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))).count())
+        std::fs::read_dir(self.state().join("faults")).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .count()
+        })
     }
 }
 
@@ -236,11 +299,21 @@ impl Drop for Agent<'_> {
         }
         self.sigkill();
         // A test that failed half-way must not leave filters behind for the next one.
-        let _ = Command::new(bin()).args(["--state-dir"]).arg(self.state()).arg("cleanup").output();
+        let _ = Command::new(bin())
+            .args(["--state-dir"])
+            .arg(self.state())
+            .arg("cleanup")
+            .output();
     }
 }
 
-fn curl_as(socket: &Path, method: &str, path: &str, body: Option<&str>, setpriv_nobody: Option<()>) -> (u16, Value) {
+fn curl_as(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    setpriv_nobody: Option<()>,
+) -> (u16, Value) {
     let mut cmd = if setpriv_nobody.is_some() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
@@ -248,19 +321,35 @@ fn curl_as(socket: &Path, method: &str, path: &str, body: Option<&str>, setpriv_
     } else {
         Command::new("curl")
     };
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--unix-socket"]).arg(socket).arg(format!("http://agent{path}"));
+    cmd.args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "--unix-socket",
+    ])
+    .arg(socket)
+    .arg(format!("http://agent{path}"));
     if let Some(b) = body {
         cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
     }
     let out = cmd.output().expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 fn prog_ids_of(pid: u32) -> BTreeSet<u32> {
     let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
     for e in dir.flatten() {
         if let Ok(s) = std::fs::read_to_string(e.path()) {
             for l in s.lines() {
@@ -280,7 +369,11 @@ fn loaded_chaos_progs() -> BTreeSet<u32> {
     v.as_array()
         .expect("array")
         .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("chaos_tc")))
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("chaos_tc"))
+        })
         .filter_map(|p| p["id"].as_u64().map(|i| i as u32))
         .collect()
 }
@@ -293,7 +386,10 @@ fn assert_progs_gone(ours: &BTreeSet<u32>) {
         if left.is_empty() {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "our chaos_tc programs still loaded: {left:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "our chaos_tc programs still loaded: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -301,7 +397,11 @@ fn assert_progs_gone(ours: &BTreeSet<u32>) {
 const NETLINK: &[&str] = &["--attach-mode", "netlink"];
 
 #[test]
-#[allow(clippy::too_many_lines, clippy::many_single_char_names, reason = "one scenario, read top to bottom")]
+#[allow(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "one scenario, read top to bottom"
+)]
 fn api_create_list_show_extend_stop() {
     require_root!("api_create_list_show_extend_stop");
     let net = VethPair::new(41);
@@ -310,7 +410,10 @@ fn api_create_list_show_extend_stop() {
 
     // Socket: mode 0600, root.
     let meta = std::fs::metadata(agent.socket()).expect("socket");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
 
     // Create through the CLI and through raw HTTP.
     let a = agent.inject(&["--loss", "20%", "--ttl", "60s"]);
@@ -326,9 +429,16 @@ fn api_create_list_show_extend_stop() {
     let mut want = vec![a.clone(), b.clone()];
     want.sort();
     assert_eq!(ids, want);
-    assert_eq!(agent.our_filters(), 3, "one egress filter for {a}, two for {b}");
+    assert_eq!(
+        agent.our_filters(),
+        3,
+        "one egress filter for {a}, two for {b}"
+    );
     let held = agent.prog_ids();
-    assert!(held.len() >= 4, "agent holds the programs of both faults: {held:?}");
+    assert!(
+        held.len() >= 4,
+        "agent holds the programs of both faults: {held:?}"
+    );
 
     // Show, over both.
     let (code, shown) = agent.curl("GET", &format!("/v1/faults/{a}"), None);
@@ -339,28 +449,64 @@ fn api_create_list_show_extend_stop() {
     // Extend via the CLI and via HTTP; over the maximum is refused.
     let out = agent.cli_ok(&["extend", &a, "--by", "30s"]);
     assert!(out.contains("ttl now 1m 30s"), "{out}");
-    let (code, ext) = agent.curl("POST", &format!("/v1/faults/{b}/extend"), Some(r#"{"by":"1m"}"#));
+    let (code, ext) = agent.curl(
+        "POST",
+        &format!("/v1/faults/{b}/extend"),
+        Some(r#"{"by":"1m"}"#),
+    );
     assert_eq!(code, 200, "{ext}");
     assert_eq!(ext["spec"]["ttl"], "2m");
-    let (code, err) = agent.curl("POST", &format!("/v1/faults/{b}/extend"), Some(r#"{"by":"1h"}"#));
+    let (code, err) = agent.curl(
+        "POST",
+        &format!("/v1/faults/{b}/extend"),
+        Some(r#"{"by":"1h"}"#),
+    );
     assert_eq!(code, 400, "{err}");
-    assert!(err["error"]["message"].as_str().expect("msg").contains("exceeds the maximum of 10m"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("exceeds the maximum of 10m"),
+        "{err}"
+    );
 
     // Bad requests: 4xx, a clear message, nothing added.
     let before_filters = agent.our_filters();
     let before_progs = agent.prog_ids();
     for (body, code, needle) in [
         ("{not json", 400, "invalid fault spec"),
-        (r#"{"ttl":"10s","los":{"probability":0.1}}"#, 400, "unknown field `los`"),
-        (r#"{"ttl":"10s","loss":{"probability":0.1},"target":{"ifac":"x"}}"#, 400, "unknown field `ifac`"),
-        (r#"{"ttl":"2h","loss":{"probability":0.1}}"#, 400, "exceeds the maximum of 10m"),
-        (r#"{"ttl":"10s","loss":{"probability":1.5}}"#, 400, "must be in (0, 1]"),
-        (r#"{"ttl":"10s","loss":{"probability":0.1},"target":{"iface":"nope0"}}"#, 400, "does not exist"),
+        (
+            r#"{"ttl":"10s","los":{"probability":0.1}}"#,
+            400,
+            "unknown field `los`",
+        ),
+        (
+            r#"{"ttl":"10s","loss":{"probability":0.1},"target":{"ifac":"x"}}"#,
+            400,
+            "unknown field `ifac`",
+        ),
+        (
+            r#"{"ttl":"2h","loss":{"probability":0.1}}"#,
+            400,
+            "exceeds the maximum of 10m",
+        ),
+        (
+            r#"{"ttl":"10s","loss":{"probability":1.5}}"#,
+            400,
+            "must be in (0, 1]",
+        ),
+        (
+            r#"{"ttl":"10s","loss":{"probability":0.1},"target":{"iface":"nope0"}}"#,
+            400,
+            "does not exist",
+        ),
         ("", 400, "body is empty"),
     ] {
         let (c, e) = agent.curl("POST", "/v1/faults", Some(body));
         assert_eq!(c, code, "{body}: {e}");
-        let msg = e["error"]["message"].as_str().unwrap_or_else(|| panic!("{body}: no JSON error: {e}"));
+        let msg = e["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}: no JSON error: {e}"));
         assert!(msg.contains(needle), "{body}: {msg}");
     }
     let (c, e) = agent.curl("GET", "/v1/faults/f-00000001", None);
@@ -368,12 +514,25 @@ fn api_create_list_show_extend_stop() {
     let (c, e) = agent.curl("GET", "/v1/faults/bogus", None);
     assert_eq!(c, 400, "{e}");
     let (c, e) = agent.curl("GET", "/v2/faults", None);
-    assert_eq!((c, e["error"]["code"].as_str()), (404, Some("no_such_endpoint")));
-    let o = agent.cli(&["inject", "--iface", &net.a_if, "--loss", "0.1", "--ttl", "2h"]);
+    assert_eq!(
+        (c, e["error"]["code"].as_str()),
+        (404, Some("no_such_endpoint"))
+    );
+    let o = agent.cli(&[
+        "inject", "--iface", &net.a_if, "--loss", "0.1", "--ttl", "2h",
+    ]);
     assert_eq!(o.status.code(), Some(2), "CLI exits 2 on a refused request");
     assert!(String::from_utf8_lossy(&o.stderr).contains("exceeds the maximum"));
-    assert_eq!(agent.our_filters(), before_filters, "refused requests added tc filters");
-    assert_eq!(agent.prog_ids(), before_progs, "refused requests loaded programs");
+    assert_eq!(
+        agent.our_filters(),
+        before_filters,
+        "refused requests added tc filters"
+    );
+    assert_eq!(
+        agent.prog_ids(),
+        before_progs,
+        "refused requests loaded programs"
+    );
 
     // Status.
     let st = agent.cli_json(&["status"]);
@@ -391,40 +550,78 @@ fn api_create_list_show_extend_stop() {
     assert_eq!(all["reverted"].as_array().map(Vec::len), Some(1));
     assert!(agent.list_ids().is_empty());
     assert_eq!(agent.our_filters(), 0);
-    assert!(!agent.has_clsact(), "the clsact we created is removed with the last fault");
+    assert!(
+        !agent.has_clsact(),
+        "the clsact we created is removed with the last fault"
+    );
     assert_eq!(agent.journal_files(), 0);
-    assert!(agent.prog_ids().is_empty(), "agent still holds programs: {:?}", agent.prog_ids());
+    assert!(
+        agent.prog_ids().is_empty(),
+        "agent still holds programs: {:?}",
+        agent.prog_ids()
+    );
     assert_progs_gone(&held);
 
     // stop --all through the CLI, pause / resume.
     agent.inject(&["--loss", "0.1", "--ttl", "60s"]);
-    assert!(agent.cli_ok(&["stop", "--all"]).starts_with("stopped 1 fault(s)"));
+    assert!(
+        agent
+            .cli_ok(&["stop", "--all"])
+            .starts_with("stopped 1 fault(s)")
+    );
     agent.inject(&["--loss", "0.1", "--ttl", "60s"]);
     let out = agent.cli_ok(&["pause"]);
     assert!(out.contains("1 fault(s) reverted"), "{out}");
-    let o = agent.cli(&["inject", "--iface", &net.a_if, "--loss", "0.1", "--ttl", "10s"]);
+    let o = agent.cli(&[
+        "inject", "--iface", &net.a_if, "--loss", "0.1", "--ttl", "10s",
+    ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("paused"));
-    assert!(agent.cli_json(&["status"])["paused"].as_bool().expect("paused"));
+    assert!(
+        agent.cli_json(&["status"])["paused"]
+            .as_bool()
+            .expect("paused")
+    );
     agent.cli_ok(&["resume"]);
     let id = agent.inject(&["--loss", "0.1"]);
-    assert_eq!(agent.cli_json(&["show", &id])["spec"]["ttl"], "5m", "default_ttl applies when --ttl is omitted");
+    assert_eq!(
+        agent.cli_json(&["show", &id])["spec"]["ttl"],
+        "5m",
+        "default_ttl applies when --ttl is omitted"
+    );
     agent.cli_ok(&["stop", &id]);
 
     // SIGHUP reloads the config: a lower max_ttl applies to new requests.
-    std::fs::write(agent.config(), "[limits]\nmax_ttl = \"30s\"\ndefault_ttl = \"10s\"\n").expect("write");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid() as i32), nix::sys::signal::Signal::SIGHUP).expect("hup");
+    std::fs::write(
+        agent.config(),
+        "[limits]\nmax_ttl = \"30s\"\ndefault_ttl = \"10s\"\n",
+    )
+    .expect("write");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("hup");
     let t0 = Instant::now();
     while agent.cli_json(&["status"])["max_ttl"] != "30s" {
         assert!(t0.elapsed() < Duration::from_secs(5), "reload not applied");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (c, _) = agent.curl("POST", "/v1/faults", Some(r#"{"ttl":"1m","loss":{"probability":0.1}}"#));
+    let (c, _) = agent.curl(
+        "POST",
+        "/v1/faults",
+        Some(r#"{"ttl":"1m","loss":{"probability":0.1}}"#),
+    );
     assert_eq!(c, 400);
 
     // Every operation was logged as one structured line naming the uid.
     let log = agent.log_text();
-    for event in ["inject", "stop", "revert", "refuse", "extend", "pause", "resume"] {
-        let found = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| v["event"] == event && (event == "revert" || v["uid"] == 0));
+    for event in [
+        "inject", "stop", "revert", "refuse", "extend", "pause", "resume",
+    ] {
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["event"] == event && (event == "revert" || v["uid"] == 0));
         assert!(found, "no JSON log line for {event} with uid 0");
     }
 }
@@ -436,16 +633,30 @@ fn uid_not_allowed_is_refused() {
     let dir = TempDir::new();
     let agent = Agent::start(&net, &dir.0, "", &[]);
     // Test-only: make the socket reachable for anyone, so that SO_PEERCRED is what refuses.
-    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    std::fs::set_permissions(agent.socket(), std::os::unix::fs::PermissionsExt::from_mode(0o666)).expect("chmod");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::set_permissions(
+        agent.socket(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
     let (c, e) = curl_as(&agent.socket(), "GET", "/v1/faults", None, Some(()));
     assert_eq!(c, 403, "{e}");
-    assert!(e["error"]["message"].as_str().expect("msg").contains("uid 65534 may not use"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("uid 65534 may not use"),
+        "{e}"
+    );
     let (c, _) = curl_as(
         &agent.socket(),
         "POST",
         "/v1/faults",
-        Some(&format!(r#"{{"ttl":"10s","loss":{{"probability":1}},"target":{{"iface":"{}"}}}}"#, net.a_if)),
+        Some(&format!(
+            r#"{{"ttl":"10s","loss":{{"probability":1}},"target":{{"iface":"{}"}}}}"#,
+            net.a_if
+        )),
         Some(()),
     );
     assert_eq!(c, 403);
@@ -457,10 +668,19 @@ fn uid_not_allowed_is_refused() {
         .output()
         .expect("setpriv");
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("uid 65534 may not use"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("uid 65534 may not use"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(agent.list_ids().is_empty(), "nothing was created");
     let log = agent.log_text();
-    assert!(log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| v["event"] == "refuse" && v["uid"] == 65534), "refusal logged with the uid");
+    assert!(
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["event"] == "refuse" && v["uid"] == 65534),
+        "refusal logged with the uid"
+    );
     drop(agent);
 
     // With the group configured, the same client is allowed (socket 0660 root:nogroup).
@@ -474,10 +694,19 @@ fn uid_not_allowed_is_refused() {
         })
         .expect("a group with gid 65534");
     let dir2 = TempDir::new();
-    let agent = Agent::start(&net, &dir2.0, &format!("[api]\nallowed_group = \"{group}\"\n"), &[]);
+    let agent = Agent::start(
+        &net,
+        &dir2.0,
+        &format!("[api]\nallowed_group = \"{group}\"\n"),
+        &[],
+    );
     let meta = std::fs::metadata(agent.socket()).expect("socket");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o660);
-    std::fs::set_permissions(&dir2.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o660
+    );
+    std::fs::set_permissions(&dir2.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let (c, e) = curl_as(&agent.socket(), "GET", "/v1/faults", None, Some(()));
     assert_eq!(c, 200, "{e}");
 }
@@ -520,7 +749,10 @@ fn parallel_clients_leave_nothing() {
         }
     });
     let took = t0.elapsed();
-    eprintln!("load: 4 clients x 25 create/stop cycles in {:.2}s", took.as_secs_f64());
+    eprintln!(
+        "load: 4 clients x 25 create/stop cycles in {:.2}s",
+        took.as_secs_f64()
+    );
     assert!(took < Duration::from_mins(1), "load took {took:?}");
     assert!(agent.list_ids().is_empty());
     assert_eq!(agent.our_filters(), 0);
@@ -531,7 +763,10 @@ fn parallel_clients_leave_nothing() {
     assert!(!seen.is_empty());
     assert_progs_gone(&seen);
     let m = agent.metrics();
-    assert!(m.contains("chaos_agent_faults_injected_total{kind=\"loss\"} 100"), "{m}");
+    assert!(
+        m.contains("chaos_agent_faults_injected_total{kind=\"loss\"} 100"),
+        "{m}"
+    );
 }
 
 fn leftovers_removed(metrics: &str) -> u64 {
@@ -555,34 +790,68 @@ fn crash_leftovers_removed_at_restart_and_by_cleanup() {
     // HTB root (egress), an IFB with its own root and the mirred redirect (ingress).
     let shaping = agent.inject(&["--rate", "5mbit", "--ttl", "10m", "--direction", "both"]);
     // A second shaping fault on the same interface and direction is refused, naming the first.
-    let clash = agent.cli(&["inject", "--iface", &net.a_if, "--rate", "1mbit", "--ttl", "1m"]);
+    let clash = agent.cli(&[
+        "inject", "--iface", &net.a_if, "--rate", "1mbit", "--ttl", "1m",
+    ]);
     let clash_err = String::from_utf8_lossy(&clash.stderr);
-    assert!(!clash.status.success() && clash_err.contains(&shaping), "conflict must name {shaping}: {clash_err}");
+    assert!(
+        !clash.status.success() && clash_err.contains(&shaping),
+        "conflict must name {shaping}: {clash_err}"
+    );
     assert_eq!(agent.our_filters(), 5);
     assert_ne!(testing::tc_qdiscs(&net.a, &net.a_if), qdiscs_before);
     assert!(net.a.sh("ip -o link show").contains("chaos-ifb"));
     agent.sigkill();
-    assert_eq!(agent.our_filters(), 5, "netlink filters outlive a SIGKILLed agent");
+    assert_eq!(
+        agent.our_filters(),
+        5,
+        "netlink filters outlive a SIGKILLed agent"
+    );
     assert_eq!(agent.journal_files(), 3);
 
     agent.spawn();
-    assert_eq!(agent.our_filters(), 0, "start-up reconcile removed the filters");
+    assert_eq!(
+        agent.our_filters(),
+        0,
+        "start-up reconcile removed the filters"
+    );
     assert!(!agent.has_clsact());
     assert_eq!(agent.journal_files(), 0);
-    assert_eq!(testing::tc_qdiscs(&net.a, &net.a_if), qdiscs_before, "qdisc tree restored at start-up");
-    assert!(!net.a.sh("ip -o link show").contains("chaos-ifb"), "IFB removed at start-up");
+    assert_eq!(
+        testing::tc_qdiscs(&net.a, &net.a_if),
+        qdiscs_before,
+        "qdisc tree restored at start-up"
+    );
+    assert!(
+        !net.a.sh("ip -o link show").contains("chaos-ifb"),
+        "IFB removed at start-up"
+    );
     let st = agent.cli_json(&["status"]);
     let removed = leftovers_removed(&agent.metrics());
-    assert!(removed >= 7, "chaos_agent_leftovers_removed_total = {removed}");
+    assert!(
+        removed >= 7,
+        "chaos_agent_leftovers_removed_total = {removed}"
+    );
     assert_eq!(st["leftovers_removed_at_start"].as_u64(), Some(removed));
 
     // Same crash, cleaned up offline.
     agent.inject(&["--loss", "0.1", "--ttl", "10m", "--direction", "both"]);
     agent.sigkill();
     assert_eq!(agent.our_filters(), 2);
-    let o = net.a.command(bin().to_str().expect("utf-8")).arg("--state-dir").arg(agent.state()).arg("cleanup").output().expect("cleanup");
+    let o = net
+        .a
+        .command(bin().to_str().expect("utf-8"))
+        .arg("--state-dir")
+        .arg(agent.state())
+        .arg("cleanup")
+        .output()
+        .expect("cleanup");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains("replayed 1 journal"), "{out}");
     assert_eq!(agent.our_filters(), 0);
     assert!(!agent.has_clsact());
@@ -596,13 +865,22 @@ fn sigterm_reverts_everything_within_5s() {
     let dir = TempDir::new();
     let mut agent = Agent::start(&net, &dir.0, "", NETLINK);
     for i in 0..10 {
-        agent.inject(&["--loss", "0.5", "--ttl", "10m", "--direction", if i % 2 == 0 { "both" } else { "egress" }]);
+        agent.inject(&[
+            "--loss",
+            "0.5",
+            "--ttl",
+            "10m",
+            "--direction",
+            if i % 2 == 0 { "both" } else { "egress" },
+        ]);
     }
     // A client blocked in `inject --wait` learns that its fault ended with the shutdown.
     let waiter = net
         .a
         .command(bin().to_str().expect("utf-8"))
-        .args(["inject", "--iface", &net.a_if, "--loss", "0.5", "--ttl", "10m", "--wait"])
+        .args([
+            "inject", "--iface", &net.a_if, "--loss", "0.5", "--ttl", "10m", "--wait",
+        ])
         .env("CHAOS_AGENT_SOCKET", agent.socket())
         .stdout(Stdio::piped())
         .spawn()
@@ -615,7 +893,10 @@ fn sigterm_reverts_everything_within_5s() {
     let held = agent.prog_ids();
     assert_eq!(agent.our_filters(), 16);
     let (ok, took) = agent.sigterm();
-    eprintln!("SIGTERM with 11 active faults: exited in {} ms", took.as_millis());
+    eprintln!(
+        "SIGTERM with 11 active faults: exited in {} ms",
+        took.as_millis()
+    );
     assert!(ok, "clean exit: {}", agent.log_text());
     assert!(took < Duration::from_secs(5), "exit took {took:?}");
     assert_eq!(agent.our_filters(), 0);
@@ -661,7 +942,11 @@ fn ttl_reverts_are_on_time() {
     let t0 = Instant::now();
     let mut lateness = ttl_lateness();
     while lateness.len() < n {
-        assert!(t0.elapsed() < Duration::from_secs(30), "only {} of {n} TTL reverts logged", lateness.len());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "only {} of {n} TTL reverts logged",
+            lateness.len()
+        );
         std::thread::sleep(Duration::from_millis(100));
         lateness = ttl_lateness();
     }
@@ -671,11 +956,22 @@ fn ttl_reverts_are_on_time() {
     let pct = |p: f64| lateness[((lateness.len() as f64 * p).ceil() as usize).saturating_sub(1)];
     let (p50, p99, max) = (pct(0.5), pct(0.99), lateness[lateness.len() - 1]);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("TTL revert lateness over {n} faults: p50 {p50} us, p99 {p99} us, max {max} us (loadavg {})", load.trim());
+    eprintln!(
+        "TTL revert lateness over {n} faults: p50 {p50} us, p99 {p99} us, max {max} us (loadavg {})",
+        load.trim()
+    );
     assert!(p99 < 20_000, "p99 lateness {p99} us >= 20 ms");
     let m = agent.metrics();
-    assert!(m.contains(&format!("chaos_agent_ttl_revert_lateness_seconds_count {n}")), "{m}");
-    assert!(m.contains("chaos_agent_ttl_revert_lateness_seconds_bucket{le=\"0.0256\"}"), "{m}");
+    assert!(
+        m.contains(&format!(
+            "chaos_agent_ttl_revert_lateness_seconds_count {n}"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("chaos_agent_ttl_revert_lateness_seconds_bucket{le=\"0.0256\"}"),
+        "{m}"
+    );
 }
 
 /// Kills a helper process (Prometheus) however the test ends.
@@ -690,26 +986,51 @@ impl Drop for KillOnDrop<'_> {
 
 fn free_port_in(ns: &testing::NetNs) -> u16 {
     // A fresh namespace has no listeners; any port works, but ask the kernel to be safe.
-    testing::in_netns(ns, || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port())
+    testing::in_netns(ns, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port()
+    })
 }
 
 #[test]
 fn metrics_pass_promtool_and_prometheus_sees_drops() {
     require_root!("metrics_pass_promtool_and_prometheus_sees_drops");
     if !testing::have_tool("promtool") || !testing::have_tool("prometheus") {
-        testing::skip("metrics_pass_promtool_and_prometheus_sees_drops", "promtool/prometheus not installed");
+        testing::skip(
+            "metrics_pass_promtool_and_prometheus_sees_drops",
+            "promtool/prometheus not installed",
+        );
         return;
     }
     let net = VethPair::new(47);
     let dir = TempDir::new();
     let mport = free_port_in(&net.a);
-    let agent = Agent::start(&net, &dir.0, "", &["--metrics-addr", &format!("127.0.0.1:{mport}")]);
+    let agent = Agent::start(
+        &net,
+        &dir.0,
+        "",
+        &["--metrics-addr", &format!("127.0.0.1:{mport}")],
+    );
     let status = agent.cli_json(&["status"]);
-    assert!(status["protected_ports"].as_array().expect("ports").iter().any(|p| p == &Value::from(mport.to_string())), "metrics port protected: {status}");
+    assert!(
+        status["protected_ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p == &Value::from(mport.to_string())),
+        "metrics port protected: {status}"
+    );
 
     // Content type and promtool.
-    let ct = net.a.sh(&format!("curl -sf -o /dev/null -w '%{{content_type}}' http://127.0.0.1:{mport}/metrics"));
-    assert_eq!(ct, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    let ct = net.a.sh(&format!(
+        "curl -sf -o /dev/null -w '%{{content_type}}' http://127.0.0.1:{mport}/metrics"
+    ));
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let id = agent.inject(&["--loss", "50%", "--ttl", "2m", "--proto", "icmp"]);
     let text = agent.metrics();
     assert!(text.contains("chaos_agent_info{"), "{text}");
@@ -736,8 +1057,14 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
     let mut prom = net
         .a
         .command("prometheus")
-        .arg(format!("--config.file={}", pdir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", pdir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            pdir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            pdir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(pdir.join("prom.log")).expect("log"))
@@ -748,10 +1075,19 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
     let query = |q: &str| -> Option<f64> {
         let out = net.a.sh(&format!("curl -s --get --data-urlencode 'query={q}' http://127.0.0.1:{pport}/api/v1/query || true"));
         let v: Value = serde_json::from_str(&out).ok()?;
-        v["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
+        v["data"]["result"].as_array()?.first()?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
     };
     // Traffic the fault drops: ICMP echo from a to b (egress of a's veth).
-    let ping = net.a.command("ping").args(["-q", "-i", "0.05", "-w", "60", &net.b_ip]).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+    let ping = net
+        .a
+        .command("ping")
+        .args(["-q", "-i", "0.05", "-w", "60", &net.b_ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
     let mut ping = ping.expect("ping");
     let q = "sum(chaos_agent_packets_dropped_total)";
     let t0 = Instant::now();
@@ -759,7 +1095,11 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
         if let Some(v) = query(q).filter(|v| *v > 0.0) {
             break v;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "prometheus never saw drops; log: {}", std::fs::read_to_string(pdir.join("prom.log")).unwrap_or_default());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "prometheus never saw drops; log: {}",
+            std::fs::read_to_string(pdir.join("prom.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     let later = loop {
@@ -767,14 +1107,22 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
         if let Some(v) = query(q).filter(|v| *v > first) {
             break v;
         }
-        assert!(t0.elapsed() < Duration::from_secs(45), "drops did not increase past {first}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(45),
+            "drops did not increase past {first}"
+        );
     };
     eprintln!("prometheus: {q} went {first} -> {later}");
     let _ = ping.kill();
     let _ = ping.wait();
     // The agent's own metric for what it did matches the kernel counters it reports.
     let shown = agent.cli_json(&["show", &id]);
-    assert!(shown["counters"]["egress"]["dropped"].as_u64().expect("dropped") as f64 >= first);
+    assert!(
+        shown["counters"]["egress"]["dropped"]
+            .as_u64()
+            .expect("dropped") as f64
+            >= first
+    );
     agent.cli_ok(&["stop", &id]);
 }
 
@@ -792,20 +1140,50 @@ fn tcp_needs_a_token_and_limits_apply() {
     );
     let agent = Agent::start(&net, &dir.0, &cfg, &[]);
     let url = format!("http://127.0.0.1:{port}/v1/status");
-    let code = |extra: &str| net.a.sh(&format!("curl -s -o /dev/null -w '%{{http_code}}' {extra} {url}"));
+    let code = |extra: &str| {
+        net.a.sh(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' {extra} {url}"
+        ))
+    };
     assert_eq!(code(""), "401");
-    assert_eq!(code("-H 'Authorization: Bearer wrong-token-0123456789'"), "401");
+    assert_eq!(
+        code("-H 'Authorization: Bearer wrong-token-0123456789'"),
+        "401"
+    );
     assert_eq!(code(&format!("-H 'Authorization: Bearer {token}'")), "200");
     let st = agent.cli_json(&["status"]);
-    let ports: Vec<&str> = st["protected_ports"].as_array().expect("ports").iter().filter_map(Value::as_str).collect();
-    assert!(ports.contains(&"22") && ports.contains(&"6000-6010") && ports.contains(&port.to_string().as_str()), "{ports:?}");
+    let ports: Vec<&str> = st["protected_ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        ports.contains(&"22")
+            && ports.contains(&"6000-6010")
+            && ports.contains(&port.to_string().as_str()),
+        "{ports:?}"
+    );
 
     // max_faults: the third concurrent fault is refused with 429 and a clear message.
     agent.inject(&["--loss", "0.1", "--ttl", "60s"]);
     agent.inject(&["--loss", "0.1", "--ttl", "60s"]);
-    let (c, e) = agent.curl("POST", "/v1/faults", Some(&format!(r#"{{"ttl":"60s","loss":{{"probability":0.1}},"target":{{"iface":"{}"}}}}"#, net.a_if)));
+    let (c, e) = agent.curl(
+        "POST",
+        "/v1/faults",
+        Some(&format!(
+            r#"{{"ttl":"60s","loss":{{"probability":0.1}},"target":{{"iface":"{}"}}}}"#,
+            net.a_if
+        )),
+    );
     assert_eq!(c, 429, "{e}");
-    assert!(e["error"]["message"].as_str().expect("msg").contains("maximum 2"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("maximum 2"),
+        "{e}"
+    );
     agent.cli_ok(&["stop", "--all"]);
 }
 
@@ -813,11 +1191,22 @@ fn tcp_needs_a_token_and_limits_apply() {
 fn config_check() {
     let dir = TempDir::new();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml");
-    let o = Command::new(bin()).args(["config", "check", example]).output().expect("run");
+    let o = Command::new(bin())
+        .args(["config", "check", example])
+        .output()
+        .expect("run");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bad = dir.0.join("bad.toml");
     std::fs::write(&bad, "[limits]\nmax_tll = \"1m\"\n").expect("write");
-    let o = Command::new(bin()).args(["config", "check"]).arg(&bad).output().expect("run");
+    let o = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("max_tll"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("max_tll"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

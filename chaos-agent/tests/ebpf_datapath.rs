@@ -115,7 +115,10 @@ fn armed(dirs: u32) -> FaultConfig {
 fn tcx_or_skip(test: &str) -> bool {
     let ok = chaos_agent::ebpf::attach::kernel_has_tcx();
     if !ok {
-        chaos_agent::testing::skip(test, "kernel has no tcx (< 6.6); tests/loss.rs covers the netlink path");
+        chaos_agent::testing::skip(
+            test,
+            "kernel has no tcx (< 6.6); tests/loss.rs covers the netlink path",
+        );
     }
     ok
 }

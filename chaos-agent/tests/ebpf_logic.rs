@@ -18,9 +18,9 @@ use aya::{
     programs::SchedClassifier,
 };
 use chaos_common::{
-    Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE,
-    F_EDT, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    PortRange, PortSet, counter_index, names, probability_to_threshold,
+    Counter, Dir, F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS,
+    F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, PortRange, PortSet, counter_index, names, probability_to_threshold,
 };
 
 const TC_ACT_UNSPEC: i32 = -1;
@@ -100,7 +100,11 @@ struct RunOut {
 /// Sample sizes shrink tenfold in the VM guest (TCG runs programs ~10x slower); every bound
 /// below is computed from the sample size, so the checks stay as strict in sigma terms.
 fn scaled(n: u32) -> u32 {
-    if std::env::var_os("CHAOS_VM").is_some() { (n / 10).max(1000) } else { n }
+    if std::env::var_os("CHAOS_VM").is_some() {
+        (n / 10).max(1000)
+    } else {
+        n
+    }
 }
 
 fn test_run(prog_fd: i32, data: &[u8], ctx_in: &SkBuffCtx, repeat: u32) -> RunOut {
@@ -502,7 +506,11 @@ fn verifier_accepts_both_programs_and_reports_size_and_cost() {
     }
     let mut h = Harness::new();
     h.set_config(&FaultConfig::default());
-    let idle = h.run_full(Dir::Ingress, &pkt4(A, B, &L4::Tcp(40_000, 80)), scaled(1_000_000));
+    let idle = h.run_full(
+        Dir::Ingress,
+        &pkt4(A, B, &L4::Tcp(40_000, 80)),
+        scaled(1_000_000),
+    );
     println!("chaos_tc_in unarmed: {} ns/run", idle.duration);
 }
 
@@ -1286,7 +1294,8 @@ fn edt_departure_time_within_delay_and_jitter_bounds() {
         assert_eq!(out.retval, TC_ACT_UNSPEC, "EDT must not end the tc chain");
         let ts = out.ctx.tstamp();
         assert!(
-            ts >= before + (DELAY_US - JITTER_US) * 1000 && ts <= after + (DELAY_US + JITTER_US) * 1000,
+            ts >= before + (DELAY_US - JITTER_US) * 1000
+                && ts <= after + (DELAY_US + JITTER_US) * 1000,
             "tstamp {ts} outside [{before} + 80 ms, {after} + 120 ms]"
         );
         let added_us = (ts - before) / 1000;
@@ -1298,9 +1307,18 @@ fn edt_departure_time_within_delay_and_jitter_bounds() {
     // Uniform on [80, 120] ms: sd = 20 ms / sqrt(3) = 11.5 ms, so the mean of 2000 draws is
     // within 5 standard errors (1.3 ms) of 100 ms, and both ends of the range are reached.
     println!("EDT 100 ms +/- 20 ms over {n} runs: added {lo}..{hi} us, mean {mean:.0} us");
-    assert!((mean - DELAY_US as f64).abs() < 1300.0, "mean added delay {mean} us");
-    assert!(lo < 81_000 && hi > 119_000, "jitter range not covered: {lo}..{hi} us");
-    assert_eq!(h.counters(Dir::Egress), [u64::from(n), u64::from(n), 0, u64::from(n), 0, 0]);
+    assert!(
+        (mean - DELAY_US as f64).abs() < 1300.0,
+        "mean added delay {mean} us"
+    );
+    assert!(
+        lo < 81_000 && hi > 119_000,
+        "jitter range not covered: {lo}..{hi} us"
+    );
+    assert_eq!(
+        h.counters(Dir::Egress),
+        [u64::from(n), u64::from(n), 0, u64::from(n), 0, 0]
+    );
 
     // Unmatched (UDP): tstamp untouched.
     let out = h.run_full(Dir::Egress, &pkt4(A, B, &L4::Udp(1, 2)), 1);
@@ -1315,14 +1333,31 @@ fn edt_departure_time_within_delay_and_jitter_bounds() {
     // never moved earlier; one in the past, or implausibly far ahead (another clock), is not.
     h.set_config(&edt(DELAY_US, 0));
     let ahead = monotonic_ns() + 5_000_000_000;
-    let out = test_run(h.prog_fd(Dir::Egress), &p, &SkBuffCtx::with_tstamp(ahead), 1);
-    assert_eq!(out.ctx.tstamp(), ahead + DELAY_US * 1000, "pacing departure time must be kept as base");
+    let out = test_run(
+        h.prog_fd(Dir::Egress),
+        &p,
+        &SkBuffCtx::with_tstamp(ahead),
+        1,
+    );
+    assert_eq!(
+        out.ctx.tstamp(),
+        ahead + DELAY_US * 1000,
+        "pacing departure time must be kept as base"
+    );
     for stale in [1, monotonic_ns() + 3_600_000_000_000] {
         let before = monotonic_ns();
-        let out = test_run(h.prog_fd(Dir::Egress), &p, &SkBuffCtx::with_tstamp(stale), 1);
+        let out = test_run(
+            h.prog_fd(Dir::Egress),
+            &p,
+            &SkBuffCtx::with_tstamp(stale),
+            1,
+        );
         let after = monotonic_ns();
         let ts = out.ctx.tstamp();
-        assert!(ts >= before + DELAY_US * 1000 && ts <= after + DELAY_US * 1000, "stale {stale} -> {ts}");
+        assert!(
+            ts >= before + DELAY_US * 1000 && ts <= after + DELAY_US * 1000,
+            "stale {stale} -> {ts}"
+        );
     }
 
     // Jitter larger than the delay: clamped, never before "now".
@@ -1330,11 +1365,17 @@ fn edt_departure_time_within_delay_and_jitter_bounds() {
     for _ in 0..200 {
         let before = monotonic_ns();
         let ts = h.run_full(Dir::Egress, &p, 1).ctx.tstamp();
-        assert!(ts >= before && ts <= monotonic_ns() + 51_000_000, "{ts} vs {before}");
+        assert!(
+            ts >= before && ts <= monotonic_ns() + 51_000_000,
+            "{ts} vs {before}"
+        );
     }
 
     // A dropped packet gets no departure time and is not counted as steered.
-    let h = Harness::with(&FaultConfig { loss_threshold: u32::MAX, ..edt(DELAY_US, 0) });
+    let h = Harness::with(&FaultConfig {
+        loss_threshold: u32::MAX,
+        ..edt(DELAY_US, 0)
+    });
     let out = h.run_full(Dir::Egress, &p, 1);
     assert_eq!((out.retval, out.ctx.tstamp()), (TC_ACT_SHOT, 0));
     assert_eq!(h.counter(Dir::Egress, Counter::Steered), 0);

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use chaos_agent::testing::{
-    AgentProcess, NetNs, TempDir, UdpRun, VethPair, loaded_bpf_programs, tc_filters, tc_qdiscs, udp_run,
+    AgentProcess, NetNs, TempDir, UdpRun, VethPair, loaded_bpf_programs, tc_filters, tc_qdiscs,
+    udp_run,
 };
 use nix::sys::signal::Signal;
 
@@ -32,13 +33,21 @@ fn summary_counts(line: &str) -> (u64, u64) {
     // "summary: f-xxxx reverted (ttl) after 1.0s: matched N, dropped M (x%)"
     let num = |key: &str| -> u64 {
         let i = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
-        line[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        line[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     (num("matched "), num("dropped "))
 }
 
 fn our_programs() -> Vec<String> {
-    loaded_bpf_programs().into_iter().filter(|n| n.starts_with("chaos_tc")).collect()
+    loaded_bpf_programs()
+        .into_iter()
+        .filter(|n| n.starts_with("chaos_tc"))
+        .collect()
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
@@ -61,7 +70,11 @@ fn no_kernel_state_left(pair: &VethPair) {
     );
     for hook in ["ingress", "egress"] {
         let f = tc_filters(&pair.a, &pair.a_if, hook);
-        assert_eq!(f.as_array().map_or(0, Vec::len), 0, "{hook} filters left: {f}");
+        assert_eq!(
+            f.as_array().map_or(0, Vec::len),
+            0,
+            "{hook} filters left: {f}"
+        );
     }
 }
 
@@ -71,16 +84,29 @@ fn udp_loss_rate_matches_probability_and_counters() {
     for p in [0.1, 0.5] {
         let state = TempDir::new("chst");
         let ps = p.to_string();
-        let (agent, _id) = inject(&pair.a, &state, &["--loss", &ps, "--ttl", "20s", "--iface", &pair.a_if, "--proto", "udp", "--dport", "5000"]);
+        let (agent, _id) = inject(
+            &pair.a,
+            &state,
+            &[
+                "--loss", &ps, "--ttl", "20s", "--iface", &pair.a_if, "--proto", "udp", "--dport",
+                "5000",
+            ],
+        );
         let n = 4000;
         let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
         agent.signal(Signal::SIGINT);
         let (status, out, err) = agent.wait(Duration::from_secs(10));
         assert!(status.success(), "agent failed: {err}");
         let measured = r.loss();
-        assert!((measured - p).abs() <= bound(p, n), "p={p}: measured {measured} over {n} packets");
+        assert!(
+            (measured - p).abs() <= bound(p, n),
+            "p={p}: measured {measured} over {n} packets"
+        );
         // The agent's counters must agree exactly with what the receiver saw.
-        let summary = out.iter().find(|l| l.starts_with("summary:")).expect("summary line");
+        let summary = out
+            .iter()
+            .find(|l| l.starts_with("summary:"))
+            .expect("summary line");
         let (matched, dropped) = summary_counts(summary);
         assert_eq!(matched, u64::from(n), "{summary}");
         assert_eq!(dropped, u64::from(n - r.received), "{summary}");
@@ -98,19 +124,50 @@ fn full_loss_drops_everything_that_matches_and_nothing_else() {
     let (agent, _) = inject(
         &pair.a,
         &state,
-        &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--dest", &dst, "--dport", "5000-5001"],
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            "30s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+            "--dest",
+            &dst,
+            "--dport",
+            "5000-5001",
+        ],
     );
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 0);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5001, 300)).received, 0);
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received,
+        0
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5001, 300)).received,
+        0
+    );
     // Outside the port range, outside the prefix, other protocol, other family: untouched.
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5002, 300)).received, 300);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new("10.12.0.3", 5000, 300)).received, 300);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received, 300);
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5002, 300)).received,
+        300
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new("10.12.0.3", 5000, 300)).received,
+        300
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received,
+        300
+    );
     pair.a.sh(&format!("ping -c 3 -i 0.2 -W 1 {}", pair.b_ip));
     agent.signal(Signal::SIGTERM);
     let (status, out, _) = agent.wait(Duration::from_secs(10));
     assert!(status.success());
-    assert!(out.iter().any(|l| l.contains("reverted (shutdown)")), "{out:?}");
+    assert!(
+        out.iter().any(|l| l.contains("reverted (shutdown)")),
+        "{out:?}"
+    );
     no_kernel_state_left(&pair);
 }
 
@@ -119,9 +176,21 @@ fn ipv6_prefix_filter() {
     let pair = VethPair::new(13);
     let state = TempDir::new("chst");
     let dst = format!("{}/128", pair.b_ip6);
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--dest", &dst, "--proto", "udp"]);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received, 0);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--dest", &dst, "--proto", "udp",
+        ],
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received,
+        0
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received,
+        300
+    );
     drop(agent);
 }
 
@@ -129,9 +198,32 @@ fn ipv6_prefix_filter() {
 fn ingress_direction_drops_only_incoming() {
     let pair = VethPair::new(14);
     let state = TempDir::new("chst");
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--direction", "ingress", "--proto", "udp"]);
-    assert_eq!(udp_run(&pair.b, &pair.a, &UdpRun::new(&pair.a_ip, 5000, 300)).received, 0, "b -> a must be dropped");
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300, "a -> b untouched");
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            "30s",
+            "--iface",
+            &pair.a_if,
+            "--direction",
+            "ingress",
+            "--proto",
+            "udp",
+        ],
+    );
+    assert_eq!(
+        udp_run(&pair.b, &pair.a, &UdpRun::new(&pair.a_ip, 5000, 300)).received,
+        0,
+        "b -> a must be dropped"
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received,
+        300,
+        "a -> b untouched"
+    );
     drop(agent);
 }
 
@@ -141,7 +233,14 @@ fn non_first_fragments_are_never_read_as_ports() {
     let state = TempDir::new("chst");
     // 0x17 0x70 = 6000: a program that parsed a non-first fragment's payload as a UDP header
     // would see sport = dport = 6000 and drop it.
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--dport", "6000"]);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--dport",
+            "6000",
+        ],
+    );
     let mut run = UdpRun::new(&pair.b_ip, 5000, 200);
     run.size = 4000;
     run.fill = 0x17;
@@ -162,7 +261,10 @@ fn tcp_retransmits(ns: &NetNs) -> u64 {
     let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
     let keys: Vec<&str> = lines[0].split_whitespace().collect();
     let vals: Vec<&str> = lines[1].split_whitespace().collect();
-    let i = keys.iter().position(|k| *k == "RetransSegs").expect("RetransSegs");
+    let i = keys
+        .iter()
+        .position(|k| *k == "RetransSegs")
+        .expect("RetransSegs");
     vals[i].parse().expect("number")
 }
 
@@ -170,22 +272,46 @@ fn tcp_retransmits(ns: &NetNs) -> u64 {
 fn tcp_egress_loss_is_wire_loss_so_the_sender_retransmits() {
     let pair = VethPair::new(16);
     let state = TempDir::new("chst");
-    let mut server = pair.b.command("iperf3").args(["-s", "-1", "-B", &pair.b_ip]).stdout(std::process::Stdio::null()).spawn().expect("iperf3 -s");
+    let mut server = pair
+        .b
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &pair.b_ip])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
     // Wait for the server socket rather than sleeping.
-    assert!(eventually(Duration::from_secs(5), || pair.b.sh("ss -ltnH sport = :5201").contains("5201")));
+    assert!(eventually(Duration::from_secs(5), || pair
+        .b
+        .sh("ss -ltnH sport = :5201")
+        .contains("5201")));
     let before = tcp_retransmits(&pair.a);
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "0.02", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "tcp", "--dport", "5201"]);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss", "0.02", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "tcp", "--dport",
+            "5201",
+        ],
+    );
     let out = pair.a.sh(&format!("iperf3 -c {} -n 8M -J", pair.b_ip));
     let after = tcp_retransmits(&pair.a);
     agent.signal(Signal::SIGINT);
     let (_, lines, _) = agent.wait(Duration::from_secs(10));
     let _ = server.wait();
-    let summary = lines.iter().find(|l| l.starts_with("summary:")).expect("summary");
+    let summary = lines
+        .iter()
+        .find(|l| l.starts_with("summary:"))
+        .expect("summary");
     let (_, dropped) = summary_counts(summary);
     assert!(dropped > 0, "no packet dropped: {summary}");
     // TC_ACT_SHOT at egress would be local congestion (no retransmission counted); our drop
     // must look like wire loss.
-    assert!(after - before >= dropped / 2, "retransmits {} for {dropped} drops; iperf3: {}", after - before, &out[..out.len().min(300)]);
+    assert!(
+        after - before >= dropped / 2,
+        "retransmits {} for {dropped} drops; iperf3: {}",
+        after - before,
+        &out[..out.len().min(300)]
+    );
 }
 
 #[test]
@@ -193,12 +319,24 @@ fn after_ttl_traffic_flows_and_nothing_is_left() {
     let pair = VethPair::new(17);
     let state = TempDir::new("chst");
     let ttl = chaos_agent::testing::test_ttl(2);
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", &ttl, "--iface", &pair.a_if, "--proto", "udp"]);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss", "1", "--ttl", &ttl, "--iface", &pair.a_if, "--proto", "udp",
+        ],
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received,
+        0
+    );
     let (status, out, _) = agent.wait(Duration::from_secs(30));
     assert!(status.success());
     assert!(out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?}");
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 500)).received, 500);
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 500)).received,
+        500
+    );
     no_kernel_state_left(&pair);
     let journal: Vec<_> = std::fs::read_dir(state.0.join("faults")).unwrap().collect();
     assert!(journal.is_empty(), "journal not empty: {journal:?}");
@@ -212,16 +350,44 @@ fn sigkill_on_tcx_detaches_at_once_and_cleanup_clears_the_journal() {
     }
     let pair = VethPair::new(18);
     let state = TempDir::new("chst");
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "tcx"]);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+            "--attach-mode",
+            "tcx",
+        ],
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received,
+        0
+    );
     agent.signal(Signal::SIGKILL);
     let _ = agent.wait(Duration::from_secs(5));
     // The link died with the process: traffic flows right away, well before the 60 s TTL.
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received,
+        300
+    );
     no_kernel_state_left(&pair);
-    let out = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    let out = pair.a.sh(&format!(
+        "{} --state-dir {} cleanup",
+        bin().display(),
+        state.str()
+    ));
     assert!(out.contains("replayed 1 journal"), "{out}");
-    assert_eq!(std::fs::read_dir(state.0.join("faults")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(state.0.join("faults")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -231,31 +397,75 @@ fn sigkill_on_netlink_path_kernel_deadline_then_cleanup() {
     let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
     let ttl_s = if chaos_agent::testing::in_vm() { 16 } else { 4 };
     let ttl = format!("{ttl_s}s");
-    let (agent, _) =
-        inject(&pair.a, &state, &["--loss", "1", "--ttl", &ttl, "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            &ttl,
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+            "--attach-mode",
+            "netlink",
+        ],
+    );
     let injected_at = Instant::now();
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received,
+        0
+    );
     agent.signal(Signal::SIGKILL);
     let _ = agent.wait(Duration::from_secs(5));
     // Netlink filters outlive the process...
     let f = tc_filters(&pair.a, &pair.a_if, "egress");
-    assert!(f.to_string().contains("chaos_tc_eg"), "filter should survive SIGKILL: {f}");
+    assert!(
+        f.to_string().contains("chaos_tc_eg"),
+        "filter should survive SIGKILL: {f}"
+    );
     // ...and keep dropping until the in-kernel deadline...
     if injected_at.elapsed() < Duration::from_secs(ttl_s - 1) {
-        assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 50)).received, 0);
+        assert_eq!(
+            udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 50)).received,
+            0
+        );
     }
     // ...after which the program lets everything through, with the filter still attached.
-    let wait = Duration::from_secs(ttl_s).saturating_sub(injected_at.elapsed()) + Duration::from_millis(200);
+    let wait = Duration::from_secs(ttl_s).saturating_sub(injected_at.elapsed())
+        + Duration::from_millis(200);
     std::thread::sleep(wait); // waiting for a kernel clock deadline, not for a race
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received, 300);
-    assert!(tc_filters(&pair.a, &pair.a_if, "egress").to_string().contains("chaos_tc_eg"));
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received,
+        300
+    );
+    assert!(
+        tc_filters(&pair.a, &pair.a_if, "egress")
+            .to_string()
+            .contains("chaos_tc_eg")
+    );
     // cleanup removes the filter and the clsact qdisc it created; the qdisc tree is as before.
-    let out = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
-    assert!(out.contains("removed 2 object(s)") && out.contains("1 tc_filter") && out.contains("1 clsact"), "{out}");
+    let out = pair.a.sh(&format!(
+        "{} --state-dir {} cleanup",
+        bin().display(),
+        state.str()
+    ));
+    assert!(
+        out.contains("removed 2 object(s)")
+            && out.contains("1 tc_filter")
+            && out.contains("1 clsact"),
+        "{out}"
+    );
     no_kernel_state_left(&pair);
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), qdiscs_before);
     // Idempotent.
-    let again = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    let again = pair.a.sh(&format!(
+        "{} --state-dir {} cleanup",
+        bin().display(),
+        state.str()
+    ));
     assert!(again.contains("removed 0 object(s)"), "{again}");
 }
 
@@ -266,14 +476,39 @@ fn netlink_attach_leaves_a_preexisting_clsact_and_foreign_filters_alone() {
     // Somebody else's clsact and filter.
     pair.a.sh(&format!("tc qdisc add dev {0} clsact && tc filter add dev {0} egress prio 10 protocol ip u32 match ip dport 9 0xffff flowid 1:1", pair.a_if));
     let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--attach-mode", "netlink"]);
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received, 0);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            "30s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+            "--attach-mode",
+            "netlink",
+        ],
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 100)).received,
+        0
+    );
     agent.signal(Signal::SIGTERM);
     let (status, _, err) = agent.wait(Duration::from_secs(10));
     assert!(status.success(), "{err}");
-    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), qdiscs_before, "clsact must stay");
+    assert_eq!(
+        tc_qdiscs(&pair.a, &pair.a_if),
+        qdiscs_before,
+        "clsact must stay"
+    );
     let f = tc_filters(&pair.a, &pair.a_if, "egress").to_string();
-    assert!(f.contains("u32") && !f.contains("chaos_tc"), "foreign filter must stay, ours must go: {f}");
+    assert!(
+        f.contains("u32") && !f.contains("chaos_tc"),
+        "foreign filter must stay, ours must go: {f}"
+    );
 }
 
 #[test]
@@ -282,8 +517,14 @@ fn seed_makes_the_drop_pattern_reproducible() {
     let mut patterns = Vec::new();
     for _ in 0..2 {
         let state = TempDir::new("chst");
-        let (agent, _) =
-            inject(&pair.a, &state, &["--loss", "0.3", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--seed", "42"]);
+        let (agent, _) = inject(
+            &pair.a,
+            &state,
+            &[
+                "--loss", "0.3", "--ttl", "30s", "--iface", &pair.a_if, "--proto", "udp", "--seed",
+                "42",
+            ],
+        );
         let mut run = UdpRun::new(&pair.b_ip, 5000, 1000);
         run.cpu = Some(0);
         patterns.push(udp_run(&pair.a, &pair.b, &run).lost);
@@ -291,20 +532,46 @@ fn seed_makes_the_drop_pattern_reproducible() {
         no_kernel_state_left(&pair);
     }
     assert!(!patterns[0].is_empty());
-    assert_eq!(patterns[0], patterns[1], "same seed, same CPU, same flow: same losses");
+    assert_eq!(
+        patterns[0], patterns[1],
+        "same seed, same CPU, same flow: same losses"
+    );
 }
 
 #[test]
 fn protected_ports_are_spared_unless_asked() {
     let pair = VethPair::new(22);
     let state = TempDir::new("chst");
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if]);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if],
+    );
     let mut ssh_like = UdpRun::new(&pair.b_ip, 22, 200);
-    assert_eq!(udp_run(&pair.a, &pair.b, &ssh_like).received, 200, "port 22 is protected by default");
-    assert_eq!(udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 200)).received, 0);
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &ssh_like).received,
+        200,
+        "port 22 is protected by default"
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 200)).received,
+        0
+    );
     drop(agent);
     let state = TempDir::new("chst");
-    let (agent, _) = inject(&pair.a, &state, &["--loss", "1", "--ttl", "30s", "--iface", &pair.a_if, "--include-protected"]);
+    let (agent, _) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            "30s",
+            "--iface",
+            &pair.a_if,
+            "--include-protected",
+        ],
+    );
     ssh_like.sport = 40022;
     assert_eq!(udp_run(&pair.a, &pair.b, &ssh_like).received, 0);
     drop(agent);
@@ -329,21 +596,56 @@ fn dry_run_and_bad_input_change_nothing() {
     let run = |args: &[&str]| {
         let mut full = vec!["--state-dir", state.str(), "inject"];
         full.extend_from_slice(args);
-        let out = pair.a.command(bin().to_str().unwrap()).args(&full).output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = pair
+            .a
+            .command(bin().to_str().unwrap())
+            .args(&full)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (st, out, _) = run(&["--loss", "0.1", "--ttl", "30s", "--iface", &pair.a_if, "--dry-run"]);
-    assert!(st.success() && out.contains("dry run") && out.contains("nothing changed"), "{out}");
+    let (st, out, _) = run(&[
+        "--loss",
+        "0.1",
+        "--ttl",
+        "30s",
+        "--iface",
+        &pair.a_if,
+        "--dry-run",
+    ]);
+    assert!(
+        st.success() && out.contains("dry run") && out.contains("nothing changed"),
+        "{out}"
+    );
     let bad: &[(&[&str], &str)] = &[
         (&["--loss", "0", "--ttl", "30s"], "outside (0, 1]"),
         (&["--loss", "1.5", "--ttl", "30s"], "outside (0, 1]"),
         (&["--loss", "0.1"], "--ttl"),
-        (&["--loss", "0.1", "--ttl", "0s"], "ttl must be greater than zero"),
+        (
+            &["--loss", "0.1", "--ttl", "0s"],
+            "ttl must be greater than zero",
+        ),
         (&["--loss", "0.1", "--ttl", "2h"], "exceeds the maximum"),
-        (&["--loss", "0.1", "--ttl", "30s", "--iface", "nosuch0"], "does not exist"),
-        (&["--loss", "0.1", "--ttl", "30s", "--dest", "10.0.0.0/33"], "CIDR"),
-        (&["--loss", "0.1", "--ttl", "30s", "--dport", "9-3"], "bad port range"),
-        (&["--loss", "0.1", "--ttl", "30s", "--sport", "70000"], "bad port range"),
+        (
+            &["--loss", "0.1", "--ttl", "30s", "--iface", "nosuch0"],
+            "does not exist",
+        ),
+        (
+            &["--loss", "0.1", "--ttl", "30s", "--dest", "10.0.0.0/33"],
+            "CIDR",
+        ),
+        (
+            &["--loss", "0.1", "--ttl", "30s", "--dport", "9-3"],
+            "bad port range",
+        ),
+        (
+            &["--loss", "0.1", "--ttl", "30s", "--sport", "70000"],
+            "bad port range",
+        ),
     ];
     for (args, msg) in bad {
         let mut a = args.to_vec();
@@ -353,7 +655,11 @@ fn dry_run_and_bad_input_change_nothing() {
         let (st, _, err) = run(&a);
         assert!(!st.success(), "{args:?} accepted");
         assert!(err.contains(msg), "{args:?}: expected {msg:?} in {err}");
-        assert_eq!(err.trim().lines().next().map(|l| l.starts_with("error:")), Some(true), "{err}");
+        assert_eq!(
+            err.trim().lines().next().map(|l| l.starts_with("error:")),
+            Some(true),
+            "{err}"
+        );
     }
     // Not root: a clear error and nothing applied.
     let out = pair.a.sh(&format!(
@@ -362,6 +668,9 @@ fn dry_run_and_bad_input_change_nothing() {
         state.str(),
         pair.a_if
     ));
-    assert!(out.contains("must run as root") && !out.contains("exit=0"), "{out}");
+    assert!(
+        out.contains("must run as root") && !out.contains("exit=0"),
+        "{out}"
+    );
     assert_eq!(host_state(&pair, &state), before);
 }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use chaos_agent::testing::{
-    AgentProcess, NetNs, TempDir, UdpRun, VethPair, attached_programs, have_qdisc, median, ping_rtts, skip,
-    tc_qdiscs, udp_run,
+    AgentProcess, NetNs, TempDir, UdpRun, VethPair, attached_programs, have_qdisc, median,
+    ping_rtts, skip, tc_qdiscs, udp_run,
 };
 use nix::sys::signal::Signal;
 
@@ -27,7 +27,10 @@ fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> AgentProcess {
 fn netem_or_skip(test: &str) -> bool {
     let ok = have_qdisc("netem");
     if !ok {
-        skip(test, "sch_netem not available on this kernel (runs in `cargo xtask vm-test`)");
+        skip(
+            test,
+            "sch_netem not available on this kernel (runs in `cargo xtask vm-test`)",
+        );
     }
     ok
 }
@@ -51,13 +54,19 @@ fn iperf_mbits(client: &NetNs, server: &NetNs, server_ip: &str, port: u16, secs:
     let probe = format!("ss -ltnH sport = :{port}");
     let end = std::time::Instant::now() + Duration::from_secs(5);
     while !server.sh(&probe).contains(&port.to_string()) {
-        assert!(std::time::Instant::now() < end, "iperf3 server did not listen");
+        assert!(
+            std::time::Instant::now() < end,
+            "iperf3 server did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = client.sh(&format!("iperf3 -c {server_ip} -p {port} -t {secs} -J"));
     let _ = srv.wait();
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
-    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bps") / 1e6
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bps")
+        / 1e6
 }
 
 #[test]
@@ -66,30 +75,66 @@ fn rate_limits_matching_traffic_within_ten_percent_and_restores_the_tree() {
     host_tree(&pair);
     let before = tc_qdiscs(&pair.a, &pair.a_if);
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--rate", "1mbit", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "tcp", "--dport", "5201"]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--rate", "1mbit", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "tcp", "--dport",
+            "5201",
+        ],
+    );
     let limited = iperf_mbits(&pair.a, &pair.b, &pair.b_ip, 5201, 5);
     let other = iperf_mbits(&pair.a, &pair.b, &pair.b_ip, 5202, 2);
     agent.signal(Signal::SIGTERM);
     let (status, out, err) = agent.wait(Duration::from_secs(10));
     assert!(status.success(), "{err}");
-    assert!((limited - 1.0).abs() <= 0.1, "1mbit fault measured {limited:.3} Mbit/s");
-    assert!(other > 20.0, "untargeted traffic must not be shaped: {other:.1} Mbit/s");
+    assert!(
+        (limited - 1.0).abs() <= 0.1,
+        "1mbit fault measured {limited:.3} Mbit/s"
+    );
+    assert!(
+        other > 20.0,
+        "untargeted traffic must not be shaped: {other:.1} Mbit/s"
+    );
     assert!(out.iter().any(|l| l.contains("shaped")), "{out:?}");
-    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "host qdisc tree must come back exactly");
+    assert_eq!(
+        tc_qdiscs(&pair.a, &pair.a_if),
+        before,
+        "host qdisc tree must come back exactly"
+    );
 }
 
 #[test]
 fn second_shaping_fault_on_the_same_interface_is_refused() {
     let pair = VethPair::new(32);
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--rate", "10mbit", "--ttl", "60s", "--iface", &pair.a_if]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &["--rate", "10mbit", "--ttl", "60s", "--iface", &pair.a_if],
+    );
     let state2 = TempDir::new("chst");
-    let out = pair.a.command(bin().to_str().unwrap())
-        .args(["--state-dir", state2.str(), "inject", "--rate", "5mbit", "--ttl", "10s", "--iface", &pair.a_if])
+    let out = pair
+        .a
+        .command(bin().to_str().unwrap())
+        .args([
+            "--state-dir",
+            state2.str(),
+            "inject",
+            "--rate",
+            "5mbit",
+            "--ttl",
+            "10s",
+            "--iface",
+            &pair.a_if,
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("already carries a chaos-agent qdisc root"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("already carries a chaos-agent qdisc root"),
+        "{err}"
+    );
     drop(agent);
 }
 
@@ -102,19 +147,46 @@ fn netem_faults_are_refused_cleanly_without_sch_netem() {
     let pair = VethPair::new(33);
     let state = TempDir::new("chst");
     let before = tc_qdiscs(&pair.a, &pair.a_if);
-    for args in [["--delay", "100ms"], ["--corrupt", "0.1"], ["--duplicate", "0.1"]] {
-        let out = pair.a.command(bin().to_str().unwrap())
-            .args(["--state-dir", state.str(), "inject", "--ttl", "10s", "--iface", &pair.a_if])
+    for args in [
+        ["--delay", "100ms"],
+        ["--corrupt", "0.1"],
+        ["--duplicate", "0.1"],
+    ] {
+        let out = pair
+            .a
+            .command(bin().to_str().unwrap())
+            .args([
+                "--state-dir",
+                state.str(),
+                "inject",
+                "--ttl",
+                "10s",
+                "--iface",
+                &pair.a_if,
+            ])
             .args(args)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted");
-        assert!(err.contains("sch_netem") && err.contains("modprobe") && err.contains("nothing was changed"), "{err}");
+        assert!(
+            err.contains("sch_netem")
+                && err.contains("modprobe")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
     }
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before);
-    assert!(attached_programs(&pair.a, &pair.a_if).is_empty(), "{:?}", attached_programs(&pair.a, &pair.a_if));
-    assert_eq!(std::fs::read_dir(state.0.join("faults")).map_or(0, std::iter::Iterator::count), 0, "journal untouched");
+    assert!(
+        attached_programs(&pair.a, &pair.a_if).is_empty(),
+        "{:?}",
+        attached_programs(&pair.a, &pair.a_if)
+    );
+    assert_eq!(
+        std::fs::read_dir(state.0.join("faults")).map_or(0, std::iter::Iterator::count),
+        0,
+        "journal untouched"
+    );
 }
 
 #[test]
@@ -127,12 +199,24 @@ fn delay_adds_latency_to_matching_destinations_only() {
     let base = median(&ping_rtts(&pair.a, &pair.b_ip, 10, 0.1));
     let state = TempDir::new("chst");
     let dst = format!("{}/32", pair.b_ip);
-    let agent = inject(&pair.a, &state, &["--delay", "100ms", "--ttl", "60s", "--iface", &pair.a_if, "--dest", &dst]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--delay", "100ms", "--ttl", "60s", "--iface", &pair.a_if, "--dest", &dst,
+        ],
+    );
     let faulted = median(&ping_rtts(&pair.a, &pair.b_ip, 20, 0.2));
     let other = median(&ping_rtts(&pair.a, "10.34.0.3", 10, 0.1));
     drop(agent);
-    assert!((faulted - base - 100.0).abs() <= 2.0, "median RTT {faulted:.2} ms vs base {base:.2} ms");
-    assert!(other < base + 2.0, "untargeted destination delayed: {other:.2} ms vs {base:.2} ms");
+    assert!(
+        (faulted - base - 100.0).abs() <= 2.0,
+        "median RTT {faulted:.2} ms vs base {base:.2} ms"
+    );
+    assert!(
+        other < base + 2.0,
+        "untargeted destination delayed: {other:.2} ms vs {base:.2} ms"
+    );
 }
 
 #[test]
@@ -142,7 +226,14 @@ fn jitter_spread_matches_configuration() {
     }
     let pair = VethPair::new(35);
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--delay", "100ms", "--jitter", "20ms", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--delay", "100ms", "--jitter", "20ms", "--ttl", "60s", "--iface", &pair.a_if,
+            "--proto", "udp",
+        ],
+    );
     let mut run = UdpRun::new(&pair.b_ip, 5000, 400);
     run.size = 64;
     let r = udp_run(&pair.a, &pair.b, &run);
@@ -152,8 +243,14 @@ fn jitter_spread_matches_configuration() {
     let sd = (ms.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / ms.len() as f64).sqrt();
     // Uniform on [delay - j, delay + j] has standard deviation j / sqrt(3).
     let jitter = sd * 3f64.sqrt();
-    assert!((mean - 100.0).abs() < 5.0, "mean one-way delay {mean:.2} ms");
-    assert!((jitter - 20.0).abs() <= 4.0, "measured jitter {jitter:.2} ms for 20 ms configured");
+    assert!(
+        (mean - 100.0).abs() < 5.0,
+        "mean one-way delay {mean:.2} ms"
+    );
+    assert!(
+        (jitter - 20.0).abs() <= 4.0,
+        "measured jitter {jitter:.2} ms for 20 ms configured"
+    );
 }
 
 #[test]
@@ -166,7 +263,20 @@ fn corrupt_duplicate_and_reorder_rates_at_the_receiver() {
     let bound = |p: f64| 5.0 * (p * (1.0 - p) / f64::from(n)).sqrt();
     // Duplicate 20%: extra copies at the receiver.
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--duplicate", "0.2", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--duplicate",
+            "0.2",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+        ],
+    );
     let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
     drop(agent);
     let dup = f64::from(r.duplicates) / f64::from(n);
@@ -174,18 +284,53 @@ fn corrupt_duplicate_and_reorder_rates_at_the_receiver() {
     // Corrupt 20%: a flipped bit almost always breaks a checksum (or the destination MAC), so
     // the receiver loses the datagram; bits of the source MAC (48 of ~850) go unnoticed.
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--corrupt", "0.2", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--corrupt",
+            "0.2",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+        ],
+    );
     let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
     drop(agent);
     let lost = r.loss();
-    assert!(lost >= 0.2 * 0.85 - bound(0.2) && lost <= 0.2 + bound(0.2), "corrupt 20% lost {lost}");
+    assert!(
+        lost >= 0.2 * 0.85 - bound(0.2) && lost <= 0.2 + bound(0.2),
+        "corrupt 20% lost {lost}"
+    );
     // Reorder 25% with 50 ms delay: a quarter of the packets skip the delay.
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--delay", "50ms", "--reorder", "0.25", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"]);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--delay",
+            "50ms",
+            "--reorder",
+            "0.25",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+        ],
+    );
     let r = udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, n));
     drop(agent);
-    let fast = r.latency_us.iter().filter(|u| **u < 25_000).count() as f64 / r.latency_us.len() as f64;
-    assert!((fast - 0.25).abs() <= bound(0.25), "reordered fraction {fast}");
+    let fast =
+        r.latency_us.iter().filter(|u| **u < 25_000).count() as f64 / r.latency_us.len() as f64;
+    assert!(
+        (fast - 0.25).abs() <= bound(0.25),
+        "reordered fraction {fast}"
+    );
 }
 
 #[test]
@@ -197,14 +342,38 @@ fn ingress_delay_through_ifb_and_the_ifb_is_removed() {
     let base = median(&ping_rtts(&pair.a, &pair.b_ip, 10, 0.1));
     let before = tc_qdiscs(&pair.a, &pair.a_if);
     let state = TempDir::new("chst");
-    let agent = inject(&pair.a, &state, &["--delay", "100ms", "--direction", "ingress", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "icmp"]);
-    assert!(pair.a.sh("ip -o link show").contains("chaos-ifb"), "IFB device expected while the fault runs");
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--delay",
+            "100ms",
+            "--direction",
+            "ingress",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "icmp",
+        ],
+    );
+    assert!(
+        pair.a.sh("ip -o link show").contains("chaos-ifb"),
+        "IFB device expected while the fault runs"
+    );
     let faulted = median(&ping_rtts(&pair.a, &pair.b_ip, 20, 0.2));
     agent.signal(Signal::SIGINT);
     let (status, _, err) = agent.wait(Duration::from_secs(10));
     assert!(status.success(), "{err}");
-    assert!((faulted - base - 100.0).abs() <= 2.0, "ingress delay: {faulted:.2} ms vs base {base:.2} ms");
-    assert!(!pair.a.sh("ip -o link show").contains("chaos-ifb"), "IFB left behind");
+    assert!(
+        (faulted - base - 100.0).abs() <= 2.0,
+        "ingress delay: {faulted:.2} ms vs base {base:.2} ms"
+    );
+    assert!(
+        !pair.a.sh("ip -o link show").contains("chaos-ifb"),
+        "IFB left behind"
+    );
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before);
 }
 
@@ -213,10 +382,21 @@ fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
     let pair = VethPair::new(38);
     host_tree(&pair);
     let before = tc_qdiscs(&pair.a, &pair.a_if);
-    let shape: &[&str] = if have_qdisc("netem") { &["--delay", "10ms", "--rate", "50mbit"] } else { &["--rate", "50mbit"] };
+    let shape: &[&str] = if have_qdisc("netem") {
+        &["--delay", "10ms", "--rate", "50mbit"]
+    } else {
+        &["--rate", "50mbit"]
+    };
     let short = chaos_agent::testing::test_ttl(2);
     let args = |ttl: &str| {
-        let mut v = vec!["--ttl".to_owned(), ttl.to_owned(), "--iface".to_owned(), pair.a_if.clone(), "--direction".to_owned(), "both".to_owned()];
+        let mut v = vec![
+            "--ttl".to_owned(),
+            ttl.to_owned(),
+            "--iface".to_owned(),
+            pair.a_if.clone(),
+            "--direction".to_owned(),
+            "both".to_owned(),
+        ];
         v.extend(shape.iter().map(|s| (*s).to_owned()));
         v
     };
@@ -229,7 +409,10 @@ fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
     let agent = inject(&state, args(&short));
     assert_ne!(tc_qdiscs(&pair.a, &pair.a_if), before);
     let (status, out, err) = agent.wait(Duration::from_secs(40));
-    assert!(status.success() && out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?} {err}");
+    assert!(
+        status.success() && out.iter().any(|l| l.contains("reverted (ttl)")),
+        "{out:?} {err}"
+    );
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after TTL");
     // SIGTERM.
     let agent = inject(&state, args("60s"));
@@ -240,11 +423,26 @@ fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
     let agent = inject(&state, args("60s"));
     agent.signal(Signal::SIGKILL);
     let _ = agent.wait(Duration::from_secs(5));
-    assert_ne!(tc_qdiscs(&pair.a, &pair.a_if), before, "a killed agent cannot restore by itself");
-    let out = pair.a.sh(&format!("{} --state-dir {} cleanup", bin().display(), state.str()));
+    assert_ne!(
+        tc_qdiscs(&pair.a, &pair.a_if),
+        before,
+        "a killed agent cannot restore by itself"
+    );
+    let out = pair.a.sh(&format!(
+        "{} --state-dir {} cleanup",
+        bin().display(),
+        state.str()
+    ));
     assert!(out.contains("replayed 1 journal"), "{out}");
-    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "after SIGKILL + cleanup");
-    assert!(!pair.a.sh("ip -o link show").contains("chaos-ifb"), "IFB left behind");
+    assert_eq!(
+        tc_qdiscs(&pair.a, &pair.a_if),
+        before,
+        "after SIGKILL + cleanup"
+    );
+    assert!(
+        !pair.a.sh("ip -o link show").contains("chaos-ifb"),
+        "IFB left behind"
+    );
 }
 
 /// Prints a measurement even when libtest captures output (it captures only the print macros),
@@ -258,8 +456,14 @@ fn report(line: &str) {
 fn fq_or_skip(test: &str) -> bool {
     let ok = have_qdisc("fq");
     if !ok {
-        assert!(std::env::var_os("CHAOS_VM").is_none(), "sch_fq must exist in the 6.1 VM");
-        skip(test, "sch_fq not available on this kernel (runs in `cargo xtask vm-test`)");
+        assert!(
+            std::env::var_os("CHAOS_VM").is_none(),
+            "sch_fq must exist in the 6.1 VM"
+        );
+        skip(
+            test,
+            "sch_fq not available on this kernel (runs in `cargo xtask vm-test`)",
+        );
     }
     ok
 }
@@ -274,12 +478,35 @@ fn edt_delay_adds_latency_to_matching_traffic_only() {
     host_tree(&pair);
     let before = tc_qdiscs(&pair.a, &pair.a_if);
     let dst = format!("{}/32", pair.b_ip);
-    let args = ["--shaping-backend", "edt", "--delay", "100ms", "--ttl", "60s", "--iface", &pair.a_if, "--dest", &dst];
+    let args = [
+        "--shaping-backend",
+        "edt",
+        "--delay",
+        "100ms",
+        "--ttl",
+        "60s",
+        "--iface",
+        &pair.a_if,
+        "--dest",
+        &dst,
+    ];
     // The dry run explains the EDT plan and changes nothing.
     let state = TempDir::new("chst");
-    let dry = pair.a.sh(&format!("{} --state-dir {} inject --dry-run {}", bin().display(), state.str(), args.join(" ")));
-    assert!(dry.contains("backend edt") && dry.contains("fq c4a0:") && dry.contains("skb->tstamp"), "{dry}");
-    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "a dry run changed the tree");
+    let dry = pair.a.sh(&format!(
+        "{} --state-dir {} inject --dry-run {}",
+        bin().display(),
+        state.str(),
+        args.join(" ")
+    ));
+    assert!(
+        dry.contains("backend edt") && dry.contains("fq c4a0:") && dry.contains("skb->tstamp"),
+        "{dry}"
+    );
+    assert_eq!(
+        tc_qdiscs(&pair.a, &pair.a_if),
+        before,
+        "a dry run changed the tree"
+    );
 
     let base = median(&ping_rtts(&pair.a, &pair.b_ip, 10, 0.1));
     let base_other = median(&ping_rtts(&pair.a, "10.39.0.3", 10, 0.1));
@@ -290,19 +517,42 @@ fn edt_delay_adds_latency_to_matching_traffic_only() {
     assert!(line.contains("+ edt)"), "backend must say edt: {line}");
     let during = tc_qdiscs(&pair.a, &pair.a_if);
     let qdiscs: serde_json::Value = serde_json::from_str(&during).expect("tc -j");
-    let root = qdiscs.as_array().and_then(|a| a.iter().find(|q| q["root"] == true)).expect("a root qdisc");
-    assert_eq!((root["kind"].as_str(), root["handle"].as_str()), (Some("fq"), Some("c4a0:")), "{during}");
+    let root = qdiscs
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["root"] == true))
+        .expect("a root qdisc");
+    assert_eq!(
+        (root["kind"].as_str(), root["handle"].as_str()),
+        (Some("fq"), Some("c4a0:")),
+        "{during}"
+    );
     let faulted = median(&ping_rtts(&pair.a, &pair.b_ip, 20, 0.2));
     let other = median(&ping_rtts(&pair.a, "10.39.0.3", 10, 0.1));
     agent.signal(Signal::SIGTERM);
     let (status, out, err) = agent.wait(Duration::from_secs(10));
     assert!(status.success(), "{err}");
-    report(&format!("EDT 100ms: median RTT base {base:.3} ms, faulted {faulted:.3} ms, other destination {base_other:.3} -> {other:.3} ms"));
-    assert!((faulted - base - 100.0).abs() <= 2.0, "median RTT {faulted:.2} ms vs base {base:.2} ms");
-    assert!(other < base_other + 2.0, "untargeted destination delayed: {other:.2} ms vs {base_other:.2} ms");
+    report(&format!(
+        "EDT 100ms: median RTT base {base:.3} ms, faulted {faulted:.3} ms, other destination {base_other:.3} -> {other:.3} ms"
+    ));
+    assert!(
+        (faulted - base - 100.0).abs() <= 2.0,
+        "median RTT {faulted:.2} ms vs base {base:.2} ms"
+    );
+    assert!(
+        other < base_other + 2.0,
+        "untargeted destination delayed: {other:.2} ms vs {base_other:.2} ms"
+    );
     assert!(out.iter().any(|l| l.contains("shaped")), "{out:?}");
-    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "host qdisc tree must come back exactly");
-    assert!(attached_programs(&pair.a, &pair.a_if).is_empty(), "{:?}", attached_programs(&pair.a, &pair.a_if));
+    assert_eq!(
+        tc_qdiscs(&pair.a, &pair.a_if),
+        before,
+        "host qdisc tree must come back exactly"
+    );
+    assert!(
+        attached_programs(&pair.a, &pair.a_if).is_empty(),
+        "{:?}",
+        attached_programs(&pair.a, &pair.a_if)
+    );
 }
 
 #[test]
@@ -311,31 +561,80 @@ fn edt_is_refused_for_ingress_and_when_no_delay_backend_exists() {
     let state = TempDir::new("chst");
     let before = tc_qdiscs(&pair.a, &pair.a_if);
     let run = |args: &[&str]| {
-        let out = pair.a.command(bin().to_str().unwrap())
-            .args(["--state-dir", state.str(), "inject", "--ttl", "10s", "--iface", &pair.a_if])
+        let out = pair
+            .a
+            .command(bin().to_str().unwrap())
+            .args([
+                "--state-dir",
+                state.str(),
+                "inject",
+                "--ttl",
+                "10s",
+                "--iface",
+                &pair.a_if,
+            ])
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     for dir in ["ingress", "both"] {
-        let (ok, err) = run(&["--shaping-backend", "edt", "--delay", "100ms", "--direction", dir]);
-        assert!(!ok && err.contains("egress only") && err.contains("--shaping-backend netem"), "{dir}: {err}");
+        let (ok, err) = run(&[
+            "--shaping-backend",
+            "edt",
+            "--delay",
+            "100ms",
+            "--direction",
+            dir,
+        ]);
+        assert!(
+            !ok && err.contains("egress only") && err.contains("--shaping-backend netem"),
+            "{dir}: {err}"
+        );
     }
-    let (ok, err) = run(&["--shaping-backend", "edt", "--delay", "100ms", "--corrupt", "0.1"]);
-    assert!(!ok && err.contains("delay and uniform jitter only") && err.contains("--corrupt"), "{err}");
+    let (ok, err) = run(&[
+        "--shaping-backend",
+        "edt",
+        "--delay",
+        "100ms",
+        "--corrupt",
+        "0.1",
+    ]);
+    assert!(
+        !ok && err.contains("delay and uniform jitter only") && err.contains("--corrupt"),
+        "{err}"
+    );
     if !have_qdisc("fq") {
         let (ok, err) = run(&["--shaping-backend", "edt", "--delay", "100ms"]);
-        assert!(!ok && err.contains("sch_fq") && err.contains("nothing was changed"), "{err}");
+        assert!(
+            !ok && err.contains("sch_fq") && err.contains("nothing was changed"),
+            "{err}"
+        );
         if !have_qdisc("netem") {
             // Auto: the refusal names both modules that would do.
             let (ok, err) = run(&["--delay", "100ms"]);
-            assert!(!ok && err.contains("sch_netem") && err.contains("sch_fq") && err.contains("modprobe"), "{err}");
+            assert!(
+                !ok && err.contains("sch_netem")
+                    && err.contains("sch_fq")
+                    && err.contains("modprobe"),
+                "{err}"
+            );
         }
     }
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before);
-    assert!(attached_programs(&pair.a, &pair.a_if).is_empty(), "{:?}", attached_programs(&pair.a, &pair.a_if));
-    assert_eq!(std::fs::read_dir(state.0.join("faults")).map_or(0, Iterator::count), 0, "journal untouched");
+    assert!(
+        attached_programs(&pair.a, &pair.a_if).is_empty(),
+        "{:?}",
+        attached_programs(&pair.a, &pair.a_if)
+    );
+    assert_eq!(
+        std::fs::read_dir(state.0.join("faults")).map_or(0, Iterator::count),
+        0,
+        "journal untouched"
+    );
 }
 
 #[test]
@@ -350,7 +649,20 @@ fn edt_jitter_on_one_flow_is_not_fifo_and_never_early() {
     let agent = inject(
         &pair.a,
         &state,
-        &["--shaping-backend", "edt", "--delay", "100ms", "--jitter", "20ms", "--ttl", "60s", "--iface", &pair.a_if, "--proto", "udp"],
+        &[
+            "--shaping-backend",
+            "edt",
+            "--delay",
+            "100ms",
+            "--jitter",
+            "20ms",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+        ],
     );
     // One socket = one fq flow; 400 datagrams sent in a burst, closer together than the 40 ms
     // jitter span.
@@ -377,5 +689,9 @@ fn edt_jitter_on_one_flow_is_not_fifo_and_never_early() {
     // latency a running maximum of the draws: with 400 packets in a burst, even the 10th
     // percentile would sit near 120 ms. (It is not per-packet either: a flow throttled until
     // its earliest stamp is not woken earlier by a packet enqueued with an even earlier one.)
-    assert!(pct(0.1) < 110.0, "p10 {:.2} ms: looks like a FIFO running maximum", pct(0.1));
+    assert!(
+        pct(0.1) < 110.0,
+        "p10 {:.2} ms: looks like a FIFO running maximum",
+        pct(0.1)
+    );
 }

@@ -510,7 +510,11 @@ fn ifb_with_mirred_redirect_and_cleanup() {
             .trim()
             .parse()
             .unwrap();
-    let _ = chaos_agent::testing::udp_run(&p.b, &p.a, &chaos_agent::testing::UdpRun::new(&p.a_ip, 9, 5));
+    let _ = chaos_agent::testing::udp_run(
+        &p.b,
+        &p.a,
+        &chaos_agent::testing::UdpRun::new(&p.a_ip, 9, 5),
+    );
     let tx_after: u64 =
         p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets"))
             .trim()
@@ -584,7 +588,12 @@ fn send_with_priority(p: &VethPair, classid: u32, count: u32) {
                 std::mem::size_of::<u32>() as libc::socklen_t,
             )
         };
-        assert_eq!(rc, 0, "setsockopt(SO_PRIORITY): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setsockopt(SO_PRIORITY): {}",
+            std::io::Error::last_os_error()
+        );
         for _ in 0..count {
             s.send_to(&[b'x'; 200], dst).unwrap();
         }
@@ -746,7 +755,10 @@ fn restore_large_htb_tree_spanning_many_dump_datagrams() {
     let mut batch = String::from("qdisc add dev DEV root handle 1: htb default 2\n");
     batch.push_str("class add dev DEV parent 1: classid 1:1 htb rate 1gbit\n");
     for i in 2..302 {
-        let _ = writeln!(batch, "class add dev DEV parent 1:1 classid 1:{i:x} htb rate {i}kbit ceil 1gbit");
+        let _ = writeln!(
+            batch,
+            "class add dev DEV parent 1:1 classid 1:{i:x} htb rate {i}kbit ceil 1gbit"
+        );
     }
     round_trip(
         218,

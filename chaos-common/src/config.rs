@@ -69,7 +69,10 @@ const _: () = assert!(core::mem::size_of::<PortSet>() == 36);
 
 impl PortSet {
     /// Whether `port` falls in one of the ranges (an empty set contains every port).
-    #[expect(clippy::inline_always, reason = "BPF: keep the loop inside the program so the verifier sees its bound")]
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF: keep the loop inside the program so the verifier sees its bound"
+    )]
     #[inline(always)]
     #[must_use]
     pub fn contains(&self, port: u16) -> bool {
@@ -80,7 +83,10 @@ impl PortSet {
     }
 
     /// Whether `port` falls in one of the ranges (an empty set contains nothing).
-    #[expect(clippy::inline_always, reason = "BPF: keep the loop inside the program so the verifier sees its bound")]
+    #[expect(
+        clippy::inline_always,
+        reason = "BPF: keep the loop inside the program so the verifier sees its bound"
+    )]
     #[inline(always)]
     #[must_use]
     pub fn contains_strict(&self, port: u16) -> bool {

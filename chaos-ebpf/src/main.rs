@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    COUNTERS_LEN, Counter, Dir, F_ARMED, F_DST_FILTER, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS,
-    F_EDT, F_L3_DEVICE, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    COUNTERS_LEN, Counter, Dir, F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP,
+    F_INGRESS, F_L3_DEVICE, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     counter_index, names::MAX_PREFIXES,
 };
 
@@ -165,7 +165,11 @@ const EDT_TRUST_NS: u64 = 60 * 1_000_000_000;
 /// which would reorder the socket's packets against its own schedule.
 #[inline(always)]
 fn edt_departure(cfg: &FaultConfig, flags: u32, now: u64, current: u64) -> u64 {
-    let base = if current > now && current - now < EDT_TRUST_NS { current } else { now };
+    let base = if current > now && current - now < EDT_TRUST_NS {
+        current
+    } else {
+        now
+    };
     let delay_us = u64::from(cfg.edt_delay_us);
     let jitter_us = u64::from(cfg.edt_jitter_us);
     let mut add_us = delay_us;

@@ -34,7 +34,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "offload settings of test veths"),
     ("socat", "small TCP/UDP peers in tests"),
     ("strace", "debugging"),
-    ("curl", "daemon tests talk HTTP to the API socket and /metrics"),
+    (
+        "curl",
+        "daemon tests talk HTTP to the API socket and /metrics",
+    ),
     ("util-linux", "setpriv runs tests as an unprivileged user"),
     ("prometheus", "promtool checks the /metrics exposition"),
     ("qemu-system-x86", "vm-test boots a Debian 6.1 kernel"),

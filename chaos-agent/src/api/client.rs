@@ -18,7 +18,9 @@ use crate::spec::FaultSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listens on the socket.
-    #[error("cannot reach the agent at {path}: {cause} (is `chaos-agent run` running? `inject --foreground` works without it)")]
+    #[error(
+        "cannot reach the agent at {path}: {cause} (is `chaos-agent run` running? `inject --foreground` works without it)"
+    )]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -55,7 +57,13 @@ impl ClientError {
     /// Whether the agent refused the request as invalid (a 4xx other than 404/409/429).
     #[must_use]
     pub fn is_bad_request(&self) -> bool {
-        matches!(self, Self::Api { status: 400 | 422, .. })
+        matches!(
+            self,
+            Self::Api {
+                status: 400 | 422,
+                ..
+            }
+        )
     }
 }
 
@@ -69,7 +77,9 @@ impl Client {
     /// A client for the agent listening on `socket`.
     #[must_use]
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     /// The socket path.
@@ -85,16 +95,28 @@ impl Client {
         std::fs::metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket())
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|cause| ClientError::Connect { path: self.socket.clone(), cause })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            .map_err(|cause| ClientError::Connect {
+                path: self.socket.clone(),
+                cause,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The connection task ends when the response is read (one request per connection).
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(method).uri(format!("http://agent{path}")).header("host", "agent");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://agent{path}"))
+            .header("host", "agent");
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -103,11 +125,21 @@ impl Client {
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if (200..300).contains(&status) {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { status, why: e.to_string() })
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                status,
+                why: e.to_string(),
+            })
         } else {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => Err(ClientError::Api { status, code: b.error.code, message: b.error.message }),
-                Err(_) => Err(ClientError::Decode { status, why: String::from_utf8_lossy(&bytes).into_owned() }),
+                Ok(b) => Err(ClientError::Api {
+                    status,
+                    code: b.error.code,
+                    message: b.error.message,
+                }),
+                Err(_) => Err(ClientError::Decode {
+                    status,
+                    why: String::from_utf8_lossy(&bytes).into_owned(),
+                }),
             }
         }
     }
@@ -118,37 +150,52 @@ impl Client {
 
     /// `POST /v1/faults`.
     pub async fn inject(&self, spec: &FaultSpec) -> Result<FaultInfo, ClientError> {
-        self.call(Method::POST, "/v1/faults", Self::json(spec)).await
+        self.call(Method::POST, "/v1/faults", Self::json(spec))
+            .await
     }
 
     /// `GET /v1/faults`.
     pub async fn list(&self) -> Result<Vec<FaultInfo>, ClientError> {
-        Ok(self.call::<FaultList>(Method::GET, "/v1/faults", None).await?.faults)
+        Ok(self
+            .call::<FaultList>(Method::GET, "/v1/faults", None)
+            .await?
+            .faults)
     }
 
     /// `GET /v1/faults/{id}`.
     pub async fn show(&self, id: FaultId) -> Result<FaultInfo, ClientError> {
-        self.call(Method::GET, &format!("/v1/faults/{id}"), None).await
+        self.call(Method::GET, &format!("/v1/faults/{id}"), None)
+            .await
     }
 
     /// `DELETE /v1/faults/{id}`.
     pub async fn stop(&self, id: FaultId) -> Result<RevertReport, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/faults/{id}"), None).await
+        self.call(Method::DELETE, &format!("/v1/faults/{id}"), None)
+            .await
     }
 
     /// `DELETE /v1/faults`.
     pub async fn stop_all(&self) -> Result<Vec<RevertReport>, ClientError> {
-        Ok(self.call::<Reverted>(Method::DELETE, "/v1/faults", None).await?.reverted)
+        Ok(self
+            .call::<Reverted>(Method::DELETE, "/v1/faults", None)
+            .await?
+            .reverted)
     }
 
     /// `POST /v1/faults/{id}/extend`.
     pub async fn extend(&self, id: FaultId, by: Duration) -> Result<FaultInfo, ClientError> {
-        self.call(Method::POST, &format!("/v1/faults/{id}/extend"), Self::json(&ExtendRequest { by })).await
+        self.call(
+            Method::POST,
+            &format!("/v1/faults/{id}/extend"),
+            Self::json(&ExtendRequest { by }),
+        )
+        .await
     }
 
     /// `GET /v1/faults/{id}/wait`: blocks until the fault ends.
     pub async fn wait(&self, id: FaultId) -> Result<RevertReport, ClientError> {
-        self.call(Method::GET, &format!("/v1/faults/{id}/wait"), None).await
+        self.call(Method::GET, &format!("/v1/faults/{id}/wait"), None)
+            .await
     }
 
     /// `GET /v1/status`.

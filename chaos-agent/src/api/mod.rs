@@ -119,7 +119,12 @@ impl ApiError {
     /// An error with a status, code and message.
     #[must_use]
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), other_fault: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            other_fault: None,
+        }
     }
 
     /// 400 with code `invalid_request`.
@@ -132,7 +137,11 @@ impl ApiError {
     #[must_use]
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
-            error: ErrorDetail { code: self.code.to_owned(), message: self.message.clone(), other_fault: self.other_fault.clone() },
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                other_fault: self.other_fault.clone(),
+            },
         }
     }
 }
@@ -145,9 +154,12 @@ impl From<&EngineError> for ApiError {
             EngineError::Spec(_) => Self::new(400, "invalid_fault", msg),
             EngineError::Sys(_) => Self::new(400, "bad_target", msg),
             EngineError::NotFound(_) => Self::new(404, "not_found", msg),
-            EngineError::Conflict { other, .. } => {
-                Self { status: 409, code: "conflict", message: msg, other_fault: Some(other.to_string()) }
-            }
+            EngineError::Conflict { other, .. } => Self {
+                status: 409,
+                code: "conflict",
+                message: msg,
+                other_fault: Some(other.to_string()),
+            },
             EngineError::Paused => Self::new(409, "paused", msg),
             EngineError::TooMany { .. } => Self::new(429, "too_many_faults", msg),
             EngineError::ShuttingDown => Self::new(503, "shutting_down", msg),

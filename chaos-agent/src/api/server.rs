@@ -25,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::{ApiError, ExtendRequest, FaultList, PauseState, Reverted, Status};
-use crate::engine::{Engine, EngineError, FaultId, RevertReason, Requester};
+use crate::engine::{Engine, EngineError, FaultId, Requester, RevertReason};
 use crate::spec::FaultSpec;
 
 /// Content type of the metrics endpoint (`OpenMetrics` 1.0 text, what prometheus-client encodes).
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Errors setting up the listeners.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,10 @@ pub struct Auth {
 
 impl Auth {
     /// Builds the rules from the configuration, resolving the group name.
-    pub fn from_config(cfg: &crate::config::Config, token: Option<String>) -> Result<Self, ServerError> {
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        token: Option<String>,
+    ) -> Result<Self, ServerError> {
         let allowed_group = match &cfg.api.allowed_group {
             None => None,
             Some(name) => {
@@ -76,14 +80,20 @@ impl Auth {
                 Some((name.clone(), g.gid.as_raw()))
             }
         };
-        Ok(Self { allowed_uids: cfg.api.allowed_uids.clone(), allowed_group, token })
+        Ok(Self {
+            allowed_uids: cfg.api.allowed_uids.clone(),
+            allowed_group,
+            token,
+        })
     }
 
     fn unix_allowed(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
         if uid == 0 || self.allowed_uids.contains(&uid) {
             return true;
         }
-        let Some((_, group)) = self.allowed_group else { return false };
+        let Some((_, group)) = self.allowed_group else {
+            return false;
+        };
         // Primary group from the kernel; supplementary groups from /proc, read now (a client
         // cannot fake them, and they are what file permissions would use too).
         gid == group || pid.is_some_and(|p| supplementary_groups(p).contains(&group))
@@ -103,9 +113,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -125,8 +137,12 @@ pub enum Peer {
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Unix { cred: Some((uid, _, Some(pid))) } => write!(f, "unix uid={uid} pid={pid}"),
-            Self::Unix { cred: Some((uid, _, None)) } => write!(f, "unix uid={uid}"),
+            Self::Unix {
+                cred: Some((uid, _, Some(pid))),
+            } => write!(f, "unix uid={uid} pid={pid}"),
+            Self::Unix {
+                cred: Some((uid, _, None)),
+            } => write!(f, "unix uid={uid}"),
             Self::Unix { cred: None } => f.write_str("unix (no credentials)"),
             Self::Tcp(a) => write!(f, "tcp {a}"),
         }
@@ -135,7 +151,11 @@ impl std::fmt::Display for Peer {
 
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok().map(|c| (c.uid(), c.gid(), c.pid()));
+        let cred = stream
+            .io()
+            .peer_cred()
+            .ok()
+            .map(|c| (c.uid(), c.gid(), c.pid()));
         Self::Unix { cred }
     }
 }
@@ -184,20 +204,39 @@ fn refuse(who: Requester, why: &str, e: ApiError, engine: &Engine) -> ApiError {
 }
 
 /// Checks the caller before any handler runs and attaches its [`Requester`].
-async fn authorize(State(st): State<Arc<ApiState>>, ConnectInfo(peer): ConnectInfo<Peer>, mut req: Request, next: Next) -> Response {
+async fn authorize(
+    State(st): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let auth = st.auth.read().map(|a| a.clone()).unwrap_or_default();
     let who = match &peer {
-        Peer::Unix { cred: Some((uid, gid, pid)) } => {
+        Peer::Unix {
+            cred: Some((uid, gid, pid)),
+        } => {
             if !auth.unix_allowed(*uid, *gid, *pid) {
                 st.engine.metrics().fault_refused("forbidden");
                 tracing::warn!(event = "refuse", uid = *uid, reason = "forbidden", method = %req.method(), path = %req.uri().path(), "API request refused: uid not allowed");
-                return ApiError::new(403, "forbidden", format!("uid {uid} may not use the chaos-agent API (allowed: {})", auth.describe()))
-                    .into_response();
+                return ApiError::new(
+                    403,
+                    "forbidden",
+                    format!(
+                        "uid {uid} may not use the chaos-agent API (allowed: {})",
+                        auth.describe()
+                    ),
+                )
+                .into_response();
             }
             Requester { uid: *uid }
         }
         Peer::Unix { cred: None } => {
-            return ApiError::new(403, "forbidden", "the kernel gave no peer credentials for this connection").into_response();
+            return ApiError::new(
+                403,
+                "forbidden",
+                "the kernel gave no peer credentials for this connection",
+            )
+            .into_response();
         }
         Peer::Tcp(addr) => {
             let given = req
@@ -209,15 +248,22 @@ async fn authorize(State(st): State<Arc<ApiState>>, ConnectInfo(peer): ConnectIn
             if !ok {
                 st.engine.metrics().fault_refused("unauthorized");
                 tracing::warn!(event = "refuse", uid = TCP_UID, remote = %addr, reason = "unauthorized", "API request refused: missing or wrong bearer token");
-                let mut r = ApiError::new(401, "unauthorized", "the TCP API needs `Authorization: Bearer <token>` with the agent's token").into_response();
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut r = ApiError::new(
+                    401,
+                    "unauthorized",
+                    "the TCP API needs `Authorization: Bearer <token>` with the agent's token",
+                )
+                .into_response();
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
             }
             Requester { uid: TCP_UID }
         }
     };
     req.extensions_mut().insert(who);
-    let span = tracing::info_span!("api", peer = %peer, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("api", peer = %peer, method = %req.method(), path = %req.uri().path());
     next.run(req).instrument(span).await
 }
 
@@ -232,22 +278,33 @@ fn parse_id(s: &str) -> Result<FaultId, ApiError> {
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(format!("the request body is empty: expected {what} as JSON")));
+        return Err(ApiError::invalid(format!(
+            "the request body is empty: expected {what} as JSON"
+        )));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid {what}: {e}")))
 }
 
 /// Runs an engine operation in its own task: if the client disconnects, axum drops the handler
 /// future, and an apply or revert cut off half-way would leave kernel state no slot owns.
-async fn detached<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> Result<T, ApiError> {
-    tokio::spawn(f).await.map_err(|e| ApiError::new(500, "internal", format!("request task failed: {e}")))
+async fn detached<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("request task failed: {e}")))
 }
 
 type Who = axum::Extension<Requester>;
 type Json<T> = axum::Json<T>;
 
-async fn create(State(st): State<Arc<ApiState>>, axum::Extension(who): Who, body: Bytes) -> Result<(StatusCode, Json<crate::engine::FaultInfo>), ApiError> {
-    let spec: FaultSpec = parse_json(&body, "fault spec").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
+async fn create(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(who): Who,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::engine::FaultInfo>), ApiError> {
+    let spec: FaultSpec =
+        parse_json(&body, "fault spec").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
     // The engine logs and counts its own refusals.
     let engine = st.engine.clone();
     let info = detached(async move { engine.inject(spec, who).await }).await??;
@@ -255,23 +312,42 @@ async fn create(State(st): State<Arc<ApiState>>, axum::Extension(who): Who, body
 }
 
 async fn list(State(st): State<Arc<ApiState>>) -> Json<FaultList> {
-    axum::Json(FaultList { faults: st.engine.list().await })
+    axum::Json(FaultList {
+        faults: st.engine.list().await,
+    })
 }
 
-async fn show(State(st): State<Arc<ApiState>>, UrlPath(id): UrlPath<String>) -> Result<Json<crate::engine::FaultInfo>, ApiError> {
+async fn show(
+    State(st): State<Arc<ApiState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<crate::engine::FaultInfo>, ApiError> {
     let id = parse_id(&id)?;
-    st.engine.get(id).await.map(axum::Json).ok_or_else(|| EngineError::NotFound(id).into())
+    st.engine
+        .get(id)
+        .await
+        .map(axum::Json)
+        .ok_or_else(|| EngineError::NotFound(id).into())
 }
 
-async fn stop(State(st): State<Arc<ApiState>>, axum::Extension(who): Who, UrlPath(id): UrlPath<String>) -> Result<Json<crate::engine::RevertReport>, ApiError> {
+async fn stop(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(who): Who,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<crate::engine::RevertReport>, ApiError> {
     let id = parse_id(&id)?;
     let engine = st.engine.clone();
-    Ok(axum::Json(detached(async move { engine.stop(id, who).await }).await??))
+    Ok(axum::Json(
+        detached(async move { engine.stop(id, who).await }).await??,
+    ))
 }
 
-async fn stop_all(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Result<Json<Reverted>, ApiError> {
+async fn stop_all(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(who): Who,
+) -> Result<Json<Reverted>, ApiError> {
     let engine = st.engine.clone();
-    let reverted = detached(async move { engine.stop_all(RevertReason::Stopped, who).await }).await?;
+    let reverted =
+        detached(async move { engine.stop_all(RevertReason::Stopped, who).await }).await?;
     Ok(axum::Json(Reverted { reverted }))
 }
 
@@ -282,22 +358,35 @@ async fn extend(
     body: Bytes,
 ) -> Result<Json<crate::engine::FaultInfo>, ApiError> {
     let id = parse_id(&id)?;
-    let req: ExtendRequest = parse_json(&body, "extend request").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
+    let req: ExtendRequest =
+        parse_json(&body, "extend request").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
     if req.by.is_zero() {
-        return Err(refuse(who, "invalid", ApiError::invalid("`by` must be greater than zero"), &st.engine));
+        return Err(refuse(
+            who,
+            "invalid",
+            ApiError::invalid("`by` must be greater than zero"),
+            &st.engine,
+        ));
     }
     let engine = st.engine.clone();
     match detached(async move { engine.extend(id, req.by, who).await }).await? {
         Ok(info) => Ok(axum::Json(info)),
         Err(e) => {
             let api = ApiError::from(&e);
-            Err(if matches!(e, EngineError::NotFound(_)) { api } else { refuse(who, "invalid", api, &st.engine) })
+            Err(if matches!(e, EngineError::NotFound(_)) {
+                api
+            } else {
+                refuse(who, "invalid", api, &st.engine)
+            })
         }
     }
 }
 
 /// Blocks until the fault ends and returns its report (for `inject --wait`).
-async fn wait(State(st): State<Arc<ApiState>>, UrlPath(id): UrlPath<String>) -> Result<Json<crate::engine::RevertReport>, ApiError> {
+async fn wait(
+    State(st): State<Arc<ApiState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<crate::engine::RevertReport>, ApiError> {
     let id = parse_id(&id)?;
     let mut rx = st.engine.watch(id).await.ok_or(EngineError::NotFound(id))?;
     loop {
@@ -306,7 +395,11 @@ async fn wait(State(st): State<Arc<ApiState>>, UrlPath(id): UrlPath<String>) -> 
         }
         if rx.changed().await.is_err() {
             // The sender is gone: the report, if any, is the last value.
-            return rx.borrow().clone().map(axum::Json).ok_or_else(|| ApiError::new(500, "internal", "the fault ended without a report"));
+            return rx
+                .borrow()
+                .clone()
+                .map(axum::Json)
+                .ok_or_else(|| ApiError::new(500, "internal", "the fault ended without a report"));
         }
     }
 }
@@ -323,30 +416,61 @@ async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
         max_faults: cfg.max_faults,
         max_ttl: cfg.limits.max_ttl,
         default_ttl: cfg.default_ttl,
-        attach_mode: format!("{} ({})", cfg.attach_mode.as_str(), cfg.attach_mode.resolve().as_str()),
-        protected_ports: cfg.protected_ports.iter().map(ToString::to_string).collect(),
+        attach_mode: format!(
+            "{} ({})",
+            cfg.attach_mode.as_str(),
+            cfg.attach_mode.resolve().as_str()
+        ),
+        protected_ports: cfg
+            .protected_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         leftovers_removed_at_start: st.leftovers_at_start,
         metrics_addr: st.metrics_addr.map(|a| a.to_string()),
     })
 }
 
-async fn pause(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Result<Json<PauseState>, ApiError> {
+async fn pause(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(who): Who,
+) -> Result<Json<PauseState>, ApiError> {
     let engine = st.engine.clone();
     let reverted = detached(async move { engine.pause(who).await }).await?;
-    Ok(axum::Json(PauseState { paused: true, reverted }))
+    Ok(axum::Json(PauseState {
+        paused: true,
+        reverted,
+    }))
 }
 
 async fn resume(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> Json<PauseState> {
     st.engine.resume(who);
-    axum::Json(PauseState { paused: false, reverted: Vec::new() })
+    axum::Json(PauseState {
+        paused: false,
+        reverted: Vec::new(),
+    })
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(404, "no_such_endpoint", format!("no endpoint {method} {} (see docs/api.md; paths start with /v1)", uri.path()))
+    ApiError::new(
+        404,
+        "no_such_endpoint",
+        format!(
+            "no endpoint {method} {} (see docs/api.md; paths start with /v1)",
+            uri.path()
+        ),
+    )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(405, "method_not_allowed", format!("{method} is not allowed on {} (see docs/api.md)", uri.path()))
+    ApiError::new(
+        405,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {} (see docs/api.md)",
+            uri.path()
+        ),
+    )
 }
 
 /// The API router (routes, fallbacks and the authorization layer).
@@ -377,7 +501,8 @@ pub fn bind_unix(path: &Path, group: Option<u32>) -> Result<UnixListener, Server
     {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         // The socket's own mode is the access control; the directory only has to be traversable.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", dir))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -393,23 +518,37 @@ pub fn bind_unix(path: &Path, group: Option<u32>) -> Result<UnixListener, Server
     nix::sys::stat::umask(old);
     let listener = bound.map_err(io("bind", path))?;
     if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| ServerError::Io { what: "chown", path: path.display().to_string(), cause: e.into() })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("chmod", path))?;
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+            ServerError::Io {
+                what: "chown",
+                path: path.display().to_string(),
+                cause: e.into(),
+            }
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(io("chmod", path))?;
     }
     Ok(listener)
 }
 
 /// Serves the API on the Unix socket (and TCP if given) until `stop` is cancelled. Returns when
 /// every connection has finished; callers bound that wait (see `cli::run`).
-pub async fn serve(state: Arc<ApiState>, unix: UnixListener, tcp: Option<TcpListener>, stop: CancellationToken) {
+pub async fn serve(
+    state: Arc<ApiState>,
+    unix: UnixListener,
+    tcp: Option<TcpListener>,
+    stop: CancellationToken,
+) {
     let app = router(state);
     let unix_srv = {
         let app = app.clone();
         let stop = stop.clone();
         async move {
             let svc = app.into_make_service_with_connect_info::<Peer>();
-            if let Err(e) = axum::serve(unix, svc).with_graceful_shutdown(stop.cancelled_owned()).await {
+            if let Err(e) = axum::serve(unix, svc)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
                 tracing::error!(error = %e, "API socket server failed");
             }
         }
@@ -417,7 +556,10 @@ pub async fn serve(state: Arc<ApiState>, unix: UnixListener, tcp: Option<TcpList
     let tcp_srv = async move {
         if let Some(l) = tcp {
             let svc = app.into_make_service_with_connect_info::<Peer>();
-            if let Err(e) = axum::serve(l, svc).with_graceful_shutdown(stop.cancelled_owned()).await {
+            if let Err(e) = axum::serve(l, svc)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
                 tracing::error!(error = %e, "API TCP server failed");
             }
         }
@@ -431,26 +573,44 @@ pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; chars
 /// Whether a scraper asked for the classic text format only (`Accept: text/plain...` without
 /// `OpenMetrics`). Everyone else, Prometheus included, gets `OpenMetrics`.
 fn wants_classic_text(headers: &axum::http::HeaderMap) -> bool {
-    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
     accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
 }
 
 /// Serves `GET /metrics` (`OpenMetrics` text) until `stop` is cancelled.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<crate::metrics::Metrics>, stop: CancellationToken) {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
     let app = Router::new().route(
         "/metrics",
         get(move |headers: axum::http::HeaderMap| {
             let m = metrics.clone();
             async move {
                 if wants_classic_text(&headers) {
-                    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)], m.encode_prometheus_text())
+                    (
+                        [(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)],
+                        m.encode_prometheus_text(),
+                    )
                 } else {
-                    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.encode())
+                    (
+                        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+                        m.encode(),
+                    )
                 }
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
         tracing::error!(error = %e, "metrics server failed");
     }
 }

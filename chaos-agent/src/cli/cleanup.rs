@@ -20,11 +20,19 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let kinds: Vec<String> = report.removed_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let kinds: Vec<String> = report
+            .removed_by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
         println!(
             "cleanup: removed {} object(s){}; replayed {} journal(s) of dead agents; {} fault(s) of a live agent left alone",
             report.removed(),
-            if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", kinds.join(", "))
+            },
             report.journals_replayed,
             report.live_skipped
         );
@@ -38,5 +46,9 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
             eprintln!("cleanup: {e}");
         }
     }
-    Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

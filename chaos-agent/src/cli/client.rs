@@ -15,7 +15,10 @@ use crate::spec::FaultSpec;
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     // One request at a time: a single-threaded runtime is enough and starts faster.
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f))
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -28,18 +31,32 @@ fn report_line(r: &RevertReport) -> String {
         "{} reverted ({}): {}{}",
         r.id,
         r.reason.as_str(),
-        r.counters.as_ref().map_or_else(|| "no counters".to_owned(), counters_line),
-        if r.errors.is_empty() { String::new() } else { format!("; revert errors: {}", r.errors.join("; ")) }
+        r.counters
+            .as_ref()
+            .map_or_else(|| "no counters".to_owned(), counters_line),
+        if r.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; revert errors: {}", r.errors.join("; "))
+        }
     )
 }
 
 fn exit_for(reports: &[RevertReport]) -> ExitCode {
-    if reports.iter().all(|r| r.errors.is_empty()) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if reports.iter().all(|r| r.errors.is_empty()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `inject` when an agent is running: send the spec, print the id; with `--wait`, block until the
 /// fault ends (Ctrl-C or SIGTERM stop it, as in the foreground) and print the summary.
-pub(super) fn inject(client: &Client, spec: &FaultSpec, a: &InjectArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn inject(
+    client: &Client,
+    spec: &FaultSpec,
+    a: &InjectArgs,
+) -> anyhow::Result<ExitCode> {
     block_on(async {
         let started = Instant::now();
         let info = client.inject(spec).await?;
@@ -66,15 +83,25 @@ pub(super) fn inject(client: &Client, spec: &FaultSpec, a: &InjectArgs) -> anyho
             report.id,
             report.reason.as_str(),
             started.elapsed().as_secs_f64(),
-            report.counters.as_ref().map_or_else(|| "no counters".to_owned(), counters_line),
-            if report.errors.is_empty() { String::new() } else { format!("; revert errors: {}", report.errors.join("; ")) }
+            report
+                .counters
+                .as_ref()
+                .map_or_else(|| "no counters".to_owned(), counters_line),
+            if report.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; revert errors: {}", report.errors.join("; "))
+            }
         );
         Ok(exit_for(std::slice::from_ref(&report)))
     })?
 }
 
 fn fault_table(faults: &[FaultInfo]) {
-    println!("{:<11} {:<6} {:<12} {:>9} {:<13} {:>6}  SUMMARY", "ID", "KIND", "IFACE", "REMAINING", "BACKEND", "UID");
+    println!(
+        "{:<11} {:<6} {:<12} {:>9} {:<13} {:>6}  SUMMARY",
+        "ID", "KIND", "IFACE", "REMAINING", "BACKEND", "UID"
+    );
     for f in faults {
         println!(
             "{:<11} {:<6} {:<12} {:>8}s {:<13} {:>6}  {}{}",
@@ -85,7 +112,9 @@ fn fault_table(faults: &[FaultInfo]) {
             f.backend,
             f.requested_by_uid,
             f.summary,
-            f.counters.as_ref().map_or_else(String::new, |c| format!(" | {}", counters_line(c)))
+            f.counters
+                .as_ref()
+                .map_or_else(String::new, |c| format!(" | {}", counters_line(c)))
         );
     }
 }
@@ -120,7 +149,9 @@ pub(super) fn stop(socket: &Path, a: &StopArgs) -> anyhow::Result<ExitCode> {
         None => block_on(client.stop_all())??,
     };
     if a.json {
-        print_json(&crate::api::Reverted { reverted: reports.clone() })?;
+        print_json(&crate::api::Reverted {
+            reverted: reports.clone(),
+        })?;
     } else {
         if a.all {
             println!("stopped {} fault(s)", reports.len());
@@ -152,18 +183,40 @@ pub(super) fn status(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> 
     if o.json {
         print_json(&s)?;
     } else {
-        println!("chaos-agent {} (pid {}), up {}s, kernel {}", s.version, s.pid, s.uptime_seconds, s.kernel);
-        println!("state:           {}", if s.paused { "PAUSED (new faults refused)" } else { "accepting faults" });
-        println!("active faults:   {} of at most {}", s.active_faults, s.max_faults);
+        println!(
+            "chaos-agent {} (pid {}), up {}s, kernel {}",
+            s.version, s.pid, s.uptime_seconds, s.kernel
+        );
+        println!(
+            "state:           {}",
+            if s.paused {
+                "PAUSED (new faults refused)"
+            } else {
+                "accepting faults"
+            }
+        );
+        println!(
+            "active faults:   {} of at most {}",
+            s.active_faults, s.max_faults
+        );
         println!(
             "ttl:             max {}, default {}",
             humantime::format_duration(s.max_ttl),
-            s.default_ttl.map_or_else(|| "none".to_owned(), |d| humantime::format_duration(d).to_string())
+            s.default_ttl.map_or_else(
+                || "none".to_owned(),
+                |d| humantime::format_duration(d).to_string()
+            )
         );
         println!("attach mode:     {}", s.attach_mode);
         println!("protected ports: {}", s.protected_ports.join(","));
-        println!("metrics:         {}", s.metrics_addr.as_deref().unwrap_or("off"));
-        println!("leftovers removed at start: {}", s.leftovers_removed_at_start);
+        println!(
+            "metrics:         {}",
+            s.metrics_addr.as_deref().unwrap_or("off")
+        );
+        println!(
+            "leftovers removed at start: {}",
+            s.leftovers_removed_at_start
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -173,7 +226,10 @@ pub(super) fn pause(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
     if o.json {
         print_json(&p)?;
     } else {
-        println!("paused: {} fault(s) reverted; new faults are refused until `chaos-agent resume`", p.reverted.len());
+        println!(
+            "paused: {} fault(s) reverted; new faults are refused until `chaos-agent resume`",
+            p.reverted.len()
+        );
         for r in &p.reverted {
             println!("{}", report_line(r));
         }

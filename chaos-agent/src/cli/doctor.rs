@@ -12,7 +12,13 @@ pub(super) fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{:<8} {:<4} {:<44} DETAIL", "CHECK", "OK", "NEEDED FOR");
         for c in &checks {
-            println!("{:<8} {:<4} {:<44} {}", c.name, if c.ok { "yes" } else { "no" }, c.needed_for, c.detail);
+            println!(
+                "{:<8} {:<4} {:<44} {}",
+                c.name,
+                if c.ok { "yes" } else { "no" },
+                c.needed_for,
+                c.detail
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,15 +13,21 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{InjectArgs, UsageError};
 use crate::ebpf::Counters;
-use crate::engine::{self, Engine, RevertReason, RevertReport, Requester};
+use crate::engine::{self, Engine, Requester, RevertReason, RevertReport};
 use crate::metrics::Metrics;
 use crate::spec::{FaultSpec, LossSpec, ShapeSpec, Target};
 
 /// Builds the spec from the flags.
 pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let loss = match (a.loss, a.loss_model) {
-        (Some(p), model) => Some(LossSpec { probability: p, model }),
-        (None, Some(model)) => Some(LossSpec { probability: model.mean_loss(), model: Some(model) }),
+        (Some(p), model) => Some(LossSpec {
+            probability: p,
+            model,
+        }),
+        (None, Some(model)) => Some(LossSpec {
+            probability: model.mean_loss(),
+            model: Some(model),
+        }),
         (None, None) => None,
     };
     let shape = ShapeSpec {
@@ -66,18 +72,33 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
 /// The line both the foreground and the client print once a fault is in (scripts parse its id).
 #[must_use]
 pub fn injected_line(info: &crate::engine::FaultInfo) -> String {
-    format!("injected {}: {} ({}), ttl {}", info.id, info.summary, info.backend, humantime::format_duration(info.spec.ttl))
+    format!(
+        "injected {}: {} ({}), ttl {}",
+        info.id,
+        info.summary,
+        info.backend,
+        humantime::format_duration(info.spec.ttl)
+    )
 }
 
 fn pct(n: u64, d: u64) -> String {
-    if d == 0 { "-".to_owned() } else { format!("{:.2}%", n as f64 * 100.0 / d as f64) }
+    if d == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.2}%", n as f64 * 100.0 / d as f64)
+    }
 }
 
 /// One line of counters, e.g. `matched 1200, dropped 118 (9.83%)`.
 #[must_use]
 pub fn counters_line(c: &Counters) -> String {
     let t = c.total();
-    let mut line = format!("matched {}, dropped {} ({})", t.matched, t.dropped, pct(t.dropped, t.matched));
+    let mut line = format!(
+        "matched {}, dropped {} ({})",
+        t.matched,
+        t.dropped,
+        pct(t.dropped, t.matched)
+    );
     if t.steered > 0 {
         let _ = write!(line, ", shaped {}", t.steered);
     }
@@ -91,13 +112,21 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
         return super::client::inject(&client, &spec, a);
     }
     if a.ttl.is_none() {
-        return Err(UsageError("--ttl is required when no agent is running (the fault runs in the foreground)".to_owned()).into());
+        return Err(UsageError(
+            "--ttl is required when no agent is running (the fault runs in the foreground)"
+                .to_owned(),
+        )
+        .into());
     }
     let cfg = super::engine_config(state_dir.to_owned(), a.attach_mode, a.max_ttl);
     if a.dry_run {
         // No engine: a dry run must not even open the journal.
         let (spec, plan) = engine::plan(&cfg, spec)?;
-        println!("dry run: {} for {} (nothing changed)", spec.summary(), humantime::format_duration(spec.ttl));
+        println!(
+            "dry run: {} for {} (nothing changed)",
+            spec.summary(),
+            humantime::format_duration(spec.ttl)
+        );
         for step in plan {
             println!("  - {step}");
         }
@@ -110,11 +139,18 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
     rt.block_on(foreground(cfg, spec, a.json))
 }
 
-async fn foreground(cfg: engine::EngineConfig, spec: FaultSpec, json: bool) -> anyhow::Result<ExitCode> {
+async fn foreground(
+    cfg: engine::EngineConfig,
+    spec: FaultSpec,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     let (engine, leftovers) = Engine::start(cfg, metrics).await.context("start engine")?;
     if leftovers.removed() > 0 || leftovers.journals_replayed > 0 {
-        eprintln!("removed {} leftover object(s) of a dead agent", leftovers.removed());
+        eprintln!(
+            "removed {} leftover object(s) of a dead agent",
+            leftovers.removed()
+        );
     }
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -122,9 +158,16 @@ async fn foreground(cfg: engine::EngineConfig, spec: FaultSpec, json: bool) -> a
     let info = engine.inject(spec, Requester::me()).await?;
     println!("{}", injected_line(&info));
     let _ = std::io::stdout().flush();
-    let mut done = engine.watch(info.id).await.context("fault vanished right after inject")?;
+    let mut done = engine
+        .watch(info.id)
+        .await
+        .context("fault vanished right after inject")?;
     let tty = std::io::stderr().is_terminal();
-    let mut tick = tokio::time::interval(if tty { Duration::from_millis(500) } else { Duration::from_secs(5) });
+    let mut tick = tokio::time::interval(if tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    });
     tick.tick().await;
     let report: RevertReport = loop {
         tokio::select! {
@@ -164,8 +207,19 @@ async fn foreground(cfg: engine::EngineConfig, spec: FaultSpec, json: bool) -> a
         report.id,
         report.reason.as_str(),
         elapsed.as_secs_f64(),
-        report.counters.as_ref().map_or_else(|| "no counters".to_owned(), counters_line),
-        if report.errors.is_empty() { String::new() } else { format!("; revert errors: {}", report.errors.join("; ")) }
+        report
+            .counters
+            .as_ref()
+            .map_or_else(|| "no counters".to_owned(), counters_line),
+        if report.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; revert errors: {}", report.errors.join("; "))
+        }
     );
-    Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

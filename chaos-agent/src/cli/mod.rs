@@ -16,7 +16,10 @@ use ipnet::IpNet;
 
 use crate::ebpf::AttachMode;
 use crate::engine::{EngineConfig, FaultId};
-use crate::spec::{Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, ShapingBackend, parse_fraction};
+use crate::spec::{
+    Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, ShapingBackend,
+    parse_fraction,
+};
 use crate::sys::paths;
 
 /// chaos-agent: inject real, self-expiring faults into this host.
@@ -72,7 +75,10 @@ pub enum Command {
 
 /// `inject` flags.
 #[derive(Debug, clap::Args)]
-#[allow(clippy::struct_excessive_bools, reason = "independent command-line switches")]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
 pub struct InjectArgs {
     /// Drop matching packets with this probability, in (0, 1] (`0.1` or `10%`).
     #[arg(long, value_parser = parse_probability)]
@@ -256,12 +262,20 @@ pub struct DoctorArgs {
 
 fn parse_probability(s: &str) -> Result<f64, String> {
     let v = parse_fraction(s).ok_or_else(|| format!("{s:?} is not a number"))?;
-    if v > 0.0 && v <= 1.0 { Ok(v) } else { Err(format!("{s} is outside (0, 1]")) }
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} is outside (0, 1]"))
+    }
 }
 
 fn parse_fraction_arg(s: &str) -> Result<f64, String> {
     let v = parse_fraction(s).ok_or_else(|| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{s} is outside [0, 1]")) }
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s} is outside [0, 1]"))
+    }
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -280,7 +294,11 @@ fn init_logging(filter: Option<&str>, default: &str, format: crate::config::LogF
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: journald and log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match format {
         crate::config::LogFormat::Text => b.try_init(),
         crate::config::LogFormat::Json => b.json().flatten_event(true).try_init(),
@@ -314,8 +332,14 @@ pub fn main() -> ExitCode {
         // The CLI prints its own results; only errors from the library are worth a log line.
         init_logging(cli.log.as_deref(), "error", crate::config::LogFormat::Text);
     }
-    let state_dir = cli.state_dir.clone().unwrap_or_else(|| PathBuf::from(paths::STATE_DIR));
-    let socket = cli.socket.clone().unwrap_or_else(|| PathBuf::from(paths::SOCKET));
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(paths::STATE_DIR));
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(paths::SOCKET));
     let result = match &cli.command {
         Command::Inject(args) => inject::run(&state_dir, &socket, args),
         Command::Run(args) => run::run(&cli, args),
@@ -341,8 +365,12 @@ pub fn main() -> ExitCode {
             if e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<crate::spec::SpecError>().is_some()
                 || e.downcast_ref::<crate::config::ConfigError>().is_some()
-                || e.downcast_ref::<crate::api::client::ClientError>().is_some_and(crate::api::client::ClientError::is_bad_request)
-                || matches!(e.downcast_ref::<crate::engine::EngineError>(), Some(crate::engine::EngineError::Spec(_) | crate::engine::EngineError::Sys(_)))
+                || e.downcast_ref::<crate::api::client::ClientError>()
+                    .is_some_and(crate::api::client::ClientError::is_bad_request)
+                || matches!(
+                    e.downcast_ref::<crate::engine::EngineError>(),
+                    Some(crate::engine::EngineError::Spec(_) | crate::engine::EngineError::Sys(_))
+                )
             {
                 ExitCode::from(2)
             } else {
@@ -353,7 +381,10 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 /// Checks privileges and prepares the host (bpffs, memlock): the common preflight.

@@ -59,11 +59,19 @@ pub(super) fn check_config(file: &Path) -> anyhow::Result<ExitCode> {
         "{}: ok (socket {}, metrics {}, max_ttl {}, default_ttl {}, max_faults {}, protected ports {})",
         file.display(),
         cfg.api.socket.display(),
-        if cfg.metrics.enabled { cfg.metrics.listen.to_string() } else { "off".to_owned() },
+        if cfg.metrics.enabled {
+            cfg.metrics.listen.to_string()
+        } else {
+            "off".to_owned()
+        },
         humantime::format_duration(cfg.limits.max_ttl),
         humantime::format_duration(cfg.limits.default_ttl),
         cfg.limits.max_faults,
-        cfg.protected_ports().iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        cfg.protected_ports()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -92,13 +100,22 @@ fn backends(cfg: &Config) -> String {
     format!("ebpf/{}", cfg.attach_mode.resolve().as_str())
 }
 
-async fn daemon(mut cfg: Config, overrides: Overrides, path: PathBuf, explicit: bool) -> anyhow::Result<ExitCode> {
+async fn daemon(
+    mut cfg: Config,
+    overrides: Overrides,
+    path: PathBuf,
+    explicit: bool,
+) -> anyhow::Result<ExitCode> {
     let token = cfg.tcp_token()?;
     let auth = Auth::from_config(&cfg, token)?;
     // Listeners first: a second agent must fail here, before it reconciles or changes anything.
     let unix = server::bind_unix(&cfg.api.socket, auth.allowed_group.as_ref().map(|g| g.1))?;
     let tcp = match cfg.api.tcp_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("bind the TCP API on {addr}"))?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind the TCP API on {addr}"))?,
+        ),
         None => None,
     };
     let metrics_listener = if cfg.metrics.enabled {
@@ -116,7 +133,9 @@ async fn daemon(mut cfg: Config, overrides: Overrides, path: PathBuf, explicit: 
         ("kernel", crate::sys::kernel_release()),
         ("backends", backends(&cfg)),
     ]));
-    let (engine, report) = Engine::start(cfg.engine_config(), metrics.clone()).await.context("start the engine")?;
+    let (engine, report) = Engine::start(cfg.engine_config(), metrics.clone())
+        .await
+        .context("start the engine")?;
     if report.removed() > 0 || report.journals_replayed > 0 {
         tracing::warn!(event = "reconcile", removed = report.removed(), journals_replayed = report.journals_replayed, by_kind = ?report.removed_by_kind, "removed a dead agent's leftovers");
     }
@@ -137,7 +156,13 @@ async fn daemon(mut cfg: Config, overrides: Overrides, path: PathBuf, explicit: 
     let api_stop = CancellationToken::new();
     let metrics_stop = CancellationToken::new();
     let api = tokio::spawn(server::serve(state.clone(), unix, tcp, api_stop.clone()));
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(server::serve_metrics(l, metrics.clone(), metrics_stop.clone())));
+    let metrics_task = metrics_listener.map(|l| {
+        tokio::spawn(server::serve_metrics(
+            l,
+            metrics.clone(),
+            metrics_stop.clone(),
+        ))
+    });
     tracing::info!(
         event = "start",
         pid = std::process::id(),
@@ -162,12 +187,19 @@ async fn daemon(mut cfg: Config, overrides: Overrides, path: PathBuf, explicit: 
 
     // Stop the API first, so no new fault can arrive while the others are reverted.
     let t0 = Instant::now();
-    tracing::info!(event = "shutdown", signal = signal_name, "stopping: API closed, reverting every fault");
+    tracing::info!(
+        event = "shutdown",
+        signal = signal_name,
+        "stopping: API closed, reverting every fault"
+    );
     api_stop.cancel();
     let reports = engine.shutdown().await;
     let errors: usize = reports.iter().map(|r| r.errors.len()).sum();
     // In-flight requests (e.g. `inject --wait`) get their answer; idle connections are closed.
-    if tokio::time::timeout(Duration::from_secs(1), api).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(1), api)
+        .await
+        .is_err()
+    {
         tracing::warn!("API connections still open after 1s; closing them");
     }
     let _ = std::fs::remove_file(&cfg.api.socket);
@@ -175,12 +207,29 @@ async fn daemon(mut cfg: Config, overrides: Overrides, path: PathBuf, explicit: 
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
     }
-    tracing::info!(event = "shutdown", reverted = reports.len(), errors, elapsed_ms = t0.elapsed().as_millis() as u64, "chaos-agent stopped");
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    tracing::info!(
+        event = "shutdown",
+        reverted = reports.len(),
+        errors,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "chaos-agent stopped"
+    );
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// SIGHUP: re-read the file; on any error keep the running configuration.
-fn reload(path: &Path, explicit: bool, overrides: &Overrides, running: &Config, engine: &Engine, state: &ApiState) {
+fn reload(
+    path: &Path,
+    explicit: bool,
+    overrides: &Overrides,
+    running: &Config,
+    engine: &Engine,
+    state: &ApiState,
+) {
     let mut cfg = match Config::load_or_default(path, explicit) {
         Ok(c) => c,
         Err(e) => {
@@ -192,19 +241,34 @@ fn reload(path: &Path, explicit: bool, overrides: &Overrides, running: &Config, 
     // Addresses are bound once; keep the running ones so protected ports stay right.
     for (what, changed) in [
         ("api.socket", cfg.api.socket != running.api.socket),
-        ("api.tcp_listen", cfg.api.tcp_listen != running.api.tcp_listen),
-        ("metrics", cfg.metrics.enabled != running.metrics.enabled || (cfg.metrics.listen != running.metrics.listen && cfg.metrics.listen.port() != 0)),
+        (
+            "api.tcp_listen",
+            cfg.api.tcp_listen != running.api.tcp_listen,
+        ),
+        (
+            "metrics",
+            cfg.metrics.enabled != running.metrics.enabled
+                || (cfg.metrics.listen != running.metrics.listen && cfg.metrics.listen.port() != 0),
+        ),
         ("state_dir", cfg.state_dir != running.state_dir),
     ] {
         if changed {
-            tracing::warn!(event = "reload", key = what, "changed in the file but only takes effect after a restart");
+            tracing::warn!(
+                event = "reload",
+                key = what,
+                "changed in the file but only takes effect after a restart"
+            );
         }
     }
     cfg.api.socket.clone_from(&running.api.socket);
     cfg.api.tcp_listen = running.api.tcp_listen;
     cfg.metrics = running.metrics.clone();
     cfg.state_dir.clone_from(&running.state_dir);
-    let auth = match cfg.tcp_token().map_err(anyhow::Error::from).and_then(|t| Ok(Auth::from_config(&cfg, t)?)) {
+    let auth = match cfg
+        .tcp_token()
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(Auth::from_config(&cfg, t)?))
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(event = "reload", error = %e, "config reload failed; keeping the running configuration");

@@ -101,9 +101,18 @@ impl TcProgram {
 
     /// Attaches the hook's classifier as a direct-action `cls_bpf` filter at our priority with the
     /// given handle (chosen and journaled by the caller beforehand). Needs a clsact qdisc.
-    pub fn attach_netlink(&mut self, ifname: &str, hook: Hook, handle: u32) -> Result<(), EbpfError> {
+    pub fn attach_netlink(
+        &mut self,
+        ifname: &str,
+        hook: Hook,
+        handle: u32,
+    ) -> Result<(), EbpfError> {
         let prog: &mut SchedClassifier = self.classifier(hook.program())?;
-        let opts = NlOptions { priority: NETLINK_PRIORITY, handle: TcHandle::from(handle), classid: None };
+        let opts = NlOptions {
+            priority: NETLINK_PRIORITY,
+            handle: TcHandle::from(handle),
+            classid: None,
+        };
         prog.attach_with_options(ifname, attach_type(hook), TcAttachOptions::Netlink(opts))
             .map(|_| ())
             .map_err(|source| EbpfError::Attach {

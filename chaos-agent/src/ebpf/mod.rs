@@ -13,9 +13,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
-use chaos_common::{
-    COUNTERS_LEN, Counter, Dir, FaultConfig, counter_index, names,
-};
+use chaos_common::{COUNTERS_LEN, Counter, Dir, FaultConfig, counter_index, names};
 use ipnet::IpNet;
 
 pub use attach::{AttachMode, AttachedProgram};
@@ -126,32 +124,62 @@ impl TcProgram {
     /// Loads the embedded object and both classifiers into the kernel. Nothing is attached yet:
     /// if the agent dies now, the kernel frees everything with the file descriptors.
     pub fn load() -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
+        let mut ebpf = EbpfLoader::new()
+            .load(crate::EBPF_OBJECT)
+            .map_err(|e| EbpfError::Load(Box::new(e)))?;
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(EbpfError::Missing(name))?
                 .try_into()
-                .map_err(|source| EbpfError::Program { name, source: Box::new(source) })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source: Box::new(source) })?;
+                .map_err(|source| EbpfError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            prog.load().map_err(|source| EbpfError::Program {
+                name,
+                source: Box::new(source),
+            })?;
         }
         Ok(Self { ebpf })
     }
 
     /// Writes the fault's configuration (index 0 of `CHAOS_CONFIG`).
     pub fn set_config(&mut self, cfg: &FaultConfig) -> Result<(), EbpfError> {
-        let map = self.ebpf.map_mut(names::MAP_CONFIG).ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
+        let map = self
+            .ebpf
+            .map_mut(names::MAP_CONFIG)
+            .ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
         let mut arr: Array<&mut MapData, FaultConfig> =
-            Array::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_CONFIG, source: Box::new(source) })?;
-        arr.set(0, *cfg, 0).map_err(|source| EbpfError::Map { op: "write", map: names::MAP_CONFIG, source: Box::new(source) })
+            Array::try_from(map).map_err(|source| EbpfError::Map {
+                op: "open",
+                map: names::MAP_CONFIG,
+                source: Box::new(source),
+            })?;
+        arr.set(0, *cfg, 0).map_err(|source| EbpfError::Map {
+            op: "write",
+            map: names::MAP_CONFIG,
+            source: Box::new(source),
+        })
     }
 
     /// Reads the fault's configuration back.
     pub fn config(&self) -> Result<FaultConfig, EbpfError> {
-        let map = self.ebpf.map(names::MAP_CONFIG).ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
+        let map = self
+            .ebpf
+            .map(names::MAP_CONFIG)
+            .ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
         let arr: Array<&MapData, FaultConfig> =
-            Array::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_CONFIG, source: Box::new(source) })?;
-        arr.get(&0, 0).map_err(|source| EbpfError::Map { op: "read", map: names::MAP_CONFIG, source: Box::new(source) })
+            Array::try_from(map).map_err(|source| EbpfError::Map {
+                op: "open",
+                map: names::MAP_CONFIG,
+                source: Box::new(source),
+            })?;
+        arr.get(&0, 0).map_err(|source| EbpfError::Map {
+            op: "read",
+            map: names::MAP_CONFIG,
+            source: Box::new(source),
+        })
     }
 
     /// Adds prefixes to the source or destination tries (both families).
@@ -165,17 +193,41 @@ impl TcProgram {
             match net.trunc() {
                 IpNet::V4(n) => {
                     let map = self.ebpf.map_mut(m4).ok_or(EbpfError::Missing(m4))?;
-                    let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> =
-                        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: m4, source: Box::new(source) })?;
-                    trie.insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 1, 0)
-                        .map_err(|source| EbpfError::Map { op: "insert", map: m4, source: Box::new(source) })?;
+                    let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(map)
+                        .map_err(|source| EbpfError::Map {
+                            op: "open",
+                            map: m4,
+                            source: Box::new(source),
+                        })?;
+                    trie.insert(
+                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                        1,
+                        0,
+                    )
+                    .map_err(|source| EbpfError::Map {
+                        op: "insert",
+                        map: m4,
+                        source: Box::new(source),
+                    })?;
                 }
                 IpNet::V6(n) => {
                     let map = self.ebpf.map_mut(m6).ok_or(EbpfError::Missing(m6))?;
-                    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
-                        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: m6, source: Box::new(source) })?;
-                    trie.insert(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 1, 0)
-                        .map_err(|source| EbpfError::Map { op: "insert", map: m6, source: Box::new(source) })?;
+                    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map)
+                        .map_err(|source| EbpfError::Map {
+                            op: "open",
+                            map: m6,
+                            source: Box::new(source),
+                        })?;
+                    trie.insert(
+                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                        1,
+                        0,
+                    )
+                    .map_err(|source| EbpfError::Map {
+                        op: "insert",
+                        map: m6,
+                        source: Box::new(source),
+                    })?;
                 }
             }
         }
@@ -184,27 +236,52 @@ impl TcProgram {
 
     /// Seeds the per-CPU PRNG: CPU `i` gets `splitmix64(seed + i)`, never 0.
     pub fn seed_rng(&mut self, seed: u64) -> Result<(), EbpfError> {
-        let map = self.ebpf.map_mut(names::MAP_RNG).ok_or(EbpfError::Missing(names::MAP_RNG))?;
+        let map = self
+            .ebpf
+            .map_mut(names::MAP_RNG)
+            .ok_or(EbpfError::Missing(names::MAP_RNG))?;
         let mut arr: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { op: "open", map: names::MAP_RNG, source: Box::new(source) })?;
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
+                op: "open",
+                map: names::MAP_RNG,
+                source: Box::new(source),
+            })?;
         let ncpu = aya::util::nr_cpus().unwrap_or(1);
-        let values: Vec<u64> = (0..ncpu as u64).map(|i| splitmix64(seed.wrapping_add(i)).max(1)).collect();
-        let values = PerCpuValues::try_from(values)
-            .map_err(|e| EbpfError::Map { op: "seed", map: names::MAP_RNG, source: Box::new(aya::maps::MapError::IoError(e)) })?;
-        arr.set(0, values, 0).map_err(|source| EbpfError::Map { op: "write", map: names::MAP_RNG, source: Box::new(source) })
+        let values: Vec<u64> = (0..ncpu as u64)
+            .map(|i| splitmix64(seed.wrapping_add(i)).max(1))
+            .collect();
+        let values = PerCpuValues::try_from(values).map_err(|e| EbpfError::Map {
+            op: "seed",
+            map: names::MAP_RNG,
+            source: Box::new(aya::maps::MapError::IoError(e)),
+        })?;
+        arr.set(0, values, 0).map_err(|source| EbpfError::Map {
+            op: "write",
+            map: names::MAP_RNG,
+            source: Box::new(source),
+        })
     }
 
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, EbpfError> {
-        let map = self.ebpf.map(names::MAP_COUNTERS).ok_or(EbpfError::Missing(names::MAP_COUNTERS))?;
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-            .map_err(|source| EbpfError::Map { op: "open", map: names::MAP_COUNTERS, source: Box::new(source) })?;
+        let map = self
+            .ebpf
+            .map(names::MAP_COUNTERS)
+            .ok_or(EbpfError::Missing(names::MAP_COUNTERS))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
+                op: "open",
+                map: names::MAP_COUNTERS,
+                source: Box::new(source),
+            })?;
         let read = |dir: Dir, c: Counter| -> Result<u64, EbpfError> {
             let idx = counter_index(dir, c);
             debug_assert!(idx < COUNTERS_LEN);
-            let v = arr
-                .get(&idx, 0)
-                .map_err(|source| EbpfError::Map { op: "read", map: names::MAP_COUNTERS, source: Box::new(source) })?;
+            let v = arr.get(&idx, 0).map_err(|source| EbpfError::Map {
+                op: "read",
+                map: names::MAP_COUNTERS,
+                source: Box::new(source),
+            })?;
             Ok(v.iter().sum())
         };
         let dir = |d: Dir| -> Result<DirCounters, EbpfError> {
@@ -217,16 +294,25 @@ impl TcProgram {
                 expired: read(d, Counter::Expired)?,
             })
         };
-        Ok(Counters { ingress: dir(Dir::Ingress)?, egress: dir(Dir::Egress)? })
+        Ok(Counters {
+            ingress: dir(Dir::Ingress)?,
+            egress: dir(Dir::Egress)?,
+        })
     }
 
     /// The classifier for one direction.
-    pub(crate) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, EbpfError> {
+    pub(crate) fn classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, EbpfError> {
         self.ebpf
             .program_mut(name)
             .ok_or(EbpfError::Missing(name))?
             .try_into()
-            .map_err(|source| EbpfError::Program { name, source: Box::new(source) })
+            .map_err(|source| EbpfError::Program {
+                name,
+                source: Box::new(source),
+            })
     }
 }
 

@@ -106,7 +106,12 @@ pub async fn our_filters(handle: &Handle, ifindex: u32) -> Result<Vec<OurFilter>
     for hook in Hook::ALL {
         for (name, prio, h) in filters(handle, ifindex, hook).await? {
             if let Some(name) = name.filter(|n| is_ours(n)) {
-                out.push(OurFilter { hook, priority: prio, handle: h, name });
+                out.push(OurFilter {
+                    hook,
+                    priority: prio,
+                    handle: h,
+                    name,
+                });
             }
         }
     }
@@ -114,7 +119,11 @@ pub async fn our_filters(handle: &Handle, ifindex: u32) -> Result<Vec<OurFilter>
 }
 
 /// (bpf name, priority, handle) of every filter at a hook. Empty when there is no clsact.
-async fn filters(handle: &Handle, ifindex: u32, hook: Hook) -> Result<Vec<(Option<String>, u16, u32)>, EbpfError> {
+async fn filters(
+    handle: &Handle,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<Vec<(Option<String>, u16, u32)>, EbpfError> {
     let req = handle.traffic_filter(ifindex as i32).get();
     let req = match hook {
         Hook::Ingress => req.ingress(),
@@ -126,7 +135,8 @@ async fn filters(handle: &Handle, ifindex: u32, hook: Hook) -> Result<Vec<(Optio
         match stream.try_next().await {
             Ok(Some(msg)) => {
                 // Dumps include one "chain" entry per priority without a handle: skip those.
-                let h = u32::from(msg.header.handle.major) << 16 | u32::from(msg.header.handle.minor);
+                let h =
+                    u32::from(msg.header.handle.major) << 16 | u32::from(msg.header.handle.minor);
                 if h == 0 {
                     continue;
                 }
@@ -136,7 +146,11 @@ async fn filters(handle: &Handle, ifindex: u32, hook: Hook) -> Result<Vec<(Optio
             // No clsact (EINVAL) or the device vanished: there is nothing to list.
             Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => break,
             Err(source) => {
-                return Err(EbpfError::Netlink { op: "list tc filters", ifname: ifindex.to_string(), source: Box::new(source) });
+                return Err(EbpfError::Netlink {
+                    op: "list tc filters",
+                    ifname: ifindex.to_string(),
+                    source: Box::new(source),
+                });
             }
         }
     }
@@ -154,11 +168,18 @@ pub async fn has_clsact(handle: &Handle, ifindex: u32) -> Result<bool, EbpfError
     while let Some(msg) = stream
         .try_next()
         .await
-        .map_err(|source| EbpfError::Netlink { op: "list qdiscs", ifname: ifindex.to_string(), source: Box::new(source) })?
+        .map_err(|source| EbpfError::Netlink {
+            op: "list qdiscs",
+            ifname: ifindex.to_string(),
+            source: Box::new(source),
+        })?
     {
         if msg.header.index == ifindex as i32
             && msg.header.parent == TcHandle::CLSACT
-            && msg.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+            && msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
         {
             return Ok(true);
         }
@@ -188,22 +209,36 @@ pub async fn delete_clsact_if_unused(handle: &Handle, ifindex: u32) -> Result<bo
     }
     let mut msg = TcMessage::with_index(ifindex as i32);
     msg.header.parent = TcHandle::CLSACT;
-    msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
     msg.attributes.push(TcAttribute::Kind("clsact".to_owned()));
     match request_ack(handle, RouteNetlinkMessage::DelQueueDiscipline(msg)).await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => Ok(false),
-        Err(source) => Err(EbpfError::Netlink { op: "delete clsact", ifname: ifindex.to_string(), source: Box::new(source) }),
+        Err(source) => Err(EbpfError::Netlink {
+            op: "delete clsact",
+            ifname: ifindex.to_string(),
+            source: Box::new(source),
+        }),
     }
 }
 
 /// Sends one request and waits for its acknowledgement.
-pub async fn request_ack(handle: &Handle, msg: RouteNetlinkMessage) -> Result<(), rtnetlink::Error> {
+pub async fn request_ack(
+    handle: &Handle,
+    msg: RouteNetlinkMessage,
+) -> Result<(), rtnetlink::Error> {
     request_ack_flags(handle, msg, 0).await
 }
 
 /// Sends one request with extra `NLM_F_*` flags (e.g. create/excl) and waits for its ack.
-pub async fn request_ack_flags(handle: &Handle, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
+pub async fn request_ack_flags(
+    handle: &Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), rtnetlink::Error> {
     use futures::StreamExt as _;
     use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
     let mut req = NetlinkMessage::from(msg);
@@ -212,9 +247,10 @@ pub async fn request_ack_flags(handle: &Handle, msg: RouteNetlinkMessage, flags:
     let mut response = handle.request(req)?;
     while let Some(m) = response.next().await {
         if let NetlinkPayload::Error(e) = m.payload
-            && e.code.is_some() {
-                return Err(rtnetlink::Error::NetlinkError(e));
-            }
+            && e.code.is_some()
+        {
+            return Err(rtnetlink::Error::NetlinkError(e));
+        }
     }
     Ok(())
 }
@@ -231,7 +267,9 @@ pub async fn delete_our_filter(
     let found = filters(handle, ifindex, hook)
         .await?
         .into_iter()
-        .any(|(name, p, h)| p == priority && h == filter_handle && name.as_deref().is_some_and(is_ours));
+        .any(|(name, p, h)| {
+            p == priority && h == filter_handle && name.as_deref().is_some_and(is_ours)
+        });
     if !found {
         return Ok(false);
     }
@@ -243,7 +281,11 @@ pub async fn delete_our_filter(
     match request_ack(handle, RouteNetlinkMessage::DelTrafficFilter(msg)).await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => Ok(false),
-        Err(source) => Err(EbpfError::Netlink { op: "delete tc filter", ifname: ifindex.to_string(), source: Box::new(source) }),
+        Err(source) => Err(EbpfError::Netlink {
+            op: "delete tc filter",
+            ifname: ifindex.to_string(),
+            source: Box::new(source),
+        }),
     }
 }
 
@@ -255,12 +297,22 @@ pub async fn all_ifindexes(handle: &Handle) -> Result<Vec<(u32, String)>, EbpfEr
     while let Some(l) = links
         .try_next()
         .await
-        .map_err(|source| EbpfError::Netlink { op: "list links", ifname: "*".to_owned(), source: Box::new(source) })?
+        .map_err(|source| EbpfError::Netlink {
+            op: "list links",
+            ifname: "*".to_owned(),
+            source: Box::new(source),
+        })?
     {
         let name = l
             .attributes
             .iter()
-            .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+            .find_map(|a| {
+                if let LinkAttribute::IfName(n) = a {
+                    Some(n.clone())
+                } else {
+                    None
+                }
+            })
             .unwrap_or_default();
         out.push((l.header.index, name));
     }

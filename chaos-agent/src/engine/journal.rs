@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::undo::Undo;
 use super::FaultId;
+use super::undo::Undo;
 use crate::spec::FaultSpec;
 use crate::sys::{self, paths};
 
@@ -31,7 +31,10 @@ impl Owner {
     #[must_use]
     pub fn current() -> Self {
         let pid = std::process::id();
-        Self { pid, start_time: sys::process_start_time(pid).unwrap_or(0) }
+        Self {
+            pid,
+            start_time: sys::process_start_time(pid).unwrap_or(0),
+        }
     }
 
     /// Whether the owner is still running.
@@ -89,7 +92,10 @@ pub struct Journal {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io { path: path.to_owned(), source }
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl Journal {
@@ -98,7 +104,11 @@ impl Journal {
         let dir = state_dir.join(paths::JOURNAL_SUBDIR);
         let owned = state_dir.join("owned");
         for d in [&dir, &owned] {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(d).map_err(io_err(d))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(io_err(d))?;
         }
         Ok(Self { dir, owned })
     }
@@ -111,8 +121,17 @@ impl Journal {
     pub fn write(&self, entry: &JournalEntry) -> Result<(), JournalError> {
         let path = self.path(entry.id);
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(entry).map_err(|source| JournalError::Parse { path: path.clone(), source })?;
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
+        let bytes = serde_json::to_vec_pretty(entry).map_err(|source| JournalError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
@@ -120,7 +139,9 @@ impl Journal {
     }
 
     fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
     }
 
     /// Removes an entry (the fault is fully reverted).
@@ -146,11 +167,12 @@ impl Journal {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            out.push(
-                fs::read(&path)
-                    .map_err(io_err(&path))
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|source| JournalError::Parse { path: path.clone(), source })),
-            );
+            out.push(fs::read(&path).map_err(io_err(&path)).and_then(|b| {
+                serde_json::from_slice(&b).map_err(|source| JournalError::Parse {
+                    path: path.clone(),
+                    source,
+                })
+            }));
         }
         Ok(out)
     }
@@ -168,7 +190,9 @@ impl Journal {
     /// qdisc): written before the object is created.
     pub fn mark_owned(&self, kind: &str, key: &str) -> Result<(), JournalError> {
         let p = self.marker(kind, key);
-        File::create(&p).and_then(|f| f.sync_all()).map_err(io_err(&p))?;
+        File::create(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&p))?;
         Self::sync_dir(&self.owned)
     }
 
@@ -213,7 +237,8 @@ mod tests {
     fn write_load_remove() {
         let dir = std::env::temp_dir().join(format!("chaos-journal-test-{}", std::process::id()));
         let j = Journal::open(&dir).unwrap();
-        let spec: FaultSpec = serde_json::from_str(r#"{"ttl":"5s","loss":{"probability":0.5}}"#).unwrap();
+        let spec: FaultSpec =
+            serde_json::from_str(r#"{"ttl":"5s","loss":{"probability":0.5}}"#).unwrap();
         let mut e = JournalEntry {
             version: VERSION,
             id: FaultId::from_raw(0xabcd_0001),
@@ -224,7 +249,12 @@ mod tests {
             undo: vec![],
         };
         j.write(&e).unwrap();
-        e.undo.push(Undo::NetlinkFilter { ifname: "eth0".into(), hook: Hook::Egress, priority: 1, handle: 2 });
+        e.undo.push(Undo::NetlinkFilter {
+            ifname: "eth0".into(),
+            hook: Hook::Egress,
+            priority: 1,
+            handle: 2,
+        });
         j.write(&e).unwrap();
         let all = j.load_all().unwrap();
         assert_eq!(all.len(), 1);
@@ -234,7 +264,10 @@ mod tests {
         assert!(j.load_all().unwrap().is_empty());
         j.mark_owned("clsact", "eth0").unwrap();
         assert!(j.is_owned("clsact", "eth0"));
-        assert_eq!(j.owned_markers(), vec![("clsact".to_owned(), "eth0".to_owned())]);
+        assert_eq!(
+            j.owned_markers(),
+            vec![("clsact".to_owned(), "eth0".to_owned())]
+        );
         j.unmark_owned("clsact", "eth0").unwrap();
         assert!(!j.is_owned("clsact", "eth0"));
         fs::remove_dir_all(&dir).unwrap();

@@ -40,9 +40,14 @@ impl FaultId {
     pub fn random() -> Self {
         use std::io::Read as _;
         let mut b = [0u8; 4];
-        if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+        if std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .is_err()
+        {
             // No /dev/urandom (odd chroot): time and pid are unique enough for ids.
-            let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             b = (t.subsec_nanos() ^ std::process::id().rotate_left(16)).to_ne_bytes();
         }
         Self(u32::from_ne_bytes(b).max(1))
@@ -72,7 +77,9 @@ impl std::str::FromStr for FaultId {
         if hex.len() != 8 {
             return Err(format!("bad fault id {s:?}: expected f-XXXXXXXX"));
         }
-        u32::from_str_radix(hex, 16).map(Self).map_err(|_| format!("bad fault id {s:?}: expected f-XXXXXXXX"))
+        u32::from_str_radix(hex, 16)
+            .map(Self)
+            .map_err(|_| format!("bad fault id {s:?}: expected f-XXXXXXXX"))
     }
 }
 
@@ -130,7 +137,9 @@ impl Requester {
     /// The current process's user.
     #[must_use]
     pub fn me() -> Self {
-        Self { uid: nix::unistd::getuid().as_raw() }
+        Self {
+            uid: nix::unistd::getuid().as_raw(),
+        }
     }
 }
 
@@ -328,18 +337,27 @@ impl fmt::Debug for Engine {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Engine {
     /// Opens the journal, removes a dead agent's leftovers and starts the TTL watchdog.
     /// Must be called inside a tokio runtime.
-    pub async fn start(cfg: EngineConfig, metrics: Arc<Metrics>) -> Result<(Self, reconcile::Report), EngineError> {
+    pub async fn start(
+        cfg: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, reconcile::Report), EngineError> {
         sys::raise_memlock();
         let journal = Journal::open(&cfg.state_dir)?;
-        let nl = crate::ebpf::netlink::connect().map_err(|e| EngineError::Apply { source: e.into() })?;
+        let nl =
+            crate::ebpf::netlink::connect().map_err(|e| EngineError::Apply { source: e.into() })?;
         let tc = crate::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
-        let ctx = UndoCtx { nl: nl.clone(), journal: journal.clone(), tc: tc.clone() };
+        let ctx = UndoCtx {
+            nl: nl.clone(),
+            journal: journal.clone(),
+            tc: tc.clone(),
+        };
         let report = reconcile::run(&ctx).await;
         for (kind, n) in &report.removed_by_kind {
             metrics.leftovers_removed(kind, *n as u64);
@@ -416,7 +434,11 @@ impl Engine {
 
     /// Injects a fault. On failure nothing is left applied (or, if even the rollback failed,
     /// the journal keeps what is left for `cleanup`).
-    pub async fn inject(&self, mut spec: FaultSpec, who: Requester) -> Result<FaultInfo, EngineError> {
+    pub async fn inject(
+        &self,
+        mut spec: FaultSpec,
+        who: Requester,
+    ) -> Result<FaultInfo, EngineError> {
         let m = &self.inner.metrics;
         let result = self.inject_inner(&mut spec, who).await;
         match &result {
@@ -431,7 +453,11 @@ impl Engine {
         result
     }
 
-    async fn inject_inner(&self, spec: &mut FaultSpec, who: Requester) -> Result<FaultInfo, EngineError> {
+    async fn inject_inner(
+        &self,
+        spec: &mut FaultSpec,
+        who: Requester,
+    ) -> Result<FaultInfo, EngineError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -443,7 +469,8 @@ impl Engine {
         let ifindex = sys::ifindex(&ifname)?;
         // A kernel without the needed qdisc is refused before anything is reserved or journaled.
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-            faults::netem::backend(sh, spec.target.direction).map_err(|source| EngineError::Unsupported { source })?;
+            faults::netem::backend(sh, spec.target.direction)
+                .map_err(|source| EngineError::Unsupported { source })?;
         }
         // Reserve a slot under the lock, then apply without it: loading and attaching programs
         // takes milliseconds, and holding the registry lock that long would delay the TTL
@@ -451,9 +478,15 @@ impl Engine {
         let id = {
             let mut state = self.inner.state.lock().await;
             if state.faults.len() + state.pending.len() >= cfg.max_faults {
-                return Err(EngineError::TooMany { max: cfg.max_faults });
+                return Err(EngineError::TooMany {
+                    max: cfg.max_faults,
+                });
             }
-            let others = state.faults.iter().map(|(id, s)| (*id, &s.info.spec)).chain(state.pending.iter().map(|(id, s)| (*id, s)));
+            let others = state
+                .faults
+                .iter()
+                .map(|(id, s)| (*id, &s.info.spec))
+                .chain(state.pending.iter().map(|(id, s)| (*id, s)));
             for (other, other_spec) in others {
                 if let Some(why) = faults::conflict(spec, other_spec) {
                     return Err(EngineError::Conflict { other, why });
@@ -466,7 +499,9 @@ impl Engine {
             state.pending.insert(id, spec.clone());
             id
         };
-        let applied = self.apply_reserved(id, spec, &cfg, ifname, ifindex, who).await;
+        let applied = self
+            .apply_reserved(id, spec, &cfg, ifname, ifindex, who)
+            .await;
         let mut state = self.inner.state.lock().await;
         state.pending.remove(&id);
         let (info, active, txn, deadline) = applied?;
@@ -497,7 +532,16 @@ impl Engine {
         let (done, _) = watch::channel(None);
         let active: SharedFault = Arc::new(std::sync::Mutex::new(active));
         self.timers().insert((deadline, id), active.clone());
-        state.faults.insert(id, Slot { info: info.clone(), active, txn, deadline, done });
+        state.faults.insert(
+            id,
+            Slot {
+                info: info.clone(),
+                active,
+                txn,
+                deadline,
+                done,
+            },
+        );
         drop(state);
         self.inner.wake.notify_one();
         let m = &self.inner.metrics;
@@ -556,7 +600,10 @@ impl Engine {
                 return Err(if errors.is_empty() {
                     EngineError::Apply { source }
                 } else {
-                    EngineError::RollbackFailed { source, rollback_errors: errors }
+                    EngineError::RollbackFailed {
+                        source,
+                        rollback_errors: errors,
+                    }
                 });
             }
         };
@@ -579,26 +626,47 @@ impl Engine {
     }
 
     fn undo_ctx(&self) -> UndoCtx {
-        UndoCtx { nl: self.inner.nl.clone(), journal: self.inner.journal.clone(), tc: self.inner.tc.clone() }
+        UndoCtx {
+            nl: self.inner.nl.clone(),
+            journal: self.inner.journal.clone(),
+            tc: self.inner.tc.clone(),
+        }
     }
 
     /// Stops a fault now.
     pub async fn stop(&self, id: FaultId, who: Requester) -> Result<RevertReport, EngineError> {
-        let r = self.revert(id, RevertReason::Stopped).await.ok_or(EngineError::NotFound(id))?;
+        let r = self
+            .revert(id, RevertReason::Stopped)
+            .await
+            .ok_or(EngineError::NotFound(id))?;
         tracing::info!(event = "stop", id = %id, uid = who.uid, "fault stopped");
         Ok(r)
     }
 
     /// Stops every fault.
     pub async fn stop_all(&self, reason: RevertReason, who: Requester) -> Vec<RevertReport> {
-        let ids: Vec<FaultId> = self.inner.state.lock().await.faults.keys().copied().collect();
+        let ids: Vec<FaultId> = self
+            .inner
+            .state
+            .lock()
+            .await
+            .faults
+            .keys()
+            .copied()
+            .collect();
         let mut out = Vec::new();
         for id in ids {
             if let Some(r) = self.revert(id, reason).await {
                 out.push(r);
             }
         }
-        tracing::info!(event = "stop_all", uid = who.uid, reason = reason.as_str(), count = out.len(), "all faults stopped");
+        tracing::info!(
+            event = "stop_all",
+            uid = who.uid,
+            reason = reason.as_str(),
+            count = out.len(),
+            "all faults stopped"
+        );
         out
     }
 
@@ -609,12 +677,18 @@ impl Engine {
     }
 
     fn timers(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Instant, FaultId), SharedFault>> {
-        self.inner.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .timers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reverts `id`. `ttl` is set by the watchdog, which already disarmed the fault: its
     /// deadline and the disarm's (lateness, error). `started` is when the revert was decided.
-    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "FaultError is the fault modules' error type; boxing it is their call"
+    )]
     async fn revert_inner(
         &self,
         id: FaultId,
@@ -678,8 +752,16 @@ impl Engine {
     }
 
     /// Moves a fault's deadline by `by`; the total lifetime stays within the maximum TTL.
-    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
-    pub async fn extend(&self, id: FaultId, by: Duration, who: Requester) -> Result<FaultInfo, EngineError> {
+    #[allow(
+        clippy::result_large_err,
+        reason = "FaultError is the fault modules' error type; boxing it is their call"
+    )]
+    pub async fn extend(
+        &self,
+        id: FaultId,
+        by: Duration,
+        who: Requester,
+    ) -> Result<FaultInfo, EngineError> {
         let max = self.config().limits.max_ttl;
         let mut state = self.inner.state.lock().await;
         let slot = state.faults.get_mut(&id).ok_or(EngineError::NotFound(id))?;
@@ -690,12 +772,18 @@ impl Engine {
         }
         let new_total = slot.info.spec.ttl + by;
         if new_total > max {
-            return Err(SpecError::TtlTooLong { ttl: new_total, max }.into());
+            return Err(SpecError::TtlTooLong {
+                ttl: new_total,
+                max,
+            }
+            .into());
         }
         let new_deadline = old_deadline + by;
         let remaining = new_deadline.saturating_duration_since(Instant::now());
-        with_fault(&slot.active, |f| f.set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64))
-            .map_err(|source| EngineError::Apply { source })?;
+        with_fault(&slot.active, |f| {
+            f.set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64)
+        })
+        .map_err(|source| EngineError::Apply { source })?;
         slot.deadline = new_deadline;
         slot.info.spec.ttl = new_total;
         slot.info.expires_unix_ms += by.as_millis() as u64;
@@ -721,7 +809,10 @@ impl Engine {
         let state = self.inner.state.lock().await;
         if let Some(slot) = state.faults.get(&info.id) {
             info.counters = with_fault(&slot.active, |f| f.counters());
-            info.remaining_ms = slot.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+            info.remaining_ms = slot
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64;
         }
         info
     }
@@ -751,16 +842,32 @@ impl Engine {
 
     /// A receiver that yields the fault's revert report when it ends (`None` if not active).
     pub async fn watch(&self, id: FaultId) -> Option<watch::Receiver<Option<RevertReport>>> {
-        self.inner.state.lock().await.faults.get(&id).map(|s| s.done.subscribe())
+        self.inner
+            .state
+            .lock()
+            .await
+            .faults
+            .get(&id)
+            .map(|s| s.done.subscribe())
     }
 
     /// Live counters of every active fault as (interface, counters), for metrics.
-    #[must_use] 
+    #[must_use]
     pub fn counters_now(&self) -> Vec<(String, Counters)> {
         // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
         self.inner.state.try_lock().map_or_else(
             |_| Vec::new(),
-            |s| s.faults.values().filter_map(|f| Some((f.info.iface.clone(), with_fault(&f.active, |a| a.counters())?))).collect(),
+            |s| {
+                s.faults
+                    .values()
+                    .filter_map(|f| {
+                        Some((
+                            f.info.iface.clone(),
+                            with_fault(&f.active, |a| a.counters())?,
+                        ))
+                    })
+                    .collect()
+            },
         )
     }
 
@@ -794,7 +901,8 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // TTL reverts in flight finish before the watchdog exits.
-        let _ = tokio::time::timeout_at(give_up.into(), self.inner.watchdog_exited.cancelled()).await;
+        let _ =
+            tokio::time::timeout_at(give_up.into(), self.inner.watchdog_exited.cancelled()).await;
         r
     }
 
@@ -803,7 +911,10 @@ impl Engine {
     /// The watchdog thread only picks due faults and disarms them; the rest of each revert runs
     /// on the main runtime (`main`): closing a tcx link waits for an RCU grace period, which
     /// under load takes tens of milliseconds and would make the next deadline late.
-    #[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error type; boxing it is their call")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "FaultError is the fault modules' error type; boxing it is their call"
+    )]
     async fn watchdog(&self, main: &tokio::runtime::Handle) {
         let mut reverts: Vec<tokio::task::JoinHandle<Option<RevertReport>>> = Vec::new();
         loop {
@@ -823,11 +934,20 @@ impl Engine {
                     for ((deadline, id), fault) in due {
                         // Disarm right here, before anything that could wait: this is the
                         // moment the fault stops acting.
-                        let disarm_error = with_fault(&fault, |f| f.disarm()).err().map(|e| format!("disarm: {e}"));
+                        let disarm_error = with_fault(&fault, |f| f.disarm())
+                            .err()
+                            .map(|e| format!("disarm: {e}"));
                         let lateness = Instant::now().saturating_duration_since(deadline);
                         let engine = self.clone();
                         reverts.push(main.spawn(async move {
-                            engine.revert_inner(id, RevertReason::Ttl, Some((deadline, lateness, disarm_error)), now).await
+                            engine
+                                .revert_inner(
+                                    id,
+                                    RevertReason::Ttl,
+                                    Some((deadline, lateness, disarm_error)),
+                                    now,
+                                )
+                                .await
                         }));
                     }
                 }
@@ -864,9 +984,14 @@ fn raise_watchdog_priority() {
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
     param.sched_priority = 1;
     // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
-    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param) };
+    let rc = unsafe {
+        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param)
+    };
     if rc != 0 {
-        tracing::debug!(errno = rc, "watchdog thread keeps normal scheduling (no CAP_SYS_NICE?)");
+        tracing::debug!(
+            errno = rc,
+            "watchdog thread keeps normal scheduling (no CAP_SYS_NICE?)"
+        );
     }
 }
 
@@ -903,12 +1028,21 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
 }
 
 /// Validates a spec and explains what applying it would do, touching nothing (dry run).
-pub fn plan(cfg: &EngineConfig, mut spec: FaultSpec) -> Result<(FaultSpec, Vec<String>), EngineError> {
+pub fn plan(
+    cfg: &EngineConfig,
+    mut spec: FaultSpec,
+) -> Result<(FaultSpec, Vec<String>), EngineError> {
     let ifname = prepare(&mut spec, cfg)?;
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-        faults::netem::backend(sh, spec.target.direction).map_err(|source| EngineError::Unsupported { source })?;
+        faults::netem::backend(sh, spec.target.direction)
+            .map_err(|source| EngineError::Unsupported { source })?;
     }
-    let plan = faults::plan(&spec, &ifname, cfg.attach_mode.resolve(), &cfg.protected_ports);
+    let plan = faults::plan(
+        &spec,
+        &ifname,
+        cfg.attach_mode.resolve(),
+        &cfg.protected_ports,
+    );
     Ok((spec, plan))
 }
 

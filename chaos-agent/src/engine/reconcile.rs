@@ -57,7 +57,9 @@ pub async fn run(ctx: &UndoCtx) -> Report {
             Ok(e) => e,
             Err(e) => {
                 // Unreadable: the sweep below still finds its kernel objects by name.
-                report.errors.push(format!("{e} (left in place; kernel objects are swept by name)"));
+                report.errors.push(format!(
+                    "{e} (left in place; kernel objects are swept by name)"
+                ));
                 continue;
             }
         };
@@ -103,7 +105,12 @@ pub async fn run(ctx: &UndoCtx) -> Report {
     // a live agent may journal into another state dir (a second foreground inject, a daemon).
     report.sweep_skipped_for = crate::sys::other_agents();
     if report.sweep_skipped_for.is_empty() {
-        let keep = Keep { filters: keep_filters, clsact: keep_clsact, roots: keep_roots, mirred: keep_mirred };
+        let keep = Keep {
+            filters: keep_filters,
+            clsact: keep_clsact,
+            roots: keep_roots,
+            mirred: keep_mirred,
+        };
         sweep(ctx, &keep, &mut report).await;
     } else {
         tracing::info!(pids = ?report.sweep_skipped_for, "other chaos-agent processes are running: only journaled leftovers of dead agents were removed");
@@ -142,7 +149,8 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
             if keep.filters.contains(&(ifname.clone(), f.handle)) {
                 continue;
             }
-            match netlink::delete_our_filter(&ctx.nl, *ifindex, f.hook, f.priority, f.handle).await {
+            match netlink::delete_our_filter(&ctx.nl, *ifindex, f.hook, f.priority, f.handle).await
+            {
                 Ok(true) => {
                     tracing::warn!(event = "leftover", iface = %ifname, hook = f.hook.as_str(), handle = f.handle, "removed an unjournaled filter of ours");
                     report.add("tc_filter");
@@ -157,7 +165,15 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
         if keep.mirred.contains(ifname) {
             continue;
         }
-        match ctx.tc.delete_filter(*ifindex, crate::tc::TC_H_CLSACT_INGRESS, crate::faults::netem::MIRRED_PRIO).await {
+        match ctx
+            .tc
+            .delete_filter(
+                *ifindex,
+                crate::tc::TC_H_CLSACT_INGRESS,
+                crate::faults::netem::MIRRED_PRIO,
+            )
+            .await
+        {
             Ok(true) => report.add("mirred_filter"),
             Ok(false) => {}
             Err(e) => report.errors.push(e.to_string()),
@@ -176,7 +192,11 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
             continue;
         }
         match ctx.tc.find_ours(*ifindex).await {
-            Ok(Some(_)) => match ctx.tc.delete_qdisc(*ifindex, crate::tc::TC_H_ROOT, crate::tc::OUR_ROOT).await {
+            Ok(Some(_)) => match ctx
+                .tc
+                .delete_qdisc(*ifindex, crate::tc::TC_H_ROOT, crate::tc::OUR_ROOT)
+                .await
+            {
                 Ok(true) => report.add("qdisc_root"),
                 Ok(false) => {}
                 Err(e) => report.errors.push(e.to_string()),

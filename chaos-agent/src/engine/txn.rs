@@ -52,9 +52,10 @@ impl Txn {
     pub async fn rollback(self, ctx: &UndoCtx) -> (Vec<&'static str>, Vec<String>) {
         let (removed, mut errors) = undo::run_reversed(&self.entry.undo, ctx).await;
         if errors.is_empty()
-            && let Err(e) = self.journal.remove(&self.entry.id) {
-                errors.push(e.to_string());
-            }
+            && let Err(e) = self.journal.remove(&self.entry.id)
+        {
+            errors.push(e.to_string());
+        }
         (removed, errors)
     }
 }

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::journal::Journal;
-use crate::ebpf::netlink::{self, Hook};
 use crate::ebpf::EbpfError;
+use crate::ebpf::netlink::{self, Hook};
 
 /// One reversible kernel change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,13 +103,25 @@ impl Undo {
     pub fn describe(&self) -> String {
         match self {
             Self::TcxLink { ifname, hook } => format!("tcx link on {ifname} {}", hook.as_str()),
-            Self::NetlinkFilter { ifname, hook, priority, handle } => {
-                format!("cls_bpf filter on {ifname} {} prio {priority} handle {handle:#x}", hook.as_str())
+            Self::NetlinkFilter {
+                ifname,
+                hook,
+                priority,
+                handle,
+            } => {
+                format!(
+                    "cls_bpf filter on {ifname} {} prio {priority} handle {handle:#x}",
+                    hook.as_str()
+                )
             }
             Self::Clsact { ifname } => format!("clsact qdisc on {ifname}"),
-            Self::RestoreQdisc { ifname, .. } => format!("qdisc tree of {ifname} (restore snapshot)"),
+            Self::RestoreQdisc { ifname, .. } => {
+                format!("qdisc tree of {ifname} (restore snapshot)")
+            }
             Self::IfbLink { name } => format!("IFB device {name}"),
-            Self::MirredFilter { ifname, prio } => format!("mirred filter on {ifname} ingress prio {prio:#x}"),
+            Self::MirredFilter { ifname, prio } => {
+                format!("mirred filter on {ifname} ingress prio {prio:#x}")
+            }
         }
     }
 
@@ -117,8 +129,15 @@ impl Undo {
     pub async fn run(&self, ctx: &UndoCtx) -> Result<bool, UndoError> {
         match self {
             Self::TcxLink { .. } => Ok(false),
-            Self::NetlinkFilter { ifname, hook, priority, handle } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else { return Ok(false) };
+            Self::NetlinkFilter {
+                ifname,
+                hook,
+                priority,
+                handle,
+            } => {
+                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                    return Ok(false);
+                };
                 Ok(netlink::delete_our_filter(&ctx.nl, ifindex, *hook, *priority, *handle).await?)
             }
             Self::Clsact { ifname } => {
@@ -135,8 +154,14 @@ impl Undo {
                 }
                 Ok(deleted)
             }
-            Self::RestoreQdisc { ifname, tree, force } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else { return Ok(false) };
+            Self::RestoreQdisc {
+                ifname,
+                tree,
+                force,
+            } => {
+                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                    return Ok(false);
+                };
                 if ctx.tc.find_ours(ifindex).await?.is_none() {
                     return Ok(false);
                 }
@@ -147,8 +172,13 @@ impl Undo {
             }
             Self::IfbLink { name } => Ok(ctx.tc.delete_link(name).await?),
             Self::MirredFilter { ifname, prio } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else { return Ok(false) };
-                Ok(ctx.tc.delete_filter(ifindex, crate::tc::TC_H_CLSACT_INGRESS, *prio).await?)
+                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                    return Ok(false);
+                };
+                Ok(ctx
+                    .tc
+                    .delete_filter(ifindex, crate::tc::TC_H_CLSACT_INGRESS, *prio)
+                    .await?)
             }
         }
     }

@@ -4,8 +4,9 @@
 //! kernel-side deadline passes.
 
 use chaos_common::{
-    F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE, F_SEEDED, F_SRC_FILTER, F_STEER,
-    FaultConfig, MAX_PORT_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PortSet, probability_to_threshold,
+    F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE,
+    F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, MAX_PORT_RANGES, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, PortSet, probability_to_threshold,
 };
 
 use super::{ActiveFault, ApplyCtx, FaultError};
@@ -63,7 +64,11 @@ pub fn hooks(spec: &FaultSpec) -> Vec<Hook> {
 
 fn port_set(ranges: &[PortRange]) -> PortSet {
     let mut set = PortSet::default();
-    for (slot, r) in set.ranges.iter_mut().zip(ranges.iter().take(MAX_PORT_RANGES)) {
+    for (slot, r) in set
+        .ranges
+        .iter_mut()
+        .zip(ranges.iter().take(MAX_PORT_RANGES))
+    {
         *slot = chaos_common::PortRange { lo: r.lo, hi: r.hi };
     }
     set.len = ranges.len().min(MAX_PORT_RANGES) as u32;
@@ -72,7 +77,11 @@ fn port_set(ranges: &[PortRange]) -> PortSet {
 
 /// Converts a validated spec into the kernel's view of it.
 #[must_use]
-pub fn fault_config(spec: &FaultSpec, protected: &[PortRange], expires_at_mono_ns: u64) -> FaultConfig {
+pub fn fault_config(
+    spec: &FaultSpec,
+    protected: &[PortRange],
+    expires_at_mono_ns: u64,
+) -> FaultConfig {
     let t = &spec.target;
     let mut flags = F_ARMED | F_EGRESS_WIRE_DROP;
     if t.direction.ingress() {
@@ -101,7 +110,11 @@ pub fn fault_config(spec: &FaultSpec, protected: &[PortRange], expires_at_mono_n
         }),
         sports: port_set(&t.sports),
         dports: port_set(&t.dports),
-        protected_ports: if t.include_protected { PortSet::default() } else { port_set(protected) },
+        protected_ports: if t.include_protected {
+            PortSet::default()
+        } else {
+            port_set(protected)
+        },
         ..FaultConfig::default()
     };
     if let Some(loss) = &spec.loss {
@@ -127,12 +140,16 @@ pub async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
     if netlink::has_clsact(ctx.nl, ctx.ifindex).await? {
         // Shared with earlier faults of ours: whichever fault is reverted last removes it.
         if journal.is_owned("clsact", &ctx.ifname) {
-            ctx.txn.record(Undo::Clsact { ifname: ctx.ifname.clone() })?;
+            ctx.txn.record(Undo::Clsact {
+                ifname: ctx.ifname.clone(),
+            })?;
         }
         return Ok(());
     }
     journal.mark_owned("clsact", &ctx.ifname)?;
-    ctx.txn.record(Undo::Clsact { ifname: ctx.ifname.clone() })?;
+    ctx.txn.record(Undo::Clsact {
+        ifname: ctx.ifname.clone(),
+    })?;
     netlink::add_clsact(&ctx.ifname)?;
     Ok(())
 }
@@ -166,7 +183,11 @@ impl Steering {
 }
 
 /// Loads, configures and attaches the classifier.
-pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>, steering: Option<Steering>) -> Result<ClassifierFault, FaultError> {
+pub async fn apply(
+    spec: &FaultSpec,
+    ctx: &mut ApplyCtx<'_>,
+    steering: Option<Steering>,
+) -> Result<ClassifierFault, FaultError> {
     // Loading changes nothing visible: until attached, the programs die with our fds.
     let mut prog = TcProgram::load()?;
     let mut cfg = fault_config(spec, ctx.protected_ports, ctx.expires_at_mono_ns);
@@ -198,17 +219,29 @@ pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>, steering: Option<St
                 prog.attach_netlink(&ctx.ifname, hook, handle)?;
             }
             AttachMode::Tcx | AttachMode::Auto => {
-                ctx.txn.record(Undo::TcxLink { ifname: ctx.ifname.clone(), hook })?;
+                ctx.txn.record(Undo::TcxLink {
+                    ifname: ctx.ifname.clone(),
+                    hook,
+                })?;
                 prog.attach_tcx(&ctx.ifname, hook)?;
             }
         }
     }
-    Ok(ClassifierFault { prog, mode: ctx.attach_mode, shaping: steering.map(|s| s.backend) })
+    Ok(ClassifierFault {
+        prog,
+        mode: ctx.attach_mode,
+        shaping: steering.map(|s| s.backend),
+    })
 }
 
 /// Dry-run description.
 #[must_use]
-pub fn plan(spec: &FaultSpec, ifname: &str, mode: AttachMode, protected: &[PortRange]) -> Vec<String> {
+pub fn plan(
+    spec: &FaultSpec,
+    ifname: &str,
+    mode: AttachMode,
+    protected: &[PortRange],
+) -> Vec<String> {
     let mut out = Vec::new();
     let cfg = fault_config(spec, protected, 0);
     if mode == AttachMode::Netlink {
@@ -219,7 +252,12 @@ pub fn plan(spec: &FaultSpec, ifname: &str, mode: AttachMode, protected: &[PortR
             (Hook::Egress, _) => "drop = redirect to ifindex 0 (the sender sees wire loss)",
             (Hook::Ingress, _) => "drop = TC_ACT_SHOT",
         };
-        out.push(format!("attach {} on {ifname} {} via {} ({how})", hook.program(), hook.as_str(), mode.as_str()));
+        out.push(format!(
+            "attach {} on {ifname} {} via {} ({how})",
+            hook.program(),
+            hook.as_str(),
+            mode.as_str()
+        ));
     }
     out.push(format!(
         "config: loss threshold {:#010x}{}, protocols {:#x}, {} sport / {} dport ranges, {} src / {} dst prefixes, protected ports {}",
@@ -236,7 +274,10 @@ pub fn plan(spec: &FaultSpec, ifname: &str, mode: AttachMode, protected: &[PortR
             protected.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
         }
     ));
-    out.push(format!("kernel deadline: now + {} (the programs pass everything after it)", humantime::format_duration(spec.ttl)));
+    out.push(format!(
+        "kernel deadline: now + {} (the programs pass everything after it)",
+        humantime::format_duration(spec.ttl)
+    ));
     out
 }
 
@@ -254,28 +295,64 @@ mod tests {
         assert_eq!(cfg.loss_threshold, u32::MAX);
         assert_eq!(cfg.expires_at_ns, 99);
         assert_eq!(cfg.protos, PROTO_UDP);
-        assert_eq!(cfg.flags & (F_INGRESS | F_EGRESS | F_DST_FILTER | F_SEEDED | F_ARMED), F_INGRESS | F_EGRESS | F_DST_FILTER | F_SEEDED | F_ARMED);
+        assert_eq!(
+            cfg.flags & (F_INGRESS | F_EGRESS | F_DST_FILTER | F_SEEDED | F_ARMED),
+            F_INGRESS | F_EGRESS | F_DST_FILTER | F_SEEDED | F_ARMED
+        );
         assert_eq!(cfg.flags & F_SRC_FILTER, 0);
         assert_eq!(cfg.dports.len, 2);
-        assert_eq!(cfg.dports.ranges[1], chaos_common::PortRange { lo: 8000, hi: 8100 });
+        assert_eq!(
+            cfg.dports.ranges[1],
+            chaos_common::PortRange { lo: 8000, hi: 8100 }
+        );
         assert_eq!(cfg.protected_ports.len, 1);
     }
 
     #[test]
     fn edt_steering_sets_the_delay_and_no_class() {
         let mut cfg = FaultConfig::default();
-        let edt = super::super::netem::EdtDelay { delay_us: 100_000, jitter_us: 20 };
-        Steering { classid: None, edt: Some(edt), backend: "edt" }.configure(&mut cfg);
-        assert_eq!((cfg.flags & (F_EDT | F_STEER), cfg.edt_delay_us, cfg.edt_jitter_us), (F_EDT, 100_000, 20));
+        let edt = super::super::netem::EdtDelay {
+            delay_us: 100_000,
+            jitter_us: 20,
+        };
+        Steering {
+            classid: None,
+            edt: Some(edt),
+            backend: "edt",
+        }
+        .configure(&mut cfg);
+        assert_eq!(
+            (
+                cfg.flags & (F_EDT | F_STEER),
+                cfg.edt_delay_us,
+                cfg.edt_jitter_us
+            ),
+            (F_EDT, 100_000, 20)
+        );
         let mut cfg = FaultConfig::default();
-        Steering { classid: Some(0xc4a0_0010), edt: None, backend: "netem" }.configure(&mut cfg);
-        assert_eq!((cfg.flags & (F_EDT | F_STEER), cfg.steer_priority), (F_STEER, 0xc4a0_0010));
+        Steering {
+            classid: Some(0xc4a0_0010),
+            edt: None,
+            backend: "netem",
+        }
+        .configure(&mut cfg);
+        assert_eq!(
+            (cfg.flags & (F_EDT | F_STEER), cfg.steer_priority),
+            (F_STEER, 0xc4a0_0010)
+        );
     }
 
     #[test]
     fn include_protected_clears_the_set() {
-        let spec: FaultSpec =
-            serde_json::from_str(r#"{"ttl":"10s","loss":{"probability":0.5},"target":{"include_protected":true}}"#).unwrap();
-        assert_eq!(fault_config(&spec, &["22".parse().unwrap()], 0).protected_ports.len, 0);
+        let spec: FaultSpec = serde_json::from_str(
+            r#"{"ttl":"10s","loss":{"probability":0.5},"target":{"include_protected":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            fault_config(&spec, &["22".parse().unwrap()], 0)
+                .protected_ports
+                .len,
+            0
+        );
     }
 }

@@ -11,9 +11,9 @@ pub mod netem;
 use std::fmt::Debug;
 
 use crate::ebpf::{AttachMode, Counters, EbpfError};
+use crate::engine::FaultId;
 use crate::engine::journal::JournalError;
 use crate::engine::txn::Txn;
-use crate::engine::FaultId;
 use crate::spec::{FaultSpec, PortRange};
 use crate::sys::SysError;
 
@@ -33,7 +33,9 @@ pub enum FaultError {
     #[error(transparent)]
     Tc(#[from] crate::tc::TcError),
     /// The kernel lacks a module the fault needs; nothing was changed.
-    #[error("{what} need the {kind} qdisc, which this kernel lacks: load it with `modprobe {module}` (Debian/Ubuntu ship it in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed")]
+    #[error(
+        "{what} need the {kind} qdisc, which this kernel lacks: load it with `modprobe {module}` (Debian/Ubuntu ship it in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed"
+    )]
     Unsupported {
         /// What the user asked for.
         what: &'static str,
@@ -43,10 +45,14 @@ pub enum FaultError {
         module: &'static str,
     },
     /// A delay, but neither delay backend exists in this kernel.
-    #[error("delay needs the netem qdisc (module sch_netem), or for egress delay with uniform jitter the fq qdisc (module sch_fq, EDT backend), and this kernel has neither: load one with `modprobe sch_netem` or `modprobe sch_fq` (Debian/Ubuntu ship both in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed")]
+    #[error(
+        "delay needs the netem qdisc (module sch_netem), or for egress delay with uniform jitter the fq qdisc (module sch_fq, EDT backend), and this kernel has neither: load one with `modprobe sch_netem` or `modprobe sch_fq` (Debian/Ubuntu ship both in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed"
+    )]
     NoDelayBackend,
     /// The interface already carries a chaos-agent root qdisc.
-    #[error("{ifname} already carries a chaos-agent qdisc root (another shaping fault, or a leftover: run `chaos-agent cleanup`)")]
+    #[error(
+        "{ifname} already carries a chaos-agent qdisc root (another shaping fault, or a leftover: run `chaos-agent cleanup`)"
+    )]
     Busy {
         /// Interface.
         ifname: String,
@@ -90,7 +96,10 @@ pub struct ApplyCtx<'a> {
 }
 
 /// Applies a fault. On error the caller rolls the transaction back.
-pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveFault>, FaultError> {
+pub async fn apply(
+    spec: &FaultSpec,
+    ctx: &mut ApplyCtx<'_>,
+) -> Result<Box<dyn ActiveFault>, FaultError> {
     // Shaping first, classifier last: packets are only steered once their class exists.
     let steering = match &spec.shape {
         Some(sh) if !sh.is_empty() => Some(netem::apply(sh, spec, ctx).await?),
@@ -101,7 +110,12 @@ pub async fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn A
 
 /// What applying the fault would do, for `--dry-run`.
 #[must_use]
-pub fn plan(spec: &FaultSpec, ifname: &str, mode: AttachMode, protected: &[PortRange]) -> Vec<String> {
+pub fn plan(
+    spec: &FaultSpec,
+    ifname: &str,
+    mode: AttachMode,
+    protected: &[PortRange],
+) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
         out.extend(netem::plan(sh, spec, ifname));

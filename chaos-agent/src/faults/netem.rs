@@ -24,8 +24,8 @@ use super::{ApplyCtx, FaultError};
 use crate::engine::undo::Undo;
 use crate::spec::{Direction, FaultSpec, JitterDistribution, ShapeSpec, ShapingBackend};
 use crate::tc::{
-    Distribution, FqOptions, NetemOptions, OUR_ROOT, Qdisc, QdiscTree, TC_H_CLSACT_INGRESS, TC_H_ROOT, TcError,
-    default_leaf_from, fault_classid, is_faithfully_restorable, netem_limit,
+    Distribution, FqOptions, NetemOptions, OUR_ROOT, Qdisc, QdiscTree, TC_H_CLSACT_INGRESS,
+    TC_H_ROOT, TcError, default_leaf_from, fault_classid, is_faithfully_restorable, netem_limit,
 };
 
 /// Rate of the classes that must never be the bottleneck (bytes/s): 100 Gbit/s. The steering
@@ -66,7 +66,12 @@ pub fn netem_options(sh: &ShapeSpec) -> NetemOptions {
         gap: u32::from(sh.reorder.is_some()),
         // A queue deep enough for (delay + jitter) of traffic at the class's rate: netem's
         // default of 1000 packets drops on busy links, which would be a fault we did not ask for.
-        limit: netem_limit(delay, jitter, sh.rate.map(|r| r.bits_per_sec), LINK_RATE_BPS * 8),
+        limit: netem_limit(
+            delay,
+            jitter,
+            sh.rate.map(|r| r.bits_per_sec),
+            LINK_RATE_BPS * 8,
+        ),
         ..NetemOptions::default()
     }
 }
@@ -96,19 +101,34 @@ impl Backend {
 
 /// The backend a spec needs, or why this kernel cannot do it. Qdisc kinds are probed in a
 /// throwaway network namespace, so nothing on the host changes.
-#[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error; this runs once per inject")]
+#[allow(
+    clippy::result_large_err,
+    reason = "FaultError is the fault modules' error; this runs once per inject"
+)]
 pub fn backend(sh: &ShapeSpec, direction: Direction) -> Result<Backend, FaultError> {
     if !sh.needs_netem() {
         return Ok(Backend::Htb);
     }
     let probes = crate::doctor::probe_qdiscs(&["netem", "fq"]);
-    let have = |kind: &str| probes.iter().any(|(k, r)| *k == kind && matches!(r, Ok(crate::doctor::QdiscProbe::Present)));
+    let have = |kind: &str| {
+        probes
+            .iter()
+            .any(|(k, r)| *k == kind && matches!(r, Ok(crate::doctor::QdiscProbe::Present)))
+    };
     choose_backend(sh, direction, have("netem"), have("fq"))
 }
 
 /// [`backend`]'s decision, given which qdisc kinds the kernel has.
-#[allow(clippy::result_large_err, reason = "FaultError is the fault modules' error; this runs once per inject")]
-pub fn choose_backend(sh: &ShapeSpec, direction: Direction, netem: bool, fq: bool) -> Result<Backend, FaultError> {
+#[allow(
+    clippy::result_large_err,
+    reason = "FaultError is the fault modules' error; this runs once per inject"
+)]
+pub fn choose_backend(
+    sh: &ShapeSpec,
+    direction: Direction,
+    netem: bool,
+    fq: bool,
+) -> Result<Backend, FaultError> {
     if !sh.needs_netem() {
         return Ok(Backend::Htb);
     }
@@ -128,7 +148,9 @@ pub fn choose_backend(sh: &ShapeSpec, direction: Direction, netem: bool, fq: boo
         ShapingBackend::Auto if netem => Ok(Backend::Netem),
         // What only netem can do (or ingress, where no fq root sees the packet) is refused
         // naming netem alone: loading fq would not help.
-        ShapingBackend::Auto if sh.edt_unsupported().is_some() || direction.ingress() => Err(netem_missing()),
+        ShapingBackend::Auto if sh.edt_unsupported().is_some() || direction.ingress() => {
+            Err(netem_missing())
+        }
         ShapingBackend::Auto if fq => Ok(Backend::Edt),
         ShapingBackend::Auto => Err(FaultError::NoDelayBackend),
     }
@@ -154,8 +176,13 @@ pub fn fq_options(sh: &ShapeSpec) -> FqOptions {
 /// The EDT parameters the classifier writes into `FaultConfig` (microseconds).
 #[must_use]
 pub fn edt_delay(sh: &ShapeSpec) -> EdtDelay {
-    let us = |d: Option<Duration>| u32::try_from(d.unwrap_or(Duration::ZERO).as_micros()).unwrap_or(u32::MAX);
-    EdtDelay { delay_us: us(sh.delay), jitter_us: us(sh.jitter) }
+    let us = |d: Option<Duration>| {
+        u32::try_from(d.unwrap_or(Duration::ZERO).as_micros()).unwrap_or(u32::MAX)
+    };
+    EdtDelay {
+        delay_us: us(sh.delay),
+        jitter_us: us(sh.jitter),
+    }
 }
 
 /// Delay and jitter for the egress program's EDT path.
@@ -168,15 +195,25 @@ pub struct EdtDelay {
 }
 
 /// Builds the shaping for `spec` and returns what the classifier must do to matching packets.
-pub async fn apply(sh: &ShapeSpec, spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Steering, FaultError> {
+pub async fn apply(
+    sh: &ShapeSpec,
+    spec: &FaultSpec,
+    ctx: &mut ApplyCtx<'_>,
+) -> Result<Steering, FaultError> {
     let backend = backend(sh, spec.target.direction)?;
     if backend == Backend::Edt {
         // Egress only (validation, or `backend` for auto). No class to steer into: fq does not
         // classify, every packet of the device passes it and only stamped ones wait.
         let (ifname, ifindex) = (ctx.ifname.clone(), ctx.ifindex);
         journal_root(ctx, &ifname, ifindex, spec.force).await?;
-        ctx.tc.replace_qdisc(ifindex, TC_H_ROOT, OUR_ROOT, &Qdisc::Fq(fq_options(sh))).await?;
-        return Ok(Steering { classid: None, edt: Some(edt_delay(sh)), backend: backend.as_str() });
+        ctx.tc
+            .replace_qdisc(ifindex, TC_H_ROOT, OUR_ROOT, &Qdisc::Fq(fq_options(sh)))
+            .await?;
+        return Ok(Steering {
+            classid: None,
+            edt: Some(edt_delay(sh)),
+            backend: backend.as_str(),
+        });
     }
     let leaf = (backend == Backend::Netem).then(|| Qdisc::Netem(netem_options(sh)));
     let rate = sh.rate.map(crate::spec::Rate::bytes_per_sec);
@@ -190,25 +227,46 @@ pub async fn apply(sh: &ShapeSpec, spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> 
         ctx.txn.record(Undo::IfbLink { name: name.clone() })?;
         let ifb = ctx.tc.create_ifb(&name).await?;
         shape_device(ctx, &name, ifb, leaf.as_ref(), rate, true).await?;
-        ctx.txn.record(Undo::MirredFilter { ifname: ctx.ifname.clone(), prio: MIRRED_PRIO })?;
-        ctx.tc.add_mirred_redirect(ctx.ifindex, TC_H_CLSACT_INGRESS, MIRRED_PRIO, ifb).await?;
+        ctx.txn.record(Undo::MirredFilter {
+            ifname: ctx.ifname.clone(),
+            prio: MIRRED_PRIO,
+        })?;
+        ctx.tc
+            .add_mirred_redirect(ctx.ifindex, TC_H_CLSACT_INGRESS, MIRRED_PRIO, ifb)
+            .await?;
     }
-    Ok(Steering { classid: Some(fault_classid(SLOT)), edt: None, backend: backend.as_str() })
+    Ok(Steering {
+        classid: Some(fault_classid(SLOT)),
+        edt: None,
+        backend: backend.as_str(),
+    })
 }
 
 /// Snapshots the device's tree, refuses a root that is already ours (or, without `force`, a tree
 /// that cannot be put back exactly), and journals its restore: the step before replacing the root.
-async fn journal_root(ctx: &mut ApplyCtx<'_>, ifname: &str, ifindex: u32, force: bool) -> Result<QdiscTree, FaultError> {
+async fn journal_root(
+    ctx: &mut ApplyCtx<'_>,
+    ifname: &str,
+    ifindex: u32,
+    force: bool,
+) -> Result<QdiscTree, FaultError> {
     let tree = ctx.tc.snapshot(ifindex).await?;
     if let Some(root) = tree.root()
         && (root.handle >> 16) as u16 == crate::tc::OUR_MAJOR
     {
-        return Err(FaultError::Busy { ifname: ifname.to_owned() });
+        return Err(FaultError::Busy {
+            ifname: ifname.to_owned(),
+        });
     }
     if !force {
-        is_faithfully_restorable(&tree).map_err(|reason| TcError::NotRestorable { ifindex, reason })?;
+        is_faithfully_restorable(&tree)
+            .map_err(|reason| TcError::NotRestorable { ifindex, reason })?;
     }
-    ctx.txn.record(Undo::RestoreQdisc { ifname: ifname.to_owned(), tree: Box::new(tree.clone()), force })?;
+    ctx.txn.record(Undo::RestoreQdisc {
+        ifname: ifname.to_owned(),
+        tree: Box::new(tree.clone()),
+        force,
+    })?;
     Ok(tree)
 }
 
@@ -222,8 +280,12 @@ async fn shape_device(
     force: bool,
 ) -> Result<(), FaultError> {
     let tree = journal_root(ctx, ifname, ifindex, force).await?;
-    ctx.tc.install_steering_root(ifindex, LINK_RATE_BPS, default_leaf_from(&tree).as_ref()).await?;
-    ctx.tc.add_fault_slot(ifindex, SLOT, LINK_RATE_BPS, rate, leaf).await?;
+    ctx.tc
+        .install_steering_root(ifindex, LINK_RATE_BPS, default_leaf_from(&tree).as_ref())
+        .await?;
+    ctx.tc
+        .add_fault_slot(ifindex, SLOT, LINK_RATE_BPS, rate, leaf)
+        .await?;
     Ok(())
 }
 
@@ -249,19 +311,27 @@ pub fn plan(sh: &ShapeSpec, spec: &FaultSpec, ifname: &str) -> Vec<String> {
         }
         Ok(Backend::Netem) => {
             let o = netem_options(sh);
-            format!("netem leaf (delay {:?}, jitter {:?}, limit {} packets)", o.delay, o.jitter, o.limit)
+            format!(
+                "netem leaf (delay {:?}, jitter {:?}, limit {} packets)",
+                o.delay, o.jitter, o.limit
+            )
         }
         Ok(b) => format!("{} class", b.as_str()),
         Err(e) => format!("REFUSED: {e}"),
     };
-    let rate = sh.rate.map_or_else(|| "unshaped".to_owned(), |r| format!("rate {r}"));
+    let rate = sh
+        .rate
+        .map_or_else(|| "unshaped".to_owned(), |r| format!("rate {r}"));
     if spec.target.direction.egress() {
         out.push(format!("snapshot {ifname}'s qdisc tree, replace its root with htb c4a0: (restored exactly on revert); class c4a0:10 {rate} -> {what}"));
     }
     if spec.target.direction.ingress() {
         out.push(format!("create IFB chaos-ifb* with htb c4a0: and class c4a0:10 {rate} -> {what}; mirred redirect {ifname} ingress -> IFB (prio {MIRRED_PRIO:#x})"));
     }
-    out.push(format!("classifier steers matching packets with skb->priority = {:#x}", fault_classid(SLOT)));
+    out.push(format!(
+        "classifier steers matching packets with skb->priority = {:#x}",
+        fault_classid(SLOT)
+    ));
     out
 }
 
@@ -277,10 +347,23 @@ mod tests {
     fn backend_by_what_the_kernel_has() {
         let delay = shape(r#"{"delay":"100ms","jitter":"10ms"}"#);
         let eg = Direction::Egress;
-        assert_eq!(choose_backend(&delay, eg, true, true).unwrap(), Backend::Netem);
-        assert_eq!(choose_backend(&delay, eg, false, true).unwrap(), Backend::Edt);
-        let none = choose_backend(&delay, eg, false, false).unwrap_err().to_string();
-        assert!(none.contains("sch_netem") && none.contains("sch_fq") && none.contains("nothing was changed"), "{none}");
+        assert_eq!(
+            choose_backend(&delay, eg, true, true).unwrap(),
+            Backend::Netem
+        );
+        assert_eq!(
+            choose_backend(&delay, eg, false, true).unwrap(),
+            Backend::Edt
+        );
+        let none = choose_backend(&delay, eg, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            none.contains("sch_netem")
+                && none.contains("sch_fq")
+                && none.contains("nothing was changed"),
+            "{none}"
+        );
         // Only netem can: ingress, corruption, a rate with the delay.
         for (s, dir) in [
             (delay.clone(), Direction::Ingress),
@@ -288,17 +371,32 @@ mod tests {
             (shape(r#"{"delay":"100ms","corrupt":0.1}"#), eg),
             (shape(r#"{"delay":"100ms","rate":"1mbit"}"#), eg),
         ] {
-            let e = choose_backend(&s, dir, false, true).unwrap_err().to_string();
+            let e = choose_backend(&s, dir, false, true)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("sch_netem") && !e.contains("sch_fq"), "{e}");
         }
         // A rate alone is HTB whatever the kernel has.
-        assert_eq!(choose_backend(&shape(r#"{"rate":"1mbit"}"#), eg, false, false).unwrap(), Backend::Htb);
+        assert_eq!(
+            choose_backend(&shape(r#"{"rate":"1mbit"}"#), eg, false, false).unwrap(),
+            Backend::Htb
+        );
         // Forced.
         let edt = shape(r#"{"delay":"100ms","backend":"edt"}"#);
         assert_eq!(choose_backend(&edt, eg, true, true).unwrap(), Backend::Edt);
-        assert!(choose_backend(&edt, eg, true, false).unwrap_err().to_string().contains("sch_fq"));
+        assert!(
+            choose_backend(&edt, eg, true, false)
+                .unwrap_err()
+                .to_string()
+                .contains("sch_fq")
+        );
         let netem = shape(r#"{"delay":"100ms","backend":"netem"}"#);
-        assert!(choose_backend(&netem, eg, false, true).unwrap_err().to_string().contains("sch_netem"));
+        assert!(
+            choose_backend(&netem, eg, false, true)
+                .unwrap_err()
+                .to_string()
+                .contains("sch_netem")
+        );
     }
 
     #[test]
@@ -307,8 +405,21 @@ mod tests {
         assert_eq!(o.horizon, Some(Duration::from_secs(80)));
         assert_eq!(o.horizon_drop, Some(false));
         let o = fq_options(&shape(r#"{"delay":"100ms"}"#));
-        assert_eq!(o.horizon, Some(Duration::from_secs(10)), "never below fq's default");
-        assert!(o.flow_limit.unwrap() >= 100_000 && o.limit == o.flow_limit, "{o:?}");
-        assert_eq!(edt_delay(&shape(r#"{"delay":"100ms","jitter":"1500us"}"#)), EdtDelay { delay_us: 100_000, jitter_us: 1500 });
+        assert_eq!(
+            o.horizon,
+            Some(Duration::from_secs(10)),
+            "never below fq's default"
+        );
+        assert!(
+            o.flow_limit.unwrap() >= 100_000 && o.limit == o.flow_limit,
+            "{o:?}"
+        );
+        assert_eq!(
+            edt_delay(&shape(r#"{"delay":"100ms","jitter":"1500us"}"#)),
+            EdtDelay {
+                delay_us: 100_000,
+                jitter_us: 1500
+            }
+        );
     }
 }

@@ -36,7 +36,9 @@ pub enum SysError {
         source: nix::Error,
     },
     /// The agent is not running with the privileges it needs.
-    #[error("chaos-agent must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): {missing} missing")]
+    #[error(
+        "chaos-agent must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): {missing} missing"
+    )]
     NotPrivileged {
         /// The missing capability.
         missing: String,
@@ -45,7 +47,9 @@ pub enum SysError {
 
 /// Index of interface `name`, or [`SysError::NoSuchInterface`].
 pub fn ifindex(name: &str) -> Result<u32, SysError> {
-    let no_such = || SysError::NoSuchInterface { name: name.to_owned() };
+    let no_such = || SysError::NoSuchInterface {
+        name: name.to_owned(),
+    };
     let c = CString::new(name).map_err(|_| no_such())?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -61,7 +65,10 @@ pub fn interface_exists(name: &str) -> bool {
 /// The interface of the IPv4 (else IPv6) default route, read from /proc.
 pub fn default_route_interface() -> Result<String, SysError> {
     let read = |path: &str| {
-        std::fs::read_to_string(path).map_err(|source| SysError::Read { path: path.to_owned(), source })
+        std::fs::read_to_string(path).map_err(|source| SysError::Read {
+            path: path.to_owned(),
+            source,
+        })
     };
     // /proc/net/route: Iface Destination Gateway Flags ... ; destination 00000000 = default.
     if let Ok(route) = read("/proc/net/route") {
@@ -76,7 +83,11 @@ pub fn default_route_interface() -> Result<String, SysError> {
     if let Ok(route) = read("/proc/net/ipv6_route") {
         for line in route.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() >= 10 && f[0] == "00000000000000000000000000000000" && f[1] == "00" && f[9] != "lo" {
+            if f.len() >= 10
+                && f[0] == "00000000000000000000000000000000"
+                && f[1] == "00"
+                && f[9] != "lo"
+            {
                 return Ok(f[9].to_owned());
             }
         }
@@ -99,8 +110,17 @@ pub fn ensure_bpffs() -> Result<bool, SysError> {
         return Ok(false);
     }
     let _ = std::fs::create_dir_all(path);
-    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|source| SysError::MountBpffs { path: paths::BPFFS.to_owned(), source })?;
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| SysError::MountBpffs {
+        path: paths::BPFFS.to_owned(),
+        source,
+    })?;
     Ok(true)
 }
 
@@ -128,7 +148,9 @@ pub fn check_privileges() -> Result<(), SysError> {
         (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
     ] {
         if !caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false) {
-            return Err(SysError::NotPrivileged { missing: name.to_owned() });
+            return Err(SysError::NotPrivileged {
+                missing: name.to_owned(),
+            });
         }
     }
     Ok(())
@@ -137,7 +159,10 @@ pub fn check_privileges() -> Result<(), SysError> {
 /// Kernel release string (`uname -r`).
 #[must_use]
 pub fn kernel_release() -> String {
-    nix::sys::utsname::uname().map_or_else(|_| "unknown".to_owned(), |u| u.release().to_string_lossy().into_owned())
+    nix::sys::utsname::uname().map_or_else(
+        |_| "unknown".to_owned(),
+        |u| u.release().to_string_lossy().into_owned(),
+    )
 }
 
 /// Start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat), used to
@@ -160,7 +185,14 @@ pub fn process_alive(pid: u32, start_time: u64) -> bool {
 /// tun, `WireGuard`, ipip/sit/gre tunnels. Read from the ARPHRD type in sysfs.
 #[must_use]
 pub fn is_l3_device(ifname: &str) -> bool {
-    const L3_TYPES: [u32; 6] = [65534 /* NONE */, 768 /* TUNNEL */, 769 /* TUNNEL6 */, 776 /* SIT */, 778 /* IPGRE */, 519 /* RAWIP */];
+    const L3_TYPES: [u32; 6] = [
+        65534, /* NONE */
+        768,   /* TUNNEL */
+        769,   /* TUNNEL6 */
+        776,   /* SIT */
+        778,   /* IPGRE */
+        519,   /* RAWIP */
+    ];
     std::fs::read_to_string(format!("/sys/class/net/{ifname}/type"))
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok())
@@ -178,6 +210,9 @@ pub fn other_agents() -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "chaos-agent"))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "chaos-agent")
+        })
         .collect()
 }
