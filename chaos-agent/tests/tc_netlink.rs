@@ -482,7 +482,23 @@ fn size_table_refused_unless_forced() {
 
 #[test]
 fn ifb_with_mirred_redirect_and_cleanup() {
-    let p = VethPair::new(212);
+    ifb_redirect(212, false);
+}
+
+#[test]
+fn ifb_with_mirred_redirect_under_clsact() {
+    ifb_redirect(219, true);
+}
+
+/// Ingress -> IFB through the ingress qdisc (`ffff:`) or clsact's ingress hook (`ffff:fff2`,
+/// what the eBPF attach path creates on pre-tcx kernels).
+fn ifb_redirect(subnet: u8, clsact: bool) {
+    let (hook, parent) = if clsact {
+        (Qdisc::Clsact, chaos_agent::tc::TC_H_CLSACT_INGRESS)
+    } else {
+        (Qdisc::Ingress, TC_H_INGRESS_HANDLE)
+    };
+    let p = VethPair::new(subnet);
     let dev = p.a_if.clone();
     let idx = ifindex(&p.a, &dev);
     // The IFB lives in the test's own namespace, so the production name cannot collide.
@@ -490,8 +506,8 @@ fn ifb_with_mirred_redirect_and_cleanup() {
     let name = ifb.clone();
     let ifb_idx = in_ns(&p.a, move |tc| async move {
         let ifb_idx = tc.create_ifb(&name).await?;
-        tc.add_qdisc(idx, 0, 0, &Qdisc::Ingress).await?;
-        tc.add_mirred_redirect(idx, TC_H_INGRESS_HANDLE, OUR_MAJOR, ifb_idx)
+        tc.add_qdisc(idx, 0, 0, &hook).await?;
+        tc.add_mirred_redirect(idx, parent, OUR_MAJOR, ifb_idx)
             .await?;
         Ok::<_, TcError>(ifb_idx)
     })
@@ -527,9 +543,7 @@ fn ifb_with_mirred_redirect_and_cleanup() {
     assert_eq!(ifindex(&p.a, &ifb), ifb_idx);
     let name = ifb.clone();
     let (f, l) = in_ns(&p.a, move |tc| async move {
-        let f = tc
-            .delete_filter(idx, TC_H_INGRESS_HANDLE, OUR_MAJOR)
-            .await?;
+        let f = tc.delete_filter(idx, parent, OUR_MAJOR).await?;
         tc.delete_qdisc(idx, chaos_agent::tc::TC_H_CLSACT, TC_H_INGRESS_HANDLE)
             .await?;
         let l = tc.delete_link(&name).await?;
@@ -544,9 +558,10 @@ fn ifb_with_mirred_redirect_and_cleanup() {
         !chaos_agent::testing::sh_ok(&format!("ip netns exec {} ip link show {ifb}", p.a.name)),
         "IFB left behind"
     );
+    let left = p.a.sh(&format!("tc qdisc show dev {dev}"));
     assert!(
-        !p.a.sh(&format!("tc qdisc show dev {dev}"))
-            .contains("ingress")
+        !left.contains("ingress") && !left.contains("clsact"),
+        "{left}"
     );
 }
 
