@@ -215,7 +215,7 @@ pub fn run() -> Vec<Check> {
         };
         match r {
             Ok(QdiscProbe::Present) => {
-                v.push(check(kind, true, format!("{module} available"), needed))
+                v.push(check(kind, true, format!("{module} available"), needed));
             }
             Ok(QdiscProbe::Missing) => v.push(check(
                 kind,

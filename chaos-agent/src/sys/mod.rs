@@ -127,8 +127,10 @@ pub fn ensure_bpffs() -> Result<bool, SysError> {
 /// Whether `path` is a bpffs mount.
 #[must_use]
 pub fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+    const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+    // `f_type` is `__fsword_t`: i64 on glibc, u64 on musl (the VM's static build), so cast.
+    #[allow(clippy::unnecessary_cast, reason = "i64 on glibc, u64 on musl")]
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as u64 == BPF_FS_MAGIC)
 }
 
 /// Raises `RLIMIT_MEMLOCK` to infinity: kernels before 5.11 charge BPF maps to it.
