@@ -238,14 +238,20 @@ fn jitter_spread_matches_configuration() {
     run.size = 64;
     let r = udp_run(&pair.a, &pair.b, &run);
     drop(agent);
-    let ms: Vec<f64> = r.latency_us.iter().map(|u| *u as f64 / 1000.0).collect();
-    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-    let sd = (ms.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / ms.len() as f64).sqrt();
-    // Uniform on [delay - j, delay + j] has standard deviation j / sqrt(3).
-    let jitter = sd * 3f64.sqrt();
+    let mut ms: Vec<f64> = r.latency_us.iter().map(|u| *u as f64 / 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let q = |f: f64| ms[((ms.len() - 1) as f64 * f) as usize];
+    // Uniform on [delay - j, delay + j]: the quartiles are delay -/+ j/2, so the interquartile
+    // range is exactly j. Quantiles, not mean and standard deviation: under emulation (the VM
+    // guest runs on TCG) late timers add a tail that would inflate both.
+    let jitter = q(0.75) - q(0.25);
+    let median = q(0.5);
+    // Emulation can only add latency, so the configured delay is a strict lower bound; the
+    // upper bound allows for a slow emulated timer.
     assert!(
-        (mean - 100.0).abs() < 5.0,
-        "mean one-way delay {mean:.2} ms"
+        (98.0..=110.0).contains(&median) && q(0.01) >= 79.0,
+        "median one-way delay {median:.2} ms, p1 {:.2} ms",
+        q(0.01)
     );
     assert!(
         (jitter - 20.0).abs() <= 4.0,

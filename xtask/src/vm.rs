@@ -87,7 +87,7 @@ const AFTER_FAULT: Duration = Duration::from_secs(20);
 #[derive(clap::Args, Debug)]
 pub struct VmArgs {
     /// Wall-clock limit for the guest, from QEMU's start to its power-off, in seconds.
-    #[arg(long, default_value_t = 540)]
+    #[arg(long, default_value_t = 1200)]
     pub timeout: u64,
     /// Run only the tests whose name contains this (libtest's filter).
     #[arg(long)]
