@@ -182,6 +182,27 @@ impl TcProgram {
         })
     }
 
+    /// Inserts one prefix into an LPM trie whose key data is the address (network byte order).
+    fn insert_prefix<K: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        len: u8,
+        addr: K,
+    ) -> Result<(), EbpfError> {
+        let err = |op| {
+            move |source| EbpfError::Map {
+                op,
+                map,
+                source: Box::new(source),
+            }
+        };
+        let data = self.ebpf.map_mut(map).ok_or(EbpfError::Missing(map))?;
+        let mut trie: LpmTrie<&mut MapData, K, u8> =
+            LpmTrie::try_from(data).map_err(err("open"))?;
+        trie.insert(&Key::new(u32::from(len), addr), 1, 0)
+            .map_err(err("insert"))
+    }
+
     /// Adds prefixes to the source or destination tries (both families).
     pub fn add_prefixes(&mut self, nets: &[IpNet], source: bool) -> Result<(), EbpfError> {
         let (m4, m6) = if source {
@@ -191,44 +212,8 @@ impl TcProgram {
         };
         for net in nets {
             match net.trunc() {
-                IpNet::V4(n) => {
-                    let map = self.ebpf.map_mut(m4).ok_or(EbpfError::Missing(m4))?;
-                    let mut trie: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(map)
-                        .map_err(|source| EbpfError::Map {
-                            op: "open",
-                            map: m4,
-                            source: Box::new(source),
-                        })?;
-                    trie.insert(
-                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                        1,
-                        0,
-                    )
-                    .map_err(|source| EbpfError::Map {
-                        op: "insert",
-                        map: m4,
-                        source: Box::new(source),
-                    })?;
-                }
-                IpNet::V6(n) => {
-                    let map = self.ebpf.map_mut(m6).ok_or(EbpfError::Missing(m6))?;
-                    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map)
-                        .map_err(|source| EbpfError::Map {
-                            op: "open",
-                            map: m6,
-                            source: Box::new(source),
-                        })?;
-                    trie.insert(
-                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
-                        1,
-                        0,
-                    )
-                    .map_err(|source| EbpfError::Map {
-                        op: "insert",
-                        map: m6,
-                        source: Box::new(source),
-                    })?;
-                }
+                IpNet::V4(n) => self.insert_prefix(m4, n.prefix_len(), n.addr().octets())?,
+                IpNet::V6(n) => self.insert_prefix(m6, n.prefix_len(), n.addr().octets())?,
             }
         }
         Ok(())
