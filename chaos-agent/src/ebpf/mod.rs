@@ -114,6 +114,15 @@ impl Counters {
     }
 }
 
+/// The error for a failed map operation (`op` on `map`), for `map_err`.
+fn map_error(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
+    move |source| EbpfError::Map {
+        op,
+        map,
+        source: Box::new(source),
+    }
+}
+
 /// A loaded (not yet attached) copy of the tc programs with its own maps.
 #[derive(Debug)]
 pub struct TcProgram {
@@ -151,16 +160,9 @@ impl TcProgram {
             .map_mut(names::MAP_CONFIG)
             .ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
         let mut arr: Array<&mut MapData, FaultConfig> =
-            Array::try_from(map).map_err(|source| EbpfError::Map {
-                op: "open",
-                map: names::MAP_CONFIG,
-                source: Box::new(source),
-            })?;
-        arr.set(0, *cfg, 0).map_err(|source| EbpfError::Map {
-            op: "write",
-            map: names::MAP_CONFIG,
-            source: Box::new(source),
-        })
+            Array::try_from(map).map_err(map_error("open", names::MAP_CONFIG))?;
+        arr.set(0, *cfg, 0)
+            .map_err(map_error("write", names::MAP_CONFIG))
     }
 
     /// Reads the fault's configuration back.
@@ -170,16 +172,8 @@ impl TcProgram {
             .map(names::MAP_CONFIG)
             .ok_or(EbpfError::Missing(names::MAP_CONFIG))?;
         let arr: Array<&MapData, FaultConfig> =
-            Array::try_from(map).map_err(|source| EbpfError::Map {
-                op: "open",
-                map: names::MAP_CONFIG,
-                source: Box::new(source),
-            })?;
-        arr.get(&0, 0).map_err(|source| EbpfError::Map {
-            op: "read",
-            map: names::MAP_CONFIG,
-            source: Box::new(source),
-        })
+            Array::try_from(map).map_err(map_error("open", names::MAP_CONFIG))?;
+        arr.get(&0, 0).map_err(map_error("read", names::MAP_CONFIG))
     }
 
     /// Inserts one prefix into an LPM trie whose key data is the address (network byte order).
@@ -189,18 +183,11 @@ impl TcProgram {
         len: u8,
         addr: K,
     ) -> Result<(), EbpfError> {
-        let err = |op| {
-            move |source| EbpfError::Map {
-                op,
-                map,
-                source: Box::new(source),
-            }
-        };
         let data = self.ebpf.map_mut(map).ok_or(EbpfError::Missing(map))?;
         let mut trie: LpmTrie<&mut MapData, K, u8> =
-            LpmTrie::try_from(data).map_err(err("open"))?;
+            LpmTrie::try_from(data).map_err(map_error("open", map))?;
         trie.insert(&Key::new(u32::from(len), addr), 1, 0)
-            .map_err(err("insert"))
+            .map_err(map_error("insert", map))
     }
 
     /// Adds prefixes to the source or destination tries (both families).
@@ -226,11 +213,7 @@ impl TcProgram {
             .map_mut(names::MAP_RNG)
             .ok_or(EbpfError::Missing(names::MAP_RNG))?;
         let mut arr: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
-                op: "open",
-                map: names::MAP_RNG,
-                source: Box::new(source),
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error("open", names::MAP_RNG))?;
         let ncpu = aya::util::nr_cpus().unwrap_or(1);
         let values: Vec<u64> = (0..ncpu as u64)
             .map(|i| splitmix64(seed.wrapping_add(i)).max(1))
@@ -240,11 +223,8 @@ impl TcProgram {
             map: names::MAP_RNG,
             source: Box::new(aya::maps::MapError::IoError(e)),
         })?;
-        arr.set(0, values, 0).map_err(|source| EbpfError::Map {
-            op: "write",
-            map: names::MAP_RNG,
-            source: Box::new(source),
-        })
+        arr.set(0, values, 0)
+            .map_err(map_error("write", names::MAP_RNG))
     }
 
     /// Reads the counters, summed over CPUs.
@@ -254,19 +234,13 @@ impl TcProgram {
             .map(names::MAP_COUNTERS)
             .ok_or(EbpfError::Missing(names::MAP_COUNTERS))?;
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| EbpfError::Map {
-                op: "open",
-                map: names::MAP_COUNTERS,
-                source: Box::new(source),
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error("open", names::MAP_COUNTERS))?;
         let read = |dir: Dir, c: Counter| -> Result<u64, EbpfError> {
             let idx = counter_index(dir, c);
             debug_assert!(idx < COUNTERS_LEN);
-            let v = arr.get(&idx, 0).map_err(|source| EbpfError::Map {
-                op: "read",
-                map: names::MAP_COUNTERS,
-                source: Box::new(source),
-            })?;
+            let v = arr
+                .get(&idx, 0)
+                .map_err(map_error("read", names::MAP_COUNTERS))?;
             Ok(v.iter().sum())
         };
         let dir = |d: Dir| -> Result<DirCounters, EbpfError> {
