@@ -1,9 +1,10 @@
 //! The kernel programs' decision logic, run by the kernel itself on hand-crafted packets.
 //!
-//! Each test loads `chaos_agent::EBPF_OBJECT` (so the verifier has to accept both programs), fills
-//! the maps through aya and runs a program with `BPF_PROG_TEST_RUN`, which executes it on a
-//! synthetic skb built from our bytes and returns the verdict (and the `__sk_buff` afterwards).
-//! No interface is touched. Needs root (`CAP_BPF` + `CAP_NET_ADMIN`); run with
+//! The tests load `chaos_agent::EBPF_OBJECT` (so the verifier has to accept both programs; a
+//! loaded object is reused with its maps reset, see [`POOL`]), fill the maps through aya and run
+//! a program with `BPF_PROG_TEST_RUN`, which executes it on a synthetic skb built from our bytes
+//! and returns the verdict (and the `__sk_buff` afterwards). No interface is touched. Needs root
+//! (`CAP_BPF` + `CAP_NET_ADMIN`); run with
 //! `cargo test -p chaos-agent --test ebpf_logic -- --test-threads=1`.
 #![allow(
     clippy::missing_panics_doc,
@@ -172,26 +173,101 @@ fn monotonic_ns() -> u64 {
 // Loaded object
 
 struct Harness {
-    ebpf: Ebpf,
+    /// Always `Some` until `drop` hands the object back to [`POOL`].
+    ebpf: Option<Ebpf>,
+}
+
+/// Loaded objects no test is using. Loading means verifying two ~2,600-instruction programs,
+/// which takes a second or more under the VM's TCG; a test (or a harness of a test) that finds
+/// an object here resets its maps instead, which is what a fresh load would give it. A pool
+/// rather than one shared object: some tests hold two harnesses at once, and the host may run
+/// tests in parallel.
+static POOL: std::sync::Mutex<Vec<Ebpf>> = std::sync::Mutex::new(Vec::new());
+
+/// The maps of the object, in the state a fresh load leaves them: every entry zero, tries
+/// empty.
+fn reset_maps(ebpf: &mut Ebpf) {
+    let mut config: Array<&mut MapData, FaultConfig> =
+        Array::try_from(ebpf.map_mut(names::MAP_CONFIG).expect("config map")).expect("array");
+    config
+        .set(0, FaultConfig::default(), 0)
+        .expect("reset config");
+    let n = aya::util::nr_cpus().expect("nr_cpus");
+    let mut counters: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(ebpf.map_mut(names::MAP_COUNTERS).expect("counters")).expect("pca");
+    for i in 0..counters.len() {
+        counters
+            .set(i, PerCpuValues::try_from(vec![0u64; n]).expect("values"), 0)
+            .expect("reset counter");
+    }
+    let mut rng: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(ebpf.map_mut(names::MAP_RNG).expect("rng")).expect("pca");
+    rng.set(0, PerCpuValues::try_from(vec![0u64; n]).expect("values"), 0)
+        .expect("reset rng");
+    let mut ge: PerCpuArray<&mut MapData, u32> =
+        PerCpuArray::try_from(ebpf.map_mut(names::MAP_GE_STATE).expect("ge")).expect("pca");
+    ge.set(0, PerCpuValues::try_from(vec![0u32; n]).expect("values"), 0)
+        .expect("reset ge");
+    fn clear<K: aya::Pod>(ebpf: &mut Ebpf, map: &str) {
+        let mut t: LpmTrie<&mut MapData, K, u8> =
+            LpmTrie::try_from(ebpf.map_mut(map).expect("trie")).expect("lpm");
+        let keys: Vec<Key<K>> = t.keys().map(|k| k.expect("trie key")).collect();
+        for k in &keys {
+            t.remove(k).expect("remove prefix");
+        }
+    }
+    clear::<[u8; 4]>(ebpf, names::MAP_SRC_V4);
+    clear::<[u8; 4]>(ebpf, names::MAP_DST_V4);
+    clear::<[u8; 16]>(ebpf, names::MAP_SRC_V6);
+    clear::<[u8; 16]>(ebpf, names::MAP_DST_V6);
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(ebpf) = self.ebpf.take() {
+            POOL.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(ebpf);
+        }
+    }
 }
 
 impl Harness {
-    /// Loads a fresh object (fresh maps: counters at zero) and both programs.
+    /// An object with both programs verified and loaded, and maps as a fresh load has them
+    /// (counters at zero): from the pool if one is free, else loaded now.
     fn new() -> Self {
         pin_to_cpu0();
-        let mut ebpf = EbpfLoader::new()
-            .load(chaos_agent::EBPF_OBJECT)
-            .expect("load object");
-        for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .unwrap_or_else(|| panic!("program {name} missing"))
-                .try_into()
-                .expect("sched_cls");
-            prog.load()
-                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
-        }
-        Self { ebpf }
+        let pooled = POOL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let ebpf = if let Some(mut ebpf) = pooled {
+            reset_maps(&mut ebpf);
+            ebpf
+        } else {
+            let mut ebpf = EbpfLoader::new()
+                .load(chaos_agent::EBPF_OBJECT)
+                .expect("load object");
+            for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .unwrap_or_else(|| panic!("program {name} missing"))
+                    .try_into()
+                    .expect("sched_cls");
+                prog.load()
+                    .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+            }
+            ebpf
+        };
+        Self { ebpf: Some(ebpf) }
+    }
+
+    fn obj(&self) -> &Ebpf {
+        self.ebpf.as_ref().expect("object")
+    }
+
+    fn obj_mut(&mut self) -> &mut Ebpf {
+        self.ebpf.as_mut().expect("object")
     }
 
     fn with(cfg: &FaultConfig) -> Self {
@@ -201,21 +277,24 @@ impl Harness {
     }
 
     fn set_config(&mut self, cfg: &FaultConfig) {
-        let mut a: Array<&mut MapData, FaultConfig> =
-            Array::try_from(self.ebpf.map_mut(names::MAP_CONFIG).expect("config map"))
-                .expect("array");
+        let mut a: Array<&mut MapData, FaultConfig> = Array::try_from(
+            self.obj_mut()
+                .map_mut(names::MAP_CONFIG)
+                .expect("config map"),
+        )
+        .expect("array");
         a.set(0, cfg, 0).expect("set config");
     }
 
     fn add_v4(&mut self, map: &str, len: u32, addr: [u8; 4]) {
         let mut t: LpmTrie<&mut MapData, [u8; 4], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(map).expect("trie")).expect("lpm");
+            LpmTrie::try_from(self.obj_mut().map_mut(map).expect("trie")).expect("lpm");
         t.insert(&Key::new(len, addr), 1, 0).expect("insert");
     }
 
     fn add_v6(&mut self, map: &str, len: u32, addr: [u8; 16]) {
         let mut t: LpmTrie<&mut MapData, [u8; 16], u8> =
-            LpmTrie::try_from(self.ebpf.map_mut(map).expect("trie")).expect("lpm");
+            LpmTrie::try_from(self.obj_mut().map_mut(map).expect("trie")).expect("lpm");
         t.insert(&Key::new(len, addr), 1, 0).expect("insert");
     }
 
@@ -223,7 +302,8 @@ impl Harness {
     fn seed(&mut self, seed: u64) {
         let n = aya::util::nr_cpus().expect("nr_cpus");
         let mut a: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map_mut(names::MAP_RNG).expect("rng")).expect("pca");
+            PerCpuArray::try_from(self.obj_mut().map_mut(names::MAP_RNG).expect("rng"))
+                .expect("pca");
         a.set(0, PerCpuValues::try_from(vec![seed; n]).expect("values"), 0)
             .expect("seed");
     }
@@ -234,7 +314,7 @@ impl Harness {
             Dir::Egress => names::PROG_TC_EGRESS,
         };
         let prog: &SchedClassifier = self
-            .ebpf
+            .obj()
             .program(name)
             .expect("program")
             .try_into()
@@ -253,7 +333,7 @@ impl Harness {
     /// Sum over CPUs.
     fn counter(&self, dir: Dir, c: Counter) -> u64 {
         let a: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(names::MAP_COUNTERS).expect("counters"))
+            PerCpuArray::try_from(self.obj().map(names::MAP_COUNTERS).expect("counters"))
                 .expect("pca");
         a.get(&counter_index(dir, c), 0).expect("get").iter().sum()
     }
@@ -469,7 +549,7 @@ fn verifier_accepts_both_programs_and_reports_size_and_cost() {
         (Dir::Ingress, names::PROG_TC_INGRESS),
         (Dir::Egress, names::PROG_TC_EGRESS),
     ] {
-        let prog: &SchedClassifier = h.ebpf.program(name).expect("p").try_into().expect("cls");
+        let prog: &SchedClassifier = h.obj().program(name).expect("p").try_into().expect("cls");
         let info = prog.info().expect("info");
         let xlated = info.size_translated().expect("xlated");
         println!(
