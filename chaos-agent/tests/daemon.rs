@@ -29,15 +29,6 @@ fn is_root() -> bool {
 
 /// Timing and load properties are measured on the host: under the VM's TCG emulation (~10x
 /// slower, timer-coarse) they would measure QEMU, not the agent.
-macro_rules! host_only {
-    ($name:expr, $why:expr) => {
-        if testing::in_vm() {
-            testing::skip($name, $why);
-            return;
-        }
-    };
-}
-
 macro_rules! require_root {
     ($name:expr) => {
         if !is_root() {
@@ -626,10 +617,6 @@ fn api_create_list_show_extend_stop() {
 #[test]
 fn uid_not_allowed_is_refused() {
     require_root!("uid_not_allowed_is_refused");
-    host_only!(
-        "uid_not_allowed_is_refused",
-        "SO_PEERCRED and socket modes do not depend on the kernel version"
-    );
     let net = VethPair::new(42);
     let dir = TempDir::new();
     let agent = Agent::start(&net, &dir.0, "", &[]);
@@ -715,10 +702,6 @@ fn uid_not_allowed_is_refused() {
 #[test]
 fn parallel_clients_leave_nothing() {
     require_root!("parallel_clients_leave_nothing");
-    host_only!(
-        "parallel_clients_leave_nothing",
-        "timing/load test: measured on the host, not under TCG"
-    );
     let net = VethPair::new(43);
     let dir = TempDir::new();
     let agent = Agent::start(&net, &dir.0, "", NETLINK);
@@ -916,10 +899,6 @@ fn sigterm_reverts_everything_within_5s() {
 #[test]
 fn ttl_reverts_are_on_time() {
     require_root!("ttl_reverts_are_on_time");
-    host_only!(
-        "ttl_reverts_are_on_time",
-        "timing/load test: measured on the host, not under TCG"
-    );
     let net = VethPair::new(46);
     let dir = TempDir::new();
     let agent = Agent::start(&net, &dir.0, "", &[]);
@@ -1136,10 +1115,6 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
 #[test]
 fn tcp_needs_a_token_and_limits_apply() {
     require_root!("tcp_needs_a_token_and_limits_apply");
-    host_only!(
-        "tcp_needs_a_token_and_limits_apply",
-        "token checks and limits do not depend on the kernel version"
-    );
     let net = VethPair::new(48);
     let dir = TempDir::new();
     let token = "s3cret-token-0123456789";

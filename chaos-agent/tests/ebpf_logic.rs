@@ -184,6 +184,16 @@ struct Harness {
 /// tests in parallel.
 static POOL: std::sync::Mutex<Vec<Ebpf>> = std::sync::Mutex::new(Vec::new());
 
+/// Empties an LPM trie of the object.
+fn clear<K: aya::Pod>(ebpf: &mut Ebpf, map: &str) {
+    let mut t: LpmTrie<&mut MapData, K, u8> =
+        LpmTrie::try_from(ebpf.map_mut(map).expect("trie")).expect("lpm");
+    let keys: Vec<Key<K>> = t.keys().map(|k| k.expect("trie key")).collect();
+    for k in &keys {
+        t.remove(k).expect("remove prefix");
+    }
+}
+
 /// The maps of the object, in the state a fresh load leaves them: every entry zero, tries
 /// empty.
 fn reset_maps(ebpf: &mut Ebpf) {
@@ -208,14 +218,6 @@ fn reset_maps(ebpf: &mut Ebpf) {
         PerCpuArray::try_from(ebpf.map_mut(names::MAP_GE_STATE).expect("ge")).expect("pca");
     ge.set(0, PerCpuValues::try_from(vec![0u32; n]).expect("values"), 0)
         .expect("reset ge");
-    fn clear<K: aya::Pod>(ebpf: &mut Ebpf, map: &str) {
-        let mut t: LpmTrie<&mut MapData, K, u8> =
-            LpmTrie::try_from(ebpf.map_mut(map).expect("trie")).expect("lpm");
-        let keys: Vec<Key<K>> = t.keys().map(|k| k.expect("trie key")).collect();
-        for k in &keys {
-            t.remove(k).expect("remove prefix");
-        }
-    }
     clear::<[u8; 4]>(ebpf, names::MAP_SRC_V4);
     clear::<[u8; 4]>(ebpf, names::MAP_DST_V4);
     clear::<[u8; 16]>(ebpf, names::MAP_SRC_V6);

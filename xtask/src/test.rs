@@ -372,6 +372,14 @@ mod tests {
                 ignored: 2
             })
         );
+        assert_eq!(
+            parse_vm("vm: 5 passed, 0 failed, 8 skipped (host-only)"),
+            Some(Tally {
+                passed: 5,
+                failed: 0,
+                ignored: 8
+            })
+        );
         assert_eq!(parse_vm("vm: booting kernel 6.1"), None);
         assert_eq!(parse_vm("12 passed, 1 failed"), None);
     }
