@@ -74,27 +74,64 @@ impl NetNs {
     /// Creates a namespace with loopback up.
     #[must_use]
     pub fn new(prefix: &str) -> Self {
-        let name = unique_name(prefix);
-        run("ip", ["netns", "add", &name]);
-        let ns = Self { name };
+        let ns = Self::bare(prefix);
         ns.exec("ip", ["link", "set", "lo", "up"]);
         ns
     }
 
-    /// Runs a command inside the namespace (panics on failure).
+    /// Creates a namespace with nothing up.
+    fn bare(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        run("ip", ["netns", "add", &name]);
+        Self { name }
+    }
+
+    /// Runs a command inside the namespace (panics on failure). `ip` and `tc` get `-n NAME`
+    /// instead of a detour through `ip netns exec`: one exec instead of two, which under the VM's
+    /// TCG is most of what a netns test spends before its traffic starts.
     pub fn exec<I, S>(&self, program: &str, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut full: Vec<std::ffi::OsString> = vec![
-            "netns".into(),
-            "exec".into(),
-            self.name.clone().into(),
-            program.into(),
-        ];
+        let mut full: Vec<std::ffi::OsString> = if matches!(program, "ip" | "tc") {
+            vec!["-n".into(), self.name.clone().into()]
+        } else {
+            vec![
+                "netns".into(),
+                "exec".into(),
+                self.name.clone().into(),
+                program.into(),
+            ]
+        };
         full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        run("ip", full)
+        run(if program == "tc" { "tc" } else { "ip" }, full)
+    }
+
+    /// Runs `ip` commands, one a line, inside the namespace with one exec (`ip -n NAME -batch`).
+    pub fn ip_batch(&self, commands: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ip -batch");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(commands.as_bytes())
+            .expect("write ip -batch");
+        let out = child.wait_with_output().expect("ip -batch");
+        assert!(
+            out.status.success(),
+            "ip -n {} -batch failed ({}) on:\n{commands}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `sh -c script` inside the namespace (panics on failure) and returns stdout.
@@ -169,8 +206,8 @@ impl VethPair {
         reason = "a_ip/b_ip and a_if/b_if name the two ends on purpose"
     )]
     pub fn new(subnet: u8) -> Self {
-        let a = NetNs::new("cha");
-        let b = NetNs::new("chb");
+        let a = NetNs::bare("cha");
+        let b = NetNs::bare("chb");
         let a_if = unique_name("va");
         let b_if = unique_name("vb");
         run(
@@ -183,20 +220,12 @@ impl VethPair {
         let (a_ip, b_ip) = (format!("10.{subnet}.0.1"), format!("10.{subnet}.0.2"));
         let (a_ip6, b_ip6) = (format!("fd00:{subnet}::1"), format!("fd00:{subnet}::2"));
         for (ns, ifname, ip, ip6) in [(&a, &a_if, &a_ip, &a_ip6), (&b, &b_if, &b_ip, &b_ip6)] {
-            ns.exec("ip", ["addr", "add", &format!("{ip}/24"), "dev", ifname]);
-            ns.exec(
-                "ip",
-                [
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{ip6}/64"),
-                    "dev",
-                    ifname,
-                    "nodad",
-                ],
-            );
-            ns.exec("ip", ["link", "set", ifname, "up"]);
+            ns.ip_batch(&format!(
+                "link set lo up\n\
+                 addr add {ip}/24 dev {ifname}\n\
+                 addr add {ip6}/64 dev {ifname} nodad\n\
+                 link set {ifname} up\n"
+            ));
         }
         Self {
             a,
@@ -509,8 +538,13 @@ impl AgentProcess {
     }
 
     /// Waits for the `injected f-XXXXXXXX: ...` line and returns the fault id.
+    /// Also records the programs the agent holds, for [`agent_programs_still_loaded`].
     pub fn expect_injected(&mut self) -> String {
         let line = self.expect_line("injected ", std::time::Duration::from_secs(30));
+        AGENT_PROGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(prog_ids_of(self.child.id()));
         line.split_whitespace()
             .nth(1)
             .expect("id")
@@ -606,27 +640,55 @@ impl Drop for TempDir {
     }
 }
 
-/// Names of loaded BPF programs (`bpftool -j prog show`), from an independent tool.
+/// Ids of the BPF programs a process holds open, from `/proc/PID/fdinfo`.
 #[must_use]
-pub fn loaded_bpf_programs() -> Vec<String> {
+pub fn prog_ids_of(pid: u32) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        if let Ok(s) = std::fs::read_to_string(e.path()) {
+            for l in s.lines() {
+                if let Some(v) = l.strip_prefix("prog_id:") {
+                    ids.extend(v.trim().parse::<u32>());
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Programs held by the agents this test binary started, recorded when each reported its fault
+/// in ([`AgentProcess::expect_injected`]). Program ids are not reused, so this is exact even
+/// while other test binaries load programs of the same names (the VM guest runs two at once).
+static AGENT_PROGS: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Those of [`AGENT_PROGS`] the kernel still has (`bpftool -j prog show`): after an agent is
+/// gone, a program only stays loaded while something still attaches or pins it.
+#[must_use]
+pub fn agent_programs_still_loaded() -> Vec<u32> {
+    let ours = AGENT_PROGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let out = run("bpftool", ["-j", "prog", "show"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.get("name").and_then(|n| n.as_str()).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .map(|id| id as u32)
+        .filter(|id| ours.contains(id))
+        .collect()
 }
 
 /// `tc -j filter show dev IF ingress|egress` inside `ns`, parsed.
 #[must_use]
 pub fn tc_filters(ns: &NetNs, ifname: &str, hook: &str) -> serde_json::Value {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "tc", "-j", "filter", "show", "dev", ifname, hook,
-        ])
+    let out = Command::new("tc")
+        .args(["-n", &ns.name, "-j", "filter", "show", "dev", ifname, hook])
         .output()
         .expect("tc");
     // Without clsact, tc prints nothing (or an error): that is "no filters".
@@ -638,7 +700,8 @@ pub fn tc_filters(ns: &NetNs, ifname: &str, hook: &str) -> serde_json::Value {
 /// which no restore can (or should) reproduce.
 #[must_use]
 pub fn tc_qdiscs(ns: &NetNs, ifname: &str) -> String {
-    let out = ns.sh(&format!("tc -j qdisc show dev {ifname}"));
+    let out = ns.exec("tc", ["-j", "qdisc", "show", "dev", ifname]);
+    let out = String::from_utf8_lossy(&out.stdout);
     let mut v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
     if let Some(arr) = v.as_array_mut() {
         for q in arr {

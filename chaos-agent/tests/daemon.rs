@@ -210,7 +210,7 @@ impl<'a> Agent<'a> {
 
     /// Program ids referenced by the agent's file descriptors right now.
     fn prog_ids(&self) -> BTreeSet<u32> {
-        prog_ids_of(self.pid())
+        testing::prog_ids_of(self.pid())
     }
 
     fn sigkill(&mut self) {
@@ -331,23 +331,6 @@ fn curl_as(
         code.trim().parse().unwrap_or(0),
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
-}
-
-fn prog_ids_of(pid: u32) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in dir.flatten() {
-        if let Ok(s) = std::fs::read_to_string(e.path()) {
-            for l in s.lines() {
-                if let Some(v) = l.strip_prefix("prog_id:") {
-                    ids.extend(v.trim().parse::<u32>());
-                }
-            }
-        }
-    }
-    ids
 }
 
 /// Ids of loaded programs named `chaos_tc_*` (anyone's).

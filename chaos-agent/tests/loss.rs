@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use chaos_agent::testing::{
-    AgentProcess, NetNs, TempDir, UdpRun, VethPair, loaded_bpf_programs, tc_filters, tc_qdiscs,
-    udp_run,
+    AgentProcess, NetNs, TempDir, UdpRun, VethPair, agent_programs_still_loaded, tc_filters,
+    tc_qdiscs, udp_run,
 };
 use nix::sys::signal::Signal;
 
@@ -43,11 +43,10 @@ fn summary_counts(line: &str) -> (u64, u64) {
     (num("matched "), num("dropped "))
 }
 
-fn our_programs() -> Vec<String> {
-    loaded_bpf_programs()
-        .into_iter()
-        .filter(|n| n.starts_with("chaos_tc"))
-        .collect()
+/// Programs of the agents this binary started that are still loaded (not just any `chaos_tc`
+/// program: the VM guest runs another suite's agents at the same time).
+fn our_programs() -> Vec<u32> {
+    agent_programs_still_loaded()
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.

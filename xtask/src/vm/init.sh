@@ -55,24 +55,42 @@ FILTER=$(cat /etc/vm/filter)
 export CARGO_MANIFEST_DIR="$(cat /etc/vm/pkgdir)"
 cd "$CARGO_MANIFEST_DIR" 2>/dev/null || cd /tmp
 
-pass=0
-fail=0
-while read -r t; do
-    [ -n "$t" ] || continue
-    echo "VM-TEST-BIN $t"
-    # Host-only tests (HOST_ONLY in xtask/src/vm.rs), one name a line, become --skip NAME.
-    skips=$(sed 's/^/--skip /' "/etc/vm/skip/$t" 2>/dev/null)
-    # </dev/null: the loop's stdin is the list; a test must not eat it.
-    # shellcheck disable=SC2086 # $skips splits into words on purpose (names have no spaces).
-    "/tests/$t" "$@" $skips </dev/null
-    rc=$?
-    if [ "$rc" -eq 0 ]; then
-        pass=$((pass + 1))
-    else
-        fail=$((fail + 1))
-        echo "VM-TEST-BIN-FAIL $t rc=$rc"
-    fi
-done </etc/vm/tests
+# One lane: the binaries listed in /etc/vm/laneN, one after the other. The host split them into
+# lanes of about equal length (xtask/src/vm.rs), one per vCPU, and runs the lanes at once: most
+# of a network test is waiting (TTLs, delays, timeouts), which the other lane fills. Every output
+# line of a binary carries its name ("loss| test ... ok"), whole: sed writes line by line, so
+# two lanes never mix inside a line. Lines starting with VM- are read by the host.
+run_lane() {
+    lane=$1
+    shift
+    while read -r t; do
+        [ -n "$t" ] || continue
+        echo "VM-TEST-BIN $t"
+        # Host-only tests (HOST_ONLY in xtask/src/vm.rs), one name a line, become --skip NAME.
+        skips=$(sed 's/^/--skip /' "/etc/vm/skip/$t" 2>/dev/null)
+        # </dev/null: the loop's stdin is the list; a test must not eat it. The exit code goes
+        # through a file: a pipeline's status is sed's.
+        # shellcheck disable=SC2086 # $skips splits into words on purpose (names have no spaces).
+        { "/tests/$t" "$@" $skips </dev/null 2>&1; echo $? >"/tmp/vm-rc.$t"; } | sed "s/^/$t| /"
+        rc=$(cat "/tmp/vm-rc.$t")
+        if [ "$rc" -eq 0 ]; then
+            echo "$t" >>/tmp/vm-pass
+        else
+            echo "$t" >>/tmp/vm-fail
+            echo "VM-TEST-BIN-FAIL $t rc=$rc"
+        fi
+        echo "VM-TEST-BIN-END $t"
+    done <"$lane"
+}
+
+: >/tmp/vm-pass
+: >/tmp/vm-fail
+for lane in /etc/vm/lane*; do
+    run_lane "$lane" "$@" &
+done
+wait
+pass=$(wc -l </tmp/vm-pass)
+fail=$(wc -l </tmp/vm-fail)
 
 echo "VM-VERDICT pass=$pass fail=$fail"
 sync
