@@ -296,8 +296,8 @@ pub struct UdpResult {
     pub lost: Vec<u32>,
     /// Extra copies received (duplicates).
     pub duplicates: u32,
-    /// One-way latency of each first arrival, in microseconds (sender and receiver share
-    /// `CLOCK_MONOTONIC`: they are namespaces on one kernel).
+    /// One-way latency of each first arrival, in microseconds: from the sender's clock just
+    /// before `send` to the kernel's receive timestamp (one kernel, one `CLOCK_REALTIME`).
     pub latency_us: Vec<u64>,
 }
 
@@ -345,6 +345,35 @@ impl UdpRun {
     }
 }
 
+/// `CLOCK_REALTIME` in nanoseconds: the clock of the kernel's receive timestamps.
+fn realtime_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).expect("CLOCK_REALTIME");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Receives one datagram into `buf` with the kernel's receive time (`SO_TIMESTAMPNS`,
+/// `CLOCK_REALTIME` ns): when the packet reached the receiving stack, not when this thread got
+/// to read it. Under the VM's TCG, and on any loaded machine, the thread is often descheduled
+/// for milliseconds while packets queue; a read-time stamp would then push the early arrivals
+/// of a burst late and shrink a measured jitter. `None` on timeout.
+fn recv_stamped(
+    sock: &std::net::UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> Option<(usize, u64)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd as _;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty()).ok()?;
+    let stamp = msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(ts) => {
+            Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        }
+        _ => None,
+    });
+    Some((msg.bytes, stamp.unwrap_or_else(realtime_ns)))
+}
+
 /// Sends sequence-numbered datagrams from `from` to a receiver in `to` and reports what
 /// arrived. The receiver drains until the sender is done and the socket has been idle for a
 /// while: on a veth pair delivery completes within the sender's softirq, so idle means done.
@@ -365,6 +394,8 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let sock = UdpSocket::bind(addr).expect("bind receiver");
         let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .expect("SO_TIMESTAMPNS");
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         ready_tx.send(()).expect("ready");
@@ -372,26 +403,25 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         let mut dups = 0u32;
         let mut lat = Vec::new();
         let mut buf = vec![0u8; 65536];
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
         let mut sender_done_at: Option<Instant> = None;
         let mut last_rx = Instant::now();
         loop {
-            match sock.recv(&mut buf) {
-                Ok(n) if n >= 12 => {
-                    let now = crate::sys::monotonic_ns();
-                    let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    let mut ts = [0u8; 8];
-                    ts.copy_from_slice(&buf[4..12]);
-                    if seq < seen.len() {
-                        if seen[seq] {
-                            dups += 1;
-                        } else {
-                            seen[seq] = true;
-                            lat.push(now.saturating_sub(u64::from_be_bytes(ts)) / 1000);
-                        }
+            if let Some((n, rx_ns)) = recv_stamped(&sock, &mut buf, &mut cmsg)
+                && n >= 12
+            {
+                let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&buf[4..12]);
+                if seq < seen.len() {
+                    if seen[seq] {
+                        dups += 1;
+                    } else {
+                        seen[seq] = true;
+                        lat.push(rx_ns.saturating_sub(u64::from_be_bytes(ts)) / 1000);
                     }
-                    last_rx = Instant::now();
                 }
-                _ => {}
+                last_rx = Instant::now();
             }
             if sender_done_at.is_none() && done_rx.try_recv().is_ok() {
                 sender_done_at = Some(Instant::now());
@@ -425,7 +455,7 @@ pub fn udp_run(from: &NetNs, to: &NetNs, opts: &UdpRun) -> UdpResult {
         let mut payload = vec![o.fill; o.size.max(12)];
         for seq in 0..o.count {
             payload[..4].copy_from_slice(&seq.to_be_bytes());
-            payload[4..12].copy_from_slice(&crate::sys::monotonic_ns().to_be_bytes());
+            payload[4..12].copy_from_slice(&realtime_ns().to_be_bytes());
             // Errors are not expected (drops happen in the kernel after send returns); a
             // send error would be a finding, so surface it.
             sock.send(&payload).expect("send");

@@ -246,6 +246,13 @@ fn jitter_spread_matches_configuration() {
     // guest runs on TCG) late timers add a tail that would inflate both.
     let jitter = q(0.75) - q(0.25);
     let median = q(0.5);
+    println!(
+        "MEASURED netem 100ms +/- 20ms uniform, {} datagrams: p1 {:.2} q1 {:.2} median {median:.2} q3 {:.2} ms, IQR {jitter:.2} ms",
+        ms.len(),
+        q(0.01),
+        q(0.25),
+        q(0.75)
+    );
     // Emulation can only add latency, so the configured delay is a strict lower bound; the
     // upper bound allows for a slow emulated timer.
     assert!(
