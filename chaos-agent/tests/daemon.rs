@@ -516,6 +516,20 @@ fn api_create_list_show_extend_stop() {
     assert_eq!(agent.list_ids(), vec![b.clone()]);
     let (c, e) = agent.curl("DELETE", &format!("/v1/faults/{a}"), None);
     assert_eq!(c, 404, "{e}");
+    // A wait that comes after the end still gets the report (a client that reconnects, or a
+    // fault whose TTL ran out before the client asked).
+    let (c, report) = agent.curl("GET", &format!("/v1/faults/{a}/wait"), None);
+    assert_eq!(
+        (c, report["id"].as_str(), report["reason"].as_str()),
+        (200, Some(a.as_str()), Some("stopped")),
+        "{report}"
+    );
+    let (c, e) = agent.curl("GET", "/v1/faults/f-7fffffff/wait", None);
+    assert_eq!(
+        (c, e["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
     let (c, all) = agent.curl("DELETE", "/v1/faults", None);
     assert_eq!(c, 200);
     assert_eq!(all["reverted"].as_array().map(Vec::len), Some(1));

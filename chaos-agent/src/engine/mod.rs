@@ -9,7 +9,7 @@ pub mod reconcile;
 pub mod txn;
 pub mod undo;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,12 +296,20 @@ struct Slot {
     done: watch::Sender<Option<RevertReport>>,
 }
 
+/// How many reports of ended faults are kept for `wait`: a client that asks after the end (its
+/// fault had a short TTL, or it reconnected) gets the report instead of a 404.
+pub const ENDED_KEPT: usize = 256;
+
 #[derive(Default)]
 struct State {
     faults: HashMap<FaultId, Slot>,
     /// Faults being applied (id reserved, not yet registered): they count against the maximum
     /// and are checked for conflicts, and shutdown waits for them.
     pending: HashMap<FaultId, FaultSpec>,
+    /// Faults being reverted (out of `faults`, report not sent yet), for `watch`.
+    ending: HashMap<FaultId, watch::Receiver<Option<RevertReport>>>,
+    /// Reports of the last [`ENDED_KEPT`] faults that ended, oldest first.
+    ended: VecDeque<RevertReport>,
 }
 
 struct Inner {
@@ -703,6 +711,7 @@ impl Engine {
             return None;
         }
         let slot = state.faults.remove(&id)?;
+        state.ending.insert(id, slot.done.subscribe());
         self.timers().remove(&(slot.deadline, id));
         drop(state);
         // Disarm first: from here on the fault has no effect, so lateness is measured here (the
@@ -748,6 +757,12 @@ impl Engine {
             tracing::error!(event = "revert", id = %id, reason = reason.as_str(), errors = ?report.errors, "fault revert incomplete; journal kept for cleanup");
         }
         let _ = slot.done.send(Some(report.clone()));
+        let mut state = self.inner.state.lock().await;
+        state.ending.remove(&id);
+        if state.ended.len() == ENDED_KEPT {
+            state.ended.pop_front();
+        }
+        state.ended.push_back(report.clone());
         Some(report)
     }
 
@@ -840,15 +855,19 @@ impl Engine {
         self.list().await.into_iter().find(|i| i.id == id)
     }
 
-    /// A receiver that yields the fault's revert report when it ends (`None` if not active).
+    /// A receiver of the fault's report: pending while it is active or being reverted, already
+    /// holding the report if it is among the last [`ENDED_KEPT`] that ended. `None` if the id is
+    /// unknown.
     pub async fn watch(&self, id: FaultId) -> Option<watch::Receiver<Option<RevertReport>>> {
-        self.inner
-            .state
-            .lock()
-            .await
-            .faults
-            .get(&id)
-            .map(|s| s.done.subscribe())
+        let state = self.inner.state.lock().await;
+        if let Some(s) = state.faults.get(&id) {
+            return Some(s.done.subscribe());
+        }
+        if let Some(rx) = state.ending.get(&id) {
+            return Some(rx.clone());
+        }
+        let report = state.ended.iter().rev().find(|r| r.id == id)?.clone();
+        Some(watch::channel(Some(report)).1)
     }
 
     /// Live counters of every active fault as (interface, counters), for metrics.
