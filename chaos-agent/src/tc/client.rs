@@ -112,6 +112,24 @@ impl Tc {
     }
 
     /// Sends a request that expects only an ACK.
+    /// Sends a delete request; `false` if the object was already gone (see [`is_gone`]), so that
+    /// undo records stay idempotent.
+    async fn delete(
+        &self,
+        op: &'static str,
+        ifindex: u32,
+        msg: RouteNetlinkMessage,
+    ) -> Result<bool, TcError> {
+        match self
+            .ack(op, ifindex, "", msg, NLM_F_REQUEST | NLM_F_ACK)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn ack(
         &self,
         op: &'static str,
@@ -274,20 +292,12 @@ impl Tc {
         handle: u32,
     ) -> Result<bool, TcError> {
         let msg = qdisc_del_message(ifindex, parent, handle);
-        match self
-            .ack(
-                "delete qdisc",
-                ifindex,
-                "",
-                RouteNetlinkMessage::DelQueueDiscipline(msg),
-                NLM_F_REQUEST | NLM_F_ACK,
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.delete(
+            "delete qdisc",
+            ifindex,
+            RouteNetlinkMessage::DelQueueDiscipline(msg),
+        )
+        .await
     }
 
     /// Adds an HTB class (`tc class add ... htb`).
@@ -344,20 +354,12 @@ impl Tc {
     /// Deletes class `classid`; `false` if it was already gone.
     pub async fn delete_class(&self, ifindex: u32, classid: u32) -> Result<bool, TcError> {
         let msg = class_del_message(ifindex, classid);
-        match self
-            .ack(
-                "delete class",
-                ifindex,
-                "",
-                RouteNetlinkMessage::DelTrafficClass(msg),
-                NLM_F_REQUEST | NLM_F_ACK,
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.delete(
+            "delete class",
+            ifindex,
+            RouteNetlinkMessage::DelTrafficClass(msg),
+        )
+        .await
     }
 
     /// Adds a match-all u32 filter at `prio` under `parent` that redirects every packet to the
@@ -389,20 +391,12 @@ impl Tc {
         prio: u16,
     ) -> Result<bool, TcError> {
         let msg = filter_del_message(ifindex, parent, prio);
-        match self
-            .ack(
-                "delete filter",
-                ifindex,
-                "",
-                RouteNetlinkMessage::DelTrafficFilter(msg),
-                NLM_F_REQUEST | NLM_F_ACK,
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(TcError::Netlink { errno, .. }) if is_gone(errno) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.delete(
+            "delete filter",
+            ifindex,
+            RouteNetlinkMessage::DelTrafficFilter(msg),
+        )
+        .await
     }
 
     /// Creates IFB device `name` (`ip link add NAME type ifb`), brings it up (an IFB that is down
