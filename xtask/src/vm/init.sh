@@ -57,7 +57,8 @@ cd "$CARGO_MANIFEST_DIR" 2>/dev/null || cd /tmp
 
 # One lane: the binaries listed in /etc/vm/laneN, one after the other. The host split them into
 # lanes of about equal length (xtask/src/vm.rs), one per vCPU, and runs the lanes at once: most
-# of a network test is waiting (TTLs, delays, timeouts), which the other lane fills. Every output
+# of a network test is waiting (TTLs, timeouts), which the other lane fills. /etc/vm/alone runs
+# after them, by itself. Every output
 # line of a binary carries its name ("loss| test ... ok"), whole: sed writes line by line, so
 # two lanes never mix inside a line. Lines starting with VM- are read by the host.
 run_lane() {
@@ -89,6 +90,9 @@ for lane in /etc/vm/lane*; do
     run_lane "$lane" "$@" &
 done
 wait
+# Then the binaries that measure time to the millisecond, with the machine to themselves
+# (ALONE in xtask/src/vm.rs).
+run_lane /etc/vm/alone "$@"
 pass=$(wc -l </tmp/vm-pass)
 fail=$(wc -l </tmp/vm-fail)
 
