@@ -588,6 +588,12 @@ impl AgentProcess {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The agent's pid (`ip netns exec` execs the binary, so the child is the agent itself).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         // `ip netns exec` execs the binary, so the child pid is the agent itself.

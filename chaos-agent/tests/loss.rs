@@ -20,6 +20,12 @@ fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> (AgentProcess, String) 
     full.extend_from_slice(args);
     let mut agent = AgentProcess::spawn(Some(ns), &bin(), &full);
     let id = agent.expect_injected();
+    // What `no_kernel_state_left` checks later: a loss fault is eBPF, so an agent holding no
+    // program here would make that check vacuous.
+    assert!(
+        !chaos_agent::testing::prog_ids_of(agent.pid()).is_empty(),
+        "the agent holds no BPF program after injecting"
+    );
     (agent, id)
 }
 
