@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::inject::counters_line;
+use super::inject::{counters_line, report_line};
 use super::{ExtendArgs, InjectArgs, OutputArgs, ShowArgs, StopArgs};
 use crate::api::client::Client;
 use crate::engine::{FaultInfo, RevertReport};
@@ -24,22 +24,6 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-fn report_line(r: &RevertReport) -> String {
-    format!(
-        "{} reverted ({}): {}{}",
-        r.id,
-        r.reason.as_str(),
-        r.counters
-            .as_ref()
-            .map_or_else(|| "no counters".to_owned(), counters_line),
-        if r.errors.is_empty() {
-            String::new()
-        } else {
-            format!("; revert errors: {}", r.errors.join("; "))
-        }
-    )
 }
 
 fn exit_for(reports: &[RevertReport]) -> ExitCode {
@@ -78,21 +62,7 @@ pub(super) fn inject(
         if a.json {
             print_json(&report)?;
         }
-        println!(
-            "summary: {} reverted ({}) after {:.1}s: {}{}",
-            report.id,
-            report.reason.as_str(),
-            started.elapsed().as_secs_f64(),
-            report
-                .counters
-                .as_ref()
-                .map_or_else(|| "no counters".to_owned(), counters_line),
-            if report.errors.is_empty() {
-                String::new()
-            } else {
-                format!("; revert errors: {}", report.errors.join("; "))
-            }
-        );
+        println!("summary: {}", report_line(&report, Some(started.elapsed())));
         Ok(exit_for(std::slice::from_ref(&report)))
     })?
 }
@@ -157,7 +127,7 @@ pub(super) fn stop(socket: &Path, a: &StopArgs) -> anyhow::Result<ExitCode> {
             println!("stopped {} fault(s)", reports.len());
         }
         for r in &reports {
-            println!("{}", report_line(r));
+            println!("{}", report_line(r, None));
         }
     }
     Ok(exit_for(&reports))
@@ -231,7 +201,7 @@ pub(super) fn pause(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
             p.reverted.len()
         );
         for r in &p.reverted {
-            println!("{}", report_line(r));
+            println!("{}", report_line(r, None));
         }
     }
     Ok(exit_for(&p.reverted))

@@ -89,6 +89,25 @@ fn pct(n: u64, d: u64) -> String {
     }
 }
 
+/// `f-0000002a reverted (ttl) after 30.0s: <counters>; revert errors: ...`: how a fault ended,
+/// the same for the foreground inject, the client's `inject --wait` and `stop`.
+pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
+    format!(
+        "{} reverted ({}){}: {}{}",
+        r.id,
+        r.reason.as_str(),
+        elapsed.map_or_else(String::new, |e| format!(" after {:.1}s", e.as_secs_f64())),
+        r.counters
+            .as_ref()
+            .map_or_else(|| "no counters".to_owned(), counters_line),
+        if r.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; revert errors: {}", r.errors.join("; "))
+        }
+    )
+}
+
 /// One line of counters, e.g. `matched 1200, dropped 118 (9.83%)`.
 #[must_use]
 pub fn counters_line(c: &Counters) -> String {
@@ -202,21 +221,7 @@ async fn foreground(
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    println!(
-        "summary: {} reverted ({}) after {:.1}s: {}{}",
-        report.id,
-        report.reason.as_str(),
-        elapsed.as_secs_f64(),
-        report
-            .counters
-            .as_ref()
-            .map_or_else(|| "no counters".to_owned(), counters_line),
-        if report.errors.is_empty() {
-            String::new()
-        } else {
-            format!("; revert errors: {}", report.errors.join("; "))
-        }
-    );
+    println!("summary: {}", report_line(&report, Some(elapsed)));
     Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
