@@ -1,4 +1,5 @@
-//! Per-CPU counters kept by the tc programs, one block per direction.
+//! Per-CPU counters kept by the tc programs: one block per fault slot and direction, and one
+//! packet count per attachment point.
 
 /// Direction of traffic a program sees, as an index into the counter array.
 #[repr(u32)]
@@ -14,7 +15,8 @@ pub enum Dir {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Every packet the program ran on while armed.
+    /// Unused since the shared fault table (a fault's "seen" is its hooks' packet count,
+    /// `CHAOS_HOOK_STATS`); the index is kept so that the others keep theirs.
     Seen = 0,
     /// Packets that matched the fault's filters (and were not protected).
     Matched = 1,
@@ -24,17 +26,19 @@ pub enum Counter {
     Steered = 3,
     /// Packets that matched the filters but were let through because they are protected traffic.
     Protected = 4,
-    /// Packets seen after the in-kernel deadline passed (the program let them through).
+    /// Packets that matched the filters after the in-kernel deadline passed (let through).
     Expired = 5,
 }
 
 /// Number of counters per direction.
 pub const COUNTERS_PER_DIR: u32 = 8;
+/// Number of counters per fault slot (both directions).
+pub const COUNTERS_PER_SLOT: u32 = COUNTERS_PER_DIR * 2;
 /// Number of entries in the counters map.
-pub const COUNTERS_LEN: u32 = COUNTERS_PER_DIR * 2;
+pub const COUNTERS_LEN: u32 = COUNTERS_PER_SLOT * crate::MAX_FAULTS;
 
-/// Index of `counter` for `dir` in the counters map.
+/// Index of `counter` of fault slot `slot` for `dir` in the counters map.
 #[must_use]
-pub const fn counter_index(dir: Dir, counter: Counter) -> u32 {
-    dir as u32 * COUNTERS_PER_DIR + counter as u32
+pub const fn counter_index(slot: u32, dir: Dir, counter: Counter) -> u32 {
+    slot * COUNTERS_PER_SLOT + dir as u32 * COUNTERS_PER_DIR + counter as u32
 }

@@ -5,9 +5,9 @@
 //! both sides at once fails the build instead of corrupting a map.
 #![cfg_attr(not(test), no_std)]
 
-pub mod config;
 pub mod counters;
 pub mod names;
+pub mod table;
 
-pub use config::*;
 pub use counters::*;
+pub use table::*;

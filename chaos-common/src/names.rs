@@ -10,15 +10,26 @@ pub const PROG_TC_INGRESS: &str = "chaos_tc_in";
 /// tc classifier attached at egress.
 pub const PROG_TC_EGRESS: &str = "chaos_tc_eg";
 
-/// Map holding the single [`crate::FaultConfig`] of one fault (index 0).
-pub const MAP_CONFIG: &str = "CHAOS_CONFIG";
+/// Attachment points: `hook_key(ifindex, dir)` -> [`crate::HookEntry`].
+pub const MAP_HOOKS: &str = "CHAOS_HOOKS";
+/// Per-CPU packet count of each attachment point (`HookEntry::stats`).
+pub const MAP_HOOK_STATS: &str = "CHAOS_HOOKSTAT";
+/// The dimensions not keyed by a packet field ([`crate::Globals`], index 0).
+pub const MAP_GLOBALS: &str = "CHAOS_GLOBALS";
+/// Per-port bitmaps ([`crate::PortEntry`], index = port).
+pub const MAP_PORTS: &str = "CHAOS_PORTS";
+/// Per-block bitmaps ([`crate::PortEntry`], index = port / `PORT_BLOCK_SIZE`).
+pub const MAP_PORT_BLOCKS: &str = "CHAOS_PORT_BLKS";
+/// The fault slots ([`crate::FaultSlot`], index = slot).
+pub const MAP_SLOTS: &str = "CHAOS_SLOTS";
 /// Per-CPU counters, indexed by [`crate::counter_index`].
 pub const MAP_COUNTERS: &str = "CHAOS_COUNTERS";
-/// Per-CPU PRNG state used when the fault has a seed.
+/// Per-CPU PRNG state of each slot, used when the fault has a seed.
 pub const MAP_RNG: &str = "CHAOS_RNG";
-/// Per-CPU Gilbert-Elliott channel state (0 = good, 1 = bad).
+/// Per-CPU Gilbert-Elliott channel state of each slot (0 = good, 1 = bad).
 pub const MAP_GE_STATE: &str = "CHAOS_GE";
-/// LPM tries of source / destination prefixes. Key data is the address in network byte order.
+/// LPM tries of source / destination prefixes -> [`crate::Bitmap`]. Key data is the address
+/// in network byte order; the value of a prefix holds the faults of every prefix containing it.
 pub const MAP_SRC_V4: &str = "CHAOS_SRC4";
 /// Destination IPv4 prefixes.
 pub const MAP_DST_V4: &str = "CHAOS_DST4";
@@ -27,5 +38,5 @@ pub const MAP_SRC_V6: &str = "CHAOS_SRC6";
 /// Destination IPv6 prefixes.
 pub const MAP_DST_V6: &str = "CHAOS_DST6";
 
-/// Capacity of each prefix trie.
-pub const MAX_PREFIXES: u32 = 64;
+/// Prefixes one fault may name per address family and side (source or destination).
+pub const MAX_PREFIXES: u32 = 16_384;

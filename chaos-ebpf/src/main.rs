@@ -1,15 +1,20 @@
 //! chaos-agent's kernel programs: the tc classifiers `chaos_tc_in` and `chaos_tc_eg`.
 //!
-//! One object per fault. Both programs read the single [`FaultConfig`] in `CHAOS_CONFIG`, decide
-//! whether a packet matches the fault's filters and then drop it, steer it to a shaping class
-//! (`skb->priority`), give it a later departure time (`skb->tstamp`, egress EDT delay) or let it
-//! continue. They never end the tc chain for packets they do not act
-//! on: "no verdict" is `TC_ACT_UNSPEC`, which is `TCX_NEXT` under tcx (>= 6.6) and "continue" under
-//! cls_bpf, so other programs on the hook still run (`TC_ACT_OK` would skip them).
+//! One object per agent, loaded and verified once, attached once per interface and direction;
+//! every packet fault of the agent is a slot in the fault table its maps hold (see
+//! `chaos_common::table`). A packet is classified with a fixed number of lookups, whatever the
+//! number of faults and prefixes: each dimension gives the bitmap of fault slots that match the
+//! packet on it, and only the slots left in the AND are looked at, in slot order. Those are then
+//! dropped, steered to a shaping class (`skb->priority`), given a later departure time
+//! (`skb->tstamp`, egress EDT delay), or let through. The programs never end the tc chain for
+//! packets they do not act on: "no verdict" is `TC_ACT_UNSPEC`, which is `TCX_NEXT` under tcx
+//! (>= 6.6) and "continue" under cls_bpf, so other programs on the hook still run (`TC_ACT_OK`
+//! would skip them).
 //!
 //! Helpers used: map lookup, `bpf_skb_load_bytes`, `bpf_ktime_get_ns`, `bpf_get_prandom_u32`,
-//! `bpf_redirect` — all present since 4.x, so the object verifies on Debian 12's 6.1. Context
-//! fields written: `priority` and `tstamp` (tc read/write access to `tstamp` since 5.0).
+//! `bpf_redirect` (all present since 4.x) and `bpf_loop` (5.17), so the object verifies on
+//! Debian 12's 6.1. Context fields read: `ifindex`; written: `priority` and `tstamp` (tc
+//! read/write access to `tstamp` since 5.0).
 #![no_std]
 #![no_main]
 
@@ -18,44 +23,66 @@ mod rng;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_redirect},
     macros::{classifier, map},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
-    COUNTERS_LEN, Counter, Dir, F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP,
-    F_INGRESS, F_L3_DEVICE, F_SRC_FILTER, F_STEER, FaultConfig, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    counter_index, names::MAX_PREFIXES,
+    BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_EDT, F_EGRESS_WIRE_DROP,
+    F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_FAULTS, MAX_HOOKS,
+    MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
+    PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
 };
+
+use core::ffi::c_void;
 
 use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet};
 
-/// The fault (index 0). Written by the agent; a zeroed entry (not yet written) is unarmed.
+/// Attachment points: `hook_key(ifindex, dir)` -> the faults acting there. A packet on an
+/// interface without an entry (a hook whose last fault just left) passes at once.
 #[map]
-static CHAOS_CONFIG: Array<FaultConfig> = Array::with_max_entries(1, 0);
-/// Per-CPU counters, indexed by `counter_index`.
+static CHAOS_HOOKS: HashMap<u64, HookEntry> = HashMap::with_max_entries(MAX_HOOKS, 0);
+/// Per-CPU packet count of each attachment point (`HookEntry::stats`).
+#[map]
+static CHAOS_HOOKSTAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_HOOKS, 0);
+/// The protocol bitmaps and the "no filter on this dimension" bitmaps (index 0).
+#[map]
+static CHAOS_GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+/// Per-port bitmaps, index = port (host byte order).
+#[map]
+static CHAOS_PORTS: Array<PortEntry> = Array::with_max_entries(65536, 0);
+/// Per-block bitmaps, index = port / `PORT_BLOCK_SIZE`: a range covering whole blocks is set
+/// here, so that `--dport 1024-65535` costs 252 entries, not 64,512.
+#[map]
+static CHAOS_PORT_BLKS: Array<PortEntry> = Array::with_max_entries(PORT_BLOCKS, 0);
+/// The fault slots. A zeroed slot (never written, or freed) is unarmed.
+#[map]
+static CHAOS_SLOTS: Array<FaultSlot> = Array::with_max_entries(MAX_FAULTS, 0);
+/// Per-CPU counters, indexed by `counter_index(slot, dir, counter)`.
 #[map]
 static CHAOS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
-/// Per-CPU xorshift64* state for `F_SEEDED`.
+/// Per-CPU xorshift64* state of each slot, for `F_SEEDED`.
 #[map]
-static CHAOS_RNG: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-/// Per-CPU Gilbert-Elliott state (0 = good, 1 = bad).
+pub(crate) static CHAOS_RNG: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
+/// Per-CPU Gilbert-Elliott state of each slot (0 = good, 1 = bad).
 #[map]
-static CHAOS_GE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-/// Source IPv4 prefixes (`F_SRC_FILTER`). The constructor adds `BPF_F_NO_PREALLOC`, which the
-/// kernel requires for LPM tries.
+pub(crate) static CHAOS_GE: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
+/// Source IPv4 prefixes -> the faults of every listed prefix that contains the key (the agent
+/// stores the union, so the longest match is enough). The constructor adds
+/// `BPF_F_NO_PREALLOC`, which the kernel requires for LPM tries: entries cost memory only
+/// when they exist.
 #[map]
-static CHAOS_SRC4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
-/// Destination IPv4 prefixes (`F_DST_FILTER`).
+static CHAOS_SRC4: LpmTrie<[u8; 4], Bitmap> = LpmTrie::with_max_entries(MAX_TRIE_ENTRIES, 0);
+/// Destination IPv4 prefixes.
 #[map]
-static CHAOS_DST4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static CHAOS_DST4: LpmTrie<[u8; 4], Bitmap> = LpmTrie::with_max_entries(MAX_TRIE_ENTRIES, 0);
 /// Source IPv6 prefixes.
 #[map]
-static CHAOS_SRC6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static CHAOS_SRC6: LpmTrie<[u8; 16], Bitmap> = LpmTrie::with_max_entries(MAX_TRIE_ENTRIES, 0);
 /// Destination IPv6 prefixes.
 #[map]
-static CHAOS_DST6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+static CHAOS_DST6: LpmTrie<[u8; 16], Bitmap> = LpmTrie::with_max_entries(MAX_TRIE_ENTRIES, 0);
 
 /// tc ingress classifier.
 #[classifier]
@@ -70,10 +97,19 @@ pub fn chaos_tc_eg(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count(dir: Dir, counter: Counter) {
-    if let Some(p) = CHAOS_COUNTERS.get_ptr_mut(counter_index(dir, counter)) {
+fn count(slot: u32, dir: Dir, counter: Counter) {
+    if let Some(p) = CHAOS_COUNTERS.get_ptr_mut(counter_index(slot, dir, counter)) {
         // SAFETY: per-CPU slot: no other program touches it concurrently, a plain add suffices.
         unsafe { *p += 1 };
+    }
+}
+
+/// The bitmap at `p`, or the empty set.
+#[inline(always)]
+fn bits(p: Option<&Bitmap>) -> Bitmap {
+    match p {
+        Some(b) => *b,
+        None => Bitmap::EMPTY,
     }
 }
 
@@ -81,77 +117,259 @@ fn count(dir: Dir, counter: Counter) {
 /// program keeps only its own branch).
 #[inline(always)]
 fn handle(ctx: &TcContext, dir: Dir) -> i32 {
-    let Some(cfg) = CHAOS_CONFIG.get(0) else {
+    // SAFETY: `skb` is the program's context; tc programs may read `ifindex` (skb->dev's).
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(hook) = CHAOS_HOOKS.get_ptr(hook_key(ifindex, dir)) else {
         return TC_ACT_UNSPEC;
     };
-    // Read once: the agent may rewrite the entry while we run.
-    let flags = cfg.flags;
-    let dir_flag = match dir {
-        Dir::Ingress => F_INGRESS,
-        Dir::Egress => F_EGRESS,
-    };
-    if flags & F_ARMED == 0 || flags & dir_flag == 0 {
+    // SAFETY: a map value pointer, valid for the duration of the program. Copied once: the
+    // agent may rewrite the entry while we run.
+    let (mut m, hook_flags, stats) = unsafe { ((*hook).faults, (*hook).flags, (*hook).stats) };
+    if let Some(p) = CHAOS_HOOKSTAT.get_ptr_mut(stats) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+    if m.is_empty() {
         return TC_ACT_UNSPEC;
     }
-    count(dir, Counter::Seen);
-    // The kernel-enforced TTL: holds even if the agent is dead and its filters outlived it
-    // (netlink attach). bpf_ktime_get_ns is CLOCK_MONOTONIC, as is the agent's deadline.
-    // SAFETY: helper without arguments, available since 4.1.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now > cfg.expires_at_ns {
-        count(dir, Counter::Expired);
-        return TC_ACT_UNSPEC;
-    }
-    let Some(pkt) = parse::parse(ctx, flags & F_L3_DEVICE != 0) else {
+    let Some(g) = CHAOS_GLOBALS.get(0) else {
         return TC_ACT_UNSPEC;
     };
-    if !matches(cfg, flags, &pkt) {
+    let Some(pkt) = parse::parse(ctx, hook_flags & HOOK_L3_DEVICE != 0) else {
+        return TC_ACT_UNSPEC;
+    };
+    // Cheapest dimensions first (array lookups the verifier inlines), the tries last: most
+    // packets that match nothing leave before the first trie walk.
+    let class = match pkt.proto {
+        IPPROTO_TCP => PROTO_CLASS_TCP,
+        IPPROTO_UDP => PROTO_CLASS_UDP,
+        IPPROTO_ICMP if !pkt.v6 => PROTO_CLASS_ICMP,
+        IPPROTO_ICMPV6 if pkt.v6 => PROTO_CLASS_ICMP,
+        _ => PROTO_CLASS_OTHER,
+    };
+    m = m.and(&g.proto[class]);
+    if m.is_empty() {
         return TC_ACT_UNSPEC;
     }
-    if pkt.has_ports
-        && (cfg.protected_ports.contains_strict(pkt.sport)
-            || cfg.protected_ports.contains_strict(pkt.dport))
-    {
-        count(dir, Counter::Protected);
+    let mut protect = Bitmap::EMPTY;
+    if pkt.has_ports {
+        let (sp, dp) = (ports(pkt.sport), ports(pkt.dport));
+        m = m
+            .and(&sp.src.or(&g.sport_any))
+            .and(&dp.dst.or(&g.dport_any));
+        protect = sp.protect.or(&dp.protect);
+    } else {
+        // A port filter never matches a packet without ports (ICMP, non-first fragments).
+        m = m.and(&g.sport_any).and(&g.dport_any);
+    }
+    if m.is_empty() {
         return TC_ACT_UNSPEC;
     }
-    count(dir, Counter::Matched);
+    m = m.and(&in_trie(&pkt, &pkt.src, true).or(&g.src_any));
+    if m.is_empty() {
+        return TC_ACT_UNSPEC;
+    }
+    m = m.and(&in_trie(&pkt, &pkt.dst, false).or(&g.dst_any));
+    if m.is_empty() {
+        return TC_ACT_UNSPEC;
+    }
+    act(ctx, dir, &m, &protect)
+}
 
-    if rng::should_drop(cfg, flags) {
-        count(dir, Counter::Dropped);
-        if matches!(dir, Dir::Egress) && flags & F_EGRESS_WIRE_DROP != 0 {
+/// The union of a port's own entry and its block's entry.
+#[inline(always)]
+fn ports(port: u16) -> PortEntry {
+    let mut e = PortEntry::default();
+    if let Some(p) = CHAOS_PORTS.get(u32::from(port)) {
+        e = *p;
+    }
+    if let Some(b) = CHAOS_PORT_BLKS.get(u32::from(port) / PORT_BLOCK_SIZE) {
+        e.src = e.src.or(&b.src);
+        e.dst = e.dst.or(&b.dst);
+        e.protect = e.protect.or(&b.protect);
+    }
+    e
+}
+
+/// The state of one packet's walk over its matching faults, shared with [`walk_step`].
+#[repr(C)]
+struct Walk {
+    /// Matching faults not yet looked at.
+    m: Bitmap,
+    /// Matching faults for which one of the packet's ports is protected.
+    protect: Bitmap,
+    /// `bpf_ktime_get_ns()` at the start of the walk.
+    now: u64,
+    /// `skb->tstamp` as the packet arrived; the new departure time once `STAMPED`.
+    tstamp: u64,
+    /// The class to steer into once `STEERED`.
+    priority: u32,
+    /// `Dir` as an integer.
+    dir: u32,
+    /// `VERDICT_*`.
+    verdict: u32,
+    /// `STEERED` | `STAMPED`.
+    done: u32,
+}
+
+const VERDICT_NONE: u32 = 0;
+const VERDICT_SHOT: u32 = 1;
+const VERDICT_WIRE_DROP: u32 = 2;
+const STEERED: u32 = 1;
+const STAMPED: u32 = 2;
+
+/// What the faults in `m` (their filters all match) do to the packet, in slot order: the first
+/// that drops it ends the walk (so `n` faults of probability `p_i` lose `1 - prod(1 - p_i)`, and
+/// the faults after a drop do not see the packet); steering and EDT are taken from the first
+/// fault that has them (the engine allows one shaping fault per interface and direction).
+///
+/// The walk is a `bpf_loop` (5.17) over [`walk_step`], one call per matching fault: the
+/// verifier checks the step once, where an inline loop over up to 256 slots would be checked
+/// once per possible iteration and exceed its million-instruction budget.
+#[inline(always)]
+fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
+    let skb = ctx.skb.skb;
+    let mut walk = Walk {
+        m: *m,
+        protect: *protect,
+        // SAFETY: helper without arguments, available since 4.1. CLOCK_MONOTONIC, as is the
+        // agent's deadline.
+        now: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: `skb` is the program's context; tc programs may read `tstamp` (since 5.0).
+        tstamp: unsafe { (*skb).tstamp },
+        priority: 0,
+        dir: dir as u32,
+        verdict: VERDICT_NONE,
+        done: 0,
+    };
+    // SAFETY: `walk_step` has the callback signature bpf_loop expects and only touches `walk`
+    // (a stack object that outlives the call) and maps.
+    unsafe {
+        bpf_loop(
+            MAX_FAULTS,
+            walk_step as *mut c_void,
+            (&raw mut walk).cast::<c_void>(),
+            0,
+        );
+    }
+    match walk.verdict {
+        VERDICT_WIRE_DROP => {
             // Redirect to ifindex 0, which never exists: skb_do_redirect frees the packet but
             // sch_handle_egress reports NET_XMIT_SUCCESS, so TCP sees loss on the wire and
-            // retransmits (TC_ACT_SHOT here would be NET_XMIT_DROP = local congestion, which TCP
-            // silently re-sends without counting a loss). Returns TC_ACT_REDIRECT.
+            // retransmits (TC_ACT_SHOT here would be NET_XMIT_DROP = local congestion, which
+            // TCP silently re-sends without counting a loss). Returns TC_ACT_REDIRECT.
             // SAFETY: helper available to tc programs since 4.4.
             return unsafe { bpf_redirect(0, 0) } as i32;
         }
-        return TC_ACT_SHOT as i32;
+        VERDICT_SHOT => return TC_ACT_SHOT as i32,
+        _ => {}
+    }
+    if walk.done & STAMPED != 0 && matches!(dir, Dir::Egress) {
+        // Egress only: the departure time is honoured by the root fq of the device the packet
+        // is leaving, which is this one. On ingress there is no qdisc to honour it, and before
+        // 5.18 `skb_scrub_packet` cleared it on a netns crossing anyway.
+        // SAFETY: tc programs may write `tstamp` (sched_cls since 5.0); at egress the kernel
+        // stores the value as is (CLOCK_MONOTONIC).
+        unsafe { (*skb).tstamp = walk.tstamp };
+    }
+    if walk.done & STEERED != 0 {
+        // SAFETY: tc programs may write `priority` (the verifier allows it for sched_cls/act),
+        // which an agent-owned htb qdisc uses as classid.
+        unsafe { (*skb).priority = walk.priority };
+    }
+    TC_ACT_UNSPEC
+}
+
+/// One step of the walk: takes the lowest slot left in `walk.m` and applies that fault.
+/// Returns 1 (stop) when no slot is left or the packet is dropped, 0 to go on.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `act` gave it, a live `Walk`.
+    let walk = unsafe { &mut *walk.cast::<Walk>() };
+    let mut word = 0;
+    while word < BITMAP_WORDS && walk.m.w[word] == 0 {
+        word += 1;
+    }
+    if word >= BITMAP_WORDS {
+        return 1;
+    }
+    let w = walk.m.w[word];
+    let low = w & w.wrapping_neg();
+    walk.m.w[word] = w ^ low;
+    let slot = word as u32 * 64 + bit_index(low);
+    let dir = if walk.dir == Dir::Egress as u32 {
+        Dir::Egress
+    } else {
+        Dir::Ingress
+    };
+    let Some(f) = CHAOS_SLOTS.get(slot) else {
+        return 0;
+    };
+    let flags = f.flags;
+    if flags & F_ARMED == 0 {
+        return 0;
+    }
+    // The kernel-enforced TTL: holds even if the agent is dead and its filters outlived it
+    // (netlink attach).
+    if walk.now > f.expires_at_ns {
+        count(slot, dir, Counter::Expired);
+        return 0;
+    }
+    if walk.protect.w[word] & low != 0 {
+        count(slot, dir, Counter::Protected);
+        return 0;
+    }
+    count(slot, dir, Counter::Matched);
+    if rng::should_drop(f, flags, slot) {
+        count(slot, dir, Counter::Dropped);
+        walk.verdict = if matches!(dir, Dir::Egress) && flags & F_EGRESS_WIRE_DROP != 0 {
+            VERDICT_WIRE_DROP
+        } else {
+            VERDICT_SHOT
+        };
+        return 1;
     }
     let mut steered = false;
-    if matches!(dir, Dir::Egress) && flags & F_EDT != 0 {
-        // Egress only: the departure time is honoured by the root fq of the device the packet is
-        // leaving, which is this one. On ingress there is no qdisc to honour it, and before 5.18
-        // `skb_scrub_packet` cleared it on a netns crossing anyway.
-        // SAFETY: `skb` is the program's context; tc programs may read and write `tstamp`
-        // (sched_cls since 5.0). At egress the kernel stores the value as is (CLOCK_MONOTONIC).
-        unsafe {
-            let skb = ctx.skb.skb;
-            (*skb).tstamp = edt_departure(cfg, flags, now, (*skb).tstamp);
-        }
+    if flags & F_EDT != 0 && matches!(dir, Dir::Egress) && walk.done & STAMPED == 0 {
+        walk.tstamp = edt_departure(f, flags, slot, walk.now, walk.tstamp);
+        walk.done |= STAMPED;
         steered = true;
     }
-    if flags & F_STEER != 0 {
-        // SAFETY: `skb` is the program's context; tc programs may write `priority` (the verifier
-        // allows it for sched_cls/act), which an agent-owned htb/prio qdisc uses as classid.
-        unsafe { (*ctx.skb.skb).priority = cfg.steer_priority };
+    if flags & F_STEER != 0 && walk.done & STEERED == 0 {
+        walk.priority = f.steer_priority;
+        walk.done |= STEERED;
         steered = true;
     }
     if steered {
-        count(dir, Counter::Steered);
+        count(slot, dir, Counter::Steered);
     }
-    TC_ACT_UNSPEC
+    0
+}
+
+/// The index of the one bit set in `low` (a power of two), by binary search: BPF has no
+/// count-trailing-zeros instruction.
+#[inline(always)]
+fn bit_index(low: u64) -> u32 {
+    let mut i = 0;
+    if low & 0xFFFF_FFFF_0000_0000 != 0 {
+        i += 32;
+    }
+    if low & 0xFFFF_0000_FFFF_0000 != 0 {
+        i += 16;
+    }
+    if low & 0xFF00_FF00_FF00_FF00 != 0 {
+        i += 8;
+    }
+    if low & 0xF0F0_F0F0_F0F0_F0F0 != 0 {
+        i += 4;
+    }
+    if low & 0xCCCC_CCCC_CCCC_CCCC != 0 {
+        i += 2;
+    }
+    if low & 0xAAAA_AAAA_AAAA_AAAA != 0 {
+        i += 1;
+    }
+    i
 }
 
 /// How far ahead of `now` an existing `skb->tstamp` may be and still be trusted as a
@@ -164,7 +382,7 @@ const EDT_TRUST_NS: u64 = 60 * 1_000_000_000;
 /// never earlier than `now`. A departure time already set (TCP pacing) is never moved earlier,
 /// which would reorder the socket's packets against its own schedule.
 #[inline(always)]
-fn edt_departure(cfg: &FaultConfig, flags: u32, now: u64, current: u64) -> u64 {
+fn edt_departure(cfg: &FaultSlot, flags: u32, slot: u32, now: u64, current: u64) -> u64 {
     let base = if current > now && current - now < EDT_TRUST_NS {
         current
     } else {
@@ -176,56 +394,25 @@ fn edt_departure(cfg: &FaultConfig, flags: u32, now: u64, current: u64) -> u64 {
     if jitter_us != 0 {
         // Uniform offset in [0, 2j] µs: the high 32 bits of draw * (2j + 1). No division, and
         // 2^32 * (2 * 60 s in µs + 1) < 2^64, so the product cannot overflow.
-        let offset = (u64::from(rng::draw(flags)) * (2 * jitter_us + 1)) >> 32;
+        let offset = (u64::from(rng::draw(flags, slot)) * (2 * jitter_us + 1)) >> 32;
         // delay + offset - j, clamped at 0 when the jitter exceeds the delay.
         add_us = (delay_us + offset).saturating_sub(jitter_us);
     }
     base + add_us * 1000
 }
 
-/// Protocol, address and port filters.
+/// The faults whose source (or destination) prefixes contain the address: one longest-prefix
+/// lookup, since every stored prefix carries the faults of the prefixes that contain it.
 #[inline(always)]
-fn matches(cfg: &FaultConfig, flags: u32, pkt: &Packet) -> bool {
-    let protos = cfg.protos;
-    if protos != 0 {
-        let bit = match pkt.proto {
-            IPPROTO_TCP => PROTO_TCP,
-            IPPROTO_UDP => PROTO_UDP,
-            IPPROTO_ICMP if !pkt.v6 => PROTO_ICMP,
-            IPPROTO_ICMPV6 if pkt.v6 => PROTO_ICMP,
-            _ => 0,
-        };
-        if protos & bit == 0 {
-            return false;
-        }
-    }
-    if flags & F_SRC_FILTER != 0 && !in_trie(pkt, &pkt.src, true) {
-        return false;
-    }
-    if flags & F_DST_FILTER != 0 && !in_trie(pkt, &pkt.dst, false) {
-        return false;
-    }
-    let (sports, dports) = (&cfg.sports, &cfg.dports);
-    if sports.len != 0 || dports.len != 0 {
-        // A port filter never matches a packet without ports (ICMP, non-first fragments).
-        if !pkt.has_ports || !sports.contains(pkt.sport) || !dports.contains(pkt.dport) {
-            return false;
-        }
-    }
-    true
-}
-
-/// Longest-prefix lookup of `addr` in the family's source or destination trie.
-#[inline(always)]
-fn in_trie(pkt: &Packet, addr: &[u8; 16], src: bool) -> bool {
+fn in_trie(pkt: &Packet, addr: &[u8; 16], src: bool) -> Bitmap {
     if pkt.v6 {
         let key = Key::new(128, *addr);
         let trie = if src { &CHAOS_SRC6 } else { &CHAOS_DST6 };
-        trie.get(&key).is_some()
+        bits(trie.get(&key))
     } else {
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
         let trie = if src { &CHAOS_SRC4 } else { &CHAOS_DST4 };
-        trie.get(&key).is_some()
+        bits(trie.get(&key))
     }
 }
 

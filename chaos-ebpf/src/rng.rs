@@ -1,7 +1,7 @@
 //! Randomness and the loss decision (Bernoulli or Gilbert-Elliott).
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use chaos_common::{F_LOSS_GE, F_SEEDED, FaultConfig};
+use chaos_common::{F_LOSS_GE, F_SEEDED, FaultSlot};
 
 use crate::{CHAOS_GE, CHAOS_RNG};
 
@@ -9,16 +9,17 @@ use crate::{CHAOS_GE, CHAOS_RNG};
 /// point, so a slot userspace forgot to seed would otherwise return 0 forever (= always drop).
 const RNG_FALLBACK: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// A uniform `u32`: xorshift64* on this CPU's `CHAOS_RNG` slot when `F_SEEDED` is set
+/// A uniform `u32`: xorshift64* on this CPU's `CHAOS_RNG` entry of the fault slot when
+/// `F_SEEDED` is set
 /// (reproducible: one chain per CPU, no atomics needed because a tc program runs with migration
 /// disabled and per-CPU values are private), else `bpf_get_prandom_u32()`.
 #[inline(always)]
-pub fn draw(flags: u32) -> u32 {
+pub fn draw(flags: u32, slot: u32) -> u32 {
     if flags & F_SEEDED != 0
-        && let Some(slot) = CHAOS_RNG.get_ptr_mut(0)
+        && let Some(state) = CHAOS_RNG.get_ptr_mut(slot)
     {
         // SAFETY: a per-CPU array slot, valid for the duration of the program.
-        let mut x = unsafe { *slot };
+        let mut x = unsafe { *state };
         if x == 0 {
             x = RNG_FALLBACK;
         }
@@ -26,7 +27,7 @@ pub fn draw(flags: u32) -> u32 {
         x ^= x << 25;
         x ^= x >> 27;
         // SAFETY: as above.
-        unsafe { *slot = x };
+        unsafe { *state = x };
         // xorshift64*: the high bits of the product are the well-mixed ones.
         return (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32;
     }
@@ -44,16 +45,16 @@ fn hit(draw: u32, threshold: u32) -> bool {
 /// Decides whether a matched packet is lost. Only called for matched packets, so unmatched
 /// traffic neither costs a draw nor advances the seeded sequence.
 #[inline(always)]
-pub fn should_drop(cfg: &FaultConfig, flags: u32) -> bool {
+pub fn should_drop(cfg: &FaultSlot, flags: u32, slot: u32) -> bool {
     if flags & F_LOSS_GE != 0 {
         // Gilbert-Elliott: a two-state Markov chain per CPU. The transition is drawn first and
         // the loss uses the state the packet lands in (kernel-techniques 2.1).
-        let Some(st) = CHAOS_GE.get_ptr_mut(0) else {
+        let Some(st) = CHAOS_GE.get_ptr_mut(slot) else {
             return false;
         };
         // SAFETY: per-CPU array slot, valid for the duration of the program.
         let was_bad = unsafe { *st } != 0;
-        let t = draw(flags);
+        let t = draw(flags, slot);
         let bad = if was_bad {
             !hit(t, cfg.ge_r)
         } else {
@@ -66,9 +67,9 @@ pub fn should_drop(cfg: &FaultConfig, flags: u32) -> bool {
         } else {
             cfg.loss_threshold
         };
-        threshold != 0 && hit(draw(flags), threshold)
+        threshold != 0 && hit(draw(flags, slot), threshold)
     } else {
         let threshold = cfg.loss_threshold;
-        threshold != 0 && hit(draw(flags), threshold)
+        threshold != 0 && hit(draw(flags, slot), threshold)
     }
 }
