@@ -164,7 +164,7 @@ impl Default for LimitsConfig {
         Self {
             max_ttl: crate::spec::DEFAULT_MAX_TTL,
             default_ttl: Duration::from_mins(5),
-            max_faults: 64,
+            max_faults: chaos_common::MAX_FAULTS as usize,
             protected_ports: vec![PortRange { lo: 22, hi: 22 }],
         }
     }
@@ -217,14 +217,18 @@ impl Config {
                 humantime::format_duration(l.max_ttl)
             ));
         }
-        if l.max_faults == 0 {
-            return bad("limits.max_faults must be at least 1".to_owned());
+        if l.max_faults == 0 || l.max_faults > chaos_common::MAX_FAULTS as usize {
+            return bad(format!(
+                "limits.max_faults must be between 1 and {} (the datapath's fault slots), got {}",
+                chaos_common::MAX_FAULTS,
+                l.max_faults
+            ));
         }
-        if l.protected_ports.len() + 2 > chaos_common::MAX_PORT_RANGES {
+        if l.protected_ports.len() + 2 > crate::spec::MAX_PORT_RANGES {
             return bad(format!(
                 "limits.protected_ports has {} ranges; at most {} fit (2 are kept for the agent's own ports)",
                 l.protected_ports.len(),
-                chaos_common::MAX_PORT_RANGES - 2
+                crate::spec::MAX_PORT_RANGES - 2
             ));
         }
         if self.api.tcp_listen.is_some() && self.api.tcp_token_file.is_none() {

@@ -8,7 +8,7 @@ use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use serde::Serialize;
 
 use crate::ebpf::netlink::{request_ack, request_ack_flags};
-use crate::ebpf::{TcProgram, attach};
+use crate::ebpf::{Datapath, attach};
 use crate::sys;
 
 /// One capability.
@@ -166,7 +166,8 @@ pub fn run() -> Vec<Check> {
         },
         "-",
     ));
-    let ebpf = TcProgram::load();
+    let dp = Datapath::new();
+    let ebpf = dp.load();
     v.push(check(
         "ebpf",
         ebpf.is_ok(),
@@ -176,7 +177,7 @@ pub fn run() -> Vec<Check> {
             }),
         "loss, steering",
     ));
-    drop(ebpf);
+    drop(dp);
     let tcx = attach::kernel_has_tcx();
     v.push(check(
         "tcx",

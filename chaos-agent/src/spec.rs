@@ -10,8 +10,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use chaos_common::MAX_PORT_RANGES;
 use chaos_common::names::MAX_PREFIXES;
+
+/// Port ranges one fault may name per side (source or destination). The datapath's cost per
+/// packet does not depend on it (a range is a few map entries); the bound keeps one request,
+/// and its journal entry, of a bounded size.
+pub const MAX_PORT_RANGES: usize = 4096;
 
 /// Which way traffic flows through the interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

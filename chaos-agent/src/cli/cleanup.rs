@@ -15,7 +15,7 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
         let journal = Journal::open(state_dir)?;
         let nl = crate::ebpf::netlink::connect()?;
         let tc = crate::tc::Tc::new()?;
-        anyhow::Ok(reconcile::run(&UndoCtx { nl, journal, tc }).await)
+        anyhow::Ok(reconcile::run(&UndoCtx { nl, journal, tc, dp: None }).await)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

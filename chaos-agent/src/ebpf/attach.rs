@@ -1,13 +1,13 @@
 //! Attaching the classifiers: tcx links where the kernel has them, netlink `cls_bpf` otherwise.
 
 use aya::programs::links::LinkOrder;
-use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
+use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcHandle};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
 use super::netlink::Hook;
-use super::{EbpfError, TcProgram};
+use super::EbpfError;
 
 /// Priority of our `cls_bpf` filters on the netlink path (`0xC4A0`, "chaos"). Lower numbers run
 /// first; the default priority tc(8) hands out starts at 49152 (0xC000), so filters that other
@@ -62,7 +62,7 @@ pub fn kernel_has_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-/// Where a program was attached (kept for reporting; the link itself lives in the `TcProgram`).
+/// Where a program was attached (kept for reporting; the link itself lives in the datapath).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedProgram {
     /// Interface name.
@@ -80,46 +80,44 @@ fn attach_type(hook: Hook) -> TcAttachType {
     }
 }
 
-impl TcProgram {
-    /// Attaches the hook's classifier as a tcx link. Ingress goes first in the chain (it sees
-    /// packets as they arrive from the wire) and egress last (it sees them as they leave).
-    pub fn attach_tcx(&mut self, ifname: &str, hook: Hook) -> Result<(), EbpfError> {
-        let order = match hook {
-            Hook::Ingress => LinkOrder::first(),
-            Hook::Egress => LinkOrder::last(),
-        };
-        let prog: &mut SchedClassifier = self.classifier(hook.program())?;
-        prog.attach_with_options(ifname, attach_type(hook), TcAttachOptions::TcxOrder(order))
-            .map(|_| ())
-            .map_err(|source| EbpfError::Attach {
-                prog: hook.program(),
-                ifname: ifname.to_owned(),
-                direction: hook.as_str(),
-                source: Box::new(source),
-            })
-    }
+/// Attaches the hook's classifier as a tcx link. Ingress goes first in the chain (it sees
+/// packets as they arrive from the wire) and egress last (it sees them as they leave).
+pub fn attach_tcx(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: Hook,
+) -> Result<SchedClassifierLinkId, EbpfError> {
+    let order = match hook {
+        Hook::Ingress => LinkOrder::first(),
+        Hook::Egress => LinkOrder::last(),
+    };
+    prog.attach_with_options(ifname, attach_type(hook), TcAttachOptions::TcxOrder(order))
+        .map_err(|source| EbpfError::Attach {
+            prog: hook.program(),
+            ifname: ifname.to_owned(),
+            direction: hook.as_str(),
+            source: Box::new(source),
+        })
+}
 
-    /// Attaches the hook's classifier as a direct-action `cls_bpf` filter at our priority with the
-    /// given handle (chosen and journaled by the caller beforehand). Needs a clsact qdisc.
-    pub fn attach_netlink(
-        &mut self,
-        ifname: &str,
-        hook: Hook,
-        handle: u32,
-    ) -> Result<(), EbpfError> {
-        let prog: &mut SchedClassifier = self.classifier(hook.program())?;
-        let opts = NlOptions {
-            priority: NETLINK_PRIORITY,
-            handle: TcHandle::from(handle),
-            classid: None,
-        };
-        prog.attach_with_options(ifname, attach_type(hook), TcAttachOptions::Netlink(opts))
-            .map(|_| ())
-            .map_err(|source| EbpfError::Attach {
-                prog: hook.program(),
-                ifname: ifname.to_owned(),
-                direction: hook.as_str(),
-                source: Box::new(source),
-            })
-    }
+/// Attaches the hook's classifier as a direct-action `cls_bpf` filter at our priority with the
+/// given handle (chosen and journaled by the caller beforehand). Needs a clsact qdisc.
+pub fn attach_netlink(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: Hook,
+    handle: u32,
+) -> Result<SchedClassifierLinkId, EbpfError> {
+    let opts = NlOptions {
+        priority: NETLINK_PRIORITY,
+        handle: TcHandle::from(handle),
+        classid: None,
+    };
+    prog.attach_with_options(ifname, attach_type(hook), TcAttachOptions::Netlink(opts))
+        .map_err(|source| EbpfError::Attach {
+            prog: hook.program(),
+            ifname: ifname.to_owned(),
+            direction: hook.as_str(),
+            source: Box::new(source),
+        })
 }

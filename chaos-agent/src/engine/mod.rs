@@ -168,7 +168,7 @@ impl Default for EngineConfig {
             default_ttl: None,
             attach_mode: AttachMode::Auto,
             protected_ports: vec![PortRange { lo: 22, hi: 22 }],
-            max_faults: 64,
+            max_faults: chaos_common::MAX_FAULTS as usize,
         }
     }
 }
@@ -317,6 +317,7 @@ struct Inner {
     journal: Journal,
     nl: rtnetlink::Handle,
     tc: crate::tc::Tc,
+    dp: crate::ebpf::Datapath,
     state: Mutex<State>,
     /// Serialises kernel changes (apply, undo) between faults; never held with `state`.
     kernel: Mutex<()>,
@@ -361,10 +362,12 @@ impl Engine {
         let nl =
             crate::ebpf::netlink::connect().map_err(|e| EngineError::Apply { source: e.into() })?;
         let tc = crate::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
+        let dp = crate::ebpf::Datapath::new();
         let ctx = UndoCtx {
             nl: nl.clone(),
             journal: journal.clone(),
             tc: tc.clone(),
+            dp: Some(dp.clone()),
         };
         let report = reconcile::run(&ctx).await;
         for (kind, n) in &report.removed_by_kind {
@@ -379,6 +382,7 @@ impl Engine {
                 journal,
                 nl,
                 tc,
+                dp,
                 state: Mutex::new(State::default()),
                 kernel: Mutex::new(()),
                 watchdog_exited: CancellationToken::new(),
@@ -419,6 +423,18 @@ impl Engine {
                 exited.cancel();
             });
         }
+    }
+
+    /// The agent's datapath.
+    #[must_use]
+    pub fn datapath(&self) -> &crate::ebpf::Datapath {
+        &self.inner.dp
+    }
+
+    /// Loads and verifies the programs now (the daemon does at start), so that the first inject
+    /// is map writes and an attach, not a verification.
+    pub fn preload(&self) -> Result<(), crate::ebpf::EbpfError> {
+        self.inner.dp.load()
     }
 
     /// The metrics registry the engine reports to.
@@ -594,6 +610,7 @@ impl Engine {
                 ifindex,
                 txn: &mut txn,
                 nl: &self.inner.nl,
+                dp: &self.inner.dp,
                 tc: &self.inner.tc,
                 attach_mode: mode,
                 protected_ports: &cfg.protected_ports,
@@ -638,6 +655,7 @@ impl Engine {
             nl: self.inner.nl.clone(),
             journal: self.inner.journal.clone(),
             tc: self.inner.tc.clone(),
+            dp: Some(self.inner.dp.clone()),
         }
     }
 

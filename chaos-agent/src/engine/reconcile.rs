@@ -82,7 +82,10 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     Undo::MirredFilter { ifname, .. } => {
                         keep_mirred.insert(ifname.clone());
                     }
-                    Undo::TcxLink { .. } => {}
+                    Undo::BpfHook { ifname, handle, .. } => {
+                        keep_filters.insert((ifname.clone(), *handle));
+                    }
+                    Undo::TcxLink { .. } | Undo::BpfSlot { .. } => {}
                 }
             }
             continue;

@@ -5,22 +5,46 @@
 use serde::{Deserialize, Serialize};
 
 use super::journal::Journal;
-use crate::ebpf::EbpfError;
 use crate::ebpf::netlink::{self, Hook};
+use crate::ebpf::{AttachMode, Datapath, EbpfError};
 
 /// One reversible kernel change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Undo {
-    /// A tcx link. The kernel detaches it when the agent's fd closes, so there is nothing to
-    /// replay after a crash; the record documents what was attached.
+    /// A slot of the agent's fault table: the fault's filters, parameters and counters. The
+    /// maps die with the agent (or, on the netlink path, with its filters, and the slot's own
+    /// kernel deadline disarms it before that), so there is nothing to replay after a crash.
+    BpfSlot {
+        /// The slot.
+        slot: u32,
+    },
+    /// The agent's programs attached to an interface and direction, shared by every fault of
+    /// that agent there: each of them journals it. In the live agent the undo detaches it once
+    /// no fault is left on it; for a dead agent's journal, the `cls_bpf` filter with the
+    /// agent's handle is deleted (a tcx link died with the agent).
+    BpfHook {
+        /// Interface.
+        ifname: String,
+        /// Hook.
+        hook: Hook,
+        /// tcx or netlink.
+        mode: AttachMode,
+        /// Filter priority (netlink).
+        priority: u16,
+        /// The agent's filter handle (netlink).
+        handle: u32,
+    },
+    /// A tcx link of a per-fault program (journals of versions before the shared datapath).
+    /// The kernel detaches it when the agent's fd closes, so there is nothing to replay.
     TcxLink {
         /// Interface.
         ifname: String,
         /// Hook.
         hook: Hook,
     },
-    /// A `cls_bpf` filter of ours at a known priority and handle (netlink attach path).
+    /// A `cls_bpf` filter of a per-fault program at a known priority and handle (netlink attach
+    /// path; journals of versions before the shared datapath).
     NetlinkFilter {
         /// Interface.
         ifname: String,
@@ -82,6 +106,8 @@ pub struct UndoCtx {
     pub journal: Journal,
     /// Traffic-control client.
     pub tc: crate::tc::Tc,
+    /// The live agent's datapath (`None` in `cleanup`, which only replays dead agents').
+    pub dp: Option<Datapath>,
 }
 
 impl Undo {
@@ -89,6 +115,9 @@ impl Undo {
     #[must_use]
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::BpfSlot { .. } => "bpf_slot",
+            Self::BpfHook { mode: AttachMode::Netlink, .. } => "tc_filter",
+            Self::BpfHook { .. } => "tcx_link",
             Self::TcxLink { .. } => "tcx_link",
             Self::NetlinkFilter { .. } => "tc_filter",
             Self::Clsact { .. } => "clsact",
@@ -102,6 +131,18 @@ impl Undo {
     #[must_use]
     pub fn describe(&self) -> String {
         match self {
+            Self::BpfSlot { slot } => format!("fault table slot {slot}"),
+            Self::BpfHook {
+                ifname,
+                hook,
+                mode,
+                priority,
+                handle,
+            } => format!(
+                "datapath on {ifname} {} ({}, prio {priority} handle {handle:#x})",
+                hook.as_str(),
+                mode.as_str()
+            ),
             Self::TcxLink { ifname, hook } => format!("tcx link on {ifname} {}", hook.as_str()),
             Self::NetlinkFilter {
                 ifname,
@@ -128,6 +169,28 @@ impl Undo {
     /// Reverses the change. Returns whether anything was actually removed (false: already gone).
     pub async fn run(&self, ctx: &UndoCtx) -> Result<bool, UndoError> {
         match self {
+            Self::BpfSlot { slot } => match &ctx.dp {
+                Some(dp) => Ok(dp.release_slot(*slot)?),
+                None => Ok(false),
+            },
+            Self::BpfHook {
+                ifname,
+                hook,
+                mode,
+                priority,
+                handle,
+            } => {
+                if let Some(dp) = ctx.dp.as_ref().filter(|dp| dp.owns(*handle)) {
+                    return Ok(dp.detach_if_unused(ifname, *hook)?);
+                }
+                if *mode != AttachMode::Netlink {
+                    return Ok(false);
+                }
+                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                    return Ok(false);
+                };
+                Ok(netlink::delete_our_filter(&ctx.nl, ifindex, *hook, *priority, *handle).await?)
+            }
             Self::TcxLink { .. } => Ok(false),
             Self::NetlinkFilter {
                 ifname,

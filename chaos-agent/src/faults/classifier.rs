@@ -1,24 +1,24 @@
-//! The eBPF classifier every packet fault uses: one tc program per direction that matches the
-//! fault's targets, drops (loss: Bernoulli or Gilbert-Elliott) and steers matching packets into
-//! a shaping class by `skb->priority` (see `netem.rs`), and lets everything through once the
-//! kernel-side deadline passes.
+//! The eBPF classifier every packet fault uses: a slot in the agent's shared fault table
+//! (`ebpf::datapath`) that matches the fault's targets, drops (loss: Bernoulli or
+//! Gilbert-Elliott) and steers matching packets into a shaping class by `skb->priority` (see
+//! `netem.rs`), and does nothing once the kernel-side deadline passes.
 
 use chaos_common::{
-    F_ARMED, F_DST_FILTER, F_EDT, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, F_L3_DEVICE, F_LOSS_GE,
-    F_SEEDED, F_SRC_FILTER, F_STEER, FaultConfig, MAX_PORT_RANGES, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, PortSet, probability_to_threshold,
+    F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot, probability_to_threshold,
 };
 
 use super::{ActiveFault, ApplyCtx, FaultError};
 use crate::ebpf::netlink::{self, Hook};
-use crate::ebpf::{AttachMode, Counters, TcProgram, attach::NETLINK_PRIORITY};
+use crate::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
+use crate::ebpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
 use crate::engine::undo::Undo;
 use crate::spec::{FaultSpec, PortRange, Proto};
 
-/// A classifier in force (loss and/or steering).
+/// A classifier slot in force (loss and/or steering).
 #[derive(Debug)]
 pub struct ClassifierFault {
-    prog: TcProgram,
+    dp: Datapath,
+    slot: u32,
     mode: AttachMode,
     shaping: Option<&'static str>,
 }
@@ -32,19 +32,15 @@ impl ActiveFault for ClassifierFault {
     }
 
     fn counters(&self) -> Option<Counters> {
-        self.prog.counters().ok()
+        self.dp.counters(self.slot).ok()
     }
 
     fn set_expiry(&mut self, expires_at_mono_ns: u64) -> Result<(), FaultError> {
-        let mut cfg = self.prog.config()?;
-        cfg.expires_at_ns = expires_at_mono_ns;
-        Ok(self.prog.set_config(&cfg)?)
+        Ok(self.dp.set_expiry(self.slot, expires_at_mono_ns)?)
     }
 
     fn disarm(&mut self) -> Result<(), FaultError> {
-        let mut cfg = self.prog.config()?;
-        cfg.flags &= !F_ARMED;
-        Ok(self.prog.set_config(&cfg)?)
+        Ok(self.dp.disarm(self.slot)?)
     }
 }
 
@@ -62,45 +58,15 @@ pub fn hooks(spec: &FaultSpec) -> Vec<Hook> {
     v
 }
 
-fn port_set(ranges: &[PortRange]) -> PortSet {
-    let mut set = PortSet::default();
-    for (slot, r) in set
-        .ranges
-        .iter_mut()
-        .zip(ranges.iter().take(MAX_PORT_RANGES))
-    {
-        *slot = chaos_common::PortRange { lo: r.lo, hi: r.hi };
-    }
-    set.len = ranges.len().min(MAX_PORT_RANGES) as u32;
-    set
+fn ranges(r: &[PortRange]) -> Vec<(u16, u16)> {
+    r.iter().map(|r| (r.lo, r.hi)).collect()
 }
 
-/// Converts a validated spec into the kernel's view of it.
+/// The spec's filters as the fault table takes them.
 #[must_use]
-pub fn fault_config(
-    spec: &FaultSpec,
-    protected: &[PortRange],
-    expires_at_mono_ns: u64,
-) -> FaultConfig {
+pub fn rules(spec: &FaultSpec, protected: &[PortRange]) -> Rules {
     let t = &spec.target;
-    let mut flags = F_ARMED | F_EGRESS_WIRE_DROP;
-    if t.direction.ingress() {
-        flags |= F_INGRESS;
-    }
-    if t.direction.egress() {
-        flags |= F_EGRESS;
-    }
-    if !t.src.is_empty() {
-        flags |= F_SRC_FILTER;
-    }
-    if !t.dst.is_empty() {
-        flags |= F_DST_FILTER;
-    }
-    if spec.seed.is_some() {
-        flags |= F_SEEDED;
-    }
-    let mut cfg = FaultConfig {
-        expires_at_ns: expires_at_mono_ns,
+    Rules {
         protos: t.protocols.iter().fold(0, |acc, p| {
             acc | match p {
                 Proto::Tcp => PROTO_TCP,
@@ -108,14 +74,28 @@ pub fn fault_config(
                 Proto::Icmp => PROTO_ICMP,
             }
         }),
-        sports: port_set(&t.sports),
-        dports: port_set(&t.dports),
-        protected_ports: if t.include_protected {
-            PortSet::default()
+        src: t.src.clone(),
+        dst: t.dst.clone(),
+        sports: ranges(&t.sports),
+        dports: ranges(&t.dports),
+        protected: if t.include_protected {
+            Vec::new()
         } else {
-            port_set(protected)
+            ranges(protected)
         },
-        ..FaultConfig::default()
+    }
+}
+
+/// The fault's parameters as its slot holds them (unarmed: the datapath arms it last).
+#[must_use]
+pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64) -> FaultSlot {
+    let mut flags = F_EGRESS_WIRE_DROP;
+    if spec.seed.is_some() {
+        flags |= F_SEEDED;
+    }
+    let mut cfg = FaultSlot {
+        expires_at_ns: expires_at_mono_ns,
+        ..FaultSlot::default()
     };
     if let Some(loss) = &spec.loss {
         match &loss.model {
@@ -169,7 +149,7 @@ pub struct Steering {
 
 impl Steering {
     /// Sets the flags and fields the programs need for this shaping.
-    pub fn configure(&self, cfg: &mut FaultConfig) {
+    pub fn configure(&self, cfg: &mut FaultSlot) {
         if let Some(classid) = self.classid {
             cfg.flags |= F_STEER;
             cfg.steer_priority = classid;
@@ -182,53 +162,42 @@ impl Steering {
     }
 }
 
-/// Loads, configures and attaches the classifier.
+/// Writes the fault into the agent's fault table and joins it to its hooks (attaching the
+/// programs to a hook that has no fault yet).
 pub async fn apply(
     spec: &FaultSpec,
     ctx: &mut ApplyCtx<'_>,
     steering: Option<Steering>,
 ) -> Result<ClassifierFault, FaultError> {
-    // Loading changes nothing visible: until attached, the programs die with our fds.
-    let mut prog = TcProgram::load()?;
-    let mut cfg = fault_config(spec, ctx.protected_ports, ctx.expires_at_mono_ns);
-    if crate::sys::is_l3_device(&ctx.ifname) {
-        cfg.flags |= F_L3_DEVICE;
+    // Loading (once per agent) changes nothing visible: until attached, the programs die with
+    // our fds. The slot is only reserved here; its undo is journaled before it is written.
+    let dp = ctx.dp.clone();
+    let slot = dp.alloc_slot()?;
+    if let Err(e) = ctx.txn.record(Undo::BpfSlot { slot }) {
+        dp.release_slot(slot)?;
+        return Err(e.into());
     }
+    let mut cfg = fault_slot(spec, ctx.expires_at_mono_ns);
     if let Some(s) = steering {
         s.configure(&mut cfg);
     }
-    prog.set_config(&cfg)?;
-    prog.add_prefixes(&spec.target.src, true)?;
-    prog.add_prefixes(&spec.target.dst, false)?;
-    if let Some(seed) = spec.seed {
-        prog.seed_rng(seed)?;
-    }
+    dp.install(slot, &rules(spec, ctx.protected_ports), &cfg, spec.seed)?;
     if ctx.attach_mode == AttachMode::Netlink {
         ensure_clsact(ctx).await?;
     }
     for hook in hooks(spec) {
-        match ctx.attach_mode {
-            AttachMode::Netlink => {
-                let handle = ctx.id.raw();
-                ctx.txn.record(Undo::NetlinkFilter {
-                    ifname: ctx.ifname.clone(),
-                    hook,
-                    priority: NETLINK_PRIORITY,
-                    handle,
-                })?;
-                prog.attach_netlink(&ctx.ifname, hook, handle)?;
-            }
-            AttachMode::Tcx | AttachMode::Auto => {
-                ctx.txn.record(Undo::TcxLink {
-                    ifname: ctx.ifname.clone(),
-                    hook,
-                })?;
-                prog.attach_tcx(&ctx.ifname, hook)?;
-            }
-        }
+        ctx.txn.record(Undo::BpfHook {
+            ifname: ctx.ifname.clone(),
+            hook,
+            mode: ctx.attach_mode,
+            priority: NETLINK_PRIORITY,
+            handle: dp.handle(),
+        })?;
+        dp.join_hook(slot, ctx.ifindex, &ctx.ifname, hook, ctx.attach_mode)?;
     }
     Ok(ClassifierFault {
-        prog,
+        dp,
+        slot,
         mode: ctx.attach_mode,
         shaping: steering.map(|s| s.backend),
     })
@@ -243,7 +212,8 @@ pub fn plan(
     protected: &[PortRange],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let cfg = fault_config(spec, protected, 0);
+    let cfg = fault_slot(spec, 0);
+    let r = rules(spec, protected);
     if mode == AttachMode::Netlink {
         out.push(format!("ensure clsact qdisc on {ifname} (created only if absent; removed on revert if we created it)"));
     }
@@ -253,19 +223,19 @@ pub fn plan(
             (Hook::Ingress, _) => "drop = TC_ACT_SHOT",
         };
         out.push(format!(
-            "attach {} on {ifname} {} via {} ({how})",
+            "join {} on {ifname} {} (attached via {} if no other fault is there) ({how})",
             hook.program(),
             hook.as_str(),
             mode.as_str()
         ));
     }
     out.push(format!(
-        "config: loss threshold {:#010x}{}, protocols {:#x}, {} sport / {} dport ranges, {} src / {} dst prefixes, protected ports {}",
+        "fault table slot: loss threshold {:#010x}{}, protocols {:#x}, {} sport / {} dport ranges, {} src / {} dst prefixes, protected ports {}",
         cfg.loss_threshold,
         if cfg.flags & F_LOSS_GE != 0 { " (Gilbert-Elliott)" } else { "" },
-        cfg.protos,
-        cfg.sports.len,
-        cfg.dports.len,
+        r.protos,
+        r.sports.len(),
+        r.dports.len(),
         spec.target.src.len(),
         spec.target.dst.len(),
         if spec.target.include_protected {
@@ -275,7 +245,7 @@ pub fn plan(
         }
     ));
     out.push(format!(
-        "kernel deadline: now + {} (the programs pass everything after it)",
+        "kernel deadline: now + {} (the slot does nothing after it)",
         humantime::format_duration(spec.ttl)
     ));
     out
@@ -286,31 +256,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_from_spec() {
+    fn slot_and_rules_from_spec() {
         let spec: FaultSpec = serde_json::from_str(
             r#"{"ttl":"10s","loss":{"probability":1.0},"target":{"direction":"both","protocols":["udp"],"dst":["10.0.0.0/8"],"dports":["53","8000-8100"]},"seed":7}"#,
         )
         .unwrap();
-        let cfg = fault_config(&spec, &["22".parse().unwrap()], 99);
+        let cfg = fault_slot(&spec, 99);
         assert_eq!(cfg.loss_threshold, u32::MAX);
         assert_eq!(cfg.expires_at_ns, 99);
-        assert_eq!(cfg.protos, PROTO_UDP);
-        assert_eq!(
-            cfg.flags & (F_INGRESS | F_EGRESS | F_DST_FILTER | F_SEEDED | F_ARMED),
-            F_INGRESS | F_EGRESS | F_DST_FILTER | F_SEEDED | F_ARMED
-        );
-        assert_eq!(cfg.flags & F_SRC_FILTER, 0);
-        assert_eq!(cfg.dports.len, 2);
-        assert_eq!(
-            cfg.dports.ranges[1],
-            chaos_common::PortRange { lo: 8000, hi: 8100 }
-        );
-        assert_eq!(cfg.protected_ports.len, 1);
+        assert_eq!(cfg.flags & F_SEEDED, F_SEEDED);
+        let r = rules(&spec, &["22".parse().unwrap()]);
+        assert_eq!(r.protos, PROTO_UDP);
+        assert!(r.src.is_empty());
+        assert_eq!(r.dst.len(), 1);
+        assert_eq!(r.dports, vec![(53, 53), (8000, 8100)]);
+        assert_eq!(r.protected, vec![(22, 22)]);
     }
 
     #[test]
     fn edt_steering_sets_the_delay_and_no_class() {
-        let mut cfg = FaultConfig::default();
+        let mut cfg = FaultSlot::default();
         let edt = super::super::netem::EdtDelay {
             delay_us: 100_000,
             jitter_us: 20,
@@ -329,7 +294,7 @@ mod tests {
             ),
             (F_EDT, 100_000, 20)
         );
-        let mut cfg = FaultConfig::default();
+        let mut cfg = FaultSlot::default();
         Steering {
             classid: Some(0xc4a0_0010),
             edt: None,
@@ -348,11 +313,6 @@ mod tests {
             r#"{"ttl":"10s","loss":{"probability":0.5},"target":{"include_protected":true}}"#,
         )
         .unwrap();
-        assert_eq!(
-            fault_config(&spec, &["22".parse().unwrap()], 0)
-                .protected_ports
-                .len,
-            0
-        );
+        assert!(rules(&spec, &["22".parse().unwrap()]).protected.is_empty());
     }
 }

@@ -85,6 +85,8 @@ pub struct ApplyCtx<'a> {
     pub txn: &'a mut Txn,
     /// Netlink route handle.
     pub nl: &'a rtnetlink::Handle,
+    /// The agent's datapath (programs and fault table).
+    pub dp: &'a crate::ebpf::Datapath,
     /// Traffic-control client.
     pub tc: &'a crate::tc::Tc,
     /// Resolved attach mode (never `Auto`).
