@@ -472,9 +472,10 @@ impl Datapath {
         })
     }
 
-    /// Removes a slot from the table and its hooks (disarmed first), detaches hooks left
-    /// without faults and frees the slot. Idempotent: a slot that is not in use is left alone.
-    /// Returns whether anything was removed.
+    /// Removes a slot from the table (disarmed first) and from any hook it is still on
+    /// (normally its hook undos took it off already), detaches hooks left without faults and
+    /// frees the slot. Idempotent: a slot that is not in use is left alone. Returns whether
+    /// anything was removed.
     pub fn release_slot(&self, slot: u32) -> Result<bool, EbpfError> {
         if !self.is_loaded() {
             return Ok(false);
@@ -492,19 +493,14 @@ impl Datapath {
             };
             let keys: Vec<HookKey> = state.hooks.iter().map(|(k, _)| *k).collect();
             let mut first_error = None;
-            for key in keys {
-                if let Err(e) = leave_hook(l, slot, key) {
-                    first_error.get_or_insert(e);
-                }
-            }
-            // Hooks the slot may have been about to join when an attach failed.
-            let empty: Vec<HookKey> = l
+            // And hooks left empty by an attach that failed before any fault was on them.
+            let empty = l
                 .hooks
                 .iter()
                 .filter(|(_, h)| h.entry.faults.is_empty())
-                .map(|(k, _)| *k)
-                .collect();
-            for key in empty {
+                .map(|(k, _)| *k);
+            let keys: Vec<HookKey> = keys.into_iter().chain(empty).collect();
+            for key in keys {
                 if let Err(e) = leave_hook(l, slot, key) {
                     first_error.get_or_insert(e);
                 }
@@ -529,24 +525,25 @@ impl Datapath {
         handle == self.inner.handle
     }
 
-    /// Detaches the hook if no fault uses it (the undo of a hook step).
-    pub fn detach_if_unused(&self, ifname: &str, hook: Hook) -> Result<bool, EbpfError> {
+    /// Takes a slot off a hook (the undo of [`Datapath::join_hook`]) and detaches the programs
+    /// there if no fault is left on it. Returns whether the programs were detached.
+    pub fn leave_hook(&self, slot: u32, ifname: &str, hook: Hook) -> Result<bool, EbpfError> {
         if !self.is_loaded() {
             return Ok(false);
         }
         self.with(|l| {
-            let key = l
+            let Some(key) = l
                 .hooks
                 .iter()
-                .find(|(_, h)| h.hook == hook && h.ifname == ifname && h.entry.faults.is_empty())
-                .map(|(k, _)| *k);
-            match key {
-                Some(key) => {
-                    leave_hook(l, u32::MAX, key)?;
-                    Ok(true)
-                }
-                None => Ok(false),
+                .find(|(_, h)| h.hook == hook && h.ifname == ifname)
+                .map(|(k, _)| *k)
+            else {
+                return Ok(false);
+            };
+            if let Some(s) = l.slots.get_mut(&slot) {
+                s.hooks.retain(|(k, _)| *k != key);
             }
+            leave_hook(l, slot, key)
         })
     }
 
@@ -668,20 +665,20 @@ fn hook_seen(l: &Loaded, key: &HookKey) -> u64 {
         .map_or(0, |v| v.iter().sum())
 }
 
-/// Clears `slot` from a hook (`u32::MAX`: none) and detaches the hook if it is left empty.
-fn leave_hook(l: &mut Loaded, slot: u32, key: HookKey) -> Result<(), EbpfError> {
+/// Clears `slot` from a hook and detaches the hook if it is left empty. Returns whether it was
+/// detached.
+fn leave_hook(l: &mut Loaded, slot: u32, key: HookKey) -> Result<bool, EbpfError> {
     let Some(h) = l.hooks.get_mut(&key) else {
-        return Ok(());
+        return Ok(false);
     };
-    if slot < MAX_FAULTS {
-        h.entry.faults.remove(slot);
-    }
+    h.entry.faults.remove(slot);
     let k = hook_key(key.0, dir_of(key.1));
     if !h.entry.faults.is_empty() {
         let entry = h.entry;
         return l
             .hooks_map
             .insert(k, entry, 0)
+            .map(|()| false)
             .map_err(map_error("write", names::MAP_HOOKS));
     }
     // Last fault gone: the entry first (packets pass at the first lookup), then the program.
@@ -696,5 +693,5 @@ fn leave_hook(l: &mut Loaded, slot: u32, key: HookKey) -> Result<(), EbpfError> 
     if let Some(h) = l.hooks.remove(&key) {
         l.free_stats.push_back(h.entry.stats);
     }
-    Ok(())
+    Ok(true)
 }

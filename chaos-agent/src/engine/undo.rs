@@ -19,11 +19,14 @@ pub enum Undo {
         /// The slot.
         slot: u32,
     },
-    /// The agent's programs attached to an interface and direction, shared by every fault of
-    /// that agent there: each of them journals it. In the live agent the undo detaches it once
-    /// no fault is left on it; for a dead agent's journal, the `cls_bpf` filter with the
-    /// agent's handle is deleted (a tcx link died with the agent).
+    /// A slot joined to the agent's programs on an interface and direction. The attachment is
+    /// shared by every fault of that agent there, and each of them journals it. In the live
+    /// agent the undo takes the slot off the hook and detaches the programs once no fault is
+    /// left on it; for a dead agent's journal, the `cls_bpf` filter with the agent's handle is
+    /// deleted (a tcx link died with the agent).
     BpfHook {
+        /// The slot that joined.
+        slot: u32,
         /// Interface.
         ifname: String,
         /// Hook.
@@ -138,6 +141,7 @@ impl Undo {
                 mode,
                 priority,
                 handle,
+                ..
             } => format!(
                 "datapath on {ifname} {} ({}, prio {priority} handle {handle:#x})",
                 hook.as_str(),
@@ -174,6 +178,7 @@ impl Undo {
                 None => Ok(false),
             },
             Self::BpfHook {
+                slot,
                 ifname,
                 hook,
                 mode,
@@ -181,7 +186,7 @@ impl Undo {
                 handle,
             } => {
                 if let Some(dp) = ctx.dp.as_ref().filter(|dp| dp.owns(*handle)) {
-                    return Ok(dp.detach_if_unused(ifname, *hook)?);
+                    return Ok(dp.leave_hook(*slot, ifname, *hook)?);
                 }
                 if *mode != AttachMode::Netlink {
                     return Ok(false);

@@ -171,6 +171,10 @@ pub async fn apply(
 ) -> Result<ClassifierFault, FaultError> {
     // Loading (once per agent) changes nothing visible: until attached, the programs die with
     // our fds. The slot is only reserved here; its undo is journaled before it is written.
+    // The clsact first (netlink path): its undo runs last, once our filters are gone.
+    if ctx.attach_mode == AttachMode::Netlink {
+        ensure_clsact(ctx).await?;
+    }
     let dp = ctx.dp.clone();
     let slot = dp.alloc_slot()?;
     if let Err(e) = ctx.txn.record(Undo::BpfSlot { slot }) {
@@ -182,11 +186,9 @@ pub async fn apply(
         s.configure(&mut cfg);
     }
     dp.install(slot, &rules(spec, ctx.protected_ports), &cfg, spec.seed)?;
-    if ctx.attach_mode == AttachMode::Netlink {
-        ensure_clsact(ctx).await?;
-    }
     for hook in hooks(spec) {
         ctx.txn.record(Undo::BpfHook {
+            slot,
             ifname: ctx.ifname.clone(),
             hook,
             mode: ctx.attach_mode,
