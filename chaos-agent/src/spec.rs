@@ -502,8 +502,8 @@ pub enum SpecError {
         /// The text given.
         input: String,
     },
-    /// Too many port ranges for the kernel program.
-    #[error("at most {max} {what} ranges are supported, got {got}")]
+    /// Too many port ranges in one fault.
+    #[error("at most {max} {what} ranges per fault, got {got}; nothing applied")]
     TooManyPorts {
         /// Which list.
         what: &'static str,
@@ -512,8 +512,8 @@ pub enum SpecError {
         /// Given.
         got: usize,
     },
-    /// Too many prefixes.
-    #[error("at most {max} {what} prefixes are supported, got {got}")]
+    /// Too many prefixes in one fault.
+    #[error("at most {max} {what} prefixes per fault, got {got}; nothing applied")]
     TooManyPrefixes {
         /// Which list.
         what: &'static str,
@@ -626,8 +626,14 @@ impl FaultSpec {
             }
         }
         let max = MAX_PREFIXES as usize;
-        for (what, list) in [("source", &t.src), ("destination", &t.dst)] {
+        for (side, list) in [("source", &t.src), ("destination", &t.dst)] {
             for v6 in [false, true] {
+                let what = match (side, v6) {
+                    ("source", false) => "IPv4 source",
+                    ("source", true) => "IPv6 source",
+                    (_, false) => "IPv4 destination",
+                    (_, true) => "IPv6 destination",
+                };
                 let n = list
                     .iter()
                     .filter(|n| matches!(n, IpNet::V6(_)) == v6)

@@ -176,6 +176,93 @@ fn full_loss_drops_everything_that_matches_and_nothing_else() {
     no_kernel_state_left(&pair);
 }
 
+/// A fault with 16,384 IPv4 and 16,384 IPv6 prefixes from `--dest-file`: the address inside
+/// the last prefix of the file loses every packet, its neighbour outside all of them none.
+/// The per-packet cost of that many prefixes is the bench's concern; this is about matching.
+#[test]
+fn sixteen_thousand_prefixes_from_a_file_match_exactly() {
+    let pair = VethPair::new(24);
+    pair.add_b_addr("10.24.0.3/24");
+    let state = TempDir::new("chst");
+    let mut list = String::from("# 16,384 IPv4 and 16,384 IPv6 prefixes, the targets last\n");
+    // 16,383 IPv4 /32s in 100.64.0.0/10 (no traffic goes there), then the target host.
+    for i in 0..16_383u32 {
+        list.push_str(&format!("100.{}.{}.{}/32\n", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff));
+    }
+    list.push_str("10.24.0.3/32   # the target, last line\n");
+    for i in 0..16_383u32 {
+        list.push_str(&format!("2001:db8:{:x}::/48\n", i));
+    }
+    list.push_str(&format!("{}/128\n", pair.b_ip6));
+    let files = TempDir::new("chpf");
+    let file = files.0.join("targets.txt");
+    std::fs::write(&file, list).expect("write the prefix file");
+    let (agent, _id) = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss",
+            "1",
+            "--ttl",
+            "60s",
+            "--iface",
+            &pair.a_if,
+            "--proto",
+            "udp",
+            "--dest-file",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new("10.24.0.3", 5000, 300)).received,
+        0,
+        "the address of the file's last IPv4 prefix is dropped"
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip, 5000, 300)).received,
+        300,
+        "an address outside every prefix is not"
+    );
+    assert_eq!(
+        udp_run(&pair.a, &pair.b, &UdpRun::new(&pair.b_ip6, 5000, 300)).received,
+        0,
+        "the file's last IPv6 prefix is dropped"
+    );
+    agent.signal(Signal::SIGTERM);
+    let (status, out, _) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{out:?}");
+    no_kernel_state_left(&pair);
+}
+
+/// One prefix over the limit is refused with the limit's name, and nothing is applied.
+#[test]
+fn a_prefix_file_over_the_limit_is_refused() {
+    let pair = VethPair::new(25);
+    let state = TempDir::new("chst");
+    let before = host_state(&pair, &state);
+    let list: String = (0..16_385u32)
+        .map(|i| format!("100.{}.{}.{}/32\n", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff))
+        .collect();
+    let files = TempDir::new("chpf");
+    let file = files.0.join("too-many.txt");
+    std::fs::write(&file, list).expect("write the prefix file");
+    let out = pair
+        .a
+        .command(bin().to_str().expect("utf-8"))
+        .args(["--state-dir", state.str()])
+        .args(["inject", "--loss", "1", "--ttl", "10s", "--iface", &pair.a_if, "--dest-file"])
+        .arg(&file)
+        .output()
+        .expect("run chaos-agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("at most 16384 IPv4 destination prefixes per fault, got 16385"),
+        "{err}"
+    );
+    assert_eq!(host_state(&pair, &state), before, "nothing applied");
+}
+
 #[test]
 fn ipv6_prefix_filter() {
     let pair = VethPair::new(13);

@@ -47,6 +47,14 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
             "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate or --reorder".to_owned(),
         ));
     }
+    let mut src = a.src.clone();
+    for f in &a.src_files {
+        src.extend(super::read_prefix_file(f)?);
+    }
+    let mut dst = a.dst.clone();
+    for f in &a.dst_files {
+        dst.extend(super::read_prefix_file(f)?);
+    }
     Ok(FaultSpec {
         // Zero means "not given": the agent substitutes its default TTL; the foreground path
         // requires the flag before it gets here.
@@ -55,8 +63,8 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
             iface: a.iface.clone(),
             direction: a.direction,
             protocols: a.protocols.clone(),
-            src: a.src.clone(),
-            dst: a.dst.clone(),
+            src,
+            dst,
             sports: a.sports.clone(),
             dports: a.dports.clone(),
             include_protected: a.include_protected,

@@ -137,6 +137,13 @@ pub struct InjectArgs {
     /// Only packets from these prefixes (repeatable).
     #[arg(long = "src", value_name = "CIDR", value_parser = parse_cidr)]
     pub src: Vec<IpNet>,
+    /// Destination prefixes from a file: one CIDR or address per line, `#` starts a comment
+    /// (repeatable; added to --dest). Up to 16,384 per address family.
+    #[arg(long = "dest-file", value_name = "PATH")]
+    pub dst_files: Vec<PathBuf>,
+    /// Source prefixes from a file, in the format of --dest-file (repeatable; added to --src).
+    #[arg(long = "src-file", value_name = "PATH")]
+    pub src_files: Vec<PathBuf>,
     /// Only these destination ports, `P` or `P-Q` (repeatable).
     #[arg(long = "dport", value_name = "P[-Q]")]
     pub dports: Vec<PortRange>,
@@ -284,6 +291,29 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an IPv4/IPv6 address or CIDR"))
 }
 
+/// Parses a prefix list: one CIDR (or bare address) per line; `#` starts a comment; blank
+/// lines are skipped. An error names `origin` and the line.
+pub fn parse_prefix_list(text: &str, origin: &str) -> Result<Vec<IpNet>, UsageError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or_default().trim();
+        if entry.is_empty() {
+            continue;
+        }
+        out.push(
+            parse_cidr(entry).map_err(|e| UsageError(format!("{origin}:{}: {e}", i + 1)))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads a `--dest-file` / `--src-file`.
+pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    parse_prefix_list(&text, &path.display().to_string())
+}
+
 /// Errors the CLI maps to exit code 2 (the request was wrong; nothing was changed).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -395,4 +425,22 @@ fn preflight() -> anyhow::Result<()> {
     }
     crate::sys::raise_memlock();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_lists_take_comments_blank_lines_and_bare_addresses() {
+        let text = "# egress to the region\n10.0.0.0/8\n\n  192.0.2.7   # one host\n2001:db8::/32\n";
+        let nets = parse_prefix_list(text, "f").expect("parses");
+        let want: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+            .iter()
+            .map(|s| s.parse().expect("net"))
+            .collect();
+        assert_eq!(nets, want);
+        let err = parse_prefix_list("10.0.0.0/8\n10.0.0/33\n", "list.txt").expect_err("bad line");
+        assert!(err.0.starts_with("list.txt:2: "), "{err}");
+    }
 }

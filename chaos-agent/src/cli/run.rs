@@ -142,6 +142,14 @@ async fn daemon(
     for e in &report.errors {
         tracing::error!(event = "reconcile", error = %e, "could not remove a leftover");
     }
+    // Verify the programs now, once: every inject is then map writes (and an attach for the
+    // first fault on a hook). A kernel that refuses them is reported, not fatal: faults that
+    // need no eBPF still work, and each packet fault then reports the verifier's reason.
+    let t0 = std::time::Instant::now();
+    match engine.preload() {
+        Ok(()) => tracing::info!(event = "preload", took_ms = t0.elapsed().as_millis() as u64, "datapath loaded and verified"),
+        Err(e) => tracing::error!(event = "preload", error = %e, "the eBPF datapath does not load on this kernel"),
+    }
     {
         let e = engine.clone();
         metrics.set_live_counters(Box::new(move || e.counters_now()));
