@@ -263,6 +263,89 @@ fn a_prefix_file_over_the_limit_is_refused() {
     assert_eq!(host_state(&pair, &state), before, "nothing applied");
 }
 
+/// A journal written by the version before the shared fault table (one program copy per fault,
+/// journaled as `clsact` + one `netlink_filter` per hook, handle = the fault's id) still
+/// replays. The file is the one that version wrote for a SIGKILLed netlink-path agent
+/// (`tests/fixtures/journal-v1-per-fault-programs.json`, captured from it); the test makes the
+/// kernel state that agent left (its clsact, and its two direct-action `cls_bpf` filters named
+/// `chaos_tc_in`/`chaos_tc_eg` at priority 0xC4A0 with that handle) and runs `cleanup`.
+#[test]
+fn an_old_journal_from_per_fault_programs_is_replayed_by_cleanup() {
+    use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let pair = VethPair::new(26);
+    let state = TempDir::new("chst");
+    let before = tc_qdiscs(&pair.a, &pair.a_if);
+    const HANDLE: u32 = 0x19d5_0501;
+    let ifname = pair.a_if.clone();
+    chaos_agent::testing::in_netns(&pair.a, move || {
+        let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
+        let mut ebpf = aya::EbpfLoader::new()
+            .load(chaos_agent::EBPF_OBJECT)
+            .expect("load the object");
+        for (name, ty) in [
+            ("chaos_tc_in", TcAttachType::Ingress),
+            ("chaos_tc_eg", TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("sched_cls");
+            prog.load().expect("verify");
+            let opts = NlOptions {
+                priority: 0xC4A0,
+                handle: TcHandle::from(HANDLE),
+                classid: None,
+            };
+            let id = prog
+                .attach_with_options(&ifname, ty, TcAttachOptions::Netlink(opts))
+                .expect("attach as the old agent did");
+            // Forgotten, never detached: the filter outlives this process's handles, as the
+            // dead agent's did (the kernel keeps the program alive for the filter).
+            std::mem::forget(prog.take_link(id).expect("take the link"));
+        }
+    });
+    for hook in ["ingress", "egress"] {
+        let f = tc_filters(&pair.a, &pair.a_if, hook);
+        assert!(
+            f.to_string().contains("chaos_tc_"),
+            "the old agent's {hook} filter is in place: {f}"
+        );
+    }
+    // The journal as the old version wrote it, for this interface and a dead owner.
+    let fixture = include_str!("fixtures/journal-v1-per-fault-programs.json");
+    let journal = fixture
+        .replace("oldj-va", &pair.a_if)
+        .replace("\"pid\": 32189", "\"pid\": 999999999");
+    let dir = state.0.join("faults");
+    std::fs::create_dir_all(&dir).expect("journal dir");
+    std::fs::create_dir_all(state.0.join("owned")).expect("owned dir");
+    std::fs::write(dir.join("f-19d50501.json"), journal).expect("write the journal");
+    std::fs::write(state.0.join("owned").join(format!("clsact-{}", pair.a_if)), "")
+        .expect("write the clsact marker");
+    let out = pair
+        .a
+        .command(bin().to_str().expect("utf-8"))
+        .args(["--state-dir", state.str(), "cleanup", "--json"])
+        .output()
+        .expect("run cleanup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&text).expect("cleanup --json");
+    assert_eq!(report["journals_replayed"], 1, "{report}");
+    assert_eq!(report["removed_by_kind"]["tc_filter"], 2, "{report}");
+    assert_eq!(report["removed_by_kind"]["clsact"], 1, "{report}");
+    assert!(report["errors"].as_array().is_some_and(Vec::is_empty), "{report}");
+    no_kernel_state_left(&pair);
+    assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "the clsact is gone");
+    assert_eq!(
+        std::fs::read_dir(&dir).map_or(0, Iterator::count),
+        0,
+        "the journal is removed once replayed"
+    );
+}
+
 #[test]
 fn ipv6_prefix_filter() {
     let pair = VethPair::new(13);
