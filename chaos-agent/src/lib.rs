@@ -19,3 +19,4 @@ pub mod spec;
 pub mod sys;
 pub mod tc;
 pub mod testing;
+pub mod txn;

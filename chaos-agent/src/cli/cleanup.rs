@@ -4,9 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::CleanupArgs;
-use crate::engine::journal::Journal;
+use crate::txn::journal::Journal;
 use crate::engine::reconcile;
-use crate::engine::undo::UndoCtx;
+use crate::txn::undo::UndoCtx;
 
 pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     super::preflight()?;

@@ -8,8 +8,8 @@
 //! number of faults or of their prefixes and ports.
 //!
 //! Every kernel change here is a step of the caller's transaction: the caller journals
-//! [`crate::engine::undo::Undo::BpfSlot`] before [`Datapath::install`] and
-//! [`crate::engine::undo::Undo::BpfHook`] before [`Datapath::join_hook`]; their undo is
+//! [`crate::txn::undo::Undo::BpfSlot`] before [`Datapath::install`] and
+//! [`crate::txn::undo::Undo::BpfHook`] before [`Datapath::join_hook`]; their undo is
 //! [`Datapath::release_slot`], which also detaches the hooks it leaves empty.
 
 use std::collections::{HashMap, VecDeque};
@@ -207,7 +207,7 @@ impl Datapath {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
-                handle: crate::engine::FaultId::random().raw(),
+                handle: crate::txn::FaultId::random().raw(),
                 state: Mutex::new(None),
                 slots: Mutex::new(None),
             }),

@@ -4,10 +4,9 @@
 //! Both the foreground CLI (`chaos-agent inject` without a daemon) and the daemon's API drive
 //! the same `Engine`, so a fault behaves the same whichever way it was created.
 
-pub mod journal;
 pub mod reconcile;
-pub mod txn;
-pub mod undo;
+
+pub use crate::txn::FaultId;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -25,76 +24,9 @@ use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
 use crate::metrics::Metrics;
 use crate::spec::{FaultSpec, Limits, PortRange, SpecError};
 use crate::sys::{self, SysError};
-use journal::{Journal, JournalEntry, JournalError, Owner};
-use txn::Txn;
-use undo::UndoCtx;
-
-/// A fault's id: `f-` and 8 hex digits. The number doubles as the netlink filter handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct FaultId(u32);
-
-impl FaultId {
-    /// A fresh random id (never 0).
-    #[must_use]
-    pub fn random() -> Self {
-        use std::io::Read as _;
-        let mut b = [0u8; 4];
-        if std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut b))
-            .is_err()
-        {
-            // No /dev/urandom (odd chroot): time and pid are unique enough for ids.
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            b = (t.subsec_nanos() ^ std::process::id().rotate_left(16)).to_ne_bytes();
-        }
-        Self(u32::from_ne_bytes(b).max(1))
-    }
-    /// From a raw number.
-    #[must_use]
-    pub fn from_raw(v: u32) -> Self {
-        Self(v)
-    }
-    /// The raw number.
-    #[must_use]
-    pub fn raw(self) -> u32 {
-        self.0
-    }
-}
-
-impl fmt::Display for FaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "f-{:08x}", self.0)
-    }
-}
-
-impl std::str::FromStr for FaultId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let hex = s.strip_prefix("f-").unwrap_or(s);
-        if hex.len() != 8 {
-            return Err(format!("bad fault id {s:?}: expected f-XXXXXXXX"));
-        }
-        u32::from_str_radix(hex, 16)
-            .map(Self)
-            .map_err(|_| format!("bad fault id {s:?}: expected f-XXXXXXXX"))
-    }
-}
-
-impl TryFrom<String> for FaultId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<FaultId> for String {
-    fn from(id: FaultId) -> Self {
-        id.to_string()
-    }
-}
+use crate::txn::journal::{self, Journal, JournalEntry, JournalError, Owner};
+use crate::txn::Txn;
+use crate::txn::undo::UndoCtx;
 
 /// Why a fault ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1081,10 +1013,4 @@ pub fn plan(
         &cfg.protected_ports,
     );
     Ok((spec, plan))
-}
-
-/// The journal a transaction writes to (fault modules use it for ownership markers).
-#[must_use]
-pub fn journal_of(txn: &Txn) -> Journal {
-    txn.journal().clone()
 }

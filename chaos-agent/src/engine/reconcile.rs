@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use super::undo::{self, Undo, UndoCtx};
+use crate::txn::undo::{self, Undo, UndoCtx};
 use crate::ebpf::netlink;
 
 /// What a reconciliation did.
@@ -40,7 +40,7 @@ impl Report {
 /// Runs reconciliation.
 pub async fn run(ctx: &UndoCtx) -> Report {
     let mut report = Report::default();
-    let me = super::journal::Owner::current();
+    let me = crate::txn::journal::Owner::current();
     let mut keep_filters: HashSet<(String, u32)> = HashSet::new();
     let mut keep_clsact: HashSet<String> = HashSet::new();
     let mut keep_roots: HashSet<String> = HashSet::new();

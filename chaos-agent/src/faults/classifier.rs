@@ -11,7 +11,7 @@ use super::{ActiveFault, ApplyCtx, FaultError};
 use crate::ebpf::netlink::{self, Hook};
 use crate::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use crate::ebpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
-use crate::engine::undo::Undo;
+use crate::txn::undo::Undo;
 use crate::spec::{FaultSpec, PortRange, Proto};
 
 /// A classifier slot in force (loss and/or steering).
@@ -116,7 +116,7 @@ pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64) -> FaultSlot {
 /// Makes sure a clsact qdisc exists, recording that we created it (netlink attach path, and the
 /// mirred redirect of ingress shaping).
 pub async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
-    let journal = crate::engine::journal_of(ctx.txn);
+    let journal = ctx.txn.journal().clone();
     if netlink::has_clsact(ctx.nl, ctx.ifindex).await? {
         // Shared with earlier faults of ours: whichever fault is reverted last removes it.
         if journal.is_owned("clsact", &ctx.ifname) {

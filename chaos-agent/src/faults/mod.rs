@@ -3,7 +3,7 @@
 //! in-process resources (program fds, links) until the fault is reverted.
 //!
 //! Adding a fault type: a new module here, a branch in [`apply`] and [`plan`], and — if it
-//! changes the kernel in a new way — a new variant of [`crate::engine::undo::Undo`].
+//! changes the kernel in a new way — a new variant of [`crate::txn::undo::Undo`].
 
 pub mod classifier;
 pub mod netem;
@@ -11,9 +11,9 @@ pub mod netem;
 use std::fmt::Debug;
 
 use crate::ebpf::{AttachMode, Counters, EbpfError};
-use crate::engine::FaultId;
-use crate::engine::journal::JournalError;
-use crate::engine::txn::Txn;
+use crate::txn::FaultId;
+use crate::txn::journal::JournalError;
+use crate::txn::Txn;
 use crate::spec::{FaultSpec, PortRange};
 use crate::sys::SysError;
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::classifier::{Steering, ensure_clsact};
 use super::{ApplyCtx, FaultError};
-use crate::engine::undo::Undo;
+use crate::txn::undo::Undo;
 use crate::spec::{Direction, FaultSpec, JitterDistribution, ShapeSpec, ShapingBackend};
 use crate::tc::{
     Distribution, FqOptions, NetemOptions, OUR_ROOT, Qdisc, QdiscTree, TC_H_CLSACT_INGRESS,
@@ -39,7 +39,7 @@ pub const SLOT: u16 = 0;
 
 /// Name of the IFB device of fault `id` (15 bytes: `chaos-ifb` + 6 hex digits).
 #[must_use]
-pub fn ifb_name(id: crate::engine::FaultId) -> String {
+pub fn ifb_name(id: crate::txn::FaultId) -> String {
     format!("chaos-ifb{:06x}", id.raw() & 0x00ff_ffff)
 }
 

@@ -1,7 +1,20 @@
-//! A fault's apply as a transaction: each kernel step is journaled with its undo first.
+//! Every injection is a transaction: each kernel step is journaled with its undo first.
+//!
+//! This room sits below both the engine (which runs transactions: inject, revert, reconcile)
+//! and the fault types (which record their steps), so neither imports the other's internals:
+//! - [`journal`]: the durable per-fault files, written before each kernel change;
+//! - [`undo`]: the undo records of every kernel mechanism, and how to run each one;
+//! - [`Txn`]: one fault's apply, its undo list, and its rollback;
+//! - [`FaultId`]: the id that names a fault in journals, APIs and kernel handles.
 
-use super::journal::{Journal, JournalEntry, JournalError};
-use super::undo::{self, Undo, UndoCtx};
+mod id;
+pub mod journal;
+pub mod undo;
+
+pub use id::FaultId;
+
+use journal::{Journal, JournalEntry, JournalError};
+use undo::{Undo, UndoCtx};
 
 /// The transaction of one fault being applied (and, once applied, its undo list).
 #[derive(Debug)]
