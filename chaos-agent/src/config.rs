@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ebpf::AttachMode;
 use crate::engine::EngineConfig;
-use crate::spec::{Limits, PortRange};
+use crate::spec::Limits;
+use crate::target::PortRange;
 use crate::sys::paths;
 
 /// Errors loading or validating a configuration file.
@@ -224,11 +225,11 @@ impl Config {
                 l.max_faults
             ));
         }
-        if l.protected_ports.len() + 2 > crate::spec::MAX_PORT_RANGES {
+        if l.protected_ports.len() + 2 > crate::target::MAX_PORT_RANGES {
             return bad(format!(
                 "limits.protected_ports has {} ranges; at most {} fit (2 are kept for the agent's own ports)",
                 l.protected_ports.len(),
-                crate::spec::MAX_PORT_RANGES - 2
+                crate::target::MAX_PORT_RANGES - 2
             ));
         }
         if self.api.tcp_listen.is_some() && self.api.tcp_token_file.is_none() {

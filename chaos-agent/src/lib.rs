@@ -17,6 +17,7 @@ pub mod faults;
 pub mod metrics;
 pub mod spec;
 pub mod sys;
+pub mod target;
 pub mod tc;
 pub mod testing;
 pub mod txn;

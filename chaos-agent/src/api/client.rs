@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ErrorBody, ExtendRequest, FaultList, PauseState, Reverted, Status};
 use crate::engine::{FaultId, FaultInfo, RevertReport};
-use crate::spec::FaultSpec;
+use crate::faults::FaultSpec;
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]

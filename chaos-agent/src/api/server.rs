@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 
 use super::{ApiError, ExtendRequest, FaultList, PauseState, Reverted, Status};
 use crate::engine::{Engine, EngineError, FaultId, Requester, RevertReason};
-use crate::spec::FaultSpec;
+use crate::faults::FaultSpec;
 
 /// Content type of the metrics endpoint (`OpenMetrics` 1.0 text, what prometheus-client encodes).
 pub const OPENMETRICS_CONTENT_TYPE: &str =

@@ -11,7 +11,7 @@ use super::inject::{counters_line, report_line};
 use super::{ExtendArgs, InjectArgs, OutputArgs, ShowArgs, StopArgs};
 use crate::api::client::Client;
 use crate::engine::{FaultInfo, RevertReport};
-use crate::spec::FaultSpec;
+use crate::faults::FaultSpec;
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     // One request at a time: a single-threaded runtime is enough and starts faster.

@@ -15,33 +15,13 @@ use super::{InjectArgs, UsageError};
 use crate::ebpf::Counters;
 use crate::engine::{self, Engine, Requester, RevertReason, RevertReport};
 use crate::metrics::Metrics;
-use crate::spec::{FaultSpec, LossSpec, ShapeSpec, Target};
+use crate::faults::FaultSpec;
+use crate::target::Target;
 
 /// Builds the spec from the flags.
 pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
-    let loss = match (a.loss, a.loss_model) {
-        (Some(p), model) => Some(LossSpec {
-            probability: p,
-            model,
-        }),
-        (None, Some(model)) => Some(LossSpec {
-            probability: model.mean_loss(),
-            model: Some(model),
-        }),
-        (None, None) => None,
-    };
-    let shape = ShapeSpec {
-        delay: a.delay,
-        jitter: a.jitter,
-        distribution: a.distribution,
-        correlation: a.correlation,
-        rate: a.rate,
-        corrupt: a.corrupt,
-        duplicate: a.duplicate,
-        reorder: a.reorder,
-        backend: a.shaping_backend,
-    };
-    let shape = (shape != ShapeSpec::default()).then_some(shape);
+    let loss = a.loss.to_spec();
+    let shape = a.shape.to_spec();
     if loss.is_none() && shape.is_none() {
         return Err(UsageError(
             "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate or --reorder".to_owned(),

@@ -16,10 +16,7 @@ use ipnet::IpNet;
 
 use crate::ebpf::AttachMode;
 use crate::engine::{EngineConfig, FaultId};
-use crate::spec::{
-    Direction, GilbertElliott, JitterDistribution, PortRange, Proto, Rate, ShapingBackend,
-    parse_fraction,
-};
+use crate::target::{Direction, PortRange, Proto};
 use crate::sys::paths;
 
 /// chaos-agent: inject real, self-expiring faults into this host.
@@ -80,41 +77,6 @@ pub enum Command {
     reason = "independent command-line switches"
 )]
 pub struct InjectArgs {
-    /// Drop matching packets with this probability, in (0, 1] (`0.1` or `10%`).
-    #[arg(long, value_parser = parse_probability)]
-    pub loss: Option<f64>,
-    /// Burst loss instead of independent drops: `gemodel:p,r[,1-h[,1-k]]` (Gilbert-Elliott).
-    #[arg(long, value_name = "MODEL")]
-    pub loss_model: Option<GilbertElliott>,
-    /// Add this one-way delay to matching packets (e.g. `100ms`); needs `sch_netem`, or `sch_fq`
-    /// for egress delay and uniform jitter (EDT).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub delay: Option<Duration>,
-    /// Delay variation, +/- (needs --delay).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub jitter: Option<Duration>,
-    /// Shape of the jitter.
-    #[arg(long, value_enum)]
-    pub distribution: Option<JitterDistribution>,
-    /// Correlation of successive delays, [0, 1].
-    #[arg(long, value_parser = parse_fraction_arg)]
-    pub correlation: Option<f64>,
-    /// Limit bandwidth of matching traffic (e.g. `1mbit`, `500kbit`).
-    #[arg(long)]
-    pub rate: Option<Rate>,
-    /// Corrupt one bit of matching packets with this probability.
-    #[arg(long, value_parser = parse_probability)]
-    pub corrupt: Option<f64>,
-    /// Duplicate matching packets with this probability.
-    #[arg(long, value_parser = parse_probability)]
-    pub duplicate: Option<f64>,
-    /// Send this fraction of matching packets at once, ahead of delayed ones (needs --delay).
-    #[arg(long, value_parser = parse_probability)]
-    pub reorder: Option<f64>,
-    /// Which mechanism delays packets: `auto` uses netem if the kernel has it, else EDT
-    /// (`skb->tstamp` + an fq root; delay and uniform jitter, egress only) if it has `sch_fq`.
-    #[arg(long, value_enum, default_value_t = ShapingBackend::Auto)]
-    pub shaping_backend: ShapingBackend,
     /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
     #[arg(long)]
     pub force: bool,
@@ -177,6 +139,14 @@ pub struct InjectArgs {
     /// Run in the foreground even if an agent is running.
     #[arg(long)]
     pub foreground: bool,
+    // One group per fault type, each defined in its room under `faults/` and listed last so
+    // that `--help` shows the general options first and each type under its own heading.
+    /// Loss (`faults/loss`).
+    #[command(flatten)]
+    pub loss: crate::faults::loss::LossArgs,
+    /// Delay, bandwidth and the netem family (`faults/shape`).
+    #[command(flatten)]
+    pub shape: crate::faults::shape::ShapeArgs,
 }
 
 /// `run` flags (each overrides the config file).
@@ -265,24 +235,6 @@ pub struct DoctorArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_probability(s: &str) -> Result<f64, String> {
-    let v = parse_fraction(s).ok_or_else(|| format!("{s:?} is not a number"))?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err(format!("{s} is outside (0, 1]"))
-    }
-}
-
-fn parse_fraction_arg(s: &str) -> Result<f64, String> {
-    let v = parse_fraction(s).ok_or_else(|| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{s} is outside [0, 1]"))
-    }
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::ebpf::{AttachMode, Counters};
 use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
 use crate::metrics::Metrics;
-use crate::spec::{FaultSpec, Limits, PortRange, SpecError};
+use crate::faults::FaultSpec;
+use crate::spec::{Limits, SpecError};
+use crate::target::PortRange;
 use crate::sys::{self, SysError};
 use crate::txn::journal::{self, Journal, JournalEntry, JournalError, Owner};
 use crate::txn::Txn;
@@ -425,7 +427,7 @@ impl Engine {
         let ifindex = sys::ifindex(&ifname)?;
         // A kernel without the needed qdisc is refused before anything is reserved or journaled.
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-            faults::netem::backend(sh, spec.target.direction)
+            faults::shape::netem::backend(sh, spec.target.direction)
                 .map_err(|source| EngineError::Unsupported { source })?;
         }
         // Reserve a slot under the lock, then apply without it: loading and attaching programs
@@ -1003,7 +1005,7 @@ pub fn plan(
 ) -> Result<(FaultSpec, Vec<String>), EngineError> {
     let ifname = prepare(&mut spec, cfg)?;
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-        faults::netem::backend(sh, spec.target.direction)
+        faults::shape::netem::backend(sh, spec.target.direction)
             .map_err(|source| EngineError::Unsupported { source })?;
     }
     let plan = faults::plan(

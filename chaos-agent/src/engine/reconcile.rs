@@ -173,7 +173,7 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
             .delete_filter(
                 *ifindex,
                 crate::tc::TC_H_CLSACT_INGRESS,
-                crate::faults::netem::MIRRED_PRIO,
+                crate::faults::shape::netem::MIRRED_PRIO,
             )
             .await
         {

@@ -1,12 +1,28 @@
-//! Fault types. Each module turns a validated [`FaultSpec`] into kernel steps, recording each
-//! step's undo in the transaction before taking it, and returns an [`ActiveFault`] that owns the
-//! in-process resources (program fds, links) until the fault is reverted.
+//! Fault types: one room each (`loss/`, `shape/`), holding its spec section, validation,
+//! command-line flags, summary and apply. Each turns its part of a validated [`FaultSpec`] into
+//! kernel steps through the mechanisms below it (`ebpf` for the datapath, `tc` for qdiscs),
+//! recording each step's undo in the transaction before taking it; the result is an
+//! [`ActiveFault`] the engine keeps until the fault is reverted. `packet` is the eBPF slot that
+//! every packet-level type shares (matching, loss, steering, EDT stamps).
 //!
-//! Adding a fault type: a new module here, a branch in [`apply`] and [`plan`], and — if it
-//! changes the kernel in a new way — a new variant of [`crate::txn::undo::Undo`].
+//! Adding a fault type `foo`:
+//! 1. a room `faults/foo/` with `FooSpec` (serde, `deny_unknown_fields`) and its `validate`
+//!    and `summary`, `FooArgs` (clap, with its own help heading) and its apply;
+//! 2. the registry lines: a `foo: Option<FooSpec>` field in [`FaultSpec`] (`faults/spec.rs`,
+//!    where validation and the summary call the room), a `#[command(flatten)] foo: FooArgs`
+//!    in `cli::InjectArgs`, and a branch in [`apply`] and [`plan`] below;
+//! 3. only if it changes the kernel in a way no mechanism offers yet: the mechanism (with its
+//!    undo record in `txn::undo`, which the journal replays) in a room of its own.
+//!
+//! The engine (registry, TTL, journal replay) knows no fault type: it calls [`apply`], [`plan`]
+//! and [`conflict`] and holds [`ActiveFault`]s.
 
-pub mod classifier;
-pub mod netem;
+pub mod loss;
+pub mod packet;
+pub mod shape;
+mod spec;
+
+pub use spec::FaultSpec;
 
 use std::fmt::Debug;
 
@@ -14,7 +30,7 @@ use crate::ebpf::{AttachMode, Counters, EbpfError};
 use crate::txn::FaultId;
 use crate::txn::journal::JournalError;
 use crate::txn::Txn;
-use crate::spec::{FaultSpec, PortRange};
+use crate::target::PortRange;
 use crate::sys::SysError;
 
 /// Errors while applying or changing a fault.
@@ -104,10 +120,10 @@ pub async fn apply(
 ) -> Result<Box<dyn ActiveFault>, FaultError> {
     // Shaping first, classifier last: packets are only steered once their class exists.
     let steering = match &spec.shape {
-        Some(sh) if !sh.is_empty() => Some(netem::apply(sh, spec, ctx).await?),
+        Some(sh) if !sh.is_empty() => Some(shape::netem::apply(sh, spec, ctx).await?),
         _ => None,
     };
-    Ok(Box::new(classifier::apply(spec, ctx, steering).await?))
+    Ok(Box::new(packet::apply(spec, ctx, steering).await?))
 }
 
 /// What applying the fault would do, for `--dry-run`.
@@ -120,9 +136,9 @@ pub fn plan(
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-        out.extend(netem::plan(sh, spec, ifname));
+        out.extend(shape::netem::plan(sh, spec, ifname));
     }
-    out.extend(classifier::plan(spec, ifname, mode, protected));
+    out.extend(packet::plan(spec, ifname, mode, protected));
     out
 }
 
@@ -136,11 +152,11 @@ pub fn conflict(new: &FaultSpec, active: &FaultSpec) -> Option<String> {
         return None;
     }
     let (a, b) = (new.target.direction, active.target.direction);
-    let both = |f: fn(crate::spec::Direction) -> bool| f(a) && f(b);
-    (both(crate::spec::Direction::egress) || both(crate::spec::Direction::ingress)).then(|| {
+    let both = |f: fn(crate::target::Direction) -> bool| f(a) && f(b);
+    (both(crate::target::Direction::egress) || both(crate::target::Direction::ingress)).then(|| {
         format!(
             "both shape {} traffic on {} (one shaping fault per interface and direction; loss faults compose)",
-            if both(crate::spec::Direction::egress) { "egress" } else { "ingress" },
+            if both(crate::target::Direction::egress) { "egress" } else { "ingress" },
             new.target.iface.as_deref().unwrap_or("?")
         )
     })

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::FaultId;
 use super::undo::Undo;
-use crate::spec::FaultSpec;
+use crate::faults::FaultSpec;
 use crate::sys::{self, paths};
 
 /// Current journal format version.

@@ -19,10 +19,11 @@
 
 use std::time::Duration;
 
-use super::classifier::{Steering, ensure_clsact};
-use super::{ApplyCtx, FaultError};
+use super::super::packet::{Steering, ensure_clsact};
+use super::super::{ApplyCtx, FaultError, FaultSpec};
+use super::{JitterDistribution, ShapeSpec, ShapingBackend};
 use crate::txn::undo::Undo;
-use crate::spec::{Direction, FaultSpec, JitterDistribution, ShapeSpec, ShapingBackend};
+use crate::target::Direction;
 use crate::tc::{
     Distribution, FqOptions, NetemOptions, OUR_ROOT, Qdisc, QdiscTree, TC_H_CLSACT_INGRESS,
     TC_H_ROOT, TcError, default_leaf_from, fault_classid, is_faithfully_restorable, netem_limit,
@@ -216,7 +217,7 @@ pub async fn apply(
         });
     }
     let leaf = (backend == Backend::Netem).then(|| Qdisc::Netem(netem_options(sh)));
-    let rate = sh.rate.map(crate::spec::Rate::bytes_per_sec);
+    let rate = sh.rate.map(super::Rate::bytes_per_sec);
     if spec.target.direction.egress() {
         let (ifname, ifindex) = (ctx.ifname.clone(), ctx.ifindex);
         shape_device(ctx, &ifname, ifindex, leaf.as_ref(), rate, spec.force).await?;

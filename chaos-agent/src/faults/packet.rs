@@ -12,7 +12,8 @@ use crate::ebpf::netlink::{self, Hook};
 use crate::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use crate::ebpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
 use crate::txn::undo::Undo;
-use crate::spec::{FaultSpec, PortRange, Proto};
+use super::FaultSpec;
+use crate::target::{PortRange, Proto};
 
 /// A classifier slot in force (loss and/or steering).
 #[derive(Debug)]
@@ -142,7 +143,7 @@ pub struct Steering {
     /// classify.
     pub classid: Option<u32>,
     /// Egress departure-time delay (`F_EDT`).
-    pub edt: Option<super::netem::EdtDelay>,
+    pub edt: Option<super::shape::netem::EdtDelay>,
     /// Backend name for reports (`netem`, `htb`, `edt`).
     pub backend: &'static str,
 }
@@ -278,7 +279,7 @@ mod tests {
     #[test]
     fn edt_steering_sets_the_delay_and_no_class() {
         let mut cfg = FaultSlot::default();
-        let edt = super::super::netem::EdtDelay {
+        let edt = super::super::shape::netem::EdtDelay {
             delay_us: 100_000,
             jitter_us: 20,
         };

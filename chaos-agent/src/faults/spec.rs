@@ -1,0 +1,279 @@
+//! [`FaultSpec`]: the user-facing description of a fault, shared by the CLI, the API and the
+//! journal. It is the registry of fault types in the wire format: one optional section per type
+//! (`loss`, `shape`), each defined and validated in its own room under `faults/`. Validation
+//! happens once, here; the fault types convert a valid spec into kernel configuration without
+//! re-checking.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::loss::LossSpec;
+use super::shape::ShapeSpec;
+use crate::spec::{Limits, SpecError};
+use crate::target::Target;
+
+/// A fault: what to do, to which packets, for how long.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// How long the fault lasts. Required; at most the configured maximum.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Which packets.
+    #[serde(default)]
+    pub target: Target,
+    /// Packet loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossSpec>,
+    /// Delay, jitter, rate, corruption, duplication, reordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<ShapeSpec>,
+    /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Seed for reproducible randomness (per CPU; reproducible for one flow on one CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Free text for humans (experiment name...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+
+impl FaultSpec {
+    /// Checks everything that can be checked without touching the kernel.
+    pub fn validate(&self, limits: &Limits) -> Result<(), SpecError> {
+        if self.ttl.is_zero() {
+            return Err(SpecError::TtlZero);
+        }
+        if self.ttl > limits.max_ttl {
+            return Err(SpecError::TtlTooLong {
+                ttl: self.ttl,
+                max: limits.max_ttl,
+            });
+        }
+        self.target.validate()?;
+        let mut effect = false;
+        if let Some(loss) = &self.loss {
+            loss.validate()?;
+            effect = true;
+        }
+        if let Some(sh) = &self.shape {
+            sh.validate(&self.target)?;
+            effect |= !sh.is_empty();
+        }
+        if !effect {
+            return Err(SpecError::NoEffect);
+        }
+        Ok(())
+    }
+
+    /// The fault's kind, for metrics labels.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match (&self.loss, &self.shape) {
+            (Some(_), Some(_)) => "loss+shape",
+            (Some(_), None) => "loss",
+            (None, Some(sh)) if sh.needs_netem() => "netem",
+            (None, Some(_)) => "rate",
+            (None, None) => "none",
+        }
+    }
+
+    /// A short human summary, e.g. `loss 10% egress on eth0`.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(l) = &self.loss {
+            parts.push(l.summary());
+        }
+        if let Some(sh) = &self.shape {
+            parts.extend(sh.summary());
+        }
+        let iface = self.target.iface.as_deref().unwrap_or("<default route>");
+        format!("{} {} on {iface}", parts.join(" + "), self.target.direction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::loss::GilbertElliott;
+    use crate::faults::shape::{JitterDistribution, Rate, ShapingBackend};
+    use crate::spec::DEFAULT_MAX_TTL;
+    use crate::target::{Direction, PortRange};
+
+    fn loss(p: f64) -> FaultSpec {
+        FaultSpec {
+            ttl: Duration::from_secs(30),
+            target: Target::default(),
+            loss: Some(LossSpec {
+                probability: p,
+                model: None,
+            }),
+            shape: None,
+            force: false,
+            seed: None,
+            label: None,
+        }
+    }
+
+    #[test]
+    fn port_ranges_parse() {
+        assert_eq!(
+            "80".parse::<PortRange>().unwrap(),
+            PortRange { lo: 80, hi: 80 }
+        );
+        assert_eq!(
+            "8000-8100".parse::<PortRange>().unwrap(),
+            PortRange { lo: 8000, hi: 8100 }
+        );
+        for bad in ["0", "10-5", "70000", "a-b", "", "-5"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probabilities_are_checked() {
+        let l = Limits::default();
+        assert!(loss(0.1).validate(&l).is_ok());
+        assert!(loss(1.0).validate(&l).is_ok());
+        for p in [0.0, -0.1, 1.01, f64::NAN] {
+            assert!(
+                matches!(loss(p).validate(&l), Err(SpecError::Probability { .. })),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_is_bounded() {
+        let l = Limits {
+            max_ttl: Duration::from_mins(1),
+        };
+        let mut s = loss(0.5);
+        s.ttl = Duration::ZERO;
+        assert_eq!(s.validate(&l), Err(SpecError::TtlZero));
+        s.ttl = Duration::from_secs(61);
+        assert!(matches!(s.validate(&l), Err(SpecError::TtlTooLong { .. })));
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("1mbit".parse::<Rate>().unwrap().bits_per_sec, 1_000_000);
+        assert_eq!("500kbit".parse::<Rate>().unwrap().bits_per_sec, 500_000);
+        assert_eq!("125kbps".parse::<Rate>().unwrap().bits_per_sec, 1_000_000);
+        assert_eq!("1.5gbit".parse::<Rate>().unwrap().to_string(), "1500mbit");
+        for bad in ["", "fast", "1xbit", "0bit", "-1mbit"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shaping_dependencies() {
+        let l = Limits::default();
+        let shape = |j: &str| -> FaultSpec {
+            serde_json::from_str(&format!(r#"{{"ttl":"5s","shape":{j}}}"#)).unwrap()
+        };
+        assert!(
+            shape(r#"{"delay":"100ms","jitter":"10ms","distribution":"normal"}"#)
+                .validate(&l)
+                .is_ok()
+        );
+        assert!(shape(r#"{"rate":"1mbit"}"#).validate(&l).is_ok());
+        assert!(matches!(
+            shape(r#"{"jitter":"10ms"}"#).validate(&l),
+            Err(SpecError::Needs { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"reorder":0.1}"#).validate(&l),
+            Err(SpecError::Needs { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"delay":"100ms","distribution":"pareto"}"#).validate(&l),
+            Err(SpecError::Needs { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"delay":"2m"}"#).validate(&l),
+            Err(SpecError::DurationTooLong { .. })
+        ));
+        assert!(matches!(
+            shape(r#"{"corrupt":1.5}"#).validate(&l),
+            Err(SpecError::Probability { .. })
+        ));
+        assert_eq!(shape("{}").validate(&l), Err(SpecError::NoEffect));
+    }
+
+    #[test]
+    fn edt_backend_is_delay_and_egress_only() {
+        let l = Limits::default();
+        let spec = |j: &str| -> FaultSpec { serde_json::from_str(j).unwrap() };
+        let ok = spec(r#"{"ttl":"5s","shape":{"delay":"100ms","jitter":"5ms","backend":"edt"}}"#);
+        assert!(ok.validate(&l).is_ok());
+        // Round trip keeps the backend; auto is not written.
+        assert!(
+            serde_json::to_string(&ok)
+                .unwrap()
+                .contains(r#""backend":"edt""#)
+        );
+        let auto = spec(r#"{"ttl":"5s","shape":{"delay":"100ms"}}"#);
+        assert!(!serde_json::to_string(&auto).unwrap().contains("backend"));
+        for (shape, what) in [
+            (
+                r#"{"delay":"100ms","corrupt":0.1,"backend":"edt"}"#,
+                "--corrupt",
+            ),
+            (
+                r#"{"delay":"100ms","rate":"1mbit","backend":"edt"}"#,
+                "--rate",
+            ),
+            (
+                r#"{"delay":"100ms","jitter":"5ms","distribution":"normal","backend":"edt"}"#,
+                "a non-uniform --distribution",
+            ),
+        ] {
+            let s = spec(&format!(r#"{{"ttl":"5s","shape":{shape}}}"#));
+            assert_eq!(
+                s.validate(&l),
+                Err(SpecError::EdtUnsupported { what }),
+                "{shape}"
+            );
+        }
+        for dir in ["ingress", "both"] {
+            let s = spec(&format!(
+                r#"{{"ttl":"5s","target":{{"direction":"{dir}"}},"shape":{{"delay":"10ms","backend":"edt"}}}}"#
+            ));
+            assert_eq!(s.validate(&l), Err(SpecError::EdtIngress));
+        }
+        for shape in [
+            r#"{"rate":"1mbit","backend":"netem"}"#,
+            r#"{"rate":"1mbit","backend":"edt"}"#,
+        ] {
+            let s = spec(&format!(r#"{{"ttl":"5s","shape":{shape}}}"#));
+            assert!(
+                matches!(s.validate(&l), Err(SpecError::Needs { .. })),
+                "{shape}"
+            );
+        }
+    }
+
+    #[test]
+    fn gemodel_parses() {
+        let ge: GilbertElliott = "gemodel:5%,30%,90%,1%".parse().unwrap();
+        assert!((ge.p - 0.05).abs() < 1e-9 && (ge.loss_good - 0.01).abs() < 1e-9);
+        assert!((ge.mean_loss() - (0.05 / 0.35 * 0.9 + 0.30 / 0.35 * 0.01)).abs() < 1e-9);
+        assert!("gemodel:0.1".parse::<GilbertElliott>().is_err());
+        assert!("bernoulli:0.1".parse::<GilbertElliott>().is_err());
+    }
+
+    #[test]
+    fn json_round_trip_and_unknown_fields() {
+        let s = loss(0.25);
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<FaultSpec>(&j).unwrap(), s);
+        assert!(
+            serde_json::from_str::<FaultSpec>(r#"{"ttl":"1s","los":{"probability":0.1}}"#).is_err()
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! What a fault targets: an interface and direction, protocols, address prefixes and ports.
+//! Resolved (the default-route interface) and validated once, before anything is applied.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chaos_common::names::MAX_PREFIXES;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::SpecError;
+
+/// Port ranges one fault may name per side (source or destination). The datapath's cost per
+/// packet does not depend on it (a range is a few map entries); the bound keeps one request,
+/// and its journal entry, of a bounded size.
+pub const MAX_PORT_RANGES: usize = 4096;
+
+/// Which way traffic flows through the interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Packets arriving on the interface.
+    Ingress,
+    /// Packets leaving through the interface.
+    #[default]
+    Egress,
+    /// Both ways.
+    Both,
+}
+
+impl Direction {
+    /// Whether ingress traffic is affected.
+    #[must_use]
+    pub fn ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::Both)
+    }
+    /// Whether egress traffic is affected.
+    #[must_use]
+    pub fn egress(self) -> bool {
+        matches!(self, Self::Egress | Self::Both)
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+            Self::Both => "both",
+        })
+    }
+}
+
+/// An L4 protocol a fault can be limited to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP and `ICMPv6`.
+    Icmp,
+}
+
+/// An inclusive port range, written `80` or `8000-8100`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port (inclusive).
+    pub hi: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadPortRange {
+            input: s.to_owned(),
+        };
+        let (lo, hi) = if let Some((a, b)) = s.split_once('-') {
+            (
+                a.trim().parse::<u16>().map_err(|_| bad())?,
+                b.trim().parse::<u16>().map_err(|_| bad())?,
+            )
+        } else {
+            let p = s.trim().parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        };
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(Self { lo, hi })
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> Self {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// Which packets a fault applies to. Every list that is empty matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Target {
+    /// Interface; `None` means the interface of the default route (resolved at apply time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// Direction.
+    pub direction: Direction,
+    /// Protocols (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<Proto>,
+    /// Source prefixes (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub src: Vec<IpNet>,
+    /// Destination prefixes (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dst: Vec<IpNet>,
+    /// Source ports (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sports: Vec<PortRange>,
+    /// Destination ports (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dports: Vec<PortRange>,
+    /// Fault protected traffic too (SSH, the agent's own ports). Off unless explicitly asked.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub include_protected: bool,
+}
+
+
+impl Target {
+    /// Checks what can be checked without the kernel: the interface name, and the number of
+    /// port ranges and prefixes (each side and family has its own limit).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let t = self;
+        if let Some(name) = &t.iface
+            && (name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']))
+        {
+            return Err(SpecError::BadInterfaceName { name: name.clone() });
+        }
+        for (what, list) in [("source port", &t.sports), ("destination port", &t.dports)] {
+            if list.len() > MAX_PORT_RANGES {
+                return Err(SpecError::TooManyPorts {
+                    what,
+                    max: MAX_PORT_RANGES,
+                    got: list.len(),
+                });
+            }
+        }
+        let max = MAX_PREFIXES as usize;
+        for (side, list) in [("source", &t.src), ("destination", &t.dst)] {
+            for v6 in [false, true] {
+                let what = match (side, v6) {
+                    ("source", false) => "IPv4 source",
+                    ("source", true) => "IPv6 source",
+                    (_, false) => "IPv4 destination",
+                    (_, true) => "IPv6 destination",
+                };
+                let n = list
+                    .iter()
+                    .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                    .count();
+                if n > max {
+                    return Err(SpecError::TooManyPrefixes { what, max, got: n });
+                }
+            }
+        }
+        if (!t.sports.is_empty() || !t.dports.is_empty())
+            && !t.protocols.is_empty()
+            && t.protocols.iter().all(|p| *p == Proto::Icmp)
+        {
+            return Err(SpecError::PortsWithoutPortProtocol);
+        }
+        Ok(())
+    }
+}
