@@ -3,9 +3,7 @@
 //! Gilbert-Elliott) and steers matching packets into a shaping class by `skb->priority` (see
 //! `netem.rs`), and does nothing once the kernel-side deadline passes.
 
-use chaos_common::{
-    F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot, probability_to_threshold,
-};
+use chaos_common::{F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot};
 
 use super::{ActiveFault, ApplyCtx, FaultError};
 use crate::ebpf::netlink::{self, Hook};
@@ -98,19 +96,10 @@ pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64) -> FaultSlot {
         expires_at_ns: expires_at_mono_ns,
         ..FaultSlot::default()
     };
-    if let Some(loss) = &spec.loss {
-        match &loss.model {
-            None => cfg.loss_threshold = probability_to_threshold(loss.probability),
-            Some(ge) => {
-                flags |= F_LOSS_GE;
-                cfg.ge_p = probability_to_threshold(ge.p);
-                cfg.ge_r = probability_to_threshold(ge.r);
-                cfg.ge_loss_bad = probability_to_threshold(ge.loss_bad);
-                cfg.loss_threshold = probability_to_threshold(ge.loss_good);
-            }
-        }
-    }
     cfg.flags = flags;
+    if let Some(loss) = &spec.loss {
+        loss.configure(&mut cfg);
+    }
     cfg
 }
 
