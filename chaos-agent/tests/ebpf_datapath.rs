@@ -1,5 +1,6 @@
-//! The kernel programs on a real datapath: attached with tcx to a veth inside a test namespace,
-//! judged with ping / iperf3 (independent tools), not with `BPF_PROG_TEST_RUN`.
+//! The kernel programs on a real datapath: the agent's `Datapath` joined (tcx) to a veth inside
+//! a test namespace, judged with ping / iperf3 / bpftool (independent tools), not with
+//! `BPF_PROG_TEST_RUN`.
 //!
 //! Checks what `BPF_PROG_TEST_RUN` cannot: that `TC_ACT_UNSPEC` really lets traffic continue
 //! under tcx, that `bpf_redirect(0, 0)` really frees the packet, and that it makes TCP count
@@ -10,20 +11,14 @@
     reason = "test helpers panic with context by design"
 )]
 
-use std::os::fd::AsRawFd as _;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType},
-};
-use chaos_agent::testing::{NetNs, VethPair};
-use chaos_common::{
-    Counter, Dir, F_ARMED, F_EGRESS, F_EGRESS_WIRE_DROP, F_INGRESS, FaultConfig, PROTO_ICMP,
-    PROTO_TCP, counter_index, names, probability_to_threshold,
-};
+use chaos_agent::ebpf::netlink::Hook;
+use chaos_agent::ebpf::table::{PROTO_ICMP, PROTO_TCP, Rules};
+use chaos_agent::ebpf::{AttachMode, Counters, Datapath};
+use chaos_agent::testing::{VethPair, in_netns};
+use chaos_common::{F_EGRESS_WIRE_DROP, FaultSlot, names, probability_to_threshold};
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -35,50 +30,64 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Loads the object and attaches both programs (tcx on >= 6.6) to `ifname` inside `ns`. The
-/// links belong to the returned `Ebpf`: dropping it detaches them.
-fn attach_in(ns: &NetNs, ifname: &str, cfg: FaultConfig) -> Ebpf {
-    let path = ns.path();
-    let ifname = ifname.to_owned();
-    // setns applies to the calling thread only, so the attach (which resolves the interface name
-    // in the current namespace) happens in a throwaway thread.
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: plain syscall on a valid fd.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        let mut ebpf = EbpfLoader::new()
-            .load(chaos_agent::EBPF_OBJECT)
-            .expect("load");
-        set_config(&mut ebpf, &cfg);
-        for (name, ty) in [
-            (names::PROG_TC_INGRESS, TcAttachType::Ingress),
-            (names::PROG_TC_EGRESS, TcAttachType::Egress),
-        ] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("cls");
-            prog.load().expect("verifier");
-            prog.attach(&ifname, ty).expect("attach");
+/// Installs a fault in a new slot of `dp` and joins it (tcx) to `hooks` of `a_if`, inside
+/// namespace `a`. setns applies to the calling thread only, and the attach resolves the
+/// interface in the current namespace, so this runs in a throwaway thread that enters it; the
+/// links belong to `dp` (releasing the slot, or dropping the datapath, detaches them).
+fn join(pair: &VethPair, dp: &Datapath, cfg: FaultSlot, rules: &Rules, hooks: &[Hook]) -> u32 {
+    let (dp, rules, hooks, ifname) = (dp.clone(), rules.clone(), hooks.to_vec(), pair.a_if.clone());
+    in_netns(&pair.a, move || {
+        let ifindex = nix::net::if_::if_nametoindex(ifname.as_str())
+            .unwrap_or_else(|e| panic!("ifindex of {ifname}: {e}"));
+        let slot = dp.alloc_slot().expect("a free slot");
+        dp.install(slot, &rules, &cfg, None)
+            .unwrap_or_else(|e| panic!("install slot {slot}: {e}"));
+        for hook in hooks {
+            dp.join_hook(slot, ifindex, &ifname, hook, AttachMode::Tcx)
+                .unwrap_or_else(|e| panic!("slot {slot} joins {ifname} {}: {e}", hook.as_str()));
         }
-        ebpf
+        slot
     })
-    .join()
-    .expect("attach thread")
 }
 
-fn set_config(ebpf: &mut Ebpf, cfg: &FaultConfig) {
-    let mut a: Array<&mut MapData, FaultConfig> =
-        Array::try_from(ebpf.map_mut(names::MAP_CONFIG).expect("map")).expect("array");
-    a.set(0, cfg, 0).expect("set");
+fn counters(dp: &Datapath, slot: u32) -> Counters {
+    dp.counters(slot)
+        .unwrap_or_else(|e| panic!("counters of slot {slot}: {e}"))
 }
 
-fn counter(ebpf: &Ebpf, dir: Dir, c: Counter) -> u64 {
-    let a: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(ebpf.map(names::MAP_COUNTERS).expect("map")).expect("pca");
-    a.get(&counter_index(dir, c), 0).expect("get").iter().sum()
+fn release(dp: &Datapath, slot: u32) {
+    let removed = dp
+        .release_slot(slot)
+        .unwrap_or_else(|e| panic!("release slot {slot}: {e}"));
+    assert!(removed, "slot {slot} was not in use");
+}
+
+/// The names of the programs of `ids` that have a link, per `bpftool -j link show` and
+/// `bpftool -j prog show`, sorted. (bpftool before 7.3 lists tcx links only there, as type 11
+/// with their program but not their interface, and not at all in `net show`; the datapaths of
+/// these tests attach to one interface only.)
+fn linked(ids: &[u32]) -> Vec<String> {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = chaos_agent::testing::run("bpftool", args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bpftool {args:?}: {e}"))
+    };
+    let links = json(&["-j", "link", "show"]);
+    let mut v: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["prog_id"].as_u64())
+        .filter(|id| ids.contains(&(*id as u32)))
+        .map(|id| {
+            let prog = json(&["-j", "prog", "show", "id", &id.to_string()]);
+            prog["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no name in {prog}"))
+                .to_owned()
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Whether `count` pings from `a` to `b` all got an answer (-W 1: one second per reply).
@@ -103,11 +112,11 @@ fn ping_ok(pair: &VethPair, count: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn armed(dirs: u32) -> FaultConfig {
-    FaultConfig {
-        flags: F_ARMED | dirs,
+/// A fault slot whose deadline is two minutes away.
+fn armed() -> FaultSlot {
+    FaultSlot {
         expires_at_ns: monotonic_ns() + 120_000_000_000,
-        ..FaultConfig::default()
+        ..FaultSlot::default()
     }
 }
 
@@ -123,6 +132,16 @@ fn tcx_or_skip(test: &str) -> bool {
     ok
 }
 
+/// Whether the kernel still knows program `id` (`bpftool prog show id`).
+fn program_exists(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 #[test]
 fn tcx_drop_pass_through_and_ttl() {
     if !tcx_or_skip("tcx_drop_pass_through_and_ttl") {
@@ -130,60 +149,106 @@ fn tcx_drop_pass_through_and_ttl() {
     }
     let pair = VethPair::new(201);
     assert!(ping_ok(&pair, 2), "baseline ping");
+    let dp = Datapath::new();
+    let icmp = Rules {
+        protos: PROTO_ICMP,
+        ..Rules::default()
+    };
+    let drop_icmp = FaultSlot {
+        loss_threshold: u32::MAX,
+        ..armed()
+    };
 
     // Egress wire drop of ICMP: every echo request vanishes after the stack "sent" it.
-    let drop_icmp = FaultConfig {
-        flags: armed(F_EGRESS).flags | F_EGRESS_WIRE_DROP,
-        protos: PROTO_ICMP,
-        loss_threshold: u32::MAX,
-        ..armed(0)
-    };
-    let mut ebpf = attach_in(&pair.a, &pair.a_if, drop_icmp);
-    assert!(!ping_ok(&pair, 3), "ping through a 100% egress drop");
-    assert!(counter(&ebpf, Dir::Egress, Counter::Dropped) >= 3);
-    // Ingress drop: the replies are lost instead.
-    set_config(
-        &mut ebpf,
-        &FaultConfig {
-            flags: armed(F_INGRESS).flags,
+    let egress = join(
+        &pair,
+        &dp,
+        FaultSlot {
+            flags: F_EGRESS_WIRE_DROP,
             ..drop_icmp
         },
+        &icmp,
+        &[Hook::Egress],
     );
+    let ids = dp.program_ids();
+    assert_eq!(ids.len(), 2, "program ids {ids:?}");
+    assert_eq!(linked(&ids), [names::PROG_TC_EGRESS]);
+    assert!(!ping_ok(&pair, 3), "ping through a 100% egress drop");
+    assert!(counters(&dp, egress).egress.dropped >= 3);
+
+    // Ingress drop: the replies are lost instead. The new fault joins first, then the egress
+    // one leaves, and the egress hook it leaves empty is detached.
+    let ingress = join(&pair, &dp, drop_icmp, &icmp, &[Hook::Ingress]);
+    release(&dp, egress);
+    assert_eq!(linked(&ids), [names::PROG_TC_INGRESS]);
     assert!(!ping_ok(&pair, 3), "ping through a 100% ingress drop");
-    assert!(counter(&ebpf, Dir::Ingress, Counter::Dropped) >= 3);
+    assert!(counters(&dp, ingress).ingress.dropped >= 3);
 
     // Armed but not acting (p = 0): TC_ACT_UNSPEC must let everything through under tcx.
-    set_config(
-        &mut ebpf,
-        &FaultConfig {
+    let idle = join(
+        &pair,
+        &dp,
+        FaultSlot {
             loss_threshold: 0,
-            flags: armed(F_INGRESS | F_EGRESS).flags,
             ..drop_icmp
         },
+        &icmp,
+        &Hook::ALL,
+    );
+    release(&dp, ingress);
+    assert_eq!(
+        linked(&ids),
+        [names::PROG_TC_EGRESS, names::PROG_TC_INGRESS]
     );
     assert!(ping_ok(&pair, 3), "ping with an armed p=0 fault");
+    // ... and the packets did go through the walk: matched in both directions, none dropped.
+    let c = counters(&dp, idle);
+    assert!(
+        c.egress.matched >= 3 && c.ingress.matched >= 3 && c.total().dropped == 0,
+        "{c:?}"
+    );
 
     // Deadline in the past: the kernel stops faulting on its own.
-    set_config(
-        &mut ebpf,
-        &FaultConfig {
-            flags: armed(F_INGRESS | F_EGRESS).flags | F_EGRESS_WIRE_DROP,
+    dp.write_slot(idle, |s| {
+        *s = FaultSlot {
+            flags: s.flags | F_EGRESS_WIRE_DROP,
             expires_at_ns: monotonic_ns().saturating_sub(1),
             ..drop_icmp
-        },
-    );
+        };
+    })
+    .expect("rewrite the slot");
     assert!(ping_ok(&pair, 3), "ping after the deadline");
-    assert!(counter(&ebpf, Dir::Egress, Counter::Expired) >= 3);
+    assert!(counters(&dp, idle).egress.expired >= 3);
 
-    // Detached on drop.
-    set_config(&mut ebpf, &drop_icmp);
-    drop(ebpf);
+    // Detached on release: the fault acts again (so that passing traffic after the release
+    // proves the detach, not an idle fault), then its slot goes and with it both hooks.
+    dp.set_expiry(idle, monotonic_ns() + 120_000_000_000)
+        .expect("set expiry");
+    assert!(!ping_ok(&pair, 1), "ping through the re-armed drop");
+    release(&dp, idle);
+    assert!(dp.attached().is_empty(), "{:?}", dp.attached());
+    assert_eq!(linked(&ids), Vec::<String>::new(), "bpftool link show");
     assert!(ping_ok(&pair, 2), "ping after detach");
+    // The programs live as long as the datapath: gone from the kernel once it is dropped
+    // (freed when the last fd closes; polled, bounded, in case the release is deferred).
+    assert!(
+        ids.iter().all(|&id| program_exists(id)),
+        "loaded while held"
+    );
+    drop(dp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ids.iter().any(|&id| program_exists(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "programs {ids:?} still loaded 5 s after the datapath was dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
-/// Runs an 16 MB iperf3 transfer a -> b and returns (retransmits reported by the sender, eBPF
-/// drops).
-fn tcp_transfer(pair: &VethPair, cfg: FaultConfig) -> (u64, u64) {
+/// Runs an 16 MB iperf3 transfer a -> b with `cfg` on TCP at a's egress and returns
+/// (retransmits reported by the sender, eBPF drops).
+fn tcp_transfer(pair: &VethPair, cfg: FaultSlot) -> (u64, u64) {
     let mut server = pair
         .b
         .command("iperf3")
@@ -199,7 +264,12 @@ fn tcp_transfer(pair: &VethPair, cfg: FaultConfig) -> (u64, u64) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let ebpf = attach_in(&pair.a, &pair.a_if, cfg);
+    let dp = Datapath::new();
+    let tcp = Rules {
+        protos: PROTO_TCP,
+        ..Rules::default()
+    };
+    let slot = join(pair, &dp, cfg, &tcp, &[Hook::Egress]);
     let out = pair
         .a
         .command("iperf3")
@@ -211,7 +281,8 @@ fn tcp_transfer(pair: &VethPair, cfg: FaultConfig) -> (u64, u64) {
     let retrans = json["end"]["sum_sent"]["retransmits"]
         .as_u64()
         .unwrap_or_else(|| panic!("no retransmits in {json}"));
-    let drops = counter(&ebpf, Dir::Egress, Counter::Dropped);
+    let drops = counters(&dp, slot).egress.dropped;
+    // Dropping the datapath detaches its programs: the next transfer starts clean.
     (retrans, drops)
 }
 
@@ -221,17 +292,15 @@ fn egress_wire_drop_is_real_loss_for_tcp() {
         return;
     }
     let pair = VethPair::new(202);
-    let base = FaultConfig {
-        flags: armed(F_EGRESS).flags,
-        protos: PROTO_TCP,
+    let base = FaultSlot {
         loss_threshold: probability_to_threshold(0.05),
-        ..armed(0)
+        ..armed()
     };
     let (shot_retrans, shot_drops) = tcp_transfer(&pair, base);
     let (wire_retrans, wire_drops) = tcp_transfer(
         &pair,
-        FaultConfig {
-            flags: base.flags | F_EGRESS_WIRE_DROP,
+        FaultSlot {
+            flags: F_EGRESS_WIRE_DROP,
             ..base
         },
     );
