@@ -804,6 +804,25 @@ pub fn attached_programs(ns: &NetNs, ifname: &str) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
     let mut names = Vec::new();
     walk(&v, &mut names);
+    // tcx links: bpftool 7.1 (Debian 12) lists them in `link show` only, as type 11 with a
+    // program id and no interface, so `net show` alone would make this check vacuous for tcx.
+    // They are taken system-wide: the host runs these tests one at a time, and the VM's 6.1
+    // has no tcx.
+    let links: serde_json::Value =
+        serde_json::from_str(&sh("bpftool -j link show 2>/dev/null || echo []"))
+            .unwrap_or(serde_json::Value::Null);
+    for l in links.as_array().into_iter().flatten() {
+        let tcx = l["type"] == 11 || l["type"] == "tcx";
+        if let (true, Some(id)) = (tcx, l["prog_id"].as_u64()) {
+            let p: serde_json::Value = serde_json::from_str(&sh(&format!(
+                "bpftool -j prog show id {id} 2>/dev/null || echo null"
+            )))
+            .unwrap_or(serde_json::Value::Null);
+            if let Some(n) = p["name"].as_str().filter(|n| n.starts_with("chaos_")) {
+                names.push(n.to_owned());
+            }
+        }
+    }
     names
 }
 

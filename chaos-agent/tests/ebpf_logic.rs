@@ -1231,6 +1231,27 @@ fn steering_sets_priority() {
     assert_eq!(h.counters(Hook::Ingress), [1, 1, 1, 0, 0, 0]);
 }
 
+/// A shaping fault in a lower slot selects the packet, a loss fault in a higher slot drops it:
+/// the packet never reaches the qdisc, so the first fault does not count it as steered (and
+/// its priority is not written).
+#[test]
+fn a_packet_a_later_fault_drops_is_not_counted_as_steered() {
+    let class = 0xC4A0_0010;
+    let h = Harness::new();
+    let shaper = h.add(&base().flags(F_STEER).cfg(|c| c.steer_priority = class));
+    let dropper = h.add(&drop_all());
+    assert!(shaper < dropper, "slots are walked in order: {shaper} then {dropper}");
+    let out = h.run_full(Hook::Egress, &pkt4(A, B, &L4::Tcp(1, 2)), 1);
+    assert_eq!((out.retval, out.ctx.priority()), (TC_ACT_SHOT, 0));
+    assert_eq!(h.counters_of(shaper, Hook::Egress), [1, 1, 0, 0, 0, 0]);
+    assert_eq!(h.counters_of(dropper, Hook::Egress), [1, 1, 1, 0, 0, 0]);
+    // Without the dropper the same packet is steered and counted so.
+    h.release(dropper);
+    let out = h.run_full(Hook::Egress, &pkt4(A, B, &L4::Tcp(1, 2)), 1);
+    assert_eq!((out.retval, out.ctx.priority()), (TC_ACT_UNSPEC, class));
+    assert_eq!(h.counters_of(shaper, Hook::Egress), [2, 2, 0, 1, 0, 0]);
+}
+
 /// The drop sequence of a seeded p = 0.5 fault (`seed: None` leaves the slot's PRNG state 0).
 fn drop_sequence(seed: Option<u64>, n: usize) -> Vec<bool> {
     let mut fault = base().flags(F_SEEDED).loss(probability_to_threshold(0.5));

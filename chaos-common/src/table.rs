@@ -234,8 +234,15 @@ pub struct FaultSlot {
     /// `F_EDT`: uniform jitter half-width in microseconds (`delay + U[-jitter, +jitter]`, never
     /// departing before "now").
     pub edt_jitter_us: u32,
+    /// The slot's own index, written by the agent. The walk remembers which slot steered a
+    /// packet by this value: one read from the map carries no range the verifier would track
+    /// across the walk's calls (a computed slot number does, and the callback's states would
+    /// never converge).
+    pub index: u32,
+    /// Explicit padding to a multiple of 8.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FaultSlot>() == 40);
+const _: () = assert!(core::mem::size_of::<FaultSlot>() == 48);
 const _: () = assert!(core::mem::offset_of!(FaultSlot, expires_at_ns) == 8);
 
 #[cfg(feature = "user")]

@@ -210,6 +210,10 @@ struct Walk {
     verdict: u32,
     /// `STEERED` | `STAMPED`.
     done: u32,
+    /// `FaultSlot::index` of the slot that steered the packet, once `STEERED`.
+    steer_slot: u32,
+    /// `FaultSlot::index` of the slot that stamped it, once `STAMPED`.
+    stamp_slot: u32,
 }
 
 const VERDICT_NONE: u32 = 0;
@@ -241,6 +245,8 @@ fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
         dir: dir as u32,
         verdict: VERDICT_NONE,
         done: 0,
+        steer_slot: 0,
+        stamp_slot: 0,
     };
     // SAFETY: `walk_step` has the callback signature bpf_loop expects and only touches `walk`
     // (a stack object that outlives the call) and maps.
@@ -263,6 +269,14 @@ fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
         }
         VERDICT_SHOT => return TC_ACT_SHOT as i32,
         _ => {}
+    }
+    // Counted only now that no slot dropped the packet: a packet a later slot drops never
+    // reaches the shaping qdisc.
+    if walk.done & STEERED != 0 {
+        count(walk.steer_slot, dir, Counter::Steered);
+    }
+    if walk.done & STAMPED != 0 && walk.stamp_slot != walk.steer_slot {
+        count(walk.stamp_slot, dir, Counter::Steered);
     }
     if walk.done & STAMPED != 0 && matches!(dir, Dir::Egress) {
         // Egress only: the departure time is honoured by the root fq of the device the packet
@@ -329,19 +343,15 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
         };
         return 1;
     }
-    let mut steered = false;
     if flags & F_EDT != 0 && matches!(dir, Dir::Egress) && walk.done & STAMPED == 0 {
         walk.tstamp = edt_departure(f, flags, slot, walk.now, walk.tstamp);
         walk.done |= STAMPED;
-        steered = true;
+        walk.stamp_slot = f.index;
     }
     if flags & F_STEER != 0 && walk.done & STEERED == 0 {
         walk.priority = f.steer_priority;
         walk.done |= STEERED;
-        steered = true;
-    }
-    if steered {
-        count(slot, dir, Counter::Steered);
+        walk.steer_slot = f.index;
     }
     0
 }

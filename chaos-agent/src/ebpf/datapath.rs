@@ -343,6 +343,7 @@ impl Datapath {
         })?;
         let cfg = FaultSlot {
             flags: cfg.flags | F_ARMED,
+            index: slot,
             ..*cfg
         };
         self.write_slot(slot, |c| *c = cfg)
