@@ -3,11 +3,9 @@
 
 use std::path::Path;
 
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use serde::Serialize;
 
-use crate::ebpf::netlink::{request_ack, request_ack_flags};
 use crate::ebpf::{Datapath, attach};
 use crate::sys;
 
@@ -62,7 +60,7 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
             Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
         };
         rt.block_on(async {
-            let Ok(nl) = crate::ebpf::netlink::connect() else {
+            let Ok(tc) = crate::tc::Tc::new() else {
                 return kinds
                     .iter()
                     .map(|k| (*k, Err("netlink socket".to_owned())))
@@ -88,28 +86,13 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
                     }
                 };
                 msg.attributes.push(TcAttribute::Kind(kind.to_owned()));
-                let add = RouteNetlinkMessage::NewQueueDiscipline(msg.clone());
-                let r = match request_ack_flags(
-                    &nl,
-                    add,
-                    netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
-                )
-                .await
-                {
-                    Ok(()) => {
-                        let _ =
-                            request_ack(&nl, RouteNetlinkMessage::DelQueueDiscipline(msg)).await;
-                        Ok(QdiscProbe::Present)
-                    }
+                let r = match tc.probe_qdisc(1, msg).await {
+                    Ok(()) => Ok(QdiscProbe::Present),
                     // ENOENT = unknown kind. Anything else (EINVAL for missing options) means the
                     // kernel found the kind and rejected our empty options: present.
-                    Err(rtnetlink::Error::NetlinkError(e))
-                        if e.raw_code().abs() == libc::ENOENT =>
-                    {
-                        Ok(QdiscProbe::Missing)
-                    }
-                    Err(rtnetlink::Error::NetlinkError(_)) => Ok(QdiscProbe::Present),
-                    Err(e) => Err(e.to_string()),
+                    Err(libc::ENOENT) => Ok(QdiscProbe::Missing),
+                    Err(libc::EIO) => Err("netlink request failed".to_owned()),
+                    Err(_) => Ok(QdiscProbe::Present),
                 };
                 out.push((kind, r));
             }

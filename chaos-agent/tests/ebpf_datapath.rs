@@ -14,7 +14,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_agent::ebpf::netlink::Hook;
+use chaos_agent::tc::Hook;
 use chaos_agent::ebpf::table::{PROTO_ICMP, PROTO_TCP, Rules};
 use chaos_agent::ebpf::{AttachMode, Counters, Datapath};
 use chaos_agent::testing::{VethPair, in_netns};

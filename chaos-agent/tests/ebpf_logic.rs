@@ -22,7 +22,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 
-use chaos_agent::ebpf::netlink::Hook;
+use chaos_agent::tc::Hook;
 use chaos_agent::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use chaos_agent::ebpf::{Datapath, DirCounters};
 use chaos_common::{

@@ -13,9 +13,8 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     let rt = super::runtime()?;
     let report = rt.block_on(async {
         let journal = Journal::open(state_dir)?;
-        let nl = crate::ebpf::netlink::connect()?;
         let tc = crate::tc::Tc::new()?;
-        anyhow::Ok(reconcile::run(&UndoCtx { nl, journal, tc, dp: None }).await)
+        anyhow::Ok(reconcile::run(&UndoCtx { journal, tc, dp: None }).await)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

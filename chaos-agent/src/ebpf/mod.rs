@@ -4,7 +4,6 @@
 
 pub mod attach;
 pub mod datapath;
-pub mod netlink;
 pub mod table;
 
 use std::net::IpAddr;
@@ -53,19 +52,6 @@ pub enum EbpfError {
         /// The cause.
         source: Box<aya::programs::ProgramError>,
     },
-    /// A netlink request failed.
-    #[error("{op} on {ifname}: {source}")]
-    Netlink {
-        /// Operation.
-        op: &'static str,
-        /// Interface.
-        ifname: String,
-        /// The cause.
-        source: Box<rtnetlink::Error>,
-    },
-    /// Opening a netlink socket failed.
-    #[error("open netlink socket: {0}")]
-    Socket(std::io::Error),
     /// Every fault slot is in use.
     #[error("all {max} fault slots of the datapath are in use")]
     SlotsFull {

@@ -249,7 +249,6 @@ struct State {
 struct Inner {
     cfg: RwLock<EngineConfig>,
     journal: Journal,
-    nl: rtnetlink::Handle,
     tc: crate::tc::Tc,
     dp: crate::ebpf::Datapath,
     state: Mutex<State>,
@@ -293,12 +292,9 @@ impl Engine {
     ) -> Result<(Self, reconcile::Report), EngineError> {
         sys::raise_memlock();
         let journal = Journal::open(&cfg.state_dir)?;
-        let nl =
-            crate::ebpf::netlink::connect().map_err(|e| EngineError::Apply { source: e.into() })?;
         let tc = crate::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
         let dp = crate::ebpf::Datapath::new();
         let ctx = UndoCtx {
-            nl: nl.clone(),
             journal: journal.clone(),
             tc: tc.clone(),
             dp: Some(dp.clone()),
@@ -314,7 +310,6 @@ impl Engine {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(cfg),
                 journal,
-                nl,
                 tc,
                 dp,
                 state: Mutex::new(State::default()),
@@ -543,7 +538,6 @@ impl Engine {
                 ifname: ifname.clone(),
                 ifindex,
                 txn: &mut txn,
-                nl: &self.inner.nl,
                 dp: &self.inner.dp,
                 tc: &self.inner.tc,
                 attach_mode: mode,
@@ -586,7 +580,6 @@ impl Engine {
 
     fn undo_ctx(&self) -> UndoCtx {
         UndoCtx {
-            nl: self.inner.nl.clone(),
             journal: self.inner.journal.clone(),
             tc: self.inner.tc.clone(),
             dp: Some(self.inner.dp.clone()),

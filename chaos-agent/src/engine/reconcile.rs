@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use crate::txn::undo::{self, Undo, UndoCtx};
-use crate::ebpf::netlink;
 
 /// What a reconciliation did.
 #[derive(Debug, Default, Serialize)]
@@ -133,7 +132,7 @@ struct Keep {
 /// `chaos_tc_*`, mirred filters at our priority, root qdiscs with our handle major (the kernel's
 /// default root comes back), `chaos-ifb*` devices, and clsact qdiscs we created.
 async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
-    let links = match netlink::all_ifindexes(&ctx.nl).await {
+    let links = match ctx.tc.links().await {
         Ok(l) => l,
         Err(e) => {
             report.errors.push(e.to_string());
@@ -141,7 +140,7 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
         }
     };
     for (ifindex, ifname) in &links {
-        let filters = match netlink::our_filters(&ctx.nl, *ifindex).await {
+        let filters = match ctx.tc.our_bpf_filters(*ifindex).await {
             Ok(f) => f,
             Err(e) => {
                 report.errors.push(e.to_string());
@@ -152,7 +151,7 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
             if keep.filters.contains(&(ifname.clone(), f.handle)) {
                 continue;
             }
-            match netlink::delete_our_filter(&ctx.nl, *ifindex, f.hook, f.priority, f.handle).await
+            match ctx.tc.delete_our_bpf_filter(*ifindex, f.hook, f.priority, f.handle).await
             {
                 Ok(true) => {
                     tracing::warn!(event = "leftover", iface = %ifname, hook = f.hook.as_str(), handle = f.handle, "removed an unjournaled filter of ours");

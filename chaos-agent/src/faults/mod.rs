@@ -99,8 +99,6 @@ pub struct ApplyCtx<'a> {
     pub ifindex: u32,
     /// The transaction: record each undo before the step.
     pub txn: &'a mut Txn,
-    /// Netlink route handle.
-    pub nl: &'a rtnetlink::Handle,
     /// The agent's datapath (programs and fault table).
     pub dp: &'a crate::ebpf::Datapath,
     /// Traffic-control client.

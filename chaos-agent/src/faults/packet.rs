@@ -6,7 +6,7 @@
 use chaos_common::{F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot};
 
 use super::{ActiveFault, ApplyCtx, FaultError};
-use crate::ebpf::netlink::{self, Hook};
+use crate::tc::Hook;
 use crate::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use crate::ebpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
 use crate::txn::undo::Undo;
@@ -107,7 +107,7 @@ pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64) -> FaultSlot {
 /// mirred redirect of ingress shaping).
 pub async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
     let journal = ctx.txn.journal().clone();
-    if netlink::has_clsact(ctx.nl, ctx.ifindex).await? {
+    if ctx.tc.has_clsact(ctx.ifindex).await? {
         // Shared with earlier faults of ours: whichever fault is reverted last removes it.
         if journal.is_owned("clsact", &ctx.ifname) {
             ctx.txn.record(Undo::Clsact {
@@ -120,7 +120,7 @@ pub async fn ensure_clsact(ctx: &mut ApplyCtx<'_>) -> Result<(), FaultError> {
     ctx.txn.record(Undo::Clsact {
         ifname: ctx.ifname.clone(),
     })?;
-    netlink::add_clsact(&ctx.ifname)?;
+    ctx.tc.add_clsact(ctx.ifindex).await?;
     Ok(())
 }
 

@@ -100,9 +100,8 @@ impl FaultSpec {
 mod tests {
     use super::*;
     use crate::faults::loss::GilbertElliott;
-    use crate::faults::shape::{JitterDistribution, Rate, ShapingBackend};
-    use crate::spec::DEFAULT_MAX_TTL;
-    use crate::target::{Direction, PortRange};
+    use crate::faults::shape::Rate;
+    use crate::target::PortRange;
 
     fn loss(p: f64) -> FaultSpec {
         FaultSpec {

@@ -23,7 +23,7 @@ use super::{OUR_MAJOR, TC_H_ROOT};
 /// tokio runtime that created it and ends when every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct Tc {
-    handle: rtnetlink::Handle,
+    pub(super) handle: rtnetlink::Handle,
     /// A plain socket in the same namespace for dumps (see `dump.rs` for why).
     dump_sock: Arc<Mutex<netlink_sys::Socket>>,
 }
@@ -114,7 +114,7 @@ impl Tc {
     /// Sends a request that expects only an ACK.
     /// Sends a delete request; `false` if the object was already gone (see [`is_gone`]), so that
     /// undo records stay idempotent.
-    async fn delete(
+    pub(super) async fn delete(
         &self,
         op: &'static str,
         ifindex: u32,
@@ -130,7 +130,7 @@ impl Tc {
         }
     }
 
-    async fn ack(
+    pub(super) async fn ack(
         &self,
         op: &'static str,
         ifindex: u32,

@@ -17,6 +17,7 @@ mod dist;
 mod dump;
 mod encode;
 mod error;
+mod filters;
 pub mod raw;
 mod snapshot;
 mod steer;
@@ -32,6 +33,7 @@ pub use encode::{
     htb_class_message, ifb_link_message, mirred_redirect_filter_message, netem_limit,
     qdisc_del_message, qdisc_message, raw_class_message, tc_handle,
 };
+pub use filters::{Hook, OurFilter};
 pub use error::{NotRestorable, TcError, TcHandleFmt, module_for_kind};
 pub use snapshot::{QdiscTree, TcObject, is_faithfully_restorable};
 pub use steer::{

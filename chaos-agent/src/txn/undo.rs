@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::journal::Journal;
-use crate::ebpf::netlink::{self, Hook};
+use crate::sys::ifindex;
+use crate::tc::Hook;
 use crate::ebpf::{AttachMode, Datapath, EbpfError};
 
 /// One reversible kernel change.
@@ -103,8 +104,6 @@ pub enum UndoError {
 /// What an undo needs.
 #[derive(Debug, Clone)]
 pub struct UndoCtx {
-    /// Netlink route handle.
-    pub nl: rtnetlink::Handle,
     /// The journal (for ownership markers).
     pub journal: Journal,
     /// Traffic-control client.
@@ -191,10 +190,10 @@ impl Undo {
                 if *mode != AttachMode::Netlink {
                     return Ok(false);
                 }
-                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                let Ok(ifindex) = ifindex(ifname) else {
                     return Ok(false);
                 };
-                Ok(netlink::delete_our_filter(&ctx.nl, ifindex, *hook, *priority, *handle).await?)
+                Ok(ctx.tc.delete_our_bpf_filter(ifindex, *hook, *priority, *handle).await?)
             }
             Self::TcxLink { .. } => Ok(false),
             Self::NetlinkFilter {
@@ -203,21 +202,21 @@ impl Undo {
                 priority,
                 handle,
             } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                let Ok(ifindex) = ifindex(ifname) else {
                     return Ok(false);
                 };
-                Ok(netlink::delete_our_filter(&ctx.nl, ifindex, *hook, *priority, *handle).await?)
+                Ok(ctx.tc.delete_our_bpf_filter(ifindex, *hook, *priority, *handle).await?)
             }
             Self::Clsact { ifname } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                let Ok(ifindex) = ifindex(ifname) else {
                     ctx.journal.unmark_owned("clsact", ifname)?;
                     return Ok(false);
                 };
                 if !ctx.journal.is_owned("clsact", ifname) {
                     return Ok(false);
                 }
-                let deleted = netlink::delete_clsact_if_unused(&ctx.nl, ifindex).await?;
-                if deleted || !netlink::has_clsact(&ctx.nl, ifindex).await? {
+                let deleted = ctx.tc.delete_clsact_if_unused(ifindex).await?;
+                if deleted || !ctx.tc.has_clsact(ifindex).await? {
                     ctx.journal.unmark_owned("clsact", ifname)?;
                 }
                 Ok(deleted)
@@ -227,7 +226,7 @@ impl Undo {
                 tree,
                 force,
             } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                let Ok(ifindex) = ifindex(ifname) else {
                     return Ok(false);
                 };
                 if ctx.tc.find_ours(ifindex).await?.is_none() {
@@ -240,7 +239,7 @@ impl Undo {
             }
             Self::IfbLink { name } => Ok(ctx.tc.delete_link(name).await?),
             Self::MirredFilter { ifname, prio } => {
-                let Ok(ifindex) = netlink::ifindex(ifname) else {
+                let Ok(ifindex) = ifindex(ifname) else {
                     return Ok(false);
                 };
                 Ok(ctx
