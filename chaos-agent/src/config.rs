@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ebpf::AttachMode;
+use crate::kernel::bpf::AttachMode;
 use crate::engine::EngineConfig;
 use crate::spec::Limits;
 use crate::target::PortRange;

@@ -6,7 +6,7 @@ use std::path::Path;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use serde::Serialize;
 
-use crate::ebpf::{Datapath, attach};
+use crate::kernel::bpf::{Datapath, attach};
 use crate::sys;
 
 /// One capability.
@@ -60,7 +60,7 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
             Err(e) => return kinds.iter().map(|k| (*k, Err(e.to_string()))).collect(),
         };
         rt.block_on(async {
-            let Ok(tc) = crate::tc::Tc::new() else {
+            let Ok(tc) = crate::kernel::tc::Tc::new() else {
                 return kinds
                     .iter()
                     .map(|k| (*k, Err("netlink socket".to_owned())))

@@ -14,9 +14,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_agent::tc::Hook;
-use chaos_agent::ebpf::table::{PROTO_ICMP, PROTO_TCP, Rules};
-use chaos_agent::ebpf::{AttachMode, Counters, Datapath};
+use chaos_agent::kernel::tc::Hook;
+use chaos_agent::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, Rules};
+use chaos_agent::kernel::bpf::{AttachMode, Counters, Datapath};
 use chaos_agent::testing::{VethPair, in_netns};
 use chaos_common::{F_EGRESS_WIRE_DROP, FaultSlot, names, probability_to_threshold};
 
@@ -122,7 +122,7 @@ fn armed() -> FaultSlot {
 
 /// These tests attach with tcx links on purpose (the netlink path is covered by tests/loss.rs).
 fn tcx_or_skip(test: &str) -> bool {
-    let ok = chaos_agent::ebpf::attach::kernel_has_tcx();
+    let ok = chaos_agent::kernel::bpf::attach::kernel_has_tcx();
     if !ok {
         chaos_agent::testing::skip(
             test,

@@ -1,6 +1,6 @@
 //! The kernel programs' decision logic, run by the kernel itself on hand-crafted packets.
 //!
-//! The tests load the agent's datapath (`chaos_agent::ebpf::Datapath`: one object whose two
+//! The tests load the agent's datapath (`chaos_agent::kernel::bpf::Datapath`: one object whose two
 //! programs serve every fault, each fault a slot of the fault table), so the verifier has to
 //! accept both programs; a loaded datapath is reused with every slot released, see [`POOL`].
 //! A fault is installed through the datapath's own API and joined to the hooks of the loopback
@@ -22,9 +22,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 
-use chaos_agent::tc::Hook;
-use chaos_agent::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
-use chaos_agent::ebpf::{Datapath, DirCounters};
+use chaos_agent::kernel::tc::Hook;
+use chaos_agent::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
+use chaos_agent::kernel::bpf::{Datapath, DirCounters};
 use chaos_common::{
     Counter, F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot, MAX_FAULTS, names,
     probability_to_threshold,

@@ -1,5 +1,5 @@
 //! The tc library against the real kernel (root). Each test builds a veth pair in fresh network
-//! namespaces, drives `chaos_agent::tc` inside namespace `a`, and judges the result with
+//! namespaces, drives `chaos_agent::kernel::tc` inside namespace `a`, and judges the result with
 //! iproute2 (`tc -j ...`), never with the library under test.
 //!
 //! Run: `cargo test -p chaos-agent --test tc_netlink -- --test-threads=1`
@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::time::Duration;
 
-use chaos_agent::tc::{
+use chaos_agent::kernel::tc::{
     Distribution, HtbClassOptions, HtbOptions, NetemLoss, NetemOptions, NetemRate, NotRestorable,
     OUR_MAJOR, OUR_ROOT, Qdisc, TC_H_INGRESS_HANDLE, TC_H_ROOT, TbfLimit, TbfOptions, Tc, TcError,
     tc_handle,
@@ -385,8 +385,8 @@ fn round_trip(subnet: u8, setup: &str) {
     let tree = in_ns(&p.a, move |tc| async move { tc.snapshot(idx).await }).unwrap();
     // The snapshot survives the crash journal.
     let json = serde_json::to_string(&tree).unwrap();
-    let tree: chaos_agent::tc::QdiscTree = serde_json::from_str(&json).unwrap();
-    chaos_agent::tc::is_faithfully_restorable(&tree).unwrap();
+    let tree: chaos_agent::kernel::tc::QdiscTree = serde_json::from_str(&json).unwrap();
+    chaos_agent::kernel::tc::is_faithfully_restorable(&tree).unwrap();
     in_ns(
         &p.a,
         move |tc| async move { install_agent_tree(&tc, idx).await },
@@ -462,7 +462,7 @@ fn size_table_refused_unless_forced() {
     let idx = ifindex(&p.a, &dev);
     let tree = in_ns(&p.a, move |tc| async move { tc.snapshot(idx).await }).unwrap();
     assert!(matches!(
-        chaos_agent::tc::is_faithfully_restorable(&tree),
+        chaos_agent::kernel::tc::is_faithfully_restorable(&tree),
         Err(NotRestorable::SizeTable { .. })
     ));
     in_ns(
@@ -494,7 +494,7 @@ fn ifb_with_mirred_redirect_under_clsact() {
 /// what the eBPF attach path creates on pre-tcx kernels).
 fn ifb_redirect(subnet: u8, clsact: bool) {
     let (hook, parent) = if clsact {
-        (Qdisc::Clsact, chaos_agent::tc::TC_H_CLSACT_INGRESS)
+        (Qdisc::Clsact, chaos_agent::kernel::tc::TC_H_CLSACT_INGRESS)
     } else {
         (Qdisc::Ingress, TC_H_INGRESS_HANDLE)
     };
@@ -544,7 +544,7 @@ fn ifb_redirect(subnet: u8, clsact: bool) {
     let name = ifb.clone();
     let (f, l) = in_ns(&p.a, move |tc| async move {
         let f = tc.delete_filter(idx, parent, OUR_MAJOR).await?;
-        tc.delete_qdisc(idx, chaos_agent::tc::TC_H_CLSACT, TC_H_INGRESS_HANDLE)
+        tc.delete_qdisc(idx, chaos_agent::kernel::tc::TC_H_CLSACT, TC_H_INGRESS_HANDLE)
             .await?;
         let l = tc.delete_link(&name).await?;
         // Idempotent undo: a second delete reports "already gone".
@@ -629,7 +629,7 @@ fn class_packets(ns: &NetNs, dev: &str, classid: &str) -> u64 {
 
 #[test]
 fn steering_root_sends_only_prioritised_packets_to_the_fault() {
-    use chaos_agent::tc::{default_leaf_from, fault_classid, fault_leaf_handle};
+    use chaos_agent::kernel::tc::{default_leaf_from, fault_classid, fault_leaf_handle};
     let p = VethPair::new(214);
     let dev = p.a_if.clone();
     // A host leaf with options, to check that untargeted traffic keeps its kind of queue.
@@ -737,7 +737,7 @@ fn read_back_or_skip(test: &str, subnet: u8, q: Qdisc, check: impl FnOnce(&Value
 
 #[test]
 fn fq_parameters_read_back() {
-    let o = chaos_agent::tc::FqOptions {
+    let o = chaos_agent::kernel::tc::FqOptions {
         limit: Some(20_000),
         flow_limit: Some(1000),
         horizon: Some(Duration::from_secs(10)),
@@ -754,7 +754,7 @@ fn fq_parameters_read_back() {
 
 #[test]
 fn prio_parameters_read_back() {
-    let o = chaos_agent::tc::PrioOptions {
+    let o = chaos_agent::kernel::tc::PrioOptions {
         bands: 4,
         priomap: [3, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
     };

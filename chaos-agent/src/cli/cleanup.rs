@@ -13,7 +13,7 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     let rt = super::runtime()?;
     let report = rt.block_on(async {
         let journal = Journal::open(state_dir)?;
-        let tc = crate::tc::Tc::new()?;
+        let tc = crate::kernel::tc::Tc::new()?;
         anyhow::Ok(reconcile::run(&UndoCtx { journal, tc, dp: None }).await)
     })?;
     if args.json {

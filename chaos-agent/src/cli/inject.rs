@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{InjectArgs, UsageError};
-use crate::ebpf::Counters;
+use crate::kernel::bpf::Counters;
 use crate::engine::{self, Engine, Requester, RevertReason, RevertReport};
 use crate::metrics::Metrics;
 use crate::faults::FaultSpec;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::ebpf::AttachMode;
+use crate::kernel::bpf::AttachMode;
 use crate::engine::{EngineConfig, FaultId};
 use crate::target::{Direction, PortRange, Proto};
 use crate::sys::paths;

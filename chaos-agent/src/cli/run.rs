@@ -26,7 +26,7 @@ struct Overrides {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
-    attach_mode: Option<crate::ebpf::AttachMode>,
+    attach_mode: Option<crate::kernel::bpf::AttachMode>,
     log_format: Option<crate::config::LogFormat>,
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ebpf::{AttachMode, Counters};
+use crate::kernel::bpf::{AttachMode, Counters};
 use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
 use crate::metrics::Metrics;
 use crate::faults::FaultSpec;
@@ -249,8 +249,8 @@ struct State {
 struct Inner {
     cfg: RwLock<EngineConfig>,
     journal: Journal,
-    tc: crate::tc::Tc,
-    dp: crate::ebpf::Datapath,
+    tc: crate::kernel::tc::Tc,
+    dp: crate::kernel::bpf::Datapath,
     state: Mutex<State>,
     /// Serialises kernel changes (apply, undo) between faults; never held with `state`.
     kernel: Mutex<()>,
@@ -292,8 +292,8 @@ impl Engine {
     ) -> Result<(Self, reconcile::Report), EngineError> {
         sys::raise_memlock();
         let journal = Journal::open(&cfg.state_dir)?;
-        let tc = crate::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
-        let dp = crate::ebpf::Datapath::new();
+        let tc = crate::kernel::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
+        let dp = crate::kernel::bpf::Datapath::new();
         let ctx = UndoCtx {
             journal: journal.clone(),
             tc: tc.clone(),
@@ -356,13 +356,13 @@ impl Engine {
 
     /// The agent's datapath.
     #[must_use]
-    pub fn datapath(&self) -> &crate::ebpf::Datapath {
+    pub fn datapath(&self) -> &crate::kernel::bpf::Datapath {
         &self.inner.dp
     }
 
     /// Loads and verifies the programs now (the daemon does at start), so that the first inject
     /// is map writes and an attach, not a verification.
-    pub fn preload(&self) -> Result<(), crate::ebpf::EbpfError> {
+    pub fn preload(&self) -> Result<(), crate::kernel::bpf::EbpfError> {
         self.inner.dp.load()
     }
 

@@ -171,7 +171,7 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
             .tc
             .delete_filter(
                 *ifindex,
-                crate::tc::TC_H_CLSACT_INGRESS,
+                crate::kernel::tc::TC_H_CLSACT_INGRESS,
                 crate::faults::shape::netem::MIRRED_PRIO,
             )
             .await
@@ -196,7 +196,7 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
         match ctx.tc.find_ours(*ifindex).await {
             Ok(Some(_)) => match ctx
                 .tc
-                .delete_qdisc(*ifindex, crate::tc::TC_H_ROOT, crate::tc::OUR_ROOT)
+                .delete_qdisc(*ifindex, crate::kernel::tc::TC_H_ROOT, crate::kernel::tc::OUR_ROOT)
                 .await
             {
                 Ok(true) => report.add("qdisc_root"),

@@ -26,7 +26,7 @@ pub use spec::FaultSpec;
 
 use std::fmt::Debug;
 
-use crate::ebpf::{AttachMode, Counters, EbpfError};
+use crate::kernel::bpf::{AttachMode, Counters, EbpfError};
 use crate::txn::FaultId;
 use crate::txn::journal::JournalError;
 use crate::txn::Txn;
@@ -47,7 +47,7 @@ pub enum FaultError {
     Sys(#[from] SysError),
     /// A traffic-control request failed (or the kernel lacks a qdisc).
     #[error(transparent)]
-    Tc(#[from] crate::tc::TcError),
+    Tc(#[from] crate::kernel::tc::TcError),
     /// The kernel lacks a module the fault needs; nothing was changed.
     #[error(
         "{what} need the {kind} qdisc, which this kernel lacks: load it with `modprobe {module}` (Debian/Ubuntu ship it in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed"
@@ -100,9 +100,9 @@ pub struct ApplyCtx<'a> {
     /// The transaction: record each undo before the step.
     pub txn: &'a mut Txn,
     /// The agent's datapath (programs and fault table).
-    pub dp: &'a crate::ebpf::Datapath,
+    pub dp: &'a crate::kernel::bpf::Datapath,
     /// Traffic-control client.
-    pub tc: &'a crate::tc::Tc,
+    pub tc: &'a crate::kernel::tc::Tc,
     /// Resolved attach mode (never `Auto`).
     pub attach_mode: AttachMode,
     /// Ports that are never faulted unless the spec says `include_protected`.

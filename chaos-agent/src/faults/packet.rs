@@ -6,9 +6,9 @@
 use chaos_common::{F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot};
 
 use super::{ActiveFault, ApplyCtx, FaultError};
-use crate::tc::Hook;
-use crate::ebpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
-use crate::ebpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
+use crate::kernel::tc::Hook;
+use crate::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
+use crate::kernel::bpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
 use crate::txn::undo::Undo;
 use super::FaultSpec;
 use crate::target::{PortRange, Proto};

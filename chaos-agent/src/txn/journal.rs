@@ -231,7 +231,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tc::Hook;
+    use crate::kernel::tc::Hook;
 
     #[test]
     fn write_load_remove() {

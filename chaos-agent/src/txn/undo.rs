@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::Journal;
 use crate::sys::ifindex;
-use crate::tc::Hook;
-use crate::ebpf::{AttachMode, Datapath, EbpfError};
+use crate::kernel::tc::Hook;
+use crate::kernel::bpf::{AttachMode, Datapath, EbpfError};
 
 /// One reversible kernel change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ pub enum Undo {
         /// Interface.
         ifname: String,
         /// The snapshot.
-        tree: Box<crate::tc::QdiscTree>,
+        tree: Box<crate::kernel::tc::QdiscTree>,
         /// Restore even what cannot be checked exactly.
         force: bool,
     },
@@ -95,7 +95,7 @@ pub enum UndoError {
     Kernel(#[from] EbpfError),
     /// A traffic-control request failed.
     #[error(transparent)]
-    Tc(#[from] crate::tc::TcError),
+    Tc(#[from] crate::kernel::tc::TcError),
     /// The journal could not be updated.
     #[error(transparent)]
     Journal(#[from] super::journal::JournalError),
@@ -107,7 +107,7 @@ pub struct UndoCtx {
     /// The journal (for ownership markers).
     pub journal: Journal,
     /// Traffic-control client.
-    pub tc: crate::tc::Tc,
+    pub tc: crate::kernel::tc::Tc,
     /// The live agent's datapath (`None` in `cleanup`, which only replays dead agents').
     pub dp: Option<Datapath>,
 }
@@ -244,7 +244,7 @@ impl Undo {
                 };
                 Ok(ctx
                     .tc
-                    .delete_filter(ifindex, crate::tc::TC_H_CLSACT_INGRESS, *prio)
+                    .delete_filter(ifindex, crate::kernel::tc::TC_H_CLSACT_INGRESS, *prio)
                     .await?)
             }
         }

@@ -24,7 +24,7 @@ use super::super::{ApplyCtx, FaultError, FaultSpec};
 use super::{JitterDistribution, ShapeSpec, ShapingBackend};
 use crate::txn::undo::Undo;
 use crate::target::Direction;
-use crate::tc::{
+use crate::kernel::tc::{
     Distribution, FqOptions, NetemOptions, OUR_ROOT, Qdisc, QdiscTree, TC_H_CLSACT_INGRESS,
     TC_H_ROOT, TcError, default_leaf_from, fault_classid, is_faithfully_restorable, netem_limit,
 };
@@ -253,7 +253,7 @@ async fn journal_root(
 ) -> Result<QdiscTree, FaultError> {
     let tree = ctx.tc.snapshot(ifindex).await?;
     if let Some(root) = tree.root()
-        && (root.handle >> 16) as u16 == crate::tc::OUR_MAJOR
+        && (root.handle >> 16) as u16 == crate::kernel::tc::OUR_MAJOR
     {
         return Err(FaultError::Busy {
             ifname: ifname.to_owned(),

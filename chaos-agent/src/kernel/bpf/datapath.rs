@@ -25,7 +25,7 @@ use chaos_common::{
     HookEntry, MAX_FAULTS, MAX_HOOKS, PortEntry, counter_index, hook_key, names,
 };
 
-use crate::tc::Hook;
+use crate::kernel::tc::Hook;
 use super::table::{Prefix, Rules, Table, TableSink, Trie};
 use super::{AttachMode, Counters, DirCounters, EbpfError, map_error};
 

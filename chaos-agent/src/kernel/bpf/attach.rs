@@ -6,7 +6,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
-use crate::tc::Hook;
+use crate::kernel::tc::Hook;
 use super::EbpfError;
 
 /// Priority of our `cls_bpf` filters on the netlink path (`0xC4A0`, "chaos"). Lower numbers run

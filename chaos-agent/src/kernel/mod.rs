@@ -1,0 +1,10 @@
+//! The kernel mechanisms the fault types share, each change next to its undo:
+//! - [`bpf`]: the eBPF datapath (programs loaded once per agent, attached once per interface
+//!   and direction over tcx or `cls_bpf`) and its fault table;
+//! - [`tc`]: traffic control over rtnetlink (qdiscs, classes, filters, IFB devices, clsact),
+//!   and the exact snapshot and restore of a device's qdisc tree.
+//!
+//! Their undo records are in `txn::undo`, which journals them before each change.
+
+pub mod bpf;
+pub mod tc;
