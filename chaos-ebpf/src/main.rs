@@ -275,7 +275,10 @@ fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
     if walk.done & STEERED != 0 {
         count(walk.steer_slot, dir, Counter::Steered);
     }
-    if walk.done & STAMPED != 0 && walk.stamp_slot != walk.steer_slot {
+    // A slot that both steered and stamped is counted once.
+    if walk.done & STAMPED != 0
+        && (walk.done & STEERED == 0 || walk.stamp_slot != walk.steer_slot)
+    {
         count(walk.stamp_slot, dir, Counter::Steered);
     }
     if walk.done & STAMPED != 0 && matches!(dir, Dir::Egress) {
