@@ -18,5 +18,4 @@ pub mod metrics;
 pub mod spec;
 pub mod sys;
 pub mod target;
-pub mod testing;
 pub mod txn;

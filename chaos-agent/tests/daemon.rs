@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_agent::testing::{self, VethPair};
+use chaos_testing::{self as testing, VethPair};
 use serde_json::Value;
 
 fn bin() -> PathBuf {

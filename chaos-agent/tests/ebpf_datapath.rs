@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chaos_agent::kernel::tc::Hook;
 use chaos_agent::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, Rules};
 use chaos_agent::kernel::bpf::{AttachMode, Counters, Datapath};
-use chaos_agent::testing::{VethPair, in_netns};
+use chaos_testing::{VethPair, in_netns};
 use chaos_common::{F_EGRESS_WIRE_DROP, FaultSlot, names, probability_to_threshold};
 
 fn monotonic_ns() -> u64 {
@@ -68,7 +68,7 @@ fn release(dp: &Datapath, slot: u32) {
 /// these tests attach to one interface only.)
 fn linked(ids: &[u32]) -> Vec<String> {
     let json = |args: &[&str]| -> serde_json::Value {
-        let out = chaos_agent::testing::run("bpftool", args);
+        let out = chaos_testing::run("bpftool", args);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bpftool {args:?}: {e}"))
     };
     let links = json(&["-j", "link", "show"]);
@@ -124,7 +124,7 @@ fn armed() -> FaultSlot {
 fn tcx_or_skip(test: &str) -> bool {
     let ok = chaos_agent::kernel::bpf::attach::kernel_has_tcx();
     if !ok {
-        chaos_agent::testing::skip(
+        chaos_testing::skip(
             test,
             "kernel has no tcx (< 6.6); tests/loss.rs covers the netlink path",
         );

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use chaos_agent::testing::{VethPair, have_tool, run, skip};
+use chaos_testing::{VethPair, have_tool, run, skip};
 
 /// Whether we run in the `cargo xtask vm-test` guest.
 fn in_vm() -> bool {
@@ -159,7 +159,7 @@ fn clsact_u32_mirred_and_ifb_work() {
         return;
     }
     let pair = VethPair::new(34);
-    let ifb = chaos_agent::testing::unique_name("ifb");
+    let ifb = chaos_testing::unique_name("ifb");
     pair.a.exec("ip", ["link", "add", &ifb, "type", "ifb"]);
     pair.a.exec("ip", ["link", "set", &ifb, "up"]);
     pair.a
@@ -209,7 +209,7 @@ fn cgroup2_offers_the_resource_controllers() {
         }
         // Delegated to children (the guest's /init enables them), so a child group gets the
         // interface files the resource faults write.
-        let child = Path::new("/sys/fs/cgroup").join(chaos_agent::testing::unique_name("kf"));
+        let child = Path::new("/sys/fs/cgroup").join(chaos_testing::unique_name("kf"));
         std::fs::create_dir(&child).expect("create a child cgroup");
         let files = ["cpu.max", "memory.high", "io.max", "cpu.pressure"];
         let absent: Vec<&str> = files
@@ -248,7 +248,7 @@ fn bpf_prerequisites_are_in_place() {
     let out = run("bpftool", ["-j", "prog", "show"]);
     let _: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("bpftool -j prog show prints JSON");
-    let agent = chaos_agent::testing::agent_bin("");
+    let agent = chaos_testing::agent_bin("");
     assert!(
         agent.is_file(),
         "CHAOS_AGENT_BIN={} is not a file",
@@ -300,12 +300,12 @@ fn tools_the_tests_judge_with_run() {
     // Through `sh -c` too, as many tests call them: the guest's shell must find iproute2's tc
     // on PATH, not a busybox applet of the same name.
     if in_vm() || have_tool("tc") {
-        let version = chaos_agent::testing::sh("tc -V 2>&1");
+        let version = chaos_testing::sh("tc -V 2>&1");
         assert!(version.contains("iproute2"), "sh -c tc runs {version}");
     }
     // util-linux's setpriv (dropping privileges in tests), not busybox's, which lacks --reuid.
     if have_tool("setpriv") {
-        let help = chaos_agent::testing::sh("setpriv --help 2>&1");
+        let help = chaos_testing::sh("setpriv --help 2>&1");
         assert!(
             help.contains("--reuid"),
             "setpriv is not util-linux's: {help}"

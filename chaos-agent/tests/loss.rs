@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_agent::testing::{
+use chaos_testing::{
     AgentProcess, NetNs, TempDir, UdpRun, VethPair, agent_programs_still_loaded, tc_filters,
     tc_qdiscs, udp_run,
 };
 use nix::sys::signal::Signal;
 
 fn bin() -> std::path::PathBuf {
-    chaos_agent::testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+    chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
 }
 
 /// Starts `chaos-agent inject` in `ns` with a private state dir and waits until the fault is in.
@@ -23,7 +23,7 @@ fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> (AgentProcess, String) 
     // What `no_kernel_state_left` checks later: a loss fault is eBPF, so an agent holding no
     // program here would make that check vacuous.
     assert!(
-        !chaos_agent::testing::prog_ids_of(agent.pid()).is_empty(),
+        !chaos_testing::prog_ids_of(agent.pid()).is_empty(),
         "the agent holds no BPF program after injecting"
     );
     (agent, id)
@@ -278,7 +278,7 @@ fn an_old_journal_from_per_fault_programs_is_replayed_by_cleanup() {
     let before = tc_qdiscs(&pair.a, &pair.a_if);
     const HANDLE: u32 = 0x19d5_0501;
     let ifname = pair.a_if.clone();
-    chaos_agent::testing::in_netns(&pair.a, move || {
+    chaos_testing::in_netns(&pair.a, move || {
         let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
         let mut ebpf = aya::EbpfLoader::new()
             .load(chaos_agent::EBPF_OBJECT)
@@ -493,7 +493,7 @@ fn tcp_egress_loss_is_wire_loss_so_the_sender_retransmits() {
 fn after_ttl_traffic_flows_and_nothing_is_left() {
     let pair = VethPair::new(17);
     let state = TempDir::new("chst");
-    let ttl = chaos_agent::testing::test_ttl(2);
+    let ttl = chaos_testing::test_ttl(2);
     let (agent, _) = inject(
         &pair.a,
         &state,
@@ -520,7 +520,7 @@ fn after_ttl_traffic_flows_and_nothing_is_left() {
 #[test]
 fn sigkill_on_tcx_detaches_at_once_and_cleanup_clears_the_journal() {
     if !chaos_agent::kernel::bpf::attach::kernel_has_tcx() {
-        chaos_agent::testing::skip("sigkill_on_tcx", "kernel has no tcx (< 6.6)");
+        chaos_testing::skip("sigkill_on_tcx", "kernel has no tcx (< 6.6)");
         return;
     }
     let pair = VethPair::new(18);
@@ -570,7 +570,7 @@ fn sigkill_on_netlink_path_kernel_deadline_then_cleanup() {
     let pair = VethPair::new(19);
     let state = TempDir::new("chst");
     let qdiscs_before = tc_qdiscs(&pair.a, &pair.a_if);
-    let ttl_s = if chaos_agent::testing::in_vm() { 16 } else { 4 };
+    let ttl_s = if chaos_testing::in_vm() { 16 } else { 4 };
     let ttl = format!("{ttl_s}s");
     let (agent, _) = inject(
         &pair.a,

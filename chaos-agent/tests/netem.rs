@@ -6,14 +6,14 @@
 
 use std::time::Duration;
 
-use chaos_agent::testing::{
+use chaos_testing::{
     AgentProcess, NetNs, TempDir, UdpRun, VethPair, attached_programs, have_qdisc, median,
     ping_rtts, skip, tc_qdiscs, udp_run,
 };
 use nix::sys::signal::Signal;
 
 fn bin() -> std::path::PathBuf {
-    chaos_agent::testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+    chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
 }
 
 fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> AgentProcess {
@@ -400,7 +400,7 @@ fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
     } else {
         &["--rate", "50mbit"]
     };
-    let short = chaos_agent::testing::test_ttl(2);
+    let short = chaos_testing::test_ttl(2);
     let args = |ttl: &str| {
         let mut v = vec![
             "--ttl".to_owned(),

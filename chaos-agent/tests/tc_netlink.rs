@@ -13,7 +13,7 @@ use chaos_agent::kernel::tc::{
     OUR_MAJOR, OUR_ROOT, Qdisc, TC_H_INGRESS_HANDLE, TC_H_ROOT, TbfLimit, TbfOptions, Tc, TcError,
     tc_handle,
 };
-use chaos_agent::testing::{NetNs, VethPair, skip};
+use chaos_testing::{NetNs, VethPair, skip};
 use serde_json::Value;
 
 /// Runs `f` with a [`Tc`] whose socket lives in `ns`: a dedicated thread enters the namespace
@@ -78,7 +78,7 @@ fn ms(v: u64) -> Duration {
 
 /// Whether this kernel has netem (probing with iproute2, independent of the library).
 fn have_netem(ns: &NetNs, dev: &str) -> bool {
-    let ok = chaos_agent::testing::sh_ok(&format!(
+    let ok = chaos_testing::sh_ok(&format!(
         "ip netns exec {} tc qdisc add dev {dev} root handle 9999: netem delay 1ms 2>/dev/null",
         ns.name
     ));
@@ -526,10 +526,10 @@ fn ifb_redirect(subnet: u8, clsact: bool) {
             .trim()
             .parse()
             .unwrap();
-    let _ = chaos_agent::testing::udp_run(
+    let _ = chaos_testing::udp_run(
         &p.b,
         &p.a,
-        &chaos_agent::testing::UdpRun::new(&p.a_ip, 9, 5),
+        &chaos_testing::UdpRun::new(&p.a_ip, 9, 5),
     );
     let tx_after: u64 =
         p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets"))
@@ -555,7 +555,7 @@ fn ifb_redirect(subnet: u8, clsact: bool) {
     .unwrap();
     assert!(f && l);
     assert!(
-        !chaos_agent::testing::sh_ok(&format!("ip netns exec {} ip link show {ifb}", p.a.name)),
+        !chaos_testing::sh_ok(&format!("ip netns exec {} ip link show {ifb}", p.a.name)),
         "IFB left behind"
     );
     let left = p.a.sh(&format!("tc qdisc show dev {dev}"));
@@ -589,7 +589,7 @@ fn in_netns_binds_the_socket_to_that_namespace() {
 /// `skb->priority`) from namespace `a` to `b`'s discard port.
 fn send_with_priority(p: &VethPair, classid: u32, count: u32) {
     let dst: std::net::SocketAddr = format!("{}:9", p.b_ip).parse().unwrap();
-    chaos_agent::testing::in_netns(&p.a, move || {
+    chaos_testing::in_netns(&p.a, move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         // SO_PRIORITY takes the class id as a raw u32 (it exceeds a C int's positive range).
         let prio: u32 = classid;

@@ -773,13 +773,20 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Whether a qdisc kind is available (probed in a throwaway namespace).
+/// Whether the kernel has a qdisc kind, asked of `tc` itself (never of the agent's own probe,
+/// whose answer the tests are there to check): `tc qdisc add dev lo root handle 1: KIND` in a
+/// throwaway namespace. iproute2 says "Specified qdisc kind is unknown" (netlink ENOENT) when
+/// the kernel has no such kind; any other outcome (added, or options rejected) means it has.
 #[must_use]
 pub fn have_qdisc(kind: &'static str) -> bool {
-    matches!(
-        crate::doctor::probe_qdiscs(&[kind]).first(),
-        Some((_, Ok(crate::doctor::QdiscProbe::Present)))
-    )
+    let ns = NetNs::new(&unique_name("chq"));
+    let out = ns
+        .command("tc")
+        .args(["qdisc", "add", "dev", "lo", "root", "handle", "1:", kind])
+        .output()
+        .expect("run tc");
+    let err = String::from_utf8_lossy(&out.stderr);
+    !(err.contains("Specified qdisc kind is unknown") || err.contains("No such file or directory"))
 }
 
 /// Programs attached to an interface (tcx links and tc filters), per `bpftool -j net show dev`.
