@@ -779,7 +779,7 @@ pub fn median(v: &[f64]) -> f64 {
 /// the kernel has no such kind; any other outcome (added, or options rejected) means it has.
 #[must_use]
 pub fn have_qdisc(kind: &'static str) -> bool {
-    let ns = NetNs::new(&unique_name("chq"));
+    let ns = NetNs::new("chq");
     let out = ns
         .command("tc")
         .args(["qdisc", "add", "dev", "lo", "root", "handle", "1:", kind])
