@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::bpf::AttachMode;
 use crate::engine::EngineConfig;
+use crate::kernel::bpf::AttachMode;
 use crate::spec::Limits;
-use crate::target::PortRange;
 use crate::sys::paths;
+use crate::target::PortRange;
 
 /// Errors loading or validating a configuration file.
 #[derive(Debug, thiserror::Error)]

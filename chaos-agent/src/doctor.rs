@@ -87,12 +87,11 @@ pub fn probe_qdiscs(kinds: &[&'static str]) -> Vec<(&'static str, Result<QdiscPr
                 };
                 msg.attributes.push(TcAttribute::Kind(kind.to_owned()));
                 let r = match tc.probe_qdisc(1, msg).await {
-                    Ok(()) => Ok(QdiscProbe::Present),
                     // ENOENT = unknown kind. Anything else (EINVAL for missing options) means the
                     // kernel found the kind and rejected our empty options: present.
                     Err(libc::ENOENT) => Ok(QdiscProbe::Missing),
                     Err(libc::EIO) => Err("netlink request failed".to_owned()),
-                    Err(_) => Ok(QdiscProbe::Present),
+                    Ok(()) | Err(_) => Ok(QdiscProbe::Present),
                 };
                 out.push((kind, r));
             }
@@ -155,7 +154,7 @@ pub fn run() -> Vec<Check> {
         "ebpf",
         ebpf.is_ok(),
         ebpf.as_ref()
-            .map_or_else(std::string::ToString::to_string, |_| {
+            .map_or_else(std::string::ToString::to_string, |()| {
                 "tc programs load and pass the verifier".to_owned()
             }),
         "loss, steering",

@@ -15,7 +15,6 @@ pub fn parse_fraction(s: &str) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-
 /// Limits a spec is validated against (from the agent's configuration).
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -160,7 +159,6 @@ pub fn check_prob(what: &'static str, v: f64, allow_zero: bool) -> Result<(), Sp
         })
     }
 }
-
 
 /// clap value parser: a probability in (0, 1], as `0.1` or `10%`.
 pub fn parse_probability_arg(s: &str) -> Result<f64, String> {

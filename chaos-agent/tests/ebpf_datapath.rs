@@ -14,11 +14,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_agent::kernel::tc::Hook;
 use chaos_agent::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, Rules};
 use chaos_agent::kernel::bpf::{AttachMode, Counters, Datapath};
-use chaos_testing::{VethPair, in_netns};
+use chaos_agent::kernel::tc::Hook;
 use chaos_common::{F_EGRESS_WIRE_DROP, FaultSlot, names, probability_to_threshold};
+use chaos_testing::{VethPair, in_netns};
 
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

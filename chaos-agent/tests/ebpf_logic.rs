@@ -22,9 +22,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 
-use chaos_agent::kernel::tc::Hook;
 use chaos_agent::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use chaos_agent::kernel::bpf::{Datapath, DirCounters};
+use chaos_agent::kernel::tc::Hook;
 use chaos_common::{
     Counter, F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot, MAX_FAULTS, names,
     probability_to_threshold,
@@ -1240,7 +1240,10 @@ fn a_packet_a_later_fault_drops_is_not_counted_as_steered() {
     let h = Harness::new();
     let shaper = h.add(&base().flags(F_STEER).cfg(|c| c.steer_priority = class));
     let dropper = h.add(&drop_all());
-    assert!(shaper < dropper, "slots are walked in order: {shaper} then {dropper}");
+    assert!(
+        shaper < dropper,
+        "slots are walked in order: {shaper} then {dropper}"
+    );
     let out = h.run_full(Hook::Egress, &pkt4(A, B, &L4::Tcp(1, 2)), 1);
     assert_eq!((out.retval, out.ctx.priority()), (TC_ACT_SHOT, 0));
     assert_eq!(h.counters_of(shaper, Hook::Egress), [1, 1, 0, 0, 0, 0]);

@@ -2,6 +2,7 @@
 //! namespaces, measured at the receiver and with bpftool/tc. Runs as root (`cargo xtask test`)
 //! and in the Debian 6.1 VM (netlink attach path).
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use chaos_testing::{
@@ -187,13 +188,19 @@ fn sixteen_thousand_prefixes_from_a_file_match_exactly() {
     let mut list = String::from("# 16,384 IPv4 and 16,384 IPv6 prefixes, the targets last\n");
     // 16,383 IPv4 /32s in 100.64.0.0/10 (no traffic goes there), then the target host.
     for i in 0..16_383u32 {
-        list.push_str(&format!("100.{}.{}.{}/32\n", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff));
+        let _ = writeln!(
+            list,
+            "100.{}.{}.{}/32",
+            64 + (i >> 16),
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
     }
     list.push_str("10.24.0.3/32   # the target, last line\n");
     for i in 0..16_383u32 {
-        list.push_str(&format!("2001:db8:{:x}::/48\n", i));
+        let _ = writeln!(list, "2001:db8:{i:x}::/48");
     }
-    list.push_str(&format!("{}/128\n", pair.b_ip6));
+    let _ = writeln!(list, "{}/128", pair.b_ip6);
     let files = TempDir::new("chpf");
     let file = files.0.join("targets.txt");
     std::fs::write(&file, list).expect("write the prefix file");
@@ -240,9 +247,16 @@ fn a_prefix_file_over_the_limit_is_refused() {
     let pair = VethPair::new(25);
     let state = TempDir::new("chst");
     let before = host_state(&pair, &state);
-    let list: String = (0..16_385u32)
-        .map(|i| format!("100.{}.{}.{}/32\n", 64 + (i >> 16), (i >> 8) & 0xff, i & 0xff))
-        .collect();
+    let mut list = String::new();
+    for i in 0..16_385u32 {
+        let _ = writeln!(
+            list,
+            "100.{}.{}.{}/32",
+            64 + (i >> 16),
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+    }
     let files = TempDir::new("chpf");
     let file = files.0.join("too-many.txt");
     std::fs::write(&file, list).expect("write the prefix file");
@@ -250,7 +264,16 @@ fn a_prefix_file_over_the_limit_is_refused() {
         .a
         .command(bin().to_str().expect("utf-8"))
         .args(["--state-dir", state.str()])
-        .args(["inject", "--loss", "1", "--ttl", "10s", "--iface", &pair.a_if, "--dest-file"])
+        .args([
+            "inject",
+            "--loss",
+            "1",
+            "--ttl",
+            "10s",
+            "--iface",
+            &pair.a_if,
+            "--dest-file",
+        ])
         .arg(&file)
         .output()
         .expect("run chaos-agent");
@@ -265,18 +288,18 @@ fn a_prefix_file_over_the_limit_is_refused() {
 
 /// A journal written by the version before the shared fault table (one program copy per fault,
 /// journaled as `clsact` + one `netlink_filter` per hook, handle = the fault's id) still
-/// replays. The file is the one that version wrote for a SIGKILLed netlink-path agent
+/// replays. The file is the one that version wrote for a `SIGKILL`ed netlink-path agent
 /// (`tests/fixtures/journal-v1-per-fault-programs.json`, captured from it); the test makes the
 /// kernel state that agent left (its clsact, and its two direct-action `cls_bpf` filters named
-/// `chaos_tc_in`/`chaos_tc_eg` at priority 0xC4A0 with that handle) and runs `cleanup`.
+/// `chaos_tc_in`/`chaos_tc_eg` at priority `0xC4A0` with that handle) and runs `cleanup`.
 #[test]
 fn an_old_journal_from_per_fault_programs_is_replayed_by_cleanup() {
     use aya::programs::tc::{NlOptions, TcAttachOptions, TcHandle};
     use aya::programs::{SchedClassifier, TcAttachType};
+    const HANDLE: u32 = 0x19d5_0501;
     let pair = VethPair::new(26);
     let state = TempDir::new("chst");
     let before = tc_qdiscs(&pair.a, &pair.a_if);
-    const HANDLE: u32 = 0x19d5_0501;
     let ifname = pair.a_if.clone();
     chaos_testing::in_netns(&pair.a, move || {
         let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
@@ -322,8 +345,11 @@ fn an_old_journal_from_per_fault_programs_is_replayed_by_cleanup() {
     std::fs::create_dir_all(&dir).expect("journal dir");
     std::fs::create_dir_all(state.0.join("owned")).expect("owned dir");
     std::fs::write(dir.join("f-19d50501.json"), journal).expect("write the journal");
-    std::fs::write(state.0.join("owned").join(format!("clsact-{}", pair.a_if)), "")
-        .expect("write the clsact marker");
+    std::fs::write(
+        state.0.join("owned").join(format!("clsact-{}", pair.a_if)),
+        "",
+    )
+    .expect("write the clsact marker");
     let out = pair
         .a
         .command(bin().to_str().expect("utf-8"))
@@ -331,12 +357,19 @@ fn an_old_journal_from_per_fault_programs_is_replayed_by_cleanup() {
         .output()
         .expect("run cleanup");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_str(&text).expect("cleanup --json");
     assert_eq!(report["journals_replayed"], 1, "{report}");
     assert_eq!(report["removed_by_kind"]["tc_filter"], 2, "{report}");
     assert_eq!(report["removed_by_kind"]["clsact"], 1, "{report}");
-    assert!(report["errors"].as_array().is_some_and(Vec::is_empty), "{report}");
+    assert!(
+        report["errors"].as_array().is_some_and(Vec::is_empty),
+        "{report}"
+    );
     no_kernel_state_left(&pair);
     assert_eq!(tc_qdiscs(&pair.a, &pair.a_if), before, "the clsact is gone");
     assert_eq!(

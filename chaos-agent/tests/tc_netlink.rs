@@ -526,11 +526,7 @@ fn ifb_redirect(subnet: u8, clsact: bool) {
             .trim()
             .parse()
             .unwrap();
-    let _ = chaos_testing::udp_run(
-        &p.b,
-        &p.a,
-        &chaos_testing::UdpRun::new(&p.a_ip, 9, 5),
-    );
+    let _ = chaos_testing::udp_run(&p.b, &p.a, &chaos_testing::UdpRun::new(&p.a_ip, 9, 5));
     let tx_after: u64 =
         p.a.sh(&format!("cat /sys/class/net/{ifb}/statistics/tx_packets"))
             .trim()
@@ -544,8 +540,12 @@ fn ifb_redirect(subnet: u8, clsact: bool) {
     let name = ifb.clone();
     let (f, l) = in_ns(&p.a, move |tc| async move {
         let f = tc.delete_filter(idx, parent, OUR_MAJOR).await?;
-        tc.delete_qdisc(idx, chaos_agent::kernel::tc::TC_H_CLSACT, TC_H_INGRESS_HANDLE)
-            .await?;
+        tc.delete_qdisc(
+            idx,
+            chaos_agent::kernel::tc::TC_H_CLSACT,
+            TC_H_INGRESS_HANDLE,
+        )
+        .await?;
         let l = tc.delete_link(&name).await?;
         // Idempotent undo: a second delete reports "already gone".
         let again = tc.delete_link(&name).await?;

@@ -239,8 +239,8 @@ pub struct FaultSlot {
     /// across the walk's calls (a computed slot number does, and the callback's states would
     /// never converge).
     pub index: u32,
-    /// Explicit padding to a multiple of 8.
-    pub _pad: u32,
+    /// Reserved (explicit padding to a multiple of 8); zero.
+    pub reserved: u32,
 }
 const _: () = assert!(core::mem::size_of::<FaultSlot>() == 48);
 const _: () = assert!(core::mem::offset_of!(FaultSlot, expires_at_ns) == 8);
@@ -299,7 +299,7 @@ mod tests {
         assert!(!a.contains(1) && !a.contains(128));
         let b = Bitmap::single(64);
         assert_eq!(a.and(&b), b);
-        assert_eq!(a.and_not(&b).contains(64), false);
+        assert!(!a.and_not(&b).contains(64));
         assert_eq!(Bitmap::EMPTY.or(&b), b);
         a.remove(255);
         assert!(!a.contains(255));

@@ -29,10 +29,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_EDT, F_EGRESS_WIRE_DROP,
-    F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_FAULTS, MAX_HOOKS,
-    MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
-    PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
+    BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_EDT, F_EGRESS_WIRE_DROP, F_STEER,
+    FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_FAULTS, MAX_HOOKS, MAX_TRIE_ENTRIES,
+    PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP,
+    PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
 };
 
 use core::ffi::c_void;
@@ -276,8 +276,7 @@ fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
         count(walk.steer_slot, dir, Counter::Steered);
     }
     // A slot that both steered and stamped is counted once.
-    if walk.done & STAMPED != 0
-        && (walk.done & STEERED == 0 || walk.stamp_slot != walk.steer_slot)
+    if walk.done & STAMPED != 0 && (walk.done & STEERED == 0 || walk.stamp_slot != walk.steer_slot)
     {
         count(walk.stamp_slot, dir, Counter::Steered);
     }

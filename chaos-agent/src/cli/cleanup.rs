@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::CleanupArgs;
-use crate::txn::journal::Journal;
 use crate::engine::reconcile;
+use crate::txn::journal::Journal;
 use crate::txn::undo::UndoCtx;
 
 pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCode> {
@@ -14,7 +14,14 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     let report = rt.block_on(async {
         let journal = Journal::open(state_dir)?;
         let tc = crate::kernel::tc::Tc::new()?;
-        anyhow::Ok(reconcile::run(&UndoCtx { journal, tc, dp: None }).await)
+        anyhow::Ok(
+            reconcile::run(&UndoCtx {
+                journal,
+                tc,
+                dp: None,
+            })
+            .await,
+        )
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -12,10 +12,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{InjectArgs, UsageError};
-use crate::kernel::bpf::Counters;
 use crate::engine::{self, Engine, Requester, RevertReason, RevertReport};
-use crate::metrics::Metrics;
 use crate::faults::FaultSpec;
+use crate::kernel::bpf::Counters;
+use crate::metrics::Metrics;
 use crate::target::Target;
 
 /// Builds the spec from the flags.

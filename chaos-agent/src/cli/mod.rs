@@ -14,10 +14,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
-use crate::kernel::bpf::AttachMode;
 use crate::engine::{EngineConfig, FaultId};
-use crate::target::{Direction, PortRange, Proto};
+use crate::kernel::bpf::AttachMode;
 use crate::sys::paths;
+use crate::target::{Direction, PortRange, Proto};
 
 /// chaos-agent: inject real, self-expiring faults into this host.
 #[derive(Debug, Parser)]
@@ -252,9 +252,7 @@ pub fn parse_prefix_list(text: &str, origin: &str) -> Result<Vec<IpNet>, UsageEr
         if entry.is_empty() {
             continue;
         }
-        out.push(
-            parse_cidr(entry).map_err(|e| UsageError(format!("{origin}:{}: {e}", i + 1)))?,
-        );
+        out.push(parse_cidr(entry).map_err(|e| UsageError(format!("{origin}:{}: {e}", i + 1)))?);
     }
     Ok(out)
 }
@@ -385,7 +383,8 @@ mod tests {
 
     #[test]
     fn prefix_lists_take_comments_blank_lines_and_bare_addresses() {
-        let text = "# egress to the region\n10.0.0.0/8\n\n  192.0.2.7   # one host\n2001:db8::/32\n";
+        let text =
+            "# egress to the region\n10.0.0.0/8\n\n  192.0.2.7   # one host\n2001:db8::/32\n";
         let nets = parse_prefix_list(text, "f").expect("parses");
         let want: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
             .iter()

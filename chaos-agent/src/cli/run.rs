@@ -147,8 +147,14 @@ async fn daemon(
     // need no eBPF still work, and each packet fault then reports the verifier's reason.
     let t0 = std::time::Instant::now();
     match engine.preload() {
-        Ok(()) => tracing::info!(event = "preload", took_ms = t0.elapsed().as_millis() as u64, "datapath loaded and verified"),
-        Err(e) => tracing::error!(event = "preload", error = %e, "the eBPF datapath does not load on this kernel"),
+        Ok(()) => tracing::info!(
+            event = "preload",
+            took_ms = t0.elapsed().as_millis() as u64,
+            "datapath loaded and verified"
+        ),
+        Err(e) => {
+            tracing::error!(event = "preload", error = %e, "the eBPF datapath does not load on this kernel")
+        }
     }
     {
         let e = engine.clone();

@@ -19,15 +19,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::kernel::bpf::{AttachMode, Counters};
-use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
-use crate::metrics::Metrics;
 use crate::faults::FaultSpec;
+use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
+use crate::kernel::bpf::{AttachMode, Counters};
+use crate::metrics::Metrics;
 use crate::spec::{Limits, SpecError};
-use crate::target::PortRange;
 use crate::sys::{self, SysError};
-use crate::txn::journal::{self, Journal, JournalEntry, JournalError, Owner};
+use crate::target::PortRange;
 use crate::txn::Txn;
+use crate::txn::journal::{self, Journal, JournalEntry, JournalError, Owner};
 use crate::txn::undo::UndoCtx;
 
 /// Why a fault ended.
@@ -292,7 +292,8 @@ impl Engine {
     ) -> Result<(Self, reconcile::Report), EngineError> {
         sys::raise_memlock();
         let journal = Journal::open(&cfg.state_dir)?;
-        let tc = crate::kernel::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
+        let tc =
+            crate::kernel::tc::Tc::new().map_err(|e| EngineError::Apply { source: e.into() })?;
         let dp = crate::kernel::bpf::Datapath::new();
         let ctx = UndoCtx {
             journal: journal.clone(),

@@ -66,7 +66,8 @@ pub async fn run(ctx: &UndoCtx) -> Report {
             report.live_skipped += 1;
             for u in &entry.undo {
                 match u {
-                    Undo::NetlinkFilter { ifname, handle, .. } => {
+                    Undo::NetlinkFilter { ifname, handle, .. }
+                    | Undo::BpfHook { ifname, handle, .. } => {
                         keep_filters.insert((ifname.clone(), *handle));
                     }
                     Undo::Clsact { ifname } => {
@@ -80,9 +81,6 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     }
                     Undo::MirredFilter { ifname, .. } => {
                         keep_mirred.insert(ifname.clone());
-                    }
-                    Undo::BpfHook { ifname, handle, .. } => {
-                        keep_filters.insert((ifname.clone(), *handle));
                     }
                     Undo::TcxLink { .. } | Undo::BpfSlot { .. } => {}
                 }
@@ -151,7 +149,10 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
             if keep.filters.contains(&(ifname.clone(), f.handle)) {
                 continue;
             }
-            match ctx.tc.delete_our_bpf_filter(*ifindex, f.hook, f.priority, f.handle).await
+            match ctx
+                .tc
+                .delete_our_bpf_filter(*ifindex, f.hook, f.priority, f.handle)
+                .await
             {
                 Ok(true) => {
                     tracing::warn!(event = "leftover", iface = %ifname, hook = f.hook.as_str(), handle = f.handle, "removed an unjournaled filter of ours");
@@ -196,7 +197,11 @@ async fn sweep(ctx: &UndoCtx, keep: &Keep, report: &mut Report) {
         match ctx.tc.find_ours(*ifindex).await {
             Ok(Some(_)) => match ctx
                 .tc
-                .delete_qdisc(*ifindex, crate::kernel::tc::TC_H_ROOT, crate::kernel::tc::OUR_ROOT)
+                .delete_qdisc(
+                    *ifindex,
+                    crate::kernel::tc::TC_H_ROOT,
+                    crate::kernel::tc::OUR_ROOT,
+                )
                 .await
             {
                 Ok(true) => report.add("qdisc_root"),

@@ -27,11 +27,11 @@ pub use spec::FaultSpec;
 use std::fmt::Debug;
 
 use crate::kernel::bpf::{AttachMode, Counters, EbpfError};
-use crate::txn::FaultId;
-use crate::txn::journal::JournalError;
-use crate::txn::Txn;
-use crate::target::PortRange;
 use crate::sys::SysError;
+use crate::target::PortRange;
+use crate::txn::FaultId;
+use crate::txn::Txn;
+use crate::txn::journal::JournalError;
 
 /// Errors while applying or changing a fault.
 #[derive(Debug, thiserror::Error)]

@@ -5,13 +5,13 @@
 
 use chaos_common::{F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot};
 
+use super::FaultSpec;
 use super::{ActiveFault, ApplyCtx, FaultError};
-use crate::kernel::tc::Hook;
 use crate::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use crate::kernel::bpf::{AttachMode, Counters, Datapath, attach::NETLINK_PRIORITY};
-use crate::txn::undo::Undo;
-use super::FaultSpec;
+use crate::kernel::tc::Hook;
 use crate::target::{PortRange, Proto};
+use crate::txn::undo::Undo;
 
 /// A classifier slot in force (loss and/or steering).
 #[derive(Debug)]

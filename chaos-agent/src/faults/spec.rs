@@ -40,7 +40,6 @@ pub struct FaultSpec {
     pub label: Option<String>,
 }
 
-
 impl FaultSpec {
     /// Checks everything that can be checked without touching the kernel.
     pub fn validate(&self, limits: &Limits) -> Result<(), SpecError> {

@@ -147,7 +147,6 @@ pub struct Target {
     pub include_protected: bool,
 }
 
-
 impl Target {
     /// Checks what can be checked without the kernel: the interface name, and the number of
     /// port ranges and prefixes (each side and family has its own limit).

@@ -71,4 +71,3 @@ impl From<FaultId> for String {
         id.to_string()
     }
 }
-

@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::journal::Journal;
-use crate::sys::ifindex;
-use crate::kernel::tc::Hook;
 use crate::kernel::bpf::{AttachMode, Datapath, EbpfError};
+use crate::kernel::tc::Hook;
+use crate::sys::ifindex;
 
 /// One reversible kernel change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,10 +118,12 @@ impl Undo {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::BpfSlot { .. } => "bpf_slot",
-            Self::BpfHook { mode: AttachMode::Netlink, .. } => "tc_filter",
-            Self::BpfHook { .. } => "tcx_link",
-            Self::TcxLink { .. } => "tcx_link",
-            Self::NetlinkFilter { .. } => "tc_filter",
+            Self::BpfHook {
+                mode: AttachMode::Netlink,
+                ..
+            }
+            | Self::NetlinkFilter { .. } => "tc_filter",
+            Self::BpfHook { .. } | Self::TcxLink { .. } => "tcx_link",
             Self::Clsact { .. } => "clsact",
             Self::RestoreQdisc { .. } => "qdisc_root",
             Self::IfbLink { .. } => "ifb",
@@ -193,7 +195,10 @@ impl Undo {
                 let Ok(ifindex) = ifindex(ifname) else {
                     return Ok(false);
                 };
-                Ok(ctx.tc.delete_our_bpf_filter(ifindex, *hook, *priority, *handle).await?)
+                Ok(ctx
+                    .tc
+                    .delete_our_bpf_filter(ifindex, *hook, *priority, *handle)
+                    .await?)
             }
             Self::TcxLink { .. } => Ok(false),
             Self::NetlinkFilter {
@@ -205,7 +210,10 @@ impl Undo {
                 let Ok(ifindex) = ifindex(ifname) else {
                     return Ok(false);
                 };
-                Ok(ctx.tc.delete_our_bpf_filter(ifindex, *hook, *priority, *handle).await?)
+                Ok(ctx
+                    .tc
+                    .delete_our_bpf_filter(ifindex, *hook, *priority, *handle)
+                    .await?)
             }
             Self::Clsact { ifname } => {
                 let Ok(ifindex) = ifindex(ifname) else {

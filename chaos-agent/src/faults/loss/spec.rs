@@ -64,7 +64,6 @@ impl FromStr for GilbertElliott {
     }
 }
 
-
 /// Packet loss.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +75,6 @@ pub struct LossSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<GilbertElliott>,
 }
-
 
 impl LossSpec {
     /// Checks the probabilities.
@@ -97,7 +95,10 @@ impl LossSpec {
     pub fn summary(&self) -> String {
         match &self.model {
             None => format!("loss {}%", trim_float(self.probability * 100.0)),
-            Some(ge) => format!("burst loss (GE, mean {}%)", trim_float(ge.mean_loss() * 100.0)),
+            Some(ge) => format!(
+                "burst loss (GE, mean {}%)",
+                trim_float(ge.mean_loss() * 100.0)
+            ),
         }
     }
 }

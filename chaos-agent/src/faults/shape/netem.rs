@@ -22,12 +22,12 @@ use std::time::Duration;
 use super::super::packet::{Steering, ensure_clsact};
 use super::super::{ApplyCtx, FaultError, FaultSpec};
 use super::{JitterDistribution, ShapeSpec, ShapingBackend};
-use crate::txn::undo::Undo;
-use crate::target::Direction;
 use crate::kernel::tc::{
     Distribution, FqOptions, NetemOptions, OUR_ROOT, Qdisc, QdiscTree, TC_H_CLSACT_INGRESS,
     TC_H_ROOT, TcError, default_leaf_from, fault_classid, is_faithfully_restorable, netem_limit,
 };
+use crate::target::Direction;
+use crate::txn::undo::Undo;
 
 /// Rate of the classes that must never be the bottleneck (bytes/s): 100 Gbit/s. The steering
 /// root's default class carries all untargeted traffic at this rate.

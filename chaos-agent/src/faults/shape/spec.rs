@@ -209,7 +209,6 @@ impl ShapeSpec {
     }
 }
 
-
 impl ShapeSpec {
     /// Checks the values and how they depend on each other (and on the target's direction,
     /// for the EDT backend).

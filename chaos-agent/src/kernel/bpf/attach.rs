@@ -6,8 +6,8 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::tc::Hook;
 use super::EbpfError;
+use crate::kernel::tc::Hook;
 
 /// Priority of our `cls_bpf` filters on the netlink path (`0xC4A0`, "chaos"). Lower numbers run
 /// first; the default priority tc(8) hands out starts at 49152 (0xC000), so filters that other

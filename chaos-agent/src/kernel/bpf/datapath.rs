@@ -21,13 +21,13 @@ use aya::programs::SchedClassifier;
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::{Ebpf, EbpfLoader};
 use chaos_common::{
-    Bitmap, COUNTERS_PER_DIR, Counter, Dir, F_ARMED, FaultSlot, Globals, HOOK_L3_DEVICE,
-    HookEntry, MAX_FAULTS, MAX_HOOKS, PortEntry, counter_index, hook_key, names,
+    Bitmap, COUNTERS_PER_DIR, Counter, Dir, F_ARMED, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry,
+    MAX_FAULTS, MAX_HOOKS, PortEntry, counter_index, hook_key, names,
 };
 
-use crate::kernel::tc::Hook;
 use super::table::{Prefix, Rules, Table, TableSink, Trie};
 use super::{AttachMode, Counters, DirCounters, EbpfError, map_error};
+use crate::kernel::tc::Hook;
 
 /// The maps the table's writes go to.
 struct Sink {
@@ -274,10 +274,7 @@ impl Datapath {
         Ok(())
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Loaded) -> Result<T, EbpfError>,
-    ) -> Result<T, EbpfError> {
+    fn with<T>(&self, f: impl FnOnce(&mut Loaded) -> Result<T, EbpfError>) -> Result<T, EbpfError> {
         self.load()?;
         let mut state = lock(&self.inner.state);
         let loaded = state.as_mut().ok_or(EbpfError::Missing("loaded object"))?;
@@ -288,9 +285,7 @@ impl Datapath {
     /// tests that move a deadline).
     pub fn write_slot(&self, slot: u32, f: impl FnOnce(&mut FaultSlot)) -> Result<(), EbpfError> {
         let mut guard = lock(&self.inner.slots);
-        let map = guard
-            .as_mut()
-            .ok_or(EbpfError::Missing(names::MAP_SLOTS))?;
+        let map = guard.as_mut().ok_or(EbpfError::Missing(names::MAP_SLOTS))?;
         let mut cfg = map
             .get(&slot, 0)
             .map_err(map_error("read", names::MAP_SLOTS))?;
@@ -416,7 +411,7 @@ impl Datapath {
                     },
                 );
             }
-            let seen_now = hook_seen(l, &key);
+            let seen_now = hook_seen(l, key);
             if let Some(s) = l.slots.get_mut(&slot)
                 && !s.hooks.iter().any(|(k, _)| *k == key)
             {
@@ -435,7 +430,9 @@ impl Datapath {
             if h.link.is_none() {
                 let prog = program(&mut l.ebpf, hook.program())?;
                 let id = match mode {
-                    AttachMode::Netlink => super::attach::attach_netlink(prog, ifname, hook, handle)?,
+                    AttachMode::Netlink => {
+                        super::attach::attach_netlink(prog, ifname, hook, handle)?
+                    }
                     AttachMode::Tcx | AttachMode::Auto => {
                         super::attach::attach_tcx(prog, ifname, hook)?
                     }
@@ -562,7 +559,8 @@ impl Datapath {
     pub fn slot_config(&self, slot: u32) -> Result<FaultSlot, EbpfError> {
         let guard = lock(&self.inner.slots);
         let map = guard.as_ref().ok_or(EbpfError::Missing(names::MAP_SLOTS))?;
-        map.get(&slot, 0).map_err(map_error("read", names::MAP_SLOTS))
+        map.get(&slot, 0)
+            .map_err(map_error("read", names::MAP_SLOTS))
     }
 
     /// The slot's counters, summed over CPUs; `seen` is what its hooks' programs saw since it
@@ -586,7 +584,7 @@ impl Datapath {
                 s.hooks
                     .iter()
                     .filter(|((_, h), _)| *h == hook)
-                    .map(|(k, base)| hook_seen(l, k).saturating_sub(*base))
+                    .map(|(k, base)| hook_seen(l, *k).saturating_sub(*base))
                     .sum()
             });
             Ok(DirCounters {
@@ -607,7 +605,9 @@ impl Datapath {
     /// Slots in use (for tests and the bench).
     #[must_use]
     pub fn slots_in_use(&self) -> usize {
-        lock(&self.inner.state).as_ref().map_or(0, |l| l.slots.len())
+        lock(&self.inner.state)
+            .as_ref()
+            .map_or(0, |l| l.slots.len())
     }
 
     /// Hooks attached, as (ifname, hook) (for tests and the bench).
@@ -646,7 +646,10 @@ fn dir_of(hook: Hook) -> Dir {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, EbpfError> {
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
     ebpf.program_mut(name)
         .ok_or(EbpfError::Missing(name))?
         .try_into()
@@ -657,8 +660,8 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
 }
 
 /// Packets the hook's program has seen, summed over CPUs.
-fn hook_seen(l: &Loaded, key: &HookKey) -> u64 {
-    let Some(h) = l.hooks.get(key) else {
+fn hook_seen(l: &Loaded, key: HookKey) -> u64 {
+    let Some(h) = l.hooks.get(&key) else {
         return 0;
     };
     l.hook_stats

@@ -112,7 +112,10 @@ impl Counters {
 }
 
 /// The error for a failed map operation (`op` on `map`), for `map_err`.
-pub(crate) fn map_error(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
+pub(crate) fn map_error(
+    op: &'static str,
+    map: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
     move |source| EbpfError::Map {
         op,
         map,

@@ -569,12 +569,22 @@ mod tests {
 
     impl Mem {
         /// What the program computes for a packet (ports `None` = no ports), minus the hook.
-        fn classify(&self, proto: usize, src: IpAddr, dst: IpAddr, ports: Option<(u16, u16)>) -> Bitmap {
+        fn classify(
+            &self,
+            proto: usize,
+            src: IpAddr,
+            dst: IpAddr,
+            ports: Option<(u16, u16)>,
+        ) -> Bitmap {
             let g = &self.globals;
             let mut m = g.proto[proto];
             let port = |p: u16| {
                 let mut e = self.ports.get(&p).copied().unwrap_or_default();
-                let b = self.blocks.get(&(u32::from(p) / PORT_BLOCK_SIZE)).copied().unwrap_or_default();
+                let b = self
+                    .blocks
+                    .get(&(u32::from(p) / PORT_BLOCK_SIZE))
+                    .copied()
+                    .unwrap_or_default();
                 e.src = e.src.or(&b.src);
                 e.dst = e.dst.or(&b.dst);
                 e.protect = e.protect.or(&b.protect);
@@ -582,14 +592,19 @@ mod tests {
             };
             match ports {
                 Some((s, d)) => {
-                    m = m.and(&port(s).src.or(&g.sport_any)).and(&port(d).dst.or(&g.dport_any));
+                    m = m
+                        .and(&port(s).src.or(&g.sport_any))
+                        .and(&port(d).dst.or(&g.dport_any));
                     m = m.and_not(&port(s).protect.or(&port(d).protect));
                 }
                 None => m = m.and(&g.sport_any).and(&g.dport_any),
             }
             let lpm = |addr: IpAddr, source: bool| {
                 let (trie, a) = match addr {
-                    IpAddr::V4(a) => (if source { Trie::Src4 } else { Trie::Dst4 }, u128::from(u32::from(a))),
+                    IpAddr::V4(a) => (
+                        if source { Trie::Src4 } else { Trie::Dst4 },
+                        u128::from(u32::from(a)),
+                    ),
                     IpAddr::V6(a) => (if source { Trie::Src6 } else { Trie::Dst6 }, u128::from(a)),
                 };
                 let bits = trie.bits();
@@ -630,20 +645,50 @@ mod tests {
     #[test]
     fn nested_prefixes_of_different_faults_both_match() {
         let (mut t, mut k) = (Table::default(), Mem::default());
-        t.add(1, &Rules { dst: nets(&["10.0.0.0/8"]), ..Rules::default() }, &mut k).unwrap();
-        t.add(2, &Rules { dst: nets(&["10.1.0.0/16"]), ..Rules::default() }, &mut k).unwrap();
+        t.add(
+            1,
+            &Rules {
+                dst: nets(&["10.0.0.0/8"]),
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
+        t.add(
+            2,
+            &Rules {
+                dst: nets(&["10.1.0.0/16"]),
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
         let any = ip("192.0.2.1");
         let both = k.classify(PROTO_CLASS_UDP, any, ip("10.1.2.3"), Some((1, 2)));
         assert!(both.contains(1) && both.contains(2));
         let one = k.classify(PROTO_CLASS_UDP, any, ip("10.2.0.1"), Some((1, 2)));
         assert!(one.contains(1) && !one.contains(2));
-        assert!(k.classify(PROTO_CLASS_UDP, any, ip("11.0.0.1"), None).is_empty());
+        assert!(
+            k.classify(PROTO_CLASS_UDP, any, ip("11.0.0.1"), None)
+                .is_empty()
+        );
         // Removing the wider one leaves the narrower exact, and vice versa.
         t.remove(1, &mut k).unwrap();
         let m = k.classify(PROTO_CLASS_UDP, any, ip("10.1.2.3"), None);
         assert!(!m.contains(1) && m.contains(2));
-        assert!(k.classify(PROTO_CLASS_UDP, any, ip("10.2.0.1"), None).is_empty());
-        t.add(1, &Rules { dst: nets(&["10.0.0.0/8"]), ..Rules::default() }, &mut k).unwrap();
+        assert!(
+            k.classify(PROTO_CLASS_UDP, any, ip("10.2.0.1"), None)
+                .is_empty()
+        );
+        t.add(
+            1,
+            &Rules {
+                dst: nets(&["10.0.0.0/8"]),
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
         t.remove(2, &mut k).unwrap();
         let m = k.classify(PROTO_CLASS_UDP, any, ip("10.1.2.3"), None);
         assert!(m.contains(1) && !m.contains(2));
@@ -656,17 +701,45 @@ mod tests {
     #[test]
     fn a_narrower_prefix_added_later_inherits_the_wider_ones() {
         let (mut t, mut k) = (Table::default(), Mem::default());
-        t.add(7, &Rules { src: nets(&["2001:db8::/32"]), ..Rules::default() }, &mut k).unwrap();
-        t.add(9, &Rules { src: nets(&["2001:db8:1::/48", "::/0"]), ..Rules::default() }, &mut k).unwrap();
-        let m = k.classify(PROTO_CLASS_TCP, ip("2001:db8:1::5"), ip("::1"), Some((5, 6)));
+        t.add(
+            7,
+            &Rules {
+                src: nets(&["2001:db8::/32"]),
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
+        t.add(
+            9,
+            &Rules {
+                src: nets(&["2001:db8:1::/48", "::/0"]),
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
+        let m = k.classify(
+            PROTO_CLASS_TCP,
+            ip("2001:db8:1::5"),
+            ip("::1"),
+            Some((5, 6)),
+        );
         assert!(m.contains(7) && m.contains(9));
         let m = k.classify(PROTO_CLASS_TCP, ip("2001:db9::5"), ip("::1"), Some((5, 6)));
         assert!(!m.contains(7) && m.contains(9));
         // An IPv4 packet matches neither: both filter sources, in IPv6 only.
-        assert!(k.classify(PROTO_CLASS_TCP, ip("10.0.0.1"), ip("10.0.0.2"), None).is_empty());
+        assert!(
+            k.classify(PROTO_CLASS_TCP, ip("10.0.0.1"), ip("10.0.0.2"), None)
+                .is_empty()
+        );
     }
 
     #[test]
+    #[expect(
+        clippy::many_single_char_names,
+        reason = "t(able), k(ernel), a/b addresses, m(atch)"
+    )]
     fn protocols_ports_and_protection() {
         let (mut t, mut k) = (Table::default(), Mem::default());
         let web = Rules {
@@ -676,14 +749,31 @@ mod tests {
             ..Rules::default()
         };
         t.add(0, &web, &mut k).unwrap();
-        t.add(200, &Rules { protos: PROTO_ICMP, ..Rules::default() }, &mut k).unwrap();
+        t.add(
+            200,
+            &Rules {
+                protos: PROTO_ICMP,
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
         t.add(255, &Rules::default(), &mut k).unwrap();
         let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
         let m = k.classify(PROTO_CLASS_TCP, a, b, Some((40000, 443)));
         assert!(m.contains(0) && !m.contains(200) && m.contains(255));
-        assert!(k.classify(PROTO_CLASS_TCP, a, b, Some((40000, 8500))).contains(0));
-        assert!(!k.classify(PROTO_CLASS_TCP, a, b, Some((40000, 9000))).contains(0));
-        assert!(!k.classify(PROTO_CLASS_UDP, a, b, Some((40000, 443))).contains(0));
+        assert!(
+            k.classify(PROTO_CLASS_TCP, a, b, Some((40000, 8500)))
+                .contains(0)
+        );
+        assert!(
+            !k.classify(PROTO_CLASS_TCP, a, b, Some((40000, 9000)))
+                .contains(0)
+        );
+        assert!(
+            !k.classify(PROTO_CLASS_UDP, a, b, Some((40000, 443)))
+                .contains(0)
+        );
         // Protected: the SSH port on either side takes the packet away from slot 0 only.
         let m = k.classify(PROTO_CLASS_TCP, a, b, Some((22, 443)));
         assert!(!m.contains(0) && m.contains(255));
@@ -691,46 +781,107 @@ mod tests {
         assert!(m.contains(200) && m.contains(255) && !m.contains(0));
         assert!(k.classify(PROTO_CLASS_OTHER, a, b, None).contains(255));
         t.remove(0, &mut k).unwrap();
-        assert!(k.ports.values().all(|e| !e.dst.contains(0) && !e.protect.contains(0)));
+        assert!(
+            k.ports
+                .values()
+                .all(|e| !e.dst.contains(0) && !e.protect.contains(0))
+        );
         assert!(k.blocks.values().all(|e| !e.dst.contains(0)));
     }
 
     #[test]
     fn wide_port_ranges_cost_blocks_not_ports() {
         let (mut t, mut k) = (Table::default(), Mem::default());
-        t.add(3, &Rules { dports: vec![(1024, 65535)], ..Rules::default() }, &mut k).unwrap();
+        t.add(
+            3,
+            &Rules {
+                dports: vec![(1024, 65535)],
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
         assert_eq!(k.ports.len(), 0);
         assert_eq!(k.blocks.len(), 252);
         let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
-        assert!(k.classify(PROTO_CLASS_UDP, a, b, Some((1, 1024))).contains(3));
-        assert!(k.classify(PROTO_CLASS_UDP, a, b, Some((1, 65535))).contains(3));
-        assert!(!k.classify(PROTO_CLASS_UDP, a, b, Some((1, 1023))).contains(3));
+        assert!(
+            k.classify(PROTO_CLASS_UDP, a, b, Some((1, 1024)))
+                .contains(3)
+        );
+        assert!(
+            k.classify(PROTO_CLASS_UDP, a, b, Some((1, 65535)))
+                .contains(3)
+        );
+        assert!(
+            !k.classify(PROTO_CLASS_UDP, a, b, Some((1, 1023)))
+                .contains(3)
+        );
     }
 
     #[test]
     fn capacity_is_checked_before_anything_is_written() {
         let mut t = Table::new(3);
         let mut k = Mem::default();
-        t.add(1, &Rules { dst: nets(&["10.0.0.0/8", "10.1.0.0/16"]), ..Rules::default() }, &mut k).unwrap();
-        let more = Rules { dst: nets(&["10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"]), ..Rules::default() };
-        assert!(matches!(t.check(&more), Err(TableError::TrieFull { needed: 4, capacity: 3, .. })));
+        t.add(
+            1,
+            &Rules {
+                dst: nets(&["10.0.0.0/8", "10.1.0.0/16"]),
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
+        let more = Rules {
+            dst: nets(&["10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"]),
+            ..Rules::default()
+        };
+        assert!(matches!(
+            t.check(&more),
+            Err(TableError::TrieFull {
+                needed: 4,
+                capacity: 3,
+                ..
+            })
+        ));
         // IPv6 prefixes have a trie of their own.
-        assert!(t.check(&Rules { dst: nets(&["2001:db8::/32", "10.0.0.0/8"]), ..Rules::default() }).is_ok());
+        assert!(
+            t.check(&Rules {
+                dst: nets(&["2001:db8::/32", "10.0.0.0/8"]),
+                ..Rules::default()
+            })
+            .is_ok()
+        );
     }
 
     #[test]
     fn many_prefixes_write_each_entry_once() {
         let (mut t, mut k) = (Table::default(), Mem::default());
         let many: Vec<IpNet> = (0..16_384u32)
-            .map(|i| IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap()))
+            .map(|i| {
+                IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24)
+                        .unwrap(),
+                )
+            })
             .collect();
-        t.add(5, &Rules { dst: many, ..Rules::default() }, &mut k).unwrap();
+        t.add(
+            5,
+            &Rules {
+                dst: many,
+                ..Rules::default()
+            },
+            &mut k,
+        )
+        .unwrap();
         assert_eq!(k.tries.len(), 16_384);
         // Every prefix once, plus the globals.
         assert_eq!(k.writes, 16_385);
         let last = k.classify(PROTO_CLASS_UDP, ip("192.0.2.1"), ip("10.63.255.7"), None);
         assert!(last.contains(5));
-        assert!(k.classify(PROTO_CLASS_UDP, ip("192.0.2.1"), ip("10.64.0.1"), None).is_empty());
+        assert!(
+            k.classify(PROTO_CLASS_UDP, ip("192.0.2.1"), ip("10.64.0.1"), None)
+                .is_empty()
+        );
         t.remove(5, &mut k).unwrap();
         assert!(k.tries.is_empty());
     }

@@ -33,8 +33,8 @@ pub use encode::{
     htb_class_message, ifb_link_message, mirred_redirect_filter_message, netem_limit,
     qdisc_del_message, qdisc_message, raw_class_message, tc_handle,
 };
-pub use filters::{Hook, OurFilter};
 pub use error::{NotRestorable, TcError, TcHandleFmt, module_for_kind};
+pub use filters::{Hook, OurFilter};
 pub use snapshot::{QdiscTree, TcObject, is_faithfully_restorable};
 pub use steer::{
     DEFAULT_CLASSID, FAULT_SLOTS, default_leaf_from, fault_classid, fault_leaf_handle,
