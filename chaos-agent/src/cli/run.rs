@@ -153,7 +153,7 @@ async fn daemon(
             "datapath loaded and verified"
         ),
         Err(e) => {
-            tracing::error!(event = "preload", error = %e, "the eBPF datapath does not load on this kernel")
+            tracing::error!(event = "preload", error = %e, "the eBPF datapath does not load on this kernel");
         }
     }
     {

@@ -5,211 +5,30 @@
 //! the same `Engine`, so a fault behaves the same whichever way it was created.
 
 pub mod reconcile;
+mod types;
+mod watchdog;
 
 pub use crate::txn::FaultId;
+pub use types::{EngineConfig, EngineError, FaultInfo, Requester, RevertReason, RevertReport};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::FaultSpec;
-use crate::faults::{self, ActiveFault, ApplyCtx, FaultError};
-use crate::kernel::bpf::{AttachMode, Counters};
+use crate::faults::{self, ActiveFault, ApplyCtx};
+use crate::kernel::bpf::Counters;
 use crate::metrics::Metrics;
-use crate::spec::{Limits, SpecError};
-use crate::sys::{self, SysError};
-use crate::target::PortRange;
+use crate::spec::SpecError;
+use crate::sys;
 use crate::txn::Txn;
-use crate::txn::journal::{self, Journal, JournalEntry, JournalError, Owner};
+use crate::txn::journal::{self, Journal, JournalEntry, Owner};
 use crate::txn::undo::UndoCtx;
-
-/// Why a fault ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RevertReason {
-    /// Its TTL expired.
-    Ttl,
-    /// Someone stopped it.
-    Stopped,
-    /// The agent shut down.
-    Shutdown,
-    /// The fault failed while active.
-    Error,
-    /// A dead agent's leftover, removed at start-up or by `cleanup`.
-    Leftover,
-}
-
-impl RevertReason {
-    /// Label value.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ttl => "ttl",
-            Self::Stopped => "stopped",
-            Self::Shutdown => "shutdown",
-            Self::Error => "error",
-            Self::Leftover => "leftover",
-        }
-    }
-}
-
-/// Who asked for an operation (logged with it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Requester {
-    /// Unix uid (from `SO_PEERCRED` for the socket API, `getuid()` for the CLI).
-    pub uid: u32,
-}
-
-impl Requester {
-    /// The current process's user.
-    #[must_use]
-    pub fn me() -> Self {
-        Self {
-            uid: nix::unistd::getuid().as_raw(),
-        }
-    }
-}
-
-/// Engine settings (from the config file and flags).
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Where the journal lives.
-    pub state_dir: PathBuf,
-    /// Validation limits (maximum TTL).
-    pub limits: Limits,
-    /// TTL used when a request has none (API only; the CLI always requires one).
-    pub default_ttl: Option<Duration>,
-    /// tcx / netlink / auto.
-    pub attach_mode: AttachMode,
-    /// Ports never faulted unless a spec says `include_protected`.
-    pub protected_ports: Vec<PortRange>,
-    /// Maximum number of concurrent faults.
-    pub max_faults: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            state_dir: PathBuf::from(sys::paths::STATE_DIR),
-            limits: Limits::default(),
-            default_ttl: None,
-            attach_mode: AttachMode::Auto,
-            protected_ports: vec![PortRange { lo: 22, hi: 22 }],
-            max_faults: chaos_common::MAX_FAULTS as usize,
-        }
-    }
-}
-
-/// Engine errors. Each is reported to the requester as is.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The spec is invalid.
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    /// Host lookup failed (unknown interface...).
-    #[error(transparent)]
-    Sys(#[from] SysError),
-    /// The kernel lacks what the fault needs; nothing was touched.
-    #[error("{source}")]
-    Unsupported {
-        /// Cause.
-        source: FaultError,
-    },
-    /// Applying failed; everything was rolled back.
-    #[error("{source}; rolled back")]
-    Apply {
-        /// Cause.
-        source: FaultError,
-    },
-    /// Applying failed and the rollback failed too: the journal keeps the rest for `cleanup`.
-    #[error("{source}; rollback incomplete ({rollback_errors:?}), run `chaos-agent cleanup`")]
-    RollbackFailed {
-        /// Cause.
-        source: FaultError,
-        /// Rollback failures.
-        rollback_errors: Vec<String>,
-    },
-    /// The journal could not be written, so nothing was applied.
-    #[error("journal: {0}; nothing applied")]
-    Journal(#[from] JournalError),
-    /// Unknown fault id.
-    #[error("no active fault {0}")]
-    NotFound(FaultId),
-    /// Too many faults.
-    #[error("too many concurrent faults (maximum {max})")]
-    TooMany {
-        /// Configured maximum.
-        max: usize,
-    },
-    /// Paused by the safety lever.
-    #[error("the agent is paused: new faults are refused until `chaos-agent resume`")]
-    Paused,
-    /// A conflicting fault is active.
-    #[error("conflicts with active fault {other}: {why}")]
-    Conflict {
-        /// The other fault.
-        other: FaultId,
-        /// Why.
-        why: String,
-    },
-    /// The agent is shutting down.
-    #[error("the agent is shutting down")]
-    ShuttingDown,
-}
-
-/// A fault as reported by list/show.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FaultInfo {
-    /// Id.
-    pub id: FaultId,
-    /// Kind (`loss`, ...).
-    pub kind: String,
-    /// Human summary.
-    pub summary: String,
-    /// The spec.
-    pub spec: FaultSpec,
-    /// Resolved interface.
-    pub iface: String,
-    /// Backend used.
-    pub backend: String,
-    /// Who created it.
-    pub requested_by_uid: u32,
-    /// Creation (ms since epoch).
-    pub created_unix_ms: u64,
-    /// Expiry (ms since epoch).
-    pub expires_unix_ms: u64,
-    /// Milliseconds left.
-    pub remaining_ms: u64,
-    /// Kernel counters.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub counters: Option<Counters>,
-}
-
-/// The end of a fault.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RevertReport {
-    /// Id.
-    pub id: FaultId,
-    /// Why it ended.
-    pub reason: RevertReason,
-    /// Objects removed, by kind.
-    pub removed: Vec<String>,
-    /// Undo failures (left in the journal for `cleanup`).
-    pub errors: Vec<String>,
-    /// Final counters.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub counters: Option<Counters>,
-    /// How late after the deadline a TTL revert ran, in microseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lateness_us: Option<u64>,
-}
 
 /// An active fault's in-process handle, shared with the watchdog's timer table so that a TTL
 /// disarm never waits for the registry lock.
@@ -325,46 +144,6 @@ impl Engine {
         };
         engine.spawn_watchdog();
         Ok((engine, report))
-    }
-
-    /// Runs the watchdog on its own thread and runtime: request handlers do blocking syscalls
-    /// (program load and verification take tens of milliseconds, journal fsync), and a timer
-    /// driven by a busy worker thread would fire late. Falls back to a task if no thread can
-    /// be created.
-    fn spawn_watchdog(&self) {
-        let watchdog = self.clone();
-        let main = tokio::runtime::Handle::current();
-        let exited = self.inner.watchdog_exited.clone();
-        let spawned = std::thread::Builder::new().name("chaos-watchdog".to_owned()).spawn(move || {
-            raise_watchdog_priority();
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(watchdog.watchdog(&main)),
-                Err(e) => tracing::error!(error = %e, "cannot build the watchdog runtime; TTLs rely on the kernel-side deadline"),
-            }
-            exited.cancel();
-        });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no watchdog thread; running the watchdog as a task");
-            let watchdog = self.clone();
-            let exited = self.inner.watchdog_exited.clone();
-            let main = tokio::runtime::Handle::current();
-            tokio::spawn(async move {
-                watchdog.watchdog(&main).await;
-                exited.cancel();
-            });
-        }
-    }
-
-    /// The agent's datapath.
-    #[must_use]
-    pub fn datapath(&self) -> &crate::kernel::bpf::Datapath {
-        &self.inner.dp
-    }
-
-    /// Loads and verifies the programs now (the daemon does at start), so that the first inject
-    /// is map writes and an attach, not a verification.
-    pub fn preload(&self) -> Result<(), crate::kernel::bpf::EbpfError> {
-        self.inner.dp.load()
     }
 
     /// The metrics registry the engine reports to.
@@ -869,94 +648,6 @@ impl Engine {
         let _ =
             tokio::time::timeout_at(give_up.into(), self.inner.watchdog_exited.cancelled()).await;
         r
-    }
-
-    /// The one TTL task: sleeps until the earliest deadline (or until woken by a change).
-    ///
-    /// The watchdog thread only picks due faults and disarms them; the rest of each revert runs
-    /// on the main runtime (`main`): closing a tcx link waits for an RCU grace period, which
-    /// under load takes tens of milliseconds and would make the next deadline late.
-    #[allow(
-        clippy::result_large_err,
-        reason = "FaultError is the fault modules' error type; boxing it is their call"
-    )]
-    async fn watchdog(&self, main: &tokio::runtime::Handle) {
-        let mut reverts: Vec<tokio::task::JoinHandle<Option<RevertReport>>> = Vec::new();
-        loop {
-            reverts.retain(|h| !h.is_finished());
-            let next = self.timers().keys().next().copied();
-            match next {
-                Some((deadline, _)) if deadline <= Instant::now() => {
-                    // Every fault that is due is reverted concurrently, each in its own task:
-                    // one slow revert (netlink, fsync) must not make the others late, and the
-                    // watchdog goes straight back to the next deadline.
-                    let now = Instant::now();
-                    let due: Vec<((Instant, FaultId), SharedFault)> = {
-                        let mut timers = self.timers();
-                        let later = timers.split_off(&(now, FaultId::from_raw(u32::MAX)));
-                        std::mem::replace(&mut *timers, later).into_iter().collect()
-                    };
-                    for ((deadline, id), fault) in due {
-                        // Disarm right here, before anything that could wait: this is the
-                        // moment the fault stops acting.
-                        let disarm_error = with_fault(&fault, |f| f.disarm())
-                            .err()
-                            .map(|e| format!("disarm: {e}"));
-                        let lateness = Instant::now().saturating_duration_since(deadline);
-                        let engine = self.clone();
-                        reverts.push(main.spawn(async move {
-                            engine
-                                .revert_inner(
-                                    id,
-                                    RevertReason::Ttl,
-                                    Some((deadline, lateness, disarm_error)),
-                                    now,
-                                )
-                                .await
-                        }));
-                    }
-                }
-                Some((deadline, _)) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline.into()) => {}
-                        () = self.inner.wake.notified() => {}
-                        () = self.inner.shutdown.cancelled() => break,
-                    }
-                }
-                None => {
-                    tokio::select! {
-                        () = self.inner.wake.notified() => {}
-                        () = self.inner.shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
-        // A TTL revert already took its fault out of the registry, so shutdown's stop_all does
-        // not see it: finish it before the watchdog (and its runtime) goes away.
-        for h in reverts {
-            let _ = h.await;
-        }
-    }
-}
-
-/// Best effort: the lowest real-time priority for the watchdog thread, so that on a busy host
-/// (the situation chaos experiments create) a deadline is not missed because the thread waits
-/// for a CPU. The thread sleeps almost always and its work per deadline is a map write, so it
-/// cannot starve anything. Without `CAP_SYS_NICE` this fails and the thread stays `SCHED_OTHER`.
-fn raise_watchdog_priority() {
-    // Zeroed then set: musl's sched_param has extra (SCHED_SPORADIC) fields, glibc's does not.
-    // SAFETY: sched_param is plain integers; all-zero is a valid value.
-    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
-    param.sched_priority = 1;
-    // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
-    let rc = unsafe {
-        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &raw const param)
-    };
-    if rc != 0 {
-        tracing::debug!(
-            errno = rc,
-            "watchdog thread keeps normal scheduling (no CAP_SYS_NICE?)"
-        );
     }
 }
 
