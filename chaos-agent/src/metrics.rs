@@ -79,7 +79,7 @@ impl prometheus_client::collector::Collector for PacketCounters {
         for (i, (name, help)) in [
             (
                 "chaos_agent_packets_seen",
-                "Packets the agent's tc programs ran on while a fault was armed.",
+                "Packets that passed a fault's hooks while the fault was active, summed over faults (a packet on a hook with two faults counts twice).",
             ),
             (
                 "chaos_agent_packets_matched",
