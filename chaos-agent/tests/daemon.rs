@@ -1222,3 +1222,68 @@ fn config_check() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Sixteen faults on one interface through one datapath, each dropping its own destination
+/// port: at the receiver, each port loses exactly its own traffic and an unfaulted port none;
+/// each fault's counters equal what was sent to it; stopping one lets its port through and
+/// leaves the others dropping and counting exactly.
+#[test]
+fn many_faults_on_one_interface_each_act_only_on_their_own_traffic() {
+    require_root!("many_faults_on_one_interface_each_act_only_on_their_own_traffic");
+    const N: u16 = 16;
+    const SENT: u32 = 200;
+    let net = VethPair::new(49);
+    let dir = TempDir::new();
+    let agent = Agent::start(&net, &dir.0, "", &[]);
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            let port = (6000 + i).to_string();
+            agent.inject(&[
+                "--loss", "1", "--ttl", "5m", "--proto", "udp", "--dport", &port,
+            ])
+        })
+        .collect();
+    // One datapath: two programs for sixteen faults, at most one egress filter (netlink path).
+    assert_eq!(agent.prog_ids().len(), 2, "{:?}", agent.prog_ids());
+    assert!(agent.our_filters() <= 1);
+    let received = |port: u16| {
+        testing::udp_run(&net.a, &net.b, &testing::UdpRun::new(&net.b_ip, port, SENT)).received
+    };
+    let counters = |id: &str| -> (u64, u64) {
+        let shown = agent.cli_json(&["show", id]);
+        let e = &shown["counters"]["egress"];
+        (
+            e["matched"].as_u64().expect("matched"),
+            e["dropped"].as_u64().expect("dropped"),
+        )
+    };
+    for i in 0..N {
+        assert_eq!(received(6000 + i), 0, "port {} is dropped by its fault", 6000 + i);
+    }
+    assert_eq!(received(6000 + N), SENT, "a port no fault names is untouched");
+    for id in &ids {
+        assert_eq!(
+            counters(id),
+            (u64::from(SENT), u64::from(SENT)),
+            "{id} counted exactly its own traffic"
+        );
+    }
+    // Stop the fault of port 6003: its port flows, the others keep dropping and counting.
+    agent.cli_ok(&["stop", &ids[3]]);
+    assert_eq!(received(6003), SENT, "the stopped fault's port flows");
+    for i in [0u16, 4, 15] {
+        assert_eq!(received(6000 + i), 0, "port {} still dropped", 6000 + i);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if i == 3 {
+            continue;
+        }
+        let want = if [0, 4, 15].contains(&i) { 2 } else { 1 } * u64::from(SENT);
+        assert_eq!(counters(id), (want, want), "{id} after another fault stopped");
+    }
+    agent.cli_ok(&["stop", "--all"]);
+    assert_eq!(agent.our_filters(), 0);
+    assert!(agent.attached_progs().is_empty());
+    assert_eq!(agent.journal_files(), 0);
+    assert_eq!(received(6000), SENT, "nothing drops once all are stopped");
+}
