@@ -1229,9 +1229,9 @@ fn config_check() {
 /// leaves the others dropping and counting exactly.
 #[test]
 fn many_faults_on_one_interface_each_act_only_on_their_own_traffic() {
-    require_root!("many_faults_on_one_interface_each_act_only_on_their_own_traffic");
     const N: u16 = 16;
     const SENT: u32 = 200;
+    require_root!("many_faults_on_one_interface_each_act_only_on_their_own_traffic");
     let net = VethPair::new(49);
     let dir = TempDir::new();
     let agent = Agent::start(&net, &dir.0, "", &[]);
