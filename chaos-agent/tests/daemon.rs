@@ -1258,9 +1258,18 @@ fn many_faults_on_one_interface_each_act_only_on_their_own_traffic() {
         )
     };
     for i in 0..N {
-        assert_eq!(received(6000 + i), 0, "port {} is dropped by its fault", 6000 + i);
+        assert_eq!(
+            received(6000 + i),
+            0,
+            "port {} is dropped by its fault",
+            6000 + i
+        );
     }
-    assert_eq!(received(6000 + N), SENT, "a port no fault names is untouched");
+    assert_eq!(
+        received(6000 + N),
+        SENT,
+        "a port no fault names is untouched"
+    );
     for id in &ids {
         assert_eq!(
             counters(id),
@@ -1279,7 +1288,11 @@ fn many_faults_on_one_interface_each_act_only_on_their_own_traffic() {
             continue;
         }
         let want = if [0, 4, 15].contains(&i) { 2 } else { 1 } * u64::from(SENT);
-        assert_eq!(counters(id), (want, want), "{id} after another fault stopped");
+        assert_eq!(
+            counters(id),
+            (want, want),
+            "{id} after another fault stopped"
+        );
     }
     agent.cli_ok(&["stop", "--all"]);
     assert_eq!(agent.our_filters(), 0);
