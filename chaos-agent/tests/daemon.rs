@@ -1300,3 +1300,50 @@ fn many_faults_on_one_interface_each_act_only_on_their_own_traffic() {
     assert_eq!(agent.journal_files(), 0);
     assert_eq!(received(6000), SENT, "nothing drops once all are stopped");
 }
+
+/// A SIGKILLed agent on the netlink path leaves its filter, and with it the fault table: each
+/// slot still stops at its own kernel deadline (the 3 s fault's port flows again while the 10 m
+/// fault's port stays dropped), and the restarted agent removes the filter.
+#[test]
+fn after_sigkill_each_fault_stops_at_its_own_kernel_deadline() {
+    require_root!("after_sigkill_each_fault_stops_at_its_own_kernel_deadline");
+    let net = VethPair::new(50);
+    let dir = TempDir::new();
+    let mut agent = Agent::start(&net, &dir.0, "", NETLINK);
+    let received = |port: u16| {
+        testing::udp_run(&net.a, &net.b, &testing::UdpRun::new(&net.b_ip, port, 100)).received
+    };
+    agent.inject(&[
+        "--loss", "1", "--ttl", "3s", "--proto", "udp", "--dport", "6100",
+    ]);
+    let short_started = Instant::now();
+    agent.inject(&[
+        "--loss", "1", "--ttl", "10m", "--proto", "udp", "--dport", "6101",
+    ]);
+    agent.sigkill();
+    assert_eq!(
+        agent.our_filters(),
+        1,
+        "the netlink filter outlives the agent"
+    );
+    assert_eq!(received(6101), 0, "the long fault acts without its agent");
+    // Past the short fault's deadline (polled: the deadline is the kernel's, not ours).
+    let flows = loop {
+        let r = received(6100);
+        if r == 100 || short_started.elapsed() > Duration::from_secs(15) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(flows, 100, "the 3 s fault stopped at its kernel deadline");
+    assert!(short_started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(received(6101), 0, "the 10 m fault is still acting");
+    agent.spawn();
+    assert_eq!(
+        agent.our_filters(),
+        0,
+        "start-up reconcile removed the filter"
+    );
+    assert_eq!(received(6101), 100);
+    assert_eq!(agent.journal_files(), 0);
+}
