@@ -1301,7 +1301,7 @@ fn many_faults_on_one_interface_each_act_only_on_their_own_traffic() {
     assert_eq!(received(6000), SENT, "nothing drops once all are stopped");
 }
 
-/// A SIGKILLed agent on the netlink path leaves its filter, and with it the fault table: each
+/// A `SIGKILL`ed agent on the netlink path leaves its filter, and with it the fault table: each
 /// slot still stops at its own kernel deadline (the 3 s fault's port flows again while the 10 m
 /// fault's port stays dropped), and the restarted agent removes the filter.
 #[test]
