@@ -1,7 +1,7 @@
 #!/bin/sh
 # /init of the `cargo xtask vm-test` guest (busybox sh). It prepares what the privileged suite
 # expects of a host, runs every test binary once, prints ONE verdict line and powers off.
-# Lines starting with VM- are read by xtask/src/vm.rs: keep their format.
+# Lines starting with VM- are read by xtask/src/vm/console.rs: keep their format.
 
 export PATH=/usr/bin:/bin
 export HOME=/root
@@ -56,7 +56,7 @@ export CARGO_MANIFEST_DIR="$(cat /etc/vm/pkgdir)"
 cd "$CARGO_MANIFEST_DIR" 2>/dev/null || cd /tmp
 
 # One lane: the binaries listed in /etc/vm/laneN, one after the other. The host split them into
-# lanes of about equal length (xtask/src/vm.rs), one per vCPU, and runs the lanes at once: most
+# lanes of about equal length (xtask/src/vm/lanes.rs), one per vCPU, and runs the lanes at once: most
 # of a network test is waiting (TTLs, timeouts), which the other lane fills. /etc/vm/alone runs
 # after them, by itself. Every output
 # line of a binary carries its name ("loss| test ... ok"), whole: sed writes line by line, so
@@ -67,7 +67,7 @@ run_lane() {
     while read -r t; do
         [ -n "$t" ] || continue
         echo "VM-TEST-BIN $t"
-        # Host-only tests (HOST_ONLY in xtask/src/vm.rs), one name a line, become --skip NAME.
+        # Host-only tests (HOST_ONLY in xtask/src/vm/lanes.rs), one name a line, become --skip NAME.
         skips=$(sed 's/^/--skip /' "/etc/vm/skip/$t" 2>/dev/null)
         # </dev/null: the loop's stdin is the list; a test must not eat it. The exit code goes
         # through a file: a pipeline's status is sed's.
@@ -91,7 +91,7 @@ for lane in /etc/vm/lane*; do
 done
 wait
 # Then the binaries that measure time to the millisecond, with the machine to themselves
-# (ALONE in xtask/src/vm.rs).
+# (ALONE in xtask/src/vm/lanes.rs).
 run_lane /etc/vm/alone "$@"
 pass=$(wc -l </tmp/vm-pass)
 fail=$(wc -l </tmp/vm-fail)
