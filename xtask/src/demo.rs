@@ -4,7 +4,7 @@
 //! sends sequence-numbered datagrams to a receiver in B for the whole demo; `chaos-agent inject
 //! --loss 0.3` runs in the foreground in A. Loss is then computed from what was sent and what
 //! arrived, split by send time into before / during / after. Measuring with our own datagrams
-//! (instead of ping) gives exact per-packet send times, which `bench` reuses.
+//! (instead of ping) gives exact per-packet send times. `bench` builds on [`DemoNet`].
 //!
 //! The namespaces are deleted on every exit path: [`DemoNet`]'s `Drop`, reached also on Ctrl-C
 //! because the signal handler only sets a flag that the waits poll.
@@ -27,8 +27,8 @@ pub const NS_B: &str = "chaosdemo-b";
 /// A's veth: the interface the fault is applied to.
 pub const IF_A: &str = "chaosdemo-va";
 pub const IF_B: &str = "chaosdemo-vb";
-const IP_A: &str = "10.199.0.1";
-const IP_B: &str = "10.199.0.2";
+pub const IP_A: &str = "10.199.0.1";
+pub const IP_B: &str = "10.199.0.2";
 /// Not one of the agent's protected ports (22, API, metrics).
 const PORT: u16 = 47_001;
 /// Sequence number of the end-of-stream datagram.
@@ -219,15 +219,6 @@ impl DemoNet {
         c.args(["netns", "exec", self.b]).arg(program);
         c
     }
-
-    /// Pids of the processes in namespace A (the agent, the sender).
-    pub fn a_pids(&self) -> Vec<u32> {
-        capture(&mut cmd("ip", ["netns", "pids", self.a]))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
 }
 
 impl Drop for DemoNet {
@@ -362,15 +353,6 @@ impl Trace {
             }
         }
         (sent > 0).then_some((sent, lost))
-    }
-
-    /// Send times of the lost datagrams sent at or after `from`, in order.
-    pub fn lost_after(&self, from: u64) -> Vec<u64> {
-        self.sent
-            .iter()
-            .filter(|(seq, at)| *at >= from && !self.received.contains(seq))
-            .map(|(_, at)| *at)
-            .collect()
     }
 }
 

@@ -38,7 +38,8 @@ enum Cmd {
     Lint,
     /// Show a loss fault between two throw-away network namespaces, measured with real traffic.
     Demo(demo::DemoArgs),
-    /// Measure the eBPF cost per packet and the time from `inject` to the first dropped packet.
+    /// Measure packet rate, eBPF ns/packet, inject/stop latency and the daemon's memory, next to
+    /// nftables, between two throw-away network namespaces (writes target/bench/bench.json).
     Bench(bench::BenchArgs),
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),

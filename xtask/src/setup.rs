@@ -27,6 +27,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "ip netns / tc: the tests' independent view of the kernel",
     ),
     ("iperf3", "throughput under faults"),
+    (
+        "nftables",
+        "bench compares the agent's drop and inject latency with an nft rule",
+    ),
     ("iputils-ping", "ping in tests and VM guest"),
     ("bpftool", "tests and bench inspect programs and links"),
     ("bind9-dnsutils", "dig, for DNS fault tests"),
