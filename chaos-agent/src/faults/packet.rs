@@ -167,7 +167,20 @@ pub async fn apply(
     }
     let dp = ctx.dp.clone();
     let slot = dp.alloc_slot()?;
-    if let Err(e) = ctx.txn.record(Undo::BpfSlot { slot }) {
+    // The slot and every hook it will join, journaled in one write before any of them changes
+    // the kernel (each undo is idempotent, so a step recorded but never taken costs nothing).
+    let steps =
+        std::iter::once(Undo::BpfSlot { slot }).chain(hooks(spec).into_iter().map(|hook| {
+            Undo::BpfHook {
+                slot,
+                ifname: ctx.ifname.clone(),
+                hook,
+                mode: ctx.attach_mode,
+                priority: NETLINK_PRIORITY,
+                handle: dp.handle(),
+            }
+        }));
+    if let Err(e) = ctx.txn.record_all(steps) {
         dp.release_slot(slot)?;
         return Err(e.into());
     }
@@ -177,14 +190,6 @@ pub async fn apply(
     }
     dp.install(slot, &rules(spec, ctx.protected_ports), &cfg, spec.seed)?;
     for hook in hooks(spec) {
-        ctx.txn.record(Undo::BpfHook {
-            slot,
-            ifname: ctx.ifname.clone(),
-            hook,
-            mode: ctx.attach_mode,
-            priority: NETLINK_PRIORITY,
-            handle: dp.handle(),
-        })?;
         dp.join_hook(slot, ctx.ifindex, &ctx.ifname, hook, ctx.attach_mode)?;
     }
     Ok(ClassifierFault {

@@ -42,6 +42,19 @@ impl Txn {
         Ok(())
     }
 
+    /// [`Txn::record`] for several steps about to be taken in this order, in one durable write
+    /// (one fsync instead of one per step). Every undo is idempotent, so recording a step that
+    /// then never happens (an earlier one failed) costs its rollback nothing.
+    pub fn record_all(&mut self, undo: impl IntoIterator<Item = Undo>) -> Result<(), JournalError> {
+        let before = self.entry.undo.len();
+        self.entry.undo.extend(undo);
+        if let Err(e) = self.journal.write(&self.entry) {
+            self.entry.undo.truncate(before);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// The journal this transaction writes to.
     #[must_use]
     pub fn journal(&self) -> &Journal {
