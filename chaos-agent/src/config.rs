@@ -208,8 +208,12 @@ impl Config {
             })
         };
         let l = &self.limits;
-        if l.max_ttl.is_zero() {
-            return bad("limits.max_ttl must be greater than zero".to_owned());
+        if l.max_ttl.is_zero() || l.max_ttl > crate::spec::MAX_TTL_CEILING {
+            return bad(format!(
+                "limits.max_ttl must be greater than zero and at most {}, got {}",
+                humantime::format_duration(crate::spec::MAX_TTL_CEILING),
+                humantime::format_duration(l.max_ttl)
+            ));
         }
         if l.default_ttl.is_zero() || l.default_ttl > l.max_ttl {
             return bad(format!(
@@ -358,6 +362,22 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(ports, ["22", "9465", "9999"]);
+    }
+
+    #[test]
+    fn max_ttl_and_max_faults_have_ceilings() {
+        let e = Config::parse("[limits]\nmax_ttl = \"700years\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_ttl must be greater than zero and at most 7days"),
+            "{e}"
+        );
+        assert!(Config::parse("[limits]\nmax_ttl = \"7days\"\n", Path::new("c.toml")).is_ok());
+        let e = Config::parse("[limits]\nmax_faults = 257\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("between 1 and 256"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,21 @@ impl Default for Limits {
 
 /// Default maximum TTL.
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_hours(1);
+/// The ceiling of any configured maximum TTL (`limits.max_ttl`, `--max-ttl`): a fault injector's
+/// time box is hours, not years, and deadlines far beyond it would overflow the nanosecond
+/// clocks the kernel-side deadline is kept in.
+pub const MAX_TTL_CEILING: Duration = Duration::from_hours(7 * 24);
+/// Longest label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+impl Limits {
+    /// The longest TTL a fault may have: the configured maximum, never above
+    /// [`MAX_TTL_CEILING`].
+    #[must_use]
+    pub fn effective_max_ttl(&self) -> Duration {
+        self.max_ttl.min(MAX_TTL_CEILING)
+    }
+}
 
 /// Why a spec was rejected. Every variant names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -143,6 +158,16 @@ pub enum SpecError {
     BadInterfaceName {
         /// The name.
         name: String,
+    },
+    /// The label is too long or holds control characters.
+    #[error("label must be at most {max} bytes without control characters, got {got} bytes{}", if *control { " with control characters" } else { "" })]
+    BadLabel {
+        /// Its length in bytes.
+        got: usize,
+        /// The limit.
+        max: usize,
+        /// Whether it holds control characters.
+        control: bool,
     },
 }
 

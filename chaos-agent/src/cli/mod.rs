@@ -124,8 +124,8 @@ pub struct InjectArgs {
     /// How to attach the tc programs.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    /// Maximum TTL accepted.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    /// Maximum TTL accepted (at most 7 days).
+    #[arg(long, value_parser = parse_max_ttl, default_value = "1h")]
     pub max_ttl: Duration,
     /// A label for the experiment (shown in list and logs).
     #[arg(long)]
@@ -235,6 +235,17 @@ pub struct DoctorArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_max_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
+        return Err(format!(
+            "{s} is outside (0, {}]",
+            humantime::format_duration(crate::spec::MAX_TTL_CEILING)
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {

@@ -297,7 +297,9 @@ impl Engine {
         let now_wall = SystemTime::now();
         let mono_now = sys::monotonic_ns();
         let deadline = started + spec.ttl;
-        let expires_mono = mono_now + spec.ttl.as_nanos() as u64;
+        // Saturating: validation bounds the TTL, and a deadline must never wrap to the past.
+        let expires_mono =
+            mono_now.saturating_add(u64::try_from(spec.ttl.as_nanos()).unwrap_or(u64::MAX));
         let entry = JournalEntry {
             version: journal::VERSION,
             id,
@@ -502,7 +504,7 @@ impl Engine {
         by: Duration,
         who: Requester,
     ) -> Result<FaultInfo, EngineError> {
-        let max = self.config().limits.max_ttl;
+        let max = self.config().limits.effective_max_ttl();
         let mut state = self.inner.state.lock().await;
         let slot = state.faults.get_mut(&id).ok_or(EngineError::NotFound(id))?;
         let old_deadline = slot.deadline;
@@ -521,7 +523,10 @@ impl Engine {
         let new_deadline = old_deadline + by;
         let remaining = new_deadline.saturating_duration_since(Instant::now());
         with_fault(&slot.active, |f| {
-            f.set_expiry(sys::monotonic_ns() + remaining.as_nanos() as u64)
+            f.set_expiry(
+                sys::monotonic_ns()
+                    .saturating_add(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX)),
+            )
         })
         .map_err(|source| EngineError::Apply { source })?;
         slot.deadline = new_deadline;

@@ -46,11 +46,19 @@ impl FaultSpec {
         if self.ttl.is_zero() {
             return Err(SpecError::TtlZero);
         }
-        if self.ttl > limits.max_ttl {
-            return Err(SpecError::TtlTooLong {
-                ttl: self.ttl,
-                max: limits.max_ttl,
-            });
+        let max = limits.effective_max_ttl();
+        if self.ttl > max {
+            return Err(SpecError::TtlTooLong { ttl: self.ttl, max });
+        }
+        if let Some(label) = &self.label {
+            let control = label.chars().any(char::is_control);
+            if label.len() > crate::spec::MAX_LABEL_BYTES || control {
+                return Err(SpecError::BadLabel {
+                    got: label.len(),
+                    max: crate::spec::MAX_LABEL_BYTES,
+                    control,
+                });
+            }
         }
         self.target.validate()?;
         let mut effect = false;
@@ -143,6 +151,32 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn ttl_ceiling_and_labels() {
+        let huge = Limits {
+            max_ttl: Duration::from_secs(u64::MAX),
+        };
+        let mut s = loss(0.1);
+        s.ttl = Duration::from_hours(600 * 365 * 24);
+        assert!(matches!(
+            s.validate(&huge),
+            Err(SpecError::TtlTooLong { max, .. }) if max == crate::spec::MAX_TTL_CEILING
+        ));
+        s.ttl = Duration::from_secs(30);
+        s.label = Some("x".repeat(crate::spec::MAX_LABEL_BYTES));
+        assert!(s.validate(&Limits::default()).is_ok());
+        s.label = Some("x".repeat(crate::spec::MAX_LABEL_BYTES + 1));
+        assert!(matches!(
+            s.validate(&Limits::default()),
+            Err(SpecError::BadLabel { got: 257, .. })
+        ));
+        s.label = Some("game\nday".to_owned());
+        let e = s
+            .validate(&Limits::default())
+            .expect_err("control character");
+        assert!(e.to_string().contains("control characters"), "{e}");
     }
 
     #[test]
