@@ -750,15 +750,28 @@ pub fn tc_qdiscs(ns: &NetNs, ifname: &str) -> String {
 }
 
 /// Round-trip times (ms) of `count` pings from `ns` to `dst`, one every `interval` seconds.
+/// Panics unless every reply came back within the run's deadline.
 #[must_use]
 pub fn ping_rtts(ns: &NetNs, dst: &str, count: u32, interval: f64) -> Vec<f64> {
+    // A deadline for the whole run (-w), not only per reply (-W): ping then exits non-zero
+    // unless every reply came back, and a lost reply fails the caller instead of shrinking
+    // the sample it takes a median of.
+    let deadline = (f64::from(count) * interval).ceil() as u32 + 5;
     let out = ns.sh(&format!(
-        "ping -n -c {count} -i {interval} -W 2 {dst} || true"
+        "ping -n -c {count} -i {interval} -W 2 -w {deadline} {dst} || true"
     ));
-    out.lines()
+    let rtts: Vec<f64> = out
+        .lines()
         .filter_map(|l| l.split("time=").nth(1))
         .filter_map(|t| t.split_whitespace().next()?.parse().ok())
-        .collect()
+        .collect();
+    assert_eq!(
+        rtts.len(),
+        count as usize,
+        "ping {dst}: {} of {count} replies\n{out}",
+        rtts.len()
+    );
+    rtts
 }
 
 /// Median of a sample.
