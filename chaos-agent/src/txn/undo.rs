@@ -192,13 +192,7 @@ impl Undo {
                 if *mode != AttachMode::Netlink {
                     return Ok(false);
                 }
-                let Ok(ifindex) = ifindex(ifname) else {
-                    return Ok(false);
-                };
-                Ok(ctx
-                    .tc
-                    .delete_our_bpf_filter(ifindex, *hook, *priority, *handle)
-                    .await?)
+                delete_filter(ctx, ifname, *hook, *priority, *handle).await
             }
             Self::TcxLink { .. } => Ok(false),
             Self::NetlinkFilter {
@@ -206,15 +200,7 @@ impl Undo {
                 hook,
                 priority,
                 handle,
-            } => {
-                let Ok(ifindex) = ifindex(ifname) else {
-                    return Ok(false);
-                };
-                Ok(ctx
-                    .tc
-                    .delete_our_bpf_filter(ifindex, *hook, *priority, *handle)
-                    .await?)
-            }
+            } => delete_filter(ctx, ifname, *hook, *priority, *handle).await,
             Self::Clsact { ifname } => {
                 let Ok(ifindex) = ifindex(ifname) else {
                     ctx.journal.unmark_owned("clsact", ifname)?;
@@ -257,6 +243,23 @@ impl Undo {
             }
         }
     }
+}
+
+/// Deletes one of our `cls_bpf` filters; an interface that is gone has none left.
+async fn delete_filter(
+    ctx: &UndoCtx,
+    ifname: &str,
+    hook: Hook,
+    priority: u16,
+    handle: u32,
+) -> Result<bool, UndoError> {
+    let Ok(ifindex) = ifindex(ifname) else {
+        return Ok(false);
+    };
+    Ok(ctx
+        .tc
+        .delete_our_bpf_filter(ifindex, hook, priority, handle)
+        .await?)
 }
 
 /// Runs undo records in reverse order, continuing past failures. Returns (removed, errors).
