@@ -167,7 +167,10 @@ fn full_loss_drops_everything_that_matches_and_nothing_else() {
         300
     );
     // ICMP is not UDP: the fault leaves it alone (every reply back, or ping_rtts fails).
-    assert_eq!(chaos_testing::ping_rtts(&pair.a, &pair.b_ip, 3, 0.2).len(), 3);
+    assert_eq!(
+        chaos_testing::ping_rtts(&pair.a, &pair.b_ip, 3, 0.2).len(),
+        3
+    );
     agent.signal(Signal::SIGTERM);
     let (status, out, _) = agent.wait(Duration::from_secs(10));
     assert!(status.success());
