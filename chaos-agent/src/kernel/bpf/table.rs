@@ -627,6 +627,22 @@ mod tests {
         v.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    /// A fault that filters on destination prefixes only.
+    fn dst_rules(v: &[&str]) -> Rules {
+        Rules {
+            dst: nets(v),
+            ..Rules::default()
+        }
+    }
+
+    /// A fault that filters on source prefixes only.
+    fn src_rules(v: &[&str]) -> Rules {
+        Rules {
+            src: nets(v),
+            ..Rules::default()
+        }
+    }
+
     #[test]
     fn masks() {
         assert_eq!(mask(0, 32), 0);
@@ -645,24 +661,8 @@ mod tests {
     #[test]
     fn nested_prefixes_of_different_faults_both_match() {
         let (mut t, mut k) = (Table::default(), Mem::default());
-        t.add(
-            1,
-            &Rules {
-                dst: nets(&["10.0.0.0/8"]),
-                ..Rules::default()
-            },
-            &mut k,
-        )
-        .unwrap();
-        t.add(
-            2,
-            &Rules {
-                dst: nets(&["10.1.0.0/16"]),
-                ..Rules::default()
-            },
-            &mut k,
-        )
-        .unwrap();
+        t.add(1, &dst_rules(&["10.0.0.0/8"]), &mut k).unwrap();
+        t.add(2, &dst_rules(&["10.1.0.0/16"]), &mut k).unwrap();
         let any = ip("192.0.2.1");
         let both = k.classify(PROTO_CLASS_UDP, any, ip("10.1.2.3"), Some((1, 2)));
         assert!(both.contains(1) && both.contains(2));
@@ -680,15 +680,7 @@ mod tests {
             k.classify(PROTO_CLASS_UDP, any, ip("10.2.0.1"), None)
                 .is_empty()
         );
-        t.add(
-            1,
-            &Rules {
-                dst: nets(&["10.0.0.0/8"]),
-                ..Rules::default()
-            },
-            &mut k,
-        )
-        .unwrap();
+        t.add(1, &dst_rules(&["10.0.0.0/8"]), &mut k).unwrap();
         t.remove(2, &mut k).unwrap();
         let m = k.classify(PROTO_CLASS_UDP, any, ip("10.1.2.3"), None);
         assert!(m.contains(1) && !m.contains(2));
@@ -701,24 +693,9 @@ mod tests {
     #[test]
     fn a_narrower_prefix_added_later_inherits_the_wider_ones() {
         let (mut t, mut k) = (Table::default(), Mem::default());
-        t.add(
-            7,
-            &Rules {
-                src: nets(&["2001:db8::/32"]),
-                ..Rules::default()
-            },
-            &mut k,
-        )
-        .unwrap();
-        t.add(
-            9,
-            &Rules {
-                src: nets(&["2001:db8:1::/48", "::/0"]),
-                ..Rules::default()
-            },
-            &mut k,
-        )
-        .unwrap();
+        t.add(7, &src_rules(&["2001:db8::/32"]), &mut k).unwrap();
+        t.add(9, &src_rules(&["2001:db8:1::/48", "::/0"]), &mut k)
+            .unwrap();
         let m = k.classify(
             PROTO_CLASS_TCP,
             ip("2001:db8:1::5"),
@@ -822,15 +799,8 @@ mod tests {
     fn capacity_is_checked_before_anything_is_written() {
         let mut t = Table::new(3);
         let mut k = Mem::default();
-        t.add(
-            1,
-            &Rules {
-                dst: nets(&["10.0.0.0/8", "10.1.0.0/16"]),
-                ..Rules::default()
-            },
-            &mut k,
-        )
-        .unwrap();
+        t.add(1, &dst_rules(&["10.0.0.0/8", "10.1.0.0/16"]), &mut k)
+            .unwrap();
         let more = Rules {
             dst: nets(&["10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"]),
             ..Rules::default()
@@ -845,11 +815,8 @@ mod tests {
         ));
         // IPv6 prefixes have a trie of their own.
         assert!(
-            t.check(&Rules {
-                dst: nets(&["2001:db8::/32", "10.0.0.0/8"]),
-                ..Rules::default()
-            })
-            .is_ok()
+            t.check(&dst_rules(&["2001:db8::/32", "10.0.0.0/8"]))
+                .is_ok()
         );
     }
 
