@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod dns;
+
 /// Runs a command and returns its output, panicking with the command line and stderr on failure.
 pub fn run<I, S>(program: &str, args: I) -> Output
 where
