@@ -28,6 +28,11 @@ pub enum Counter {
     Protected = 4,
     /// Packets that matched the filters after the in-kernel deadline passed (let through).
     Expired = 5,
+    /// DNS faults: answers rewritten to the fault's rcode.
+    Rewritten = 6,
+    /// DNS faults: messages on the fault's port that the program could not parse within its
+    /// bounds (let through untouched).
+    Unparsed = 7,
 }
 
 /// Number of counters per direction.

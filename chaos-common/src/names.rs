@@ -40,3 +40,10 @@ pub const MAP_DST_V6: &str = "CHAOS_DST6";
 
 /// Prefixes one fault may name per address family and side (source or destination).
 pub const MAX_PREFIXES: u32 = 16_384;
+/// DNS name suffixes -> [`crate::Bitmap`] (LPM trie over `crate::dns::NameKey`); the value of a
+/// name holds the faults of every listed suffix of it.
+pub const MAP_DNS_NAMES: &str = "CHAOS_DNS_NAMES";
+/// DNS query type -> [`crate::Bitmap`] of the faults that list it.
+pub const MAP_DNS_TYPES: &str = "CHAOS_DNS_TYPES";
+/// Per-CPU scratch space of the DNS parser (the 512-byte BPF stack cannot hold a name).
+pub const MAP_DNS_SCRATCH: &str = "CHAOS_DNS_SCR";

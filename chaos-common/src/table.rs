@@ -175,8 +175,15 @@ pub struct Globals {
     pub sport_any: Bitmap,
     /// Faults without a destination port filter.
     pub dport_any: Bitmap,
+    /// DNS answer faults (`F_DNS`): they match only DNS responses, and only after the program
+    /// parsed the question and checked the two dimensions below.
+    pub dns: Bitmap,
+    /// DNS faults without a name filter.
+    pub dns_name_any: Bitmap,
+    /// DNS faults without a query type filter.
+    pub dns_type_any: Bitmap,
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 8 * 32);
+const _: () = assert!(core::mem::size_of::<Globals>() == 11 * 32);
 
 /// What one port (map `CHAOS_PORTS`, 65536 entries) or one block of [`PORT_BLOCK_SIZE`] ports
 /// (map `CHAOS_PORT_BLOCKS`) means to each fault.
@@ -209,6 +216,14 @@ pub const F_EGRESS_WIRE_DROP: u32 = 1 << 8;
 /// device's root `fq` qdisc holds each packet until then. This is the delay backend for kernels
 /// without `sch_netem`; `F_STEER` stays off (fq does not classify by `skb->priority`).
 pub const F_EDT: u32 = 1 << 10;
+/// A DNS answer fault: the slot acts only on DNS responses whose question matched its name and
+/// type filters (`CHAOS_DNS_NAMES`, `CHAOS_DNS_TYPES`), and `FaultSlot::dns` says what it does
+/// to them (`DNS_ACT_*`, with `loss_threshold` as the fraction of matching answers hit).
+pub const F_DNS: u32 = 1 << 11;
+/// The fault acts on a duty cycle: only while `(now - start_ns) % flap_period_ns <
+/// flap_on_ns`. Computed per packet from the clock, so the schedule needs no wake-ups and holds
+/// while the agent is dead.
+pub const F_FLAP: u32 = 1 << 12;
 
 /// One fault as the programs see it once its filters matched (map `CHAOS_SLOTS`).
 #[repr(C)]
@@ -239,11 +254,18 @@ pub struct FaultSlot {
     /// across the walk's calls (a computed slot number does, and the callback's states would
     /// never converge).
     pub index: u32,
-    /// Reserved (explicit padding to a multiple of 8); zero.
-    pub reserved: u32,
+    /// `F_DNS`: `crate::dns::DNS_ACT_*` (the rcode to answer with, or drop).
+    pub dns: u32,
+    /// `CLOCK_MONOTONIC` time the fault started: the origin of the `F_FLAP` duty cycle.
+    pub start_ns: u64,
+    /// `F_FLAP`: how long each active phase lasts (ns); `0 < flap_on_ns < flap_period_ns`.
+    pub flap_on_ns: u64,
+    /// `F_FLAP`: one active plus one resting phase (ns).
+    pub flap_period_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FaultSlot>() == 48);
+const _: () = assert!(core::mem::size_of::<FaultSlot>() == 72);
 const _: () = assert!(core::mem::offset_of!(FaultSlot, expires_at_ns) == 8);
+const _: () = assert!(core::mem::offset_of!(FaultSlot, start_ns) == 48);
 
 #[cfg(feature = "user")]
 mod pod {

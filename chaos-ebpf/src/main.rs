@@ -18,21 +18,22 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod parse;
 mod rng;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_loop, bpf_redirect},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
-    BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_EDT, F_EGRESS_WIRE_DROP, F_STEER,
-    FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_FAULTS, MAX_HOOKS, MAX_TRIE_ENTRIES,
-    PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP,
-    PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
+    BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_DNS, F_EDT, F_EGRESS_WIRE_DROP,
+    F_FLAP, F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_FAULTS, MAX_HOOKS,
+    MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
+    PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
 };
 
 use core::ffi::c_void;
@@ -135,9 +136,10 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
     let Some(g) = CHAOS_GLOBALS.get(0) else {
         return TC_ACT_UNSPEC;
     };
-    let Some(pkt) = parse::parse(ctx, hook_flags & HOOK_L3_DEVICE != 0) else {
+    let mut pkt = Packet::EMPTY;
+    if !parse::parse_into(ctx.skb.skb, hook_flags & HOOK_L3_DEVICE, &mut pkt) {
         return TC_ACT_UNSPEC;
-    };
+    }
     // Cheapest dimensions first (array lookups the verifier inlines), the tries last: most
     // packets that match nothing leave before the first trie walk.
     let class = match pkt.proto {
@@ -153,11 +155,7 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
     }
     let mut protect = Bitmap::EMPTY;
     if pkt.has_ports {
-        let (sp, dp) = (ports(pkt.sport), ports(pkt.dport));
-        m = m
-            .and(&sp.src.or(&g.sport_any))
-            .and(&dp.dst.or(&g.dport_any));
-        protect = sp.protect.or(&dp.protect);
+        port_filter(pkt.sport, pkt.dport, g, &mut m, &mut protect);
     } else {
         // A port filter never matches a packet without ports (ICMP, non-first fragments).
         m = m.and(&g.sport_any).and(&g.dport_any);
@@ -165,15 +163,64 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
     if m.is_empty() {
         return TC_ACT_UNSPEC;
     }
-    m = m.and(&in_trie(&pkt, &pkt.src, true).or(&g.src_any));
-    if m.is_empty() {
+    if !trie_filter(&pkt, g, &mut m) {
         return TC_ACT_UNSPEC;
     }
-    m = m.and(&in_trie(&pkt, &pkt.dst, false).or(&g.dst_any));
-    if m.is_empty() {
-        return TC_ACT_UNSPEC;
+    // DNS faults last: only a packet that every other dimension of one of them admits is
+    // parsed as a DNS message.
+    let mut dns_state = dns::NONE;
+    if !m.and(&g.dns).is_empty() {
+        dns_state = dns::inspect(ctx.skb.skb, &pkt, g, &mut m);
+        if m.is_empty() {
+            return TC_ACT_UNSPEC;
+        }
     }
-    act(ctx, dir, &m, &protect)
+    let mut io = DnsIo {
+        state: dns_state,
+        rewrite: 0,
+        rcode: 0,
+        slot: 0,
+    };
+    let verdict = act(ctx.skb.skb, dir as u32, &m, &protect, &mut io);
+    if io.rewrite == 0 {
+        return verdict;
+    }
+    // After the walk, in this frame: the rewrite's locals and the walk's never share a stack.
+    match dns::rewrite(ctx.skb.skb, io.rcode) {
+        dns::REWRITTEN => count(io.slot, dir, Counter::Rewritten),
+        // Changed half-way: a broken message must not reach the client.
+        dns::BROKEN => {
+            count(io.slot, dir, Counter::Dropped);
+            return TC_ACT_SHOT as i32;
+        }
+        _ => count(io.slot, dir, Counter::Unparsed),
+    }
+    verdict
+}
+
+/// What the walk and the DNS parts of the program tell each other.
+#[repr(C)]
+struct DnsIo {
+    /// In: `dns::NONE`, `UDP`, `TCP` or `UNPARSED`.
+    state: u32,
+    /// Out: 1 if a DNS fault hit the answer and it is to be rewritten.
+    rewrite: u32,
+    /// Out: the rcode to write.
+    rcode: u32,
+    /// Out: `FaultSlot::index` of that fault.
+    slot: u32,
+}
+
+/// Narrows `m` by the packet's ports and collects the faults that protect one of them. Not
+/// inlined: its two port entries (96 bytes each) get a frame of their own instead of adding to
+/// the classifier's, whose stack the walk and the DNS rewrite share.
+#[inline(never)]
+fn port_filter(sport: u16, dport: u16, g: &Globals, m: &mut Bitmap, protect: &mut Bitmap) {
+    let (sp, dp) = (ports(sport), ports(dport));
+    *m = m
+        .and(&sp.src.or(&g.sport_any))
+        .and(&dp.dst.or(&g.dport_any));
+    *protect = sp.protect.or(&dp.protect);
 }
 
 /// The union of a port's own entry and its block's entry.
@@ -214,11 +261,21 @@ struct Walk {
     steer_slot: u32,
     /// `FaultSlot::index` of the slot that stamped it, once `STAMPED`.
     stamp_slot: u32,
+    /// `dns::NONE`, `UDP`, `TCP` or `UNPARSED`: what the DNS parser made of the packet.
+    dns: u32,
+    /// The rcode to answer with, once `VERDICT_DNS`.
+    rcode: u32,
+    /// `FaultSlot::index` of the DNS fault that hit the answer, once `VERDICT_DNS`.
+    dns_slot: u32,
+    /// Explicit padding; zero.
+    pad: u32,
 }
 
 const VERDICT_NONE: u32 = 0;
 const VERDICT_SHOT: u32 = 1;
 const VERDICT_WIRE_DROP: u32 = 2;
+const VERDICT_DNS: u32 = 3;
+
 const STEERED: u32 = 1;
 const STAMPED: u32 = 2;
 
@@ -230,9 +287,16 @@ const STAMPED: u32 = 2;
 /// The walk is a `bpf_loop` (5.17) over [`walk_step`], one call per matching fault: the
 /// verifier checks the step once, where an inline loop over up to 256 slots would be checked
 /// once per possible iteration and exceed its million-instruction budget.
-#[inline(always)]
-fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
-    let skb = ctx.skb.skb;
+///
+/// Not inlined: the walk's state gets a frame of its own, so that the classifier's frame plus
+/// the DNS parser's or rewriter's stays within the 512 bytes a call chain may use.
+#[inline(never)]
+fn act(skb: *mut __sk_buff, dir: u32, m: &Bitmap, protect: &Bitmap, io: &mut DnsIo) -> i32 {
+    let dir = if dir == Dir::Egress as u32 {
+        Dir::Egress
+    } else {
+        Dir::Ingress
+    };
     let mut walk = Walk {
         m: *m,
         protect: *protect,
@@ -247,6 +311,10 @@ fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
         done: 0,
         steer_slot: 0,
         stamp_slot: 0,
+        dns: io.state,
+        rcode: 0,
+        dns_slot: 0,
+        pad: 0,
     };
     // SAFETY: `walk_step` has the callback signature bpf_loop expects and only touches `walk`
     // (a stack object that outlives the call) and maps.
@@ -268,6 +336,11 @@ fn act(ctx: &TcContext, dir: Dir, m: &Bitmap, protect: &Bitmap) -> i32 {
             return unsafe { bpf_redirect(0, 0) } as i32;
         }
         VERDICT_SHOT => return TC_ACT_SHOT as i32,
+        VERDICT_DNS => {
+            io.rewrite = 1;
+            io.rcode = walk.rcode;
+            io.slot = walk.dns_slot;
+        }
         _ => {}
     }
     // Counted only now that no slot dropped the packet: a packet a later slot drops never
@@ -331,9 +404,19 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
         count(slot, dir, Counter::Expired);
         return 0;
     }
+    // The duty cycle: acting only in the first `flap_on_ns` of every period since the start.
+    if flags & F_FLAP != 0
+        && (f.flap_period_ns == 0
+            || walk.now.wrapping_sub(f.start_ns) % f.flap_period_ns >= f.flap_on_ns)
+    {
+        return 0;
+    }
     if walk.protect.w[word] & low != 0 {
         count(slot, dir, Counter::Protected);
         return 0;
+    }
+    if flags & F_DNS != 0 {
+        return dns_step(walk, f, flags, slot, dir);
     }
     count(slot, dir, Counter::Matched);
     if rng::should_drop(f, flags, slot) {
@@ -356,6 +439,39 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
         walk.steer_slot = f.index;
     }
     0
+}
+
+/// A DNS fault's part of the walk (its name and type matched, or the message did not parse):
+/// `FaultSlot::loss_threshold` is the fraction of matching answers it hits. The first DNS fault
+/// that hits decides the answer's fate and ends the walk.
+#[inline(always)]
+fn dns_step(walk: &mut Walk, f: &FaultSlot, flags: u32, slot: u32, dir: Dir) -> i64 {
+    if walk.dns == dns::UNPARSED {
+        count(slot, dir, Counter::Unparsed);
+        return 0;
+    }
+    if walk.dns == dns::NONE {
+        return 0;
+    }
+    count(slot, dir, Counter::Matched);
+    if !rng::should_drop(f, flags, slot) {
+        return 0;
+    }
+    if f.dns == chaos_common::dns::DNS_ACT_DROP || walk.dns == dns::TCP {
+        // Over TCP the message cannot change length without breaking the stream: dropped, the
+        // client retries and times out.
+        count(slot, dir, Counter::Dropped);
+        walk.verdict = if matches!(dir, Dir::Egress) && flags & F_EGRESS_WIRE_DROP != 0 {
+            VERDICT_WIRE_DROP
+        } else {
+            VERDICT_SHOT
+        };
+        return 1;
+    }
+    walk.verdict = VERDICT_DNS;
+    walk.rcode = f.dns & chaos_common::dns::DNS_RCODE_MASK;
+    walk.dns_slot = f.index;
+    1
 }
 
 /// The index of the one bit set in `low` (a power of two), by binary search: BPF has no
@@ -411,6 +527,18 @@ fn edt_departure(cfg: &FaultSlot, flags: u32, slot: u32, now: u64, current: u64)
         add_us = (delay_us + offset).saturating_sub(jitter_us);
     }
     base + add_us * 1000
+}
+
+/// Narrows `m` by the packet's source and destination prefixes; false once it is empty. Not
+/// inlined, for the stack (the lookup keys and values live in its own frame).
+#[inline(never)]
+fn trie_filter(pkt: &Packet, g: &Globals, m: &mut Bitmap) -> bool {
+    *m = m.and(&in_trie(pkt, &pkt.src, true).or(&g.src_any));
+    if m.is_empty() {
+        return false;
+    }
+    *m = m.and(&in_trie(pkt, &pkt.dst, false).or(&g.dst_any));
+    !m.is_empty()
 }
 
 /// The faults whose source (or destination) prefixes contain the address: one longest-prefix

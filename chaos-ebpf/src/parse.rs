@@ -5,7 +5,7 @@
 //! in the linear area) and takes a variable offset without the bounds proofs the verifier demands
 //! for direct access, which keeps the IPv6 extension-header walk simple and verifiable on 6.1.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -33,6 +33,7 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const MAX_V6_EXT: usize = 6;
 
 /// What the filters need to know about a packet.
+#[repr(C)]
 pub struct Packet {
     /// `true` for IPv6.
     pub v6: bool,
@@ -50,13 +51,48 @@ pub struct Packet {
     pub src: [u8; 16],
     /// Destination address in network byte order (IPv4 uses the first 4 bytes).
     pub dst: [u8; 16],
+    /// Offset of the IP header.
+    pub l3: u16,
+    /// Offset of the TCP/UDP header, valid if `has_ports`.
+    pub l4: u16,
+}
+
+impl Packet {
+    /// Before parsing.
+    pub const EMPTY: Self = Self {
+        v6: false,
+        proto: 0,
+        has_ports: false,
+        sport: 0,
+        dport: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        l3: 0,
+        l4: 0,
+    };
 }
 
 /// Parses the headers of the packet, starting at the Ethernet header, or at the IP header if
 /// `l3_device` (no link-layer header). `None` for anything that is not IPv4/IPv6 (ARP, LLDP, ...)
 /// or is too short to hold the IP header: such packets are never faulted.
+///
+/// Not inlined: the header copies live in this function's frame, not in the classifier's (the
+/// walk and the DNS rewrite share what the classifier leaves of the 512-byte stack). Returns
+/// false where the packet is not parsed; `out` is then unspecified.
+#[inline(never)]
+pub fn parse_into(skb: *mut __sk_buff, l3_device: u32, out: &mut Packet) -> bool {
+    let ctx = &TcContext::new(skb);
+    match parse(ctx, l3_device != 0) {
+        Some(p) => {
+            *out = p;
+            true
+        }
+        None => false,
+    }
+}
+
 #[inline(always)]
-pub fn parse(ctx: &TcContext, l3_device: bool) -> Option<Packet> {
+fn parse(ctx: &TcContext, l3_device: bool) -> Option<Packet> {
     // Decide (family, offset of the IP header) first and parse each family once: inlining the
     // IP parsers per link type would double the program.
     let (version, l3) = if l3_device {
@@ -103,6 +139,8 @@ fn parse_v4(ctx: &TcContext, l3: usize) -> Option<Packet> {
         dport: 0,
         src: [0; 16],
         dst: [0; 16],
+        l3: l3 as u16,
+        l4: 0,
     };
     p.src[..4].copy_from_slice(&h[12..16]);
     p.dst[..4].copy_from_slice(&h[16..20]);
@@ -129,6 +167,8 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Option<Packet> {
         dport: 0,
         src: [0; 16],
         dst: [0; 16],
+        l3: l3 as u16,
+        l4: 0,
     };
     p.src.copy_from_slice(&h[8..24]);
     p.dst.copy_from_slice(&h[24..40]);
@@ -182,5 +222,6 @@ fn read_ports(ctx: &TcContext, l4: usize, p: &mut Packet) {
         p.sport = u16::from_be_bytes([b[0], b[1]]);
         p.dport = u16::from_be_bytes([b[2], b[3]]);
         p.has_ports = true;
+        p.l4 = l4 as u16;
     }
 }

@@ -22,7 +22,7 @@ use aya::programs::tc::SchedClassifierLinkId;
 use aya::{Ebpf, EbpfLoader};
 use chaos_common::{
     Bitmap, COUNTERS_PER_DIR, Counter, Dir, F_ARMED, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry,
-    MAX_FAULTS, MAX_HOOKS, PortEntry, counter_index, hook_key, names,
+    MAX_FAULTS, MAX_HOOKS, PortEntry, counter_index, dns, hook_key, names,
 };
 
 use super::table::{Prefix, Rules, Table, TableSink, Trie};
@@ -38,6 +38,8 @@ struct Sink {
     dst4: LpmTrie<MapData, [u8; 4], Bitmap>,
     src6: LpmTrie<MapData, [u8; 16], Bitmap>,
     dst6: LpmTrie<MapData, [u8; 16], Bitmap>,
+    dns_names: LpmTrie<MapData, [u8; dns::NAME_KEY_BYTES], Bitmap>,
+    dns_types: BpfHashMap<MapData, u32, Bitmap>,
 }
 
 /// A trie operation whose "not there" is success (removing what is already gone).
@@ -97,6 +99,34 @@ impl TableSink for Sink {
                     None => absent_ok(map.remove(&key)).map_err(map_error("delete", name)),
                 }
             }
+        }
+    }
+
+    fn dns_name(&mut self, key: &[u8], v: Option<&Bitmap>) -> Result<(), EbpfError> {
+        let name = names::MAP_DNS_NAMES;
+        let mut data = [0u8; dns::NAME_KEY_BYTES];
+        let n = key.len().min(dns::NAME_KEY_BYTES);
+        data[..n].copy_from_slice(&key[..n]);
+        // n <= 256, so the bit count fits.
+        let key = Key::new((n * 8) as u32, data);
+        match v {
+            Some(v) => self
+                .dns_names
+                .insert(&key, v, 0)
+                .map_err(map_error("insert", name)),
+            None => absent_ok(self.dns_names.remove(&key)).map_err(map_error("delete", name)),
+        }
+    }
+
+    fn dns_type(&mut self, qtype: u16, v: Option<&Bitmap>) -> Result<(), EbpfError> {
+        let name = names::MAP_DNS_TYPES;
+        let key = u32::from(qtype);
+        match v {
+            Some(v) => self
+                .dns_types
+                .insert(key, v, 0)
+                .map_err(map_error("insert", name)),
+            None => absent_ok(self.dns_types.remove(&key)).map_err(map_error("delete", name)),
         }
     }
 }
@@ -260,6 +290,8 @@ impl Datapath {
                 dst4: take(&mut ebpf, names::MAP_DST_V4)?,
                 src6: take(&mut ebpf, names::MAP_SRC_V6)?,
                 dst6: take(&mut ebpf, names::MAP_DST_V6)?,
+                dns_names: take(&mut ebpf, names::MAP_DNS_NAMES)?,
+                dns_types: take(&mut ebpf, names::MAP_DNS_TYPES)?,
             },
             ebpf,
             table: Table::default(),
@@ -594,6 +626,8 @@ impl Datapath {
                 steered: read(d, Counter::Steered)?,
                 protected: read(d, Counter::Protected)?,
                 expired: read(d, Counter::Expired)?,
+                rewritten: read(d, Counter::Rewritten)?,
+                unparsed: read(d, Counter::Unparsed)?,
             })
         };
         Ok(Counters {

@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod datapath;
+pub mod dns_table;
 pub mod table;
 
 use std::net::IpAddr;
@@ -84,6 +85,12 @@ pub struct DirCounters {
     pub protected: u64,
     /// Packets seen after the kernel-side deadline.
     pub expired: u64,
+    /// DNS answers rewritten to the fault's rcode.
+    #[serde(default)]
+    pub rewritten: u64,
+    /// DNS messages the program could not parse (let through untouched).
+    #[serde(default)]
+    pub unparsed: u64,
 }
 
 /// Counters of a program, both directions.
@@ -107,6 +114,8 @@ impl Counters {
             steered: a.steered + b.steered,
             protected: a.protected + b.protected,
             expired: a.expired + b.expired,
+            rewritten: a.rewritten + b.rewritten,
+            unparsed: a.unparsed + b.unparsed,
         }
     }
 }

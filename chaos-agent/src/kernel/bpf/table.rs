@@ -19,6 +19,8 @@ use chaos_common::{
 };
 use ipnet::IpNet;
 
+use super::dns_table::{DnsTable, NameWrite, TypeWrite};
+
 /// `Rules::protos` bits.
 pub const PROTO_TCP: u32 = 1 << 0;
 /// UDP.
@@ -41,6 +43,12 @@ pub struct Rules {
     pub dports: Vec<(u16, u16)>,
     /// Ports whose packets this fault never touches.
     pub protected: Vec<(u16, u16)>,
+    /// A DNS answer fault: it acts on DNS responses only, filtered by the two lists below.
+    pub dns: bool,
+    /// Question name suffixes, as `chaos_common::dns::name_key` writes them (empty: every name).
+    pub dns_names: Vec<Vec<u8>>,
+    /// Query types (empty: every type).
+    pub dns_types: Vec<u16>,
 }
 
 /// Which prefix trie.
@@ -119,6 +127,10 @@ pub trait TableSink {
     fn block(&mut self, block: u32, e: &PortEntry) -> Result<(), Self::Error>;
     /// A trie entry: `Some` inserts or replaces, `None` deletes.
     fn prefix(&mut self, trie: Trie, p: Prefix, v: Option<&Bitmap>) -> Result<(), Self::Error>;
+    /// A `CHAOS_DNS_NAMES` entry (a reversed name key).
+    fn dns_name(&mut self, key: &[u8], v: Option<&Bitmap>) -> Result<(), Self::Error>;
+    /// A `CHAOS_DNS_TYPES` entry.
+    fn dns_type(&mut self, qtype: u16, v: Option<&Bitmap>) -> Result<(), Self::Error>;
 }
 
 /// Why a fault does not fit the table.
@@ -131,6 +143,18 @@ pub enum TableError {
     TrieFull {
         /// Which trie.
         trie: Trie,
+        /// Entries it would hold.
+        needed: usize,
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// A DNS table would hold more entries than its capacity.
+    #[error(
+        "the DNS {what} table would hold {needed} entries, more than its capacity of {capacity} (all faults together); nothing applied"
+    )]
+    DnsFull {
+        /// `name` or `type`.
+        what: &'static str,
         /// Entries it would hold.
         needed: usize,
         /// Its capacity.
@@ -242,6 +266,7 @@ pub struct Table {
     tries: [PrefixTrie; 4],
     rules: HashMap<u32, Rules>,
     marks: HashMap<u32, PortMarks>,
+    dns: DnsTable,
     trie_capacity: usize,
 }
 
@@ -262,6 +287,7 @@ impl Table {
             tries: Default::default(),
             rules: HashMap::new(),
             marks: HashMap::new(),
+            dns: DnsTable::default(),
             trie_capacity,
         }
     }
@@ -302,6 +328,20 @@ impl Table {
                     trie,
                     needed,
                     capacity: self.trie_capacity,
+                });
+            }
+        }
+        let (names, types) = self.dns.needed(&rules.dns_names, &rules.dns_types);
+        for (what, needed, capacity) in [
+            ("name", names, chaos_common::dns::MAX_NAME_ENTRIES),
+            ("type", types, chaos_common::dns::MAX_TYPE_ENTRIES),
+        ] {
+            let capacity = capacity as usize;
+            if needed > capacity {
+                return Err(TableError::DnsFull {
+                    what,
+                    needed,
+                    capacity,
                 });
             }
         }
@@ -353,6 +393,15 @@ impl Table {
         }
         if rules.dports.is_empty() {
             g.dport_any.insert(slot);
+        }
+        if rules.dns {
+            g.dns.insert(slot);
+            if rules.dns_names.is_empty() {
+                g.dns_name_any.insert(slot);
+            }
+            if rules.dns_types.is_empty() {
+                g.dns_type_any.insert(slot);
+            }
         }
         // Ports.
         let mut marks = PortMarks::default();
@@ -411,7 +460,8 @@ impl Table {
         }
         updates.sort_unstable_by_key(|(t, p, _)| (*t, *p));
         updates.dedup_by_key(|(t, p, _)| (*t, *p));
-        self.flush(sink, &dirty_ports, &dirty_blocks, &updates)
+        let dns = self.dns.add(slot, &rules.dns_names, &rules.dns_types);
+        self.flush(sink, &dirty_ports, &dirty_blocks, &updates, &dns)
     }
 
     /// Removes fault `slot` (whatever part of it was written), writing every entry that changes.
@@ -429,6 +479,9 @@ impl Table {
             &mut g.dst_any,
             &mut g.sport_any,
             &mut g.dport_any,
+            &mut g.dns,
+            &mut g.dns_name_any,
+            &mut g.dns_type_any,
         ] {
             b.remove(slot);
         }
@@ -488,7 +541,8 @@ impl Table {
         }
         updates.sort_unstable_by_key(|(t, p, _)| (*t, *p));
         updates.dedup_by_key(|(t, p, _)| (*t, *p));
-        self.flush(sink, &marks.ports, &marks.blocks, &updates)?;
+        let dns = self.dns.remove(slot, &rules.dns_names, &rules.dns_types);
+        self.flush(sink, &marks.ports, &marks.blocks, &updates, &dns)?;
         // Entries no fault uses any more leave the mirror (the kernel keeps a zeroed value).
         self.ports.retain(|_, e| *e != PortEntry::default());
         Ok(())
@@ -500,6 +554,7 @@ impl Table {
         ports: &[u16],
         blocks: &[u32],
         prefixes: &[(Trie, Prefix, Bitmap)],
+        dns: &(Vec<NameWrite>, Vec<TypeWrite>),
     ) -> Result<(), S::Error> {
         // Narrowing dimensions (ports, prefixes) before the globals: on add, the globals are
         // what admits the new slot on its unfiltered dimensions, and a packet must not see the
@@ -520,6 +575,12 @@ impl Table {
         for (trie, p, v) in prefixes {
             sink.prefix(*trie, *p, Some(v))?;
         }
+        for (key, v) in &dns.0 {
+            sink.dns_name(key, v.as_ref())?;
+        }
+        for (t, v) in &dns.1 {
+            sink.dns_type(*t, v.as_ref())?;
+        }
         sink.globals(&self.globals)
     }
 }
@@ -537,6 +598,8 @@ mod tests {
         ports: BTreeMap<u16, PortEntry>,
         blocks: BTreeMap<u32, PortEntry>,
         tries: BTreeMap<(Trie, Prefix), Bitmap>,
+        names: BTreeMap<Vec<u8>, Bitmap>,
+        types: BTreeMap<u16, Bitmap>,
         writes: usize,
     }
 
@@ -561,6 +624,22 @@ mod tests {
             match v {
                 Some(v) => self.tries.insert((trie, p), *v),
                 None => self.tries.remove(&(trie, p)),
+            };
+            self.writes += 1;
+            Ok(())
+        }
+        fn dns_name(&mut self, key: &[u8], v: Option<&Bitmap>) -> Result<(), ()> {
+            match v {
+                Some(v) => self.names.insert(key.to_vec(), *v),
+                None => self.names.remove(key),
+            };
+            self.writes += 1;
+            Ok(())
+        }
+        fn dns_type(&mut self, qtype: u16, v: Option<&Bitmap>) -> Result<(), ()> {
+            match v {
+                Some(v) => self.types.insert(qtype, *v),
+                None => self.types.remove(&qtype),
             };
             self.writes += 1;
             Ok(())
