@@ -51,6 +51,14 @@ impl Limits {
 /// Why a spec was rejected. Every variant names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
+    /// A duty cycle that does not parse or cannot be honoured.
+    #[error("bad --flap {input:?}: {why}")]
+    BadFlap {
+        /// The text given.
+        input: String,
+        /// Why.
+        why: String,
+    },
     /// TTL zero.
     #[error("ttl must be greater than zero")]
     TtlZero,
@@ -150,9 +158,41 @@ pub enum SpecError {
     EdtIngress,
     /// Nothing to do.
     #[error(
-        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder"
+        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns"
     )]
     NoEffect,
+    /// A domain filter that is not a DNS name.
+    #[error("bad DNS domain {input:?}: {why}")]
+    BadDomain {
+        /// The text given.
+        input: String,
+        /// Why.
+        why: String,
+    },
+    /// An unknown query type.
+    #[error(
+        "unknown DNS type {input:?}: expected a mnemonic (A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT, HTTPS, SVCB, CAA, ...) or TYPEnnn"
+    )]
+    BadDnsType {
+        /// The text given.
+        input: String,
+    },
+    /// Too many entries in a list.
+    #[error("at most {max} {what} per fault, got {got}; nothing applied")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// Limit.
+        max: usize,
+        /// Given.
+        got: usize,
+    },
+    /// Two fault types that cannot share one fault.
+    #[error("{what}: inject them as separate faults (they compose)")]
+    Incompatible {
+        /// Which, and why.
+        what: &'static str,
+    },
     /// Interface name not valid.
     #[error("bad interface name {name:?}")]
     BadInterfaceName {

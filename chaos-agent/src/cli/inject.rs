@@ -22,11 +22,18 @@ use crate::target::Target;
 pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let loss = a.loss.to_spec();
     let shape = a.shape.to_spec();
-    if loss.is_none() && shape.is_none() {
+    let dns = a.dns.to_spec().map_err(UsageError)?;
+    if loss.is_none() && shape.is_none() && dns.is_none() {
         return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate or --reorder".to_owned(),
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder or --dns".to_owned(),
         ));
     }
+    // Answers arrive (ingress) where resolvers are; other faults default to egress.
+    let direction = a.direction.unwrap_or(if dns.is_some() {
+        crate::target::Direction::Ingress
+    } else {
+        crate::target::Direction::Egress
+    });
     let mut src = a.src.clone();
     for f in &a.src_files {
         src.extend(super::read_prefix_file(f)?);
@@ -41,7 +48,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         ttl: a.ttl.unwrap_or_default(),
         target: Target {
             iface: a.iface.clone(),
-            direction: a.direction,
+            direction,
             protocols: a.protocols.clone(),
             src,
             dst,
@@ -51,6 +58,8 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         },
         loss,
         shape,
+        dns,
+        flap: a.flap,
         force: a.force,
         seed: a.seed,
         label: a.label.clone(),

@@ -87,9 +87,9 @@ pub struct InjectArgs {
     /// Interface (default: the interface of the default route).
     #[arg(long)]
     pub iface: Option<String>,
-    /// Which direction to fault.
-    #[arg(long, value_enum, default_value_t = Direction::Egress)]
-    pub direction: Direction,
+    /// Which direction to fault [default: egress; ingress for --dns].
+    #[arg(long, value_enum)]
+    pub direction: Option<Direction>,
     /// Only these protocols (repeatable).
     #[arg(long = "proto", value_enum)]
     pub protocols: Vec<Proto>,
@@ -112,6 +112,11 @@ pub struct InjectArgs {
     /// Only these source ports (repeatable).
     #[arg(long = "sport", value_name = "P[-Q]")]
     pub sports: Vec<PortRange>,
+    /// Duty cycle `ON/OFF` (e.g. `2s/3s`): the fault acts for ON, rests for OFF, again and
+    /// again until its TTL, starting with ON at inject. Computed in the kernel, so it holds even
+    /// while the agent is down. ON + OFF must fit in the TTL.
+    #[arg(long, value_name = "ON/OFF")]
+    pub flap: Option<crate::faults::flap::Flap>,
     /// Seed for reproducible randomness (per CPU).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -147,6 +152,9 @@ pub struct InjectArgs {
     /// Delay, bandwidth and the netem family (`faults/shape`).
     #[command(flatten)]
     pub shape: crate::faults::shape::ShapeArgs,
+    /// DNS answers (`faults/dns`).
+    #[command(flatten)]
+    pub dns: crate::faults::dns::DnsArgs,
 }
 
 /// `run` flags (each overrides the config file).

@@ -325,6 +325,7 @@ impl Engine {
                 attach_mode: mode,
                 protected_ports: &cfg.protected_ports,
                 expires_at_mono_ns: expires_mono,
+                started_at_mono_ns: mono_now,
             };
             faults::apply(spec, &mut ctx).await
         };

@@ -17,6 +17,8 @@
 //! The engine (registry, TTL, journal replay) knows no fault type: it calls [`apply`], [`plan`]
 //! and [`conflict`] and holds [`ActiveFault`]s.
 
+pub mod dns;
+pub mod flap;
 pub mod loss;
 pub mod packet;
 pub mod shape;
@@ -109,6 +111,8 @@ pub struct ApplyCtx<'a> {
     pub protected_ports: &'a [PortRange],
     /// Kernel-side deadline (`CLOCK_MONOTONIC` ns).
     pub expires_at_mono_ns: u64,
+    /// When the fault started (`CLOCK_MONOTONIC` ns): the origin of its `--flap` cycle.
+    pub started_at_mono_ns: u64,
 }
 
 /// Applies a fault. On error the caller rolls the transaction back.

@@ -65,7 +65,7 @@ fn ranges(r: &[PortRange]) -> Vec<(u16, u16)> {
 #[must_use]
 pub fn rules(spec: &FaultSpec, protected: &[PortRange]) -> Rules {
     let t = &spec.target;
-    Rules {
+    let mut r = Rules {
         protos: t.protocols.iter().fold(0, |acc, p| {
             acc | match p {
                 Proto::Tcp => PROTO_TCP,
@@ -82,12 +82,30 @@ pub fn rules(spec: &FaultSpec, protected: &[PortRange]) -> Rules {
         } else {
             ranges(protected)
         },
+        dns: false,
+        dns_names: Vec::new(),
+        dns_types: Vec::new(),
+    };
+    if let Some(d) = &spec.dns {
+        // Answers come from the server's port, over UDP or TCP: the source port is the
+        // dimension that finds them (`--sport` overrides, `--dport` still narrows to clients).
+        r.dns = true;
+        if r.protos == 0 {
+            r.protos = PROTO_UDP | PROTO_TCP;
+        }
+        r.protos &= PROTO_UDP | PROTO_TCP;
+        if r.sports.is_empty() {
+            r.sports = vec![(d.port(), d.port())];
+        }
+        r.dns_names = d.name_keys();
+        r.dns_types = d.type_codes();
     }
+    r
 }
 
 /// The fault's parameters as its slot holds them (unarmed: the datapath arms it last).
 #[must_use]
-pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64) -> FaultSlot {
+pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64, started_at_mono_ns: u64) -> FaultSlot {
     let mut flags = F_EGRESS_WIRE_DROP;
     if spec.seed.is_some() {
         flags |= F_SEEDED;
@@ -99,6 +117,12 @@ pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64) -> FaultSlot {
     cfg.flags = flags;
     if let Some(loss) = &spec.loss {
         loss.configure(&mut cfg);
+    }
+    if let Some(dns) = &spec.dns {
+        dns.configure(&mut cfg);
+    }
+    if let Some(flap) = &spec.flap {
+        flap.configure(&mut cfg, started_at_mono_ns);
     }
     cfg
 }
@@ -184,7 +208,7 @@ pub async fn apply(
         dp.release_slot(slot)?;
         return Err(e.into());
     }
-    let mut cfg = fault_slot(spec, ctx.expires_at_mono_ns);
+    let mut cfg = fault_slot(spec, ctx.expires_at_mono_ns, ctx.started_at_mono_ns);
     if let Some(s) = steering {
         s.configure(&mut cfg);
     }
@@ -209,7 +233,7 @@ pub fn plan(
     protected: &[PortRange],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let cfg = fault_slot(spec, 0);
+    let cfg = fault_slot(spec, 0, 0);
     let r = rules(spec, protected);
     if mode == AttachMode::Netlink {
         out.push(format!("ensure clsact qdisc on {ifname} (created only if absent; removed on revert if we created it)"));
@@ -258,7 +282,7 @@ mod tests {
             r#"{"ttl":"10s","loss":{"probability":1.0},"target":{"direction":"both","protocols":["udp"],"dst":["10.0.0.0/8"],"dports":["53","8000-8100"]},"seed":7}"#,
         )
         .unwrap();
-        let cfg = fault_slot(&spec, 99);
+        let cfg = fault_slot(&spec, 99, 0);
         assert_eq!(cfg.loss_threshold, u32::MAX);
         assert_eq!(cfg.expires_at_ns, 99);
         assert_eq!(cfg.flags & F_SEEDED, F_SEEDED);
@@ -311,5 +335,28 @@ mod tests {
         )
         .unwrap();
         assert!(rules(&spec, &["22".parse().unwrap()]).protected.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    #[test]
+    fn dns_rules_find_answers_by_source_port() {
+        let spec: FaultSpec = serde_json::from_str(
+            r#"{"ttl":"10s","dns":{"answer":"servfail","domains":["Example.test"],"types":["A"]},"target":{"direction":"ingress"}}"#,
+        )
+        .unwrap();
+        let r = rules(&spec, &[]);
+        assert!(r.dns);
+        assert_eq!(r.protos, PROTO_UDP | PROTO_TCP);
+        assert_eq!(r.sports, vec![(53, 53)]);
+        assert_eq!(r.dns_names, vec![b"\x04test\x07example".to_vec()]);
+        assert_eq!(r.dns_types, vec![1]);
+        let cfg = fault_slot(&spec, 1, 0);
+        assert_eq!(cfg.flags & chaos_common::F_DNS, chaos_common::F_DNS);
+        assert_eq!(cfg.dns, chaos_common::dns::DNS_ACT_SERVFAIL);
+        assert_eq!(cfg.loss_threshold, u32::MAX);
     }
 }

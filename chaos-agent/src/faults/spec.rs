@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::dns::DnsSpec;
 use super::loss::LossSpec;
 use super::shape::ShapeSpec;
 use crate::spec::{Limits, SpecError};
@@ -29,6 +30,12 @@ pub struct FaultSpec {
     /// Delay, jitter, rate, corruption, duplication, reordering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<ShapeSpec>,
+    /// DNS answers rewritten to a failing rcode, or dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSpec>,
+    /// An on/off duty cycle (`2s/3s`): the fault acts for ON, rests for OFF, until its TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap: Option<super::flap::Flap>,
     /// Apply even if the interface's qdisc tree cannot be restored exactly afterwards.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
@@ -61,6 +68,9 @@ impl FaultSpec {
             }
         }
         self.target.validate()?;
+        if let Some(flap) = &self.flap {
+            flap.validate(self.ttl)?;
+        }
         let mut effect = false;
         if let Some(loss) = &self.loss {
             loss.validate()?;
@@ -69,6 +79,27 @@ impl FaultSpec {
         if let Some(sh) = &self.shape {
             sh.validate(&self.target)?;
             effect |= !sh.is_empty();
+        }
+        if let Some(dns) = &self.dns {
+            if effect {
+                // One slot, one action: a DNS fault's probability is the fraction of answers.
+                return Err(SpecError::Incompatible {
+                    what: "a DNS fault cannot also carry loss or shaping",
+                });
+            }
+            if !self.target.protocols.is_empty()
+                && !self
+                    .target
+                    .protocols
+                    .iter()
+                    .any(|p| matches!(p, crate::target::Proto::Udp | crate::target::Proto::Tcp))
+            {
+                return Err(SpecError::Incompatible {
+                    what: "a DNS fault acts on UDP and TCP answers, not on --proto icmp",
+                });
+            }
+            dns.validate()?;
+            effect = true;
         }
         if !effect {
             return Err(SpecError::NoEffect);
@@ -79,6 +110,9 @@ impl FaultSpec {
     /// The fault's kind, for metrics labels.
     #[must_use]
     pub fn kind(&self) -> &'static str {
+        if self.dns.is_some() {
+            return "dns";
+        }
         match (&self.loss, &self.shape) {
             (Some(_), Some(_)) => "loss+shape",
             (Some(_), None) => "loss",
@@ -98,8 +132,19 @@ impl FaultSpec {
         if let Some(sh) = &self.shape {
             parts.extend(sh.summary());
         }
+        if let Some(d) = &self.dns {
+            parts.push(d.summary());
+        }
         let iface = self.target.iface.as_deref().unwrap_or("<default route>");
-        format!("{} {} on {iface}", parts.join(" + "), self.target.direction)
+        let flap = self
+            .flap
+            .map(|f| format!(", flapping {f}"))
+            .unwrap_or_default();
+        format!(
+            "{} {} on {iface}{flap}",
+            parts.join(" + "),
+            self.target.direction
+        )
     }
 }
 
@@ -119,6 +164,8 @@ mod tests {
                 model: None,
             }),
             shape: None,
+            dns: None,
+            flap: None,
             force: false,
             seed: None,
             label: None,
