@@ -446,32 +446,38 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
 /// that hits decides the answer's fate and ends the walk.
 #[inline(always)]
 fn dns_step(walk: &mut Walk, f: &FaultSlot, flags: u32, slot: u32, dir: Dir) -> i64 {
-    if walk.dns == dns::UNPARSED {
-        count(slot, dir, Counter::Unparsed);
+    // One counter per outcome, one count site: each site is a map lookup the verifier walks
+    // on every path through the callback.
+    let state = walk.dns;
+    let (counter, stop) = if state == dns::UNPARSED {
+        (Counter::Unparsed, false)
+    } else if state == dns::NONE {
         return 0;
-    }
-    if walk.dns == dns::NONE {
-        return 0;
-    }
-    count(slot, dir, Counter::Matched);
-    if !rng::should_drop(f, flags, slot) {
-        return 0;
-    }
-    if f.dns == chaos_common::dns::DNS_ACT_DROP || walk.dns == dns::TCP {
-        // Over TCP the message cannot change length without breaking the stream: dropped, the
-        // client retries and times out.
-        count(slot, dir, Counter::Dropped);
-        walk.verdict = if matches!(dir, Dir::Egress) && flags & F_EGRESS_WIRE_DROP != 0 {
-            VERDICT_WIRE_DROP
+    } else {
+        let threshold = f.loss_threshold;
+        if threshold == 0 || !rng::hit(rng::draw(flags, slot), threshold) {
+            (Counter::Matched, false)
+        } else if f.dns == chaos_common::dns::DNS_ACT_DROP || state == dns::TCP {
+            // Over TCP the message cannot change length without breaking the stream: dropped,
+            // the client retries and times out.
+            walk.verdict = if matches!(dir, Dir::Egress) && flags & F_EGRESS_WIRE_DROP != 0 {
+                VERDICT_WIRE_DROP
+            } else {
+                VERDICT_SHOT
+            };
+            (Counter::Dropped, true)
         } else {
-            VERDICT_SHOT
-        };
-        return 1;
+            walk.verdict = VERDICT_DNS;
+            walk.rcode = f.dns & chaos_common::dns::DNS_RCODE_MASK;
+            walk.dns_slot = f.index;
+            (Counter::Matched, true)
+        }
+    };
+    if state != dns::UNPARSED && counter != Counter::Matched {
+        count(slot, dir, Counter::Matched);
     }
-    walk.verdict = VERDICT_DNS;
-    walk.rcode = f.dns & chaos_common::dns::DNS_RCODE_MASK;
-    walk.dns_slot = f.index;
-    1
+    count(slot, dir, counter);
+    i64::from(stop)
 }
 
 /// The index of the one bit set in `low` (a power of two), by binary search: BPF has no

@@ -38,7 +38,7 @@ pub fn draw(flags: u32, slot: u32) -> u32 {
 /// Whether a uniform draw hits a threshold; `u32::MAX` means always (a strict `<` would miss
 /// the draw `u32::MAX` once in 2^32).
 #[inline(always)]
-fn hit(draw: u32, threshold: u32) -> bool {
+pub fn hit(draw: u32, threshold: u32) -> bool {
     threshold == u32::MAX || draw < threshold
 }
 

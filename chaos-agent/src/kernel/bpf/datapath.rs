@@ -267,12 +267,23 @@ impl Datapath {
             .load(crate::EBPF_OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| EbpfError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+            let started = std::time::Instant::now();
+            let prog = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| EbpfError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+            // What verification cost: the figure to watch when the programs grow.
+            let insns = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
+            tracing::info!(
+                program = name,
+                verify_ms = started.elapsed().as_millis() as u64,
+                verified_insns = insns,
+                "program loaded"
+            );
         }
         // The programs hold their maps; the agent takes its handles out of the object.
         let slots: Array<MapData, FaultSlot> = take(&mut ebpf, names::MAP_SLOTS)?;
