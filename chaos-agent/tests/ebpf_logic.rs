@@ -26,8 +26,8 @@ use chaos_agent::kernel::bpf::table::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
 use chaos_agent::kernel::bpf::{Datapath, DirCounters};
 use chaos_agent::kernel::tc::Hook;
 use chaos_common::{
-    Counter, F_EDT, F_EGRESS_WIRE_DROP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot, MAX_FAULTS, names,
-    probability_to_threshold,
+    Counter, F_DNS, F_EDT, F_EGRESS_WIRE_DROP, F_FLAP, F_LOSS_GE, F_SEEDED, F_STEER, FaultSlot,
+    MAX_FAULTS, dns, names, probability_to_threshold,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -103,6 +103,8 @@ struct RunOut {
     /// Average ns per run as measured by the kernel.
     duration: u32,
     ctx: SkBuffCtx,
+    /// The packet as the program left it (rewritten, resized).
+    data: Vec<u8>,
 }
 
 /// Sample sizes shrink tenfold in the VM guest (TCG runs programs ~10x slower); every bound
@@ -117,10 +119,13 @@ fn scaled(n: u32) -> u32 {
 
 fn test_run(prog_fd: i32, data: &[u8], ctx_in: &SkBuffCtx, repeat: u32) -> RunOut {
     let mut ctx_out = SkBuffCtx([0; 48]);
+    let mut data_out = vec![0u8; data.len() + 256];
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
         data_size_in: data.len() as u32,
         data_in: data.as_ptr() as u64,
+        data_size_out: data_out.len() as u32,
+        data_out: data_out.as_mut_ptr() as u64,
         repeat,
         ctx_size_in: size_of::<SkBuffCtx>() as u32,
         ctx_size_out: size_of::<SkBuffCtx>() as u32,
@@ -143,10 +148,12 @@ fn test_run(prog_fd: i32, data: &[u8], ctx_in: &SkBuffCtx, repeat: u32) -> RunOu
         "BPF_PROG_TEST_RUN: {}",
         std::io::Error::last_os_error()
     );
+    data_out.truncate(attr.data_size_out as usize);
     RunOut {
         retval: attr.retval as i32,
         duration: attr.duration,
         ctx: ctx_out,
+        data: data_out,
     }
 }
 
@@ -1810,6 +1817,339 @@ fn cost_of_a_non_matching_packet_with_many_faults() {
             (c.matched, c.expired, c.protected),
             (0, 0, 0),
             "slot {slot}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DNS answer faults: the rewrite checked byte by byte, the checksums recomputed here from
+// scratch (RFC 1071), independently of the program's incremental updates.
+
+/// RFC 1071 one's complement sum of `b` (odd length padded with a zero byte), folded.
+fn ones_sum(b: &[u8]) -> u32 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        let w = u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
+        s += w;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
+}
+
+/// Whether the UDP checksum of the segment `udp` between `src` and `dst` is right (0 for IPv4
+/// means "none").
+fn udp_checksum_ok(src: &[u8], dst: &[u8], udp: &[u8]) -> bool {
+    let v4 = src.len() == 4;
+    if v4 && udp[6..8] == [0, 0] {
+        return true;
+    }
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    if v4 {
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    }
+    pseudo.extend_from_slice(udp);
+    ones_sum(&pseudo) == 0xffff
+}
+
+/// Writes the UDP checksum (and for IPv4 the header checksum) of a frame built by the helpers
+/// above, as a sender would.
+fn fix_checksums(frame: &mut [u8]) {
+    let v6 = frame[12..14] == ETH_P_IPV6.to_be_bytes();
+    let (l3, l4) = if v6 { (14, 54) } else { (14, 34) };
+    let (src, dst) = if v6 {
+        (
+            frame[l3 + 8..l3 + 24].to_vec(),
+            frame[l3 + 24..l3 + 40].to_vec(),
+        )
+    } else {
+        frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let c = !(ones_sum(&frame[l3..l3 + 20]) as u16);
+        frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        (
+            frame[l3 + 12..l3 + 16].to_vec(),
+            frame[l3 + 16..l3 + 20].to_vec(),
+        )
+    };
+    frame[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    let udp_len = frame.len() - l4;
+    if v6 {
+        pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    } else {
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    }
+    pseudo.extend_from_slice(&frame[l4..]);
+    let mut c = !(ones_sum(&pseudo) as u16);
+    if c == 0 {
+        c = 0xffff;
+    }
+    frame[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+}
+
+/// A DNS message: `qr` response or query, one question for `name`/`qtype`, and for a response
+/// one A answer (a compression pointer to the question) and an EDNS OPT record.
+fn dns_msg(qr: bool, name: &str, qtype: u16) -> Vec<u8> {
+    let mut m = vec![
+        0x12,
+        0x34,
+        if qr { 0x85 } else { 0x01 },
+        if qr { 0x80 } else { 0 },
+    ];
+    m.extend_from_slice(&[0, 1, 0, u8::from(qr), 0, 0, 0, u8::from(qr)]);
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    if qr {
+        m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0x0e, 0x10, 0, 4, 10, 9, 8, 7]);
+        m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    m
+}
+
+/// `msg` over UDP from port 53 to 40000, IPv4 or IPv6, checksums right.
+fn dns_frame(v6: bool, msg: &[u8]) -> Vec<u8> {
+    let l4 = L4::Raw(17, {
+        let mut u = vec![0, 53, 0x9c, 0x40, 0, 0, 0, 0];
+        u.extend_from_slice(msg);
+        let len = u.len() as u16;
+        u[4..6].copy_from_slice(&len.to_be_bytes());
+        u
+    });
+    let mut f = if v6 {
+        pkt6(v6_("2001:db8::53"), v6_("2001:db8::1"), &l4)
+    } else {
+        pkt4([10, 0, 0, 53], A, &l4)
+    };
+    fix_checksums(&mut f);
+    f
+}
+
+fn v6_(s: &str) -> [u8; 16] {
+    v6(s)
+}
+
+/// A DNS fault: `act` (`dns::DNS_ACT_*`) on answers from port 53 whose question is under one
+/// of `domains` (none: every name) and of one of `types` (none: every type).
+fn dns_fault(act: u32, domains: &[&str], types: &[u16]) -> Fault {
+    let mut f = base().loss(u32::MAX).flags(F_DNS).cfg(|c| c.dns = act);
+    f.rules.protos = PROTO_UDP | PROTO_TCP;
+    f.rules.sports = vec![(53, 53)];
+    f.rules.dns = true;
+    f.rules.dns_names = domains
+        .iter()
+        .map(|d| {
+            let (k, n) = dns::name_key(d).expect("domain");
+            k[..n].to_vec()
+        })
+        .collect();
+    f.rules.dns_types = types.to_vec();
+    f
+}
+
+/// Checks a rewritten frame: lengths, both checksums, the header's rcode and counts, and that
+/// the message ends right after its question. Returns the DNS message.
+fn check_rewritten(out: &[u8], rcode: u8, question_len: usize) -> Vec<u8> {
+    let v6 = out[12..14] == ETH_P_IPV6.to_be_bytes();
+    let (l4, src, dst) = if v6 {
+        (54, &out[22..38], &out[38..54])
+    } else {
+        assert_eq!(ones_sum(&out[14..34]), 0xffff, "IPv4 header checksum");
+        let tot = u16::from_be_bytes([out[16], out[17]]) as usize;
+        assert_eq!(tot, out.len() - 14, "IPv4 total length");
+        (34, &out[26..30], &out[30..34])
+    };
+    if v6 {
+        let plen = u16::from_be_bytes([out[18], out[19]]) as usize;
+        assert_eq!(plen, out.len() - 54, "IPv6 payload length");
+    }
+    let udp = &out[l4..];
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        udp.len(),
+        "UDP length"
+    );
+    assert!(udp_checksum_ok(src, dst, udp), "UDP checksum of {udp:02x?}");
+    let msg = udp[8..].to_vec();
+    assert_eq!(msg.len(), 12 + question_len, "cut after the question");
+    assert_eq!(msg[0..2], [0x12, 0x34], "id kept");
+    assert_eq!(
+        msg[2] & 0xfa,
+        0x84 & 0xfa,
+        "QR, opcode, AA, RD kept; TC clear"
+    );
+    assert_eq!(msg[3] & 0x0f, rcode, "rcode");
+    assert_eq!(msg[3] & 0xf0, 0x80, "RA kept");
+    assert_eq!(
+        msg[4..12],
+        [0, 1, 0, 0, 0, 0, 0, 0],
+        "one question, no records"
+    );
+    msg
+}
+
+#[test]
+fn dns_answers_are_rewritten_into_valid_messages() {
+    let h = Harness::with(&dns_fault(dns::DNS_ACT_SERVFAIL, &["example.test"], &[]));
+    // Question lengths of both parities: the cut starts at an odd offset for one of them, and
+    // its bytes are then summed swapped.
+    for (name, v6) in [
+        ("a.example.test", false),
+        ("ab.example.test", false),
+        ("a.example.test", true),
+        ("ab.example.test", true),
+    ] {
+        let msg = dns_msg(true, name, 1);
+        let q = msg.len() - 12 - 16 - 11;
+        for hook in Hook::ALL {
+            let out = h.run_full(hook, &dns_frame(v6, &msg), 1);
+            assert_eq!(
+                out.retval, TC_ACT_UNSPEC,
+                "{name} v6={v6}: rewritten, not dropped"
+            );
+            let got = check_rewritten(&out.data, 2, q);
+            assert_eq!(
+                got[12..],
+                msg[12..12 + q],
+                "{name}: the question is kept as it was"
+            );
+        }
+    }
+    let c = h.dp().counters(h.slot()).expect("counters").total();
+    assert_eq!(
+        (c.matched, c.rewritten, c.dropped, c.unparsed),
+        (8, 8, 0, 0)
+    );
+}
+
+#[test]
+fn dns_names_match_label_aligned_suffixes_in_any_case() {
+    let h = Harness::with(&dns_fault(dns::DNS_ACT_NXDOMAIN, &["example.test"], &[]));
+    for (name, hit) in [
+        ("example.test", true),
+        ("x.y.ExAmPlE.TeSt", true),
+        ("badexample.test", false),
+        ("example.test.evil", false),
+        ("test", false),
+    ] {
+        let frame = dns_frame(false, &dns_msg(true, name, 1));
+        let out = h.run_full(Hook::Ingress, &frame, 1);
+        if hit {
+            assert_eq!(out.data[14 + 20 + 8 + 3] & 0x0f, 3, "{name}: NXDOMAIN");
+        } else {
+            assert_eq!(out.data, frame, "{name}: untouched");
+        }
+    }
+    assert_eq!(h.counter(Hook::Ingress, Counter::Matched), 2);
+}
+
+#[test]
+fn dns_types_queries_and_tcp() {
+    let h = Harness::with(&dns_fault(dns::DNS_ACT_REFUSED, &[], &[28, 33]));
+    let a = dns_frame(false, &dns_msg(true, "x.test", 1));
+    assert_eq!(h.run_full(Hook::Ingress, &a, 1).data, a, "A is not listed");
+    let aaaa = dns_msg(true, "x.test", 28);
+    let out = h.run_full(Hook::Ingress, &dns_frame(false, &aaaa), 1);
+    check_rewritten(&out.data, 5, aaaa.len() - 12 - 16 - 11);
+    // A query (QR = 0) is no answer: untouched and not counted.
+    let query = dns_frame(false, &dns_msg(false, "x.test", 28));
+    assert_eq!(h.run_full(Hook::Ingress, &query, 1).data, query);
+    assert_eq!(h.counter(Hook::Ingress, Counter::Matched), 1);
+    // Over TCP (a segment starting with the message's 2-byte length) the answer is dropped.
+    let mut seg = vec![
+        0,
+        53,
+        0x9c,
+        0x40,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+        5 << 4,
+        0x18,
+        0x10,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    seg.extend_from_slice(&(aaaa.len() as u16).to_be_bytes());
+    seg.extend_from_slice(&aaaa);
+    let tcp = pkt4([10, 0, 0, 53], A, &L4::Raw(6, seg));
+    assert_eq!(h.run(Hook::Ingress, &tcp), TC_ACT_SHOT);
+    // A bare ACK from the server port carries no message: not counted.
+    let ack = pkt4([10, 0, 0, 53], A, &L4::Tcp(53, 40_000));
+    assert_eq!(h.run(Hook::Ingress, &ack), TC_ACT_UNSPEC);
+    assert_eq!(h.counter(Hook::Ingress, Counter::Dropped), 1);
+}
+
+#[test]
+fn dns_drop_unparsable_and_checksum_none() {
+    let mut h = Harness::with(&dns_fault(dns::DNS_ACT_DROP, &[], &[]));
+    let ans = dns_frame(false, &dns_msg(true, "x.test", 1));
+    assert_eq!(h.run(Hook::Ingress, &ans), TC_ACT_SHOT, "drop at ingress");
+    // A question name with a compression pointer, and one whose label runs past the end:
+    // passed untouched, counted as unparsed.
+    let mut ptr = dns_msg(true, "x.test", 1);
+    ptr.truncate(12);
+    ptr.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+    let mut short = dns_msg(true, "x.test", 1);
+    short.truncate(12);
+    short.extend_from_slice(&[40, b'a', b'b']);
+    for m in [ptr, short] {
+        let f = dns_frame(false, &m);
+        let out = h.run_full(Hook::Ingress, &f, 1);
+        assert_eq!((out.retval, &out.data), (TC_ACT_UNSPEC, &f), "{m:02x?}");
+    }
+    let c = h.dp().counters(h.slot()).expect("counters").ingress;
+    assert_eq!((c.dropped, c.unparsed), (1, 2));
+    // IPv4 without a UDP checksum (0): the rewrite leaves it 0.
+    h.set(&dns_fault(dns::DNS_ACT_SERVFAIL, &[], &[]));
+    let msg = dns_msg(true, "x.test", 1);
+    let mut f = dns_frame(false, &msg);
+    f[34 + 6..34 + 8].copy_from_slice(&[0, 0]);
+    let out = h.run_full(Hook::Egress, &f, 1);
+    check_rewritten(&out.data, 2, msg.len() - 12 - 16 - 11);
+    assert_eq!(out.data[34 + 6..34 + 8], [0, 0], "no checksum stays none");
+}
+
+#[test]
+fn flap_acts_only_in_the_active_phase() {
+    let now = monotonic_ns();
+    let second = 1_000_000_000;
+    let p = pkt4(A, B, &L4::Udp(1000, 2000));
+    // 10 s on, 10 s off; started 5 s ago: active. Started 15 s ago: resting. 25 s: active again.
+    for (ago, active) in [(5, true), (15, false), (25, true), (39, false)] {
+        let h = Harness::with(&drop_all().flags(F_FLAP).cfg(|c| {
+            c.start_ns = now - ago * second;
+            c.flap_on_ns = 10 * second;
+            c.flap_period_ns = 20 * second;
+        }));
+        let want = if active { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
+        assert_eq!(h.run(Hook::Ingress, &p), want, "{ago} s into the cycle");
+        assert_eq!(
+            h.counter(Hook::Ingress, Counter::Matched),
+            u64::from(active)
         );
     }
 }

@@ -330,9 +330,10 @@ extern "C" fn key_step(_i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Copies up to `max` bytes (at least 1) from `off` into `dst`: the bytes there, or `None`.
-/// `bpf_skb_load_bytes` refuses a length the verifier cannot prove non-zero, which a plain
-/// `min` does not show it.
+/// Copies up to `max` bytes (at least 1; `max` a power of two) from `off` into `dst`: how many,
+/// or `None`. `bpf_skb_load_bytes` refuses a length the verifier cannot prove to be in
+/// `[1, max]`; 6.1's verifier learns nothing from `n != 0`, so the length is computed as
+/// `((n - 1) & (max - 1)) + 1`, whose range it tracks.
 #[inline(always)]
 fn load_upto(ctx: &TcContext, off: u32, dst: *mut u8, max: u32) -> Option<u32> {
     let len = ctx.len();
@@ -340,13 +341,7 @@ fn load_upto(ctx: &TcContext, off: u32, dst: *mut u8, max: u32) -> Option<u32> {
         return None;
     }
     let n = (len - off).min(max);
-    // Through memory, so that the compiler cannot drop the checks below as implied by the
-    // ones above: the verifier must see them on the register it passes to the helper.
-    // SAFETY: a read of a local.
-    let n = unsafe { core::ptr::read_volatile(&n) };
-    if n == 0 || n > max {
-        return None;
-    }
+    let n = ((n - 1) & (max - 1)) + 1;
     // SAFETY: `dst` has room for `max` bytes; the length is in [1, max].
     let r =
         unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), off, dst.cast(), n) };
@@ -361,55 +356,109 @@ fn fold(mut x: u64) -> u64 {
     (x & 0xffff) + (x >> 16)
 }
 
+/// State of the checksum walk over the bytes a rewrite cuts.
+#[repr(C)]
+struct TailSum {
+    /// The packet.
+    skb: *mut __sk_buff,
+    /// Offset of the first byte to cut.
+    from: u32,
+    /// Bytes to cut.
+    len: u32,
+    /// Bytes summed so far.
+    done: u32,
+    /// 1 once a read failed.
+    failed: u32,
+    /// The running sum (negated bytes), folded to 16 bits.
+    acc: u64,
+}
+
 /// The one's complement sum, negated, of the `len` bytes at `from` (the checksum change their
 /// removal makes), as a 16-bit value in the byte order of a word at an even offset from the
-/// start of the L4 header. `None` if they cannot be read.
+/// start of the L4 header. `None` if they cannot be read. A `bpf_loop` over 512-byte chunks:
+/// an inline loop is checked once per iteration by the verifier.
 #[inline(always)]
-fn removed_sum(ctx: &TcContext, s: &mut Scratch, from: u32, len: u32, odd: bool) -> Option<u64> {
-    let mut acc: u64 = 0;
-    let mut done: u32 = 0;
-    let mut i = 0;
-    while i < MAX_TAIL / CHUNK {
-        if done >= len {
-            break;
-        }
-        let want = (len - done).min(CHUNK as u32) as usize;
-        let got = load_upto(ctx, from + done, s.tail.as_mut_ptr(), CHUNK as u32)? as usize;
-        let got = got.min(want);
-        if got == 0 || got > CHUNK {
-            return None;
-        }
-        // Zero padding up to a multiple of 4 (zero words add nothing).
-        s.tail[got] = 0;
-        s.tail[got + 1] = 0;
-        s.tail[got + 2] = 0;
-        let padded = ((got + 3) & !3) as u32;
-        // SAFETY: `tail` holds `padded` initialised bytes (CHUNK + 4 at most); "to" is empty.
-        let d = unsafe {
-            bpf_csum_diff(
-                s.tail.as_mut_ptr().cast(),
-                padded,
-                core::ptr::null_mut(),
-                0,
-                acc as u32,
-            )
-        };
-        if d < 0 {
-            return None;
-        }
-        acc = fold(d as u64);
-        done += got as u32;
-        i += 1;
-    }
-    if done < len {
+fn removed_sum(ctx: &TcContext, s: &Scratch, from: u32, len: u32, odd: bool) -> Option<u64> {
+    if len > MAX_TAIL as u32 {
         return None;
     }
+    let mut st = TailSum {
+        skb: ctx.skb.skb,
+        from,
+        len,
+        done: s.zero,
+        failed: 0,
+        acc: u64::from(s.zero),
+    };
+    // SAFETY: `tail_step` has bpf_loop's callback signature and touches only `st` (on this
+    // stack, alive across the call), the packet and the scratch map.
+    unsafe {
+        bpf_loop(
+            (MAX_TAIL / CHUNK) as u32,
+            tail_step as *mut c_void,
+            (&raw mut st).cast(),
+            0,
+        );
+    }
+    if st.failed != 0 || st.done < len {
+        return None;
+    }
+    let acc = st.acc;
     // A run starting at an odd offset sums with its bytes swapped.
     Some(if odd {
         ((acc & 0xff) << 8) | (acc >> 8)
     } else {
         acc
     })
+}
+
+/// One chunk of [`removed_sum`].
+#[inline(never)]
+extern "C" fn tail_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `removed_sum` gave it, a live `TailSum`.
+    let st = unsafe { &mut *ctx.cast::<TailSum>() };
+    if st.done >= st.len {
+        return 1;
+    }
+    let Some(s) = CHAOS_DNS_SCR.get_ptr_mut(0) else {
+        st.failed = 1;
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry.
+    let s = unsafe { &mut *s };
+    let ctx = TcContext::new(st.skb);
+    let want = (st.len - st.done).min(CHUNK as u32) as usize;
+    let Some(got) = load_upto(&ctx, st.from + st.done, s.tail.as_mut_ptr(), CHUNK as u32) else {
+        st.failed = 1;
+        return 1;
+    };
+    let got = (got as usize).min(want);
+    if got == 0 || got > CHUNK {
+        st.failed = 1;
+        return 1;
+    }
+    // Zero padding up to a multiple of 4 (zero words add nothing).
+    s.tail[got] = 0;
+    s.tail[got + 1] = 0;
+    s.tail[got + 2] = 0;
+    let padded = ((got + 3) & !3) as u32;
+    // SAFETY: `tail` holds `padded` initialised bytes (CHUNK + 4 at most); "to" is empty.
+    let d = unsafe {
+        bpf_csum_diff(
+            s.tail.as_mut_ptr().cast(),
+            padded,
+            core::ptr::null_mut(),
+            0,
+            st.acc as u32,
+        )
+    };
+    if d < 0 {
+        st.failed = 1;
+        return 1;
+    }
+    st.acc = fold(d as u64);
+    st.done += got as u32;
+    0
 }
 
 /// The 2 bytes at `off` as the checksum helpers take them (network order, unconverted).
