@@ -265,6 +265,27 @@ pub fn plan(
             protected.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
         }
     ));
+    if let Some(d) = &spec.dns {
+        out.push(format!(
+            "DNS: answers from port {} over UDP and TCP, {} for questions under {} of type {}, rate {}; TCP answers are dropped, unparsable ones pass (counted)",
+            d.port(),
+            d.answer.as_str(),
+            if d.domains.is_empty() { "any name".to_owned() } else { d.domains.join(", ") },
+            if d.types.is_empty() {
+                "any".to_owned()
+            } else {
+                d.types.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            },
+            d.rate.unwrap_or(1.0)
+        ));
+    }
+    if let Some(f) = &spec.flap {
+        out.push(format!(
+            "duty cycle: active {} then resting {}, from inject to the deadline (computed in the kernel)",
+            humantime::format_duration(f.on),
+            humantime::format_duration(f.off)
+        ));
+    }
     out.push(format!(
         "kernel deadline: now + {} (the slot does nothing after it)",
         humantime::format_duration(spec.ttl)
