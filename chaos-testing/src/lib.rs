@@ -14,6 +14,10 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod dns;
+mod require;
+pub use require::{
+    Feature, PROFILES, Profile, Rules, has, require, require_absent, require_all, skip, skip_part,
+};
 
 /// Runs a command and returns its output, panicking with the command line and stderr on failure.
 pub fn run<I, S>(program: &str, args: I) -> Output
@@ -266,11 +270,6 @@ pub fn agent_bin(cargo_default: &str) -> PathBuf {
 #[must_use]
 pub fn have_tool(name: &str) -> bool {
     sh_ok(&format!("command -v {name} >/dev/null"))
-}
-
-/// Prints why a test is skipped, in one greppable line.
-pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIP {test}: {why}");
 }
 
 /// Runs `f` on a new thread that has entered the namespace (threads, not processes, carry
