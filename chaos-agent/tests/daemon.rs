@@ -23,16 +23,11 @@ fn bin() -> PathBuf {
     testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Timing and load properties are measured on the host: under the VM's TCG emulation (~10x
 /// slower, timer-coarse) they would measure QEMU, not the agent.
 macro_rules! require_root {
     ($name:expr) => {
-        if !is_root() {
-            testing::skip($name, "needs root");
+        if !testing::require($name, testing::Feature::Root) {
             return;
         }
     };
@@ -1009,11 +1004,13 @@ fn free_port_in(ns: &testing::NetNs) -> u16 {
 #[test]
 fn metrics_pass_promtool_and_prometheus_sees_drops() {
     require_root!("metrics_pass_promtool_and_prometheus_sees_drops");
-    if !testing::have_tool("promtool") || !testing::have_tool("prometheus") {
-        testing::skip(
-            "metrics_pass_promtool_and_prometheus_sees_drops",
-            "promtool/prometheus not installed",
-        );
+    if !testing::require_all(
+        "metrics_pass_promtool_and_prometheus_sees_drops",
+        &[
+            testing::Feature::Tool("promtool"),
+            testing::Feature::Tool("prometheus"),
+        ],
+    ) {
         return;
     }
     let net = VethPair::new(47);

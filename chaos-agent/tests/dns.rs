@@ -265,7 +265,7 @@ fn assert_gai_fails(ns: &NetNs, server: &Dnsmasq, name: &str, family: Family) {
 fn have_dig(test: &str) -> bool {
     let ok = have_tool("dig");
     if !ok {
-        chaos_testing::skip(&format!("{test} (dig part)"), "dig is not installed");
+        chaos_testing::skip_part(test, "the dig checks", "dig is not installed");
     }
     ok
 }
@@ -405,7 +405,11 @@ fn csum_deltas(lab: &Lab, v6: bool, mut work: impl FnMut()) -> (dns::CsumErrors,
         "nstat and ethtool are in the guest's initramfs"
     );
     if !have {
-        chaos_testing::skip("checksum counters", "nstat or ethtool is not installed");
+        chaos_testing::skip_part(
+            "checksum counters",
+            "the checksum counters",
+            "nstat or ethtool is not installed",
+        );
         work();
         return Default::default();
     }

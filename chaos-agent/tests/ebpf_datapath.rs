@@ -121,15 +121,10 @@ fn armed() -> FaultSlot {
 }
 
 /// These tests attach with tcx links on purpose (the netlink path is covered by tests/loss.rs).
+/// Whether the kernel has tcx is asked of the kernel (a tcx link of a trivial program of
+/// chaos-testing's), not of the agent's own version check.
 fn tcx_or_skip(test: &str) -> bool {
-    let ok = chaos_agent::kernel::bpf::attach::kernel_has_tcx();
-    if !ok {
-        chaos_testing::skip(
-            test,
-            "kernel has no tcx (< 6.6); tests/loss.rs covers the netlink path",
-        );
-    }
-    ok
+    chaos_testing::require(test, chaos_testing::Feature::Tcx)
 }
 
 /// Whether the kernel still knows program `id` (`bpftool prog show id`).

@@ -5,11 +5,12 @@
 //! sets `CHAOS_VM=1`). The guest is where the qdiscs the host kernel lacks (netem, fq, prio) and
 //! cgroup v2 controllers exist, so there a missing feature is a failure: it means the harness did
 //! not load a module or mount a filesystem, and every test that needs it would fail obscurely.
-//! On the host the same checks print one `SKIP` line instead.
+//! Which kernel must have what is `chaos_testing::PROFILES` (`require` fails where the profile
+//! in force requires the feature, and records a skip elsewhere).
 
 use std::path::Path;
 
-use chaos_testing::{VethPair, have_tool, run, skip};
+use chaos_testing::{Feature, VethPair, require, require_absent, require_all, run, skip};
 
 /// Whether we run in the `cargo xtask vm-test` guest.
 fn in_vm() -> bool {
@@ -18,17 +19,15 @@ fn in_vm() -> bool {
 
 /// The tests create namespaces and qdiscs: without root they can only be skipped.
 fn can_run(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        skip(test, "needs root");
-        return false;
-    }
-    for tool in ["ip", "tc", "ping"] {
-        if !have_tool(tool) {
-            skip(test, &format!("`{tool}` is not installed"));
-            return false;
-        }
-    }
-    true
+    require_all(
+        test,
+        &[
+            Feature::Root,
+            Feature::Tool("ip"),
+            Feature::Tool("tc"),
+            Feature::Tool("ping"),
+        ],
+    )
 }
 
 /// Whether the running kernel knows a qdisc (`kind` may carry its parameters): probed on a throw-away veth, because the host
@@ -96,14 +95,10 @@ fn netem_delay_applies_and_reads_back() {
     if !can_run(test) {
         return;
     }
-    let pair = VethPair::new(32);
-    if !in_vm() && !has_qdisc(&pair, "netem") {
-        skip(
-            test,
-            "this kernel has no sch_netem (the VM suite covers it)",
-        );
+    if !require(test, Feature::Qdisc("netem")) {
         return;
     }
+    let pair = VethPair::new(32);
     pair.a.exec(
         "tc",
         [
@@ -132,25 +127,25 @@ fn qdiscs_the_agent_builds_on_exist() {
     if !can_run(test) {
         return;
     }
+    // The skip guard asks tc in a throwaway namespace (chaos_testing::have_qdisc); the qdiscs
+    // this kernel has are then added for real, with parameters, on a veth.
+    let kinds = ["netem", "fq", "prio", "htb", "tbf"];
+    let present: Vec<&str> = kinds
+        .into_iter()
+        .filter(|k| chaos_testing::has(Feature::Qdisc(k)))
+        .collect();
     let pair = VethPair::new(33);
-    let kinds = [
-        "netem",
-        "fq",
-        "prio",
-        "htb",
-        "tbf rate 1mbit burst 32kbit latency 50ms",
-    ];
-    let missing: Vec<&str> = kinds.into_iter().filter(|k| !has_qdisc(&pair, k)).collect();
-    if !missing.is_empty() {
-        assert!(
-            !in_vm(),
-            "the VM kernel lacks qdiscs {missing:?}: a module was not loaded"
-        );
-        skip(
-            test,
-            &format!("this kernel lacks {missing:?} (the VM suite covers them)"),
-        );
+    for kind in &present {
+        let args = if *kind == "tbf" {
+            "tbf rate 1mbit burst 32kbit latency 50ms"
+        } else {
+            kind
+        };
+        assert!(has_qdisc(&pair, args), "tc qdisc add ... {args} failed");
     }
+    // Fails for a missing kind the profile in force requires (the VM: a module was not
+    // loaded); skips for the others.
+    let _ = require_all(test, &kinds.map(Feature::Qdisc));
 }
 
 #[test]
@@ -185,24 +180,20 @@ fn clsact_u32_mirred_and_ifb_work() {
 fn cgroup2_offers_the_resource_controllers() {
     let test = "cgroup2_offers_the_resource_controllers";
     let controllers = Path::new("/sys/fs/cgroup/cgroup.controllers");
-    let Ok(list) = std::fs::read_to_string(controllers) else {
-        assert!(!in_vm(), "the guest must mount cgroup2 at /sys/fs/cgroup");
-        skip(
-            test,
-            "cgroup2 is not mounted at /sys/fs/cgroup (hybrid host)",
-        );
+    if !require(test, Feature::CgroupV2) {
         return;
-    };
+    }
+    let list = std::fs::read_to_string(controllers).expect("cgroup.controllers");
     let have: Vec<&str> = list.split_whitespace().collect();
     let missing: Vec<&str> = ["cpu", "memory", "io", "pids"]
         .into_iter()
         .filter(|c| !have.contains(c))
         .collect();
+    assert!(
+        missing.is_empty(),
+        "cgroup2 controllers {have:?} lack {missing:?}"
+    );
     if in_vm() {
-        assert!(
-            missing.is_empty(),
-            "cgroup2 controllers {have:?} lack {missing:?}"
-        );
         for psi in ["cpu", "memory", "io"] {
             let path = format!("/proc/pressure/{psi}");
             assert!(Path::new(&path).exists(), "{path} missing: no PSI");
@@ -218,11 +209,6 @@ fn cgroup2_offers_the_resource_controllers() {
             .collect();
         let _ = std::fs::remove_dir(&child);
         assert!(absent.is_empty(), "child cgroup lacks {absent:?}");
-    } else if !missing.is_empty() {
-        skip(
-            test,
-            &format!("host cgroup2 lacks {missing:?} (the VM suite covers them)"),
-        );
     }
 }
 
@@ -265,6 +251,10 @@ fn vm_kernel_has_no_tcx() {
         skip(test, "only the VM kernel must lack tcx");
         return;
     }
+    // A tcx link of a trivial program (the vm profile requires its refusal), then the release.
+    if !require_absent(test, Feature::Tcx) {
+        return;
+    }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let mut parts = release
         .trim()
@@ -290,21 +280,19 @@ fn tools_the_tests_judge_with_run() {
         ("iperf3", &["--version"]),
         ("bpftool", &["version"]),
     ];
+    // Required in the guest (and on the CI host); elsewhere a missing one skips the test.
+    if !require_all(test, &checks.map(|(tool, _)| Feature::Tool(tool))) {
+        return;
+    }
     for (tool, args) in checks {
-        if !in_vm() && !have_tool(tool) {
-            skip(test, &format!("`{tool}` is not installed"));
-            continue;
-        }
         run(tool, args);
     }
     // Through `sh -c` too, as many tests call them: the guest's shell must find iproute2's tc
     // on PATH, not a busybox applet of the same name.
-    if in_vm() || have_tool("tc") {
-        let version = chaos_testing::sh("tc -V 2>&1");
-        assert!(version.contains("iproute2"), "sh -c tc runs {version}");
-    }
+    let version = chaos_testing::sh("tc -V 2>&1");
+    assert!(version.contains("iproute2"), "sh -c tc runs {version}");
     // util-linux's setpriv (dropping privileges in tests), not busybox's, which lacks --reuid.
-    if have_tool("setpriv") {
+    if chaos_testing::has(Feature::Tool("setpriv")) {
         let help = chaos_testing::sh("setpriv --help 2>&1");
         assert!(
             help.contains("--reuid"),

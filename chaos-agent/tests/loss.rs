@@ -559,8 +559,7 @@ fn after_ttl_traffic_flows_and_nothing_is_left() {
 
 #[test]
 fn sigkill_on_tcx_detaches_at_once_and_cleanup_clears_the_journal() {
-    if !chaos_agent::kernel::bpf::attach::kernel_has_tcx() {
-        chaos_testing::skip("sigkill_on_tcx", "kernel has no tcx (< 6.6)");
+    if !chaos_testing::require("sigkill_on_tcx", chaos_testing::Feature::Tcx) {
         return;
     }
     let pair = VethPair::new(18);

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use chaos_testing::{
-    AgentProcess, NetNs, TempDir, UdpRun, VethPair, attached_programs, have_qdisc, median,
-    ping_rtts, skip, tc_qdiscs, udp_run,
+    AgentProcess, Feature, NetNs, TempDir, UdpRun, VethPair, attached_programs, has, median,
+    ping_rtts, require, require_absent, tc_qdiscs, udp_run,
 };
 use nix::sys::signal::Signal;
 
@@ -24,15 +24,10 @@ fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> AgentProcess {
     agent
 }
 
+/// `sch_netem`, asked of `tc` (never of the agent's probe): required in the 6.1 VM, where
+/// these tests run; a skip on the host.
 fn netem_or_skip(test: &str) -> bool {
-    let ok = have_qdisc("netem");
-    if !ok {
-        skip(
-            test,
-            "sch_netem not available on this kernel (runs in `cargo xtask vm-test`)",
-        );
-    }
-    ok
+    require(test, Feature::Qdisc("netem"))
 }
 
 /// A host tree that is not the kernel default, so that "restored" means "recreated exactly",
@@ -140,8 +135,8 @@ fn second_shaping_fault_on_the_same_interface_is_refused() {
 
 #[test]
 fn netem_faults_are_refused_cleanly_without_sch_netem() {
-    if have_qdisc("netem") {
-        skip("netem_refused", "this kernel has sch_netem");
+    // Proven on the host, whose profile requires sch_netem's absence; the VM has it.
+    if !require_absent("netem_refused", Feature::Qdisc("netem")) {
         return;
     }
     let pair = VethPair::new(33);
@@ -395,7 +390,7 @@ fn revert_restores_the_tree_at_ttl_sigterm_and_after_sigkill_with_cleanup() {
     let pair = VethPair::new(38);
     host_tree(&pair);
     let before = tc_qdiscs(&pair.a, &pair.a_if);
-    let shape: &[&str] = if have_qdisc("netem") {
+    let shape: &[&str] = if has(Feature::Qdisc("netem")) {
         &["--delay", "10ms", "--rate", "50mbit"]
     } else {
         &["--rate", "50mbit"]
@@ -465,20 +460,10 @@ fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "MEASURED {line}");
 }
 
-/// EDT needs `sch_fq`: present in the 6.1 VM (where its absence is a failure), absent on the dev box.
+/// EDT needs `sch_fq`: present in the 6.1 VM (where its absence is a failure), absent on the
+/// host.
 fn fq_or_skip(test: &str) -> bool {
-    let ok = have_qdisc("fq");
-    if !ok {
-        assert!(
-            std::env::var_os("CHAOS_VM").is_none(),
-            "sch_fq must exist in the 6.1 VM"
-        );
-        skip(
-            test,
-            "sch_fq not available on this kernel (runs in `cargo xtask vm-test`)",
-        );
-    }
-    ok
+    require(test, Feature::Qdisc("fq"))
 }
 
 #[test]
@@ -620,13 +605,13 @@ fn edt_is_refused_for_ingress_and_when_no_delay_backend_exists() {
         !ok && err.contains("delay and uniform jitter only") && err.contains("--corrupt"),
         "{err}"
     );
-    if !have_qdisc("fq") {
+    if !has(Feature::Qdisc("fq")) {
         let (ok, err) = run(&["--shaping-backend", "edt", "--delay", "100ms"]);
         assert!(
             !ok && err.contains("sch_fq") && err.contains("nothing was changed"),
             "{err}"
         );
-        if !have_qdisc("netem") {
+        if !has(Feature::Qdisc("netem")) {
             // Auto: the refusal names both modules that would do.
             let (ok, err) = run(&["--delay", "100ms"]);
             assert!(

@@ -13,7 +13,7 @@ use chaos_agent::kernel::tc::{
     OUR_MAJOR, OUR_ROOT, Qdisc, TC_H_INGRESS_HANDLE, TC_H_ROOT, TbfLimit, TbfOptions, Tc, TcError,
     tc_handle,
 };
-use chaos_testing::{NetNs, VethPair, skip};
+use chaos_testing::{Feature, NetNs, VethPair, require, require_absent};
 use serde_json::Value;
 
 /// Runs `f` with a [`Tc`] whose socket lives in `ns`: a dedicated thread enters the namespace
@@ -74,18 +74,6 @@ fn tc_state(ns: &NetNs, dev: &str) -> String {
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
-}
-
-/// Whether this kernel has netem (probing with iproute2, independent of the library).
-fn have_netem(ns: &NetNs, dev: &str) -> bool {
-    let ok = chaos_testing::sh_ok(&format!(
-        "ip netns exec {} tc qdisc add dev {dev} root handle 9999: netem delay 1ms 2>/dev/null",
-        ns.name
-    ));
-    if ok {
-        ns.sh(&format!("tc qdisc del dev {dev} root"));
-    }
-    ok
 }
 
 /// Installs an agent-style fault tree: htb root `c4a0:` whose default class 1 is unshaped and
@@ -220,14 +208,10 @@ fn htb_tree_reads_back() {
 
 #[test]
 fn netem_without_module_names_it() {
-    let p = VethPair::new(203);
-    if have_netem(&p.a, &p.a_if) {
-        skip(
-            "netem_without_module_names_it",
-            "sch_netem is available on this kernel",
-        );
+    if !require_absent("netem_without_module_names_it", Feature::Qdisc("netem")) {
         return;
     }
+    let p = VethPair::new(203);
     let idx = ifindex(&p.a, &p.a_if);
     let o = NetemOptions {
         delay: ms(100),
@@ -281,11 +265,10 @@ fn netem_without_module_names_it() {
 
 #[test]
 fn netem_parameters_read_back() {
-    let p = VethPair::new(204);
-    if !have_netem(&p.a, &p.a_if) {
-        skip("netem_parameters_read_back", "sch_netem not available");
+    if !require("netem_parameters_read_back", Feature::Qdisc("netem")) {
         return;
     }
+    let p = VethPair::new(204);
     let idx = ifindex(&p.a, &p.a_if);
     let o = NetemOptions {
         delay: ms(100),
@@ -343,11 +326,10 @@ fn approx(v: &Value, path: &[&str], want: f64) {
 
 #[test]
 fn netem_gemodel_reads_back() {
-    let p = VethPair::new(205);
-    if !have_netem(&p.a, &p.a_if) {
-        skip("netem_gemodel_reads_back", "sch_netem not available");
+    if !require("netem_gemodel_reads_back", Feature::Qdisc("netem")) {
         return;
     }
+    let p = VethPair::new(205);
     let idx = ifindex(&p.a, &p.a_if);
     let o = NetemOptions {
         delay: ms(10),
@@ -715,24 +697,34 @@ fn restore_leaves_a_foreign_root_alone() {
     );
 }
 
-/// Adds `kind` with the library and reads it back, or skips where the kernel lacks the module.
+/// Adds `kind` with the library and reads it back. Whether the kernel has the qdisc is asked
+/// of `tc` first, not of the library under test: where it lacks it, the library must say so
+/// (`QdiscUnsupported`), and the test is a skip (or a failure where the kernel must have it).
 fn read_back_or_skip(test: &str, subnet: u8, q: Qdisc, check: impl FnOnce(&Value)) {
+    let feature = match q {
+        Qdisc::Fq(_) => Feature::Qdisc("fq"),
+        Qdisc::Prio(_) => Feature::Qdisc("prio"),
+        _ => panic!("{test}: no feature for {}", q.kind()),
+    };
+    let present = chaos_testing::has(feature);
     let p = VethPair::new(subnet);
     let idx = ifindex(&p.a, &p.a_if);
     let kind = q.kind().to_owned();
-    match in_ns(&p.a, move |tc| async move {
+    let added = in_ns(&p.a, move |tc| async move {
         tc.add_qdisc(idx, TC_H_ROOT, OUR_ROOT, &q).await
-    }) {
-        Err(TcError::QdiscUnsupported { module, .. }) => {
-            skip(test, &format!("{module} not available"));
-        }
-        Err(e) => panic!("{test}: {e}"),
-        Ok(()) => {
-            let q = qdisc_json(&p.a, &p.a_if);
-            assert_eq!(q[0]["kind"], kind.as_str());
-            check(&q[0]["options"]);
-        }
+    });
+    if !present {
+        assert!(
+            matches!(added, Err(TcError::QdiscUnsupported { .. })),
+            "{test}: tc says this kernel lacks {kind}; the library answered {added:?}"
+        );
+        assert!(!require(test, feature));
+        return;
     }
+    added.unwrap_or_else(|e| panic!("{test}: {e}"));
+    let q = qdisc_json(&p.a, &p.a_if);
+    assert_eq!(q[0]["kind"], kind.as_str());
+    check(&q[0]["options"]);
 }
 
 #[test]
