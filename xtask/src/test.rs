@@ -2,10 +2,18 @@
 //!
 //! Test runs are separate cargo invocations so that privileged integration tests, which share
 //! one kernel, run one at a time, while unit tests keep their default parallelism. libtest's
-//! `test result:` lines and the VM runner's `vm: N passed, N failed` line are added up into the
-//! final `N passed, N failed` line that CI reads.
+//! `test result:` lines and the VM runner's `vm: N passed, N failed, N skipped, N host-only`
+//! line are added up into the final `N passed, N failed, N skipped` line that CI reads.
+//!
+//! Skips: libtest has no such outcome, so a test that skips (`chaos_testing::skip`) returns and
+//! counts as passed there. Each step gets its own file in `CHAOS_SKIP_LOG`, where every skip
+//! writes `binary::test: why`; the step's skips are subtracted from its passes, counted apart
+//! and listed with their reasons. In CI (`CI` set) the tests run with `CHAOS_REQUIRE=host`, under
+//! which a test whose feature the CI host's kernel must have fails instead of skipping.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +36,10 @@ pub struct TestArgs {
 struct Tally {
     passed: u64,
     failed: u64,
+    /// Tests that ran and skipped (`chaos_testing::skip`): not in `passed`.
+    skipped: u64,
+    /// libtest's `#[ignore]`d tests, and the VM's host-only tests (filtered out there, run on
+    /// the host).
     ignored: u64,
 }
 
@@ -35,6 +47,7 @@ impl std::ops::AddAssign for Tally {
     fn add_assign(&mut self, o: Self) {
         self.passed += o.passed;
         self.failed += o.failed;
+        self.skipped += o.skipped;
         self.ignored += o.ignored;
     }
 }
@@ -47,6 +60,26 @@ struct Step {
     ok: bool,
     note: String,
     took: Duration,
+    skips: Vec<Skip>,
+    /// Tests that went on without a part (`chaos_testing::skip_part`): among the passed.
+    parts: Vec<Skip>,
+}
+
+/// A skipped test: (`binary::test`, why).
+pub(crate) type Skip = (String, String);
+
+/// The tests that skipped, and those that went on without a part.
+pub(crate) type Skips = (Vec<Skip>, Vec<Skip>);
+
+/// How a step's stdout is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Nothing to count (a build).
+    Nothing,
+    /// libtest's `test result:` lines, and its `test NAME ... FAILED` lines.
+    Libtest,
+    /// The VM runner's closing `vm: ...` line (it has already taken its skips off its passes).
+    Vm,
 }
 
 /// Parses libtest's `test result: ok. 3 passed; 1 failed; 2 ignored; 0 measured; ...`.
@@ -70,7 +103,8 @@ fn parse_libtest(line: &str) -> Option<Tally> {
     Some(t)
 }
 
-/// Parses the VM runner's verdict `vm: 12 passed, 0 failed` (`, 3 skipped` may follow).
+/// Parses the VM runner's closing line `vm: 12 passed, 0 failed, 3 skipped, 10 host-only`
+/// (its passes exclude its skips; host-only tests were filtered out in the guest).
 fn parse_vm(line: &str) -> Option<Tally> {
     let rest = line.trim().strip_prefix("vm: ")?;
     let mut t = Tally::default();
@@ -81,39 +115,134 @@ fn parse_vm(line: &str) -> Option<Tally> {
         match words.next()? {
             "passed" => (t.passed, seen.0) = (n, true),
             "failed" => (t.failed, seen.1) = (n, true),
-            "skipped" | "ignored" => t.ignored = n,
+            "skipped" => t.skipped = n,
+            "host-only" | "ignored" => t.ignored = n,
             _ => return None,
         }
     }
     (seen.0 && seen.1).then_some(t)
 }
 
+/// The name of the test a libtest line reports as failed (`test NAME ... FAILED`).
+fn failed_test(line: &str) -> Option<&str> {
+    let (name, outcome) = line.trim().strip_prefix("test ")?.split_once(" ... ")?;
+    outcome.starts_with("FAILED").then_some(name)
+}
+
+/// Reads a `CHAOS_SKIP_LOG` file (see chaos-testing's `skip` and `skip_part`): the tests that
+/// skipped (`skip binary::test: why`) and those that went on without a part
+/// (`part binary::test: what: why`), each test once with its reasons joined; a test that
+/// skipped is not also listed as partly skipped.
+fn read_skips(path: &Path) -> Skips {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    parse_skips(text.lines())
+}
+
+/// [`read_skips`] of lines (also the VM guest's, without their `VM-SKIP `).
+pub(crate) fn parse_skips<'a>(lines: impl Iterator<Item = &'a str>) -> Skips {
+    let mut whole: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut parts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let (map, rest) = if let Some(r) = line.strip_prefix("skip ") {
+            (&mut whole, r)
+        } else if let Some(r) = line.strip_prefix("part ") {
+            (&mut parts, r)
+        } else {
+            continue;
+        };
+        if let Some((name, why)) = rest.split_once(": ").filter(|(n, _)| !n.contains(' ')) {
+            let reasons = map.entry(name.to_owned()).or_default();
+            if !reasons.iter().any(|r| r == why) {
+                reasons.push(why.trim().to_owned());
+            }
+        }
+    }
+    let join = |m: BTreeMap<String, Vec<String>>| -> Vec<Skip> {
+        m.into_iter().map(|(n, why)| (n, why.join("; "))).collect()
+    };
+    parts.retain(|name, _| !whole.contains_key(name));
+    (join(whole), join(parts))
+}
+
+/// Takes a libtest step's skips off its passes. A test that skipped and then failed is a
+/// failure, not a skip; it is recognised by its name (the part after the binary's: cargo tells
+/// which binary runs on stderr, which we do not read), so a skip of a same-named test in another
+/// binary may go uncounted in a failed run, never the other way round.
+fn apply_skips(tally: &mut Tally, skips: Vec<Skip>, failed: &BTreeSet<String>) -> Vec<Skip> {
+    let skips: Vec<Skip> = skips
+        .into_iter()
+        .filter(|(name, _)| {
+            let test = name.split_once("::").map_or(name.as_str(), |(_, t)| t);
+            !failed.contains(test)
+        })
+        .collect();
+    let n = (skips.len() as u64).min(tally.passed);
+    tally.passed -= n;
+    tally.skipped += n;
+    skips
+}
+
+/// Where a step's skips are written: `target/xtask/skips/<step>.log`, emptied first.
+fn skip_log(step: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let dir = target.join("xtask").join("skips");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let slug: String = step
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let path = dir.join(format!("{slug}.log"));
+    std::fs::write(&path, "").with_context(|| format!("truncate {}", path.display()))?;
+    Ok(path)
+}
+
 /// Runs a step, streaming its stdout (stderr is inherited) and adding up the result lines.
 /// A step that fails without reporting a failed test counts as one failure, so that a broken
 /// build can never end in "0 failed".
-fn run_step(name: impl Into<String>, mut cmd: Command, parse: fn(&str) -> Option<Tally>) -> Step {
+fn run_step(name: impl Into<String>, mut cmd: Command, output: Output) -> Step {
     let name = name.into();
     println!("\n==> {name}: {}", display(&cmd));
     let start = Instant::now();
-    let result = (|| -> anyhow::Result<(Tally, std::process::ExitStatus)> {
+    let result = (|| -> anyhow::Result<(Tally, std::process::ExitStatus, Skips)> {
+        let log = skip_log(&name)?;
         let mut child = cmd
+            .env("CHAOS_SKIP_LOG", &log)
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| display(&cmd))?;
         let mut tally = Tally::default();
+        let mut failed = BTreeSet::new();
         let stdout = child.stdout.take().context("child stdout")?;
         for line in BufReader::new(stdout).lines() {
             let line = line.context("read child stdout")?;
             println!("{line}");
-            if let Some(t) = parse(&line) {
-                tally += t;
+            match output {
+                Output::Nothing => {}
+                Output::Libtest => {
+                    if let Some(t) = parse_libtest(&line) {
+                        tally += t;
+                    } else if let Some(test) = failed_test(&line) {
+                        failed.insert(test.to_owned());
+                    }
+                }
+                Output::Vm => {
+                    if let Some(t) = parse_vm(&line) {
+                        tally += t;
+                    }
+                }
             }
         }
-        Ok((tally, child.wait()?))
+        let status = child.wait()?;
+        let (mut skips, parts) = read_skips(&log);
+        if output == Output::Libtest {
+            skips = apply_skips(&mut tally, skips, &failed);
+        }
+        Ok((tally, status, (skips, parts)))
     })();
     let took = start.elapsed();
     match result {
-        Ok((mut tally, status)) => {
+        Ok((mut tally, status, (skips, parts))) => {
             let ok = status.success() && tally.failed == 0;
             let mut note = String::new();
             if !status.success() {
@@ -128,6 +257,8 @@ fn run_step(name: impl Into<String>, mut cmd: Command, parse: fn(&str) -> Option
                 ok,
                 note,
                 took,
+                skips,
+                parts,
             }
         }
         Err(e) => Step {
@@ -139,8 +270,21 @@ fn run_step(name: impl Into<String>, mut cmd: Command, parse: fn(&str) -> Option
             ok: false,
             note: format!("{e:#}"),
             took,
+            skips: Vec::new(),
+            parts: Vec::new(),
         },
     }
+}
+
+/// The feature rules the privileged tests run under (chaos-testing's `Rules`): what the caller
+/// set in `CHAOS_REQUIRE`, else `host` in CI (`CI` set and not `false`/`0`), else none (a
+/// missing feature skips). The VM guest always runs under `vm` (its `/init` sets it).
+fn feature_rules() -> Option<String> {
+    if let Ok(v) = std::env::var("CHAOS_REQUIRE") {
+        return Some(v);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"));
+    ci.then(|| "host".to_owned())
 }
 
 /// The integration test targets (`tests/*.rs`) of each workspace package, from cargo metadata.
@@ -176,8 +320,9 @@ const EXCLUDE_EBPF: [&str; 3] = ["--workspace", "--exclude", "chaos-ebpf"];
 /// `Err`: `main` would print it after the summary, and CI reads the summary as the last line.)
 pub fn run(args: &TestArgs) -> ExitCode {
     let start = Instant::now();
-    let steps = run_steps(args);
-    summarize(&steps, args.no_vm, start.elapsed())
+    let rules = feature_rules();
+    let steps = run_steps(args, rules.as_deref());
+    summarize(&steps, args.no_vm, rules.as_deref(), start.elapsed())
 }
 
 impl Step {
@@ -192,11 +337,13 @@ impl Step {
             ok: false,
             note: format!("{error:#}"),
             took,
+            skips: Vec::new(),
+            parts: Vec::new(),
         }
     }
 }
 
-fn run_steps(args: &TestArgs) -> Vec<Step> {
+fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
     let mut steps = Vec::new();
 
     if !args.no_setup {
@@ -208,6 +355,8 @@ fn run_steps(args: &TestArgs) -> Vec<Step> {
                 ok: true,
                 note: String::new(),
                 took: s.elapsed(),
+                skips: Vec::new(),
+                parts: Vec::new(),
             }),
             Err(e) => steps.push(Step::failed("setup", &e, s.elapsed())),
         }
@@ -217,7 +366,7 @@ fn run_steps(args: &TestArgs) -> Vec<Step> {
     if ready {
         let mut c = cargo();
         c.args(["build", "--all-targets"]).args(EXCLUDE_EBPF);
-        steps.push(run_step("build", c, |_| None));
+        steps.push(run_step("build", c, Output::Nothing));
     }
 
     if steps.iter().all(|s| s.ok) {
@@ -225,12 +374,12 @@ fn run_steps(args: &TestArgs) -> Vec<Step> {
         let mut c = cargo();
         c.args(["test", "--no-fail-fast", "--lib", "--bins"])
             .args(EXCLUDE_EBPF);
-        steps.push(run_step("unit tests", c, parse_libtest));
+        steps.push(run_step("unit tests", c, Output::Libtest));
 
         let mut c = cargo();
         c.args(["test", "--no-fail-fast", "--doc"])
             .args(EXCLUDE_EBPF);
-        steps.push(run_step("doc tests", c, parse_libtest));
+        steps.push(run_step("doc tests", c, Output::Libtest));
 
         // Integration tests are privileged: they attach programs, add qdiscs and create
         // namespaces on the one kernel they all share, so one test at a time. One invocation
@@ -247,10 +396,13 @@ fn run_steps(args: &TestArgs) -> Vec<Step> {
                     }
                 }
                 c.args(["--", "--test-threads=1"]);
+                if let Some(rules) = rules {
+                    c.env("CHAOS_REQUIRE", rules);
+                }
                 steps.push(run_step(
                     "integration tests (root, serial)",
                     c,
-                    parse_libtest,
+                    Output::Libtest,
                 ));
             }
             Err(e) => steps.push(Step::failed("list integration tests", &e, Duration::ZERO)),
@@ -261,28 +413,30 @@ fn run_steps(args: &TestArgs) -> Vec<Step> {
             // (replaced) this very binary, because features unify differently there.
             let mut c = cargo();
             c.args(["run", "--quiet", "--package", "xtask", "--", "vm-test"]);
-            steps.push(run_step("vm tests (QEMU)", c, parse_vm));
+            steps.push(run_step("vm tests (QEMU)", c, Output::Vm));
         }
     }
 
     steps
 }
 
-/// Prints the table and the closing `N passed, N failed` line.
-fn summarize(steps: &[Step], no_vm: bool, took: Duration) -> ExitCode {
+/// Prints the table, the skipped tests with their reasons, and the closing
+/// `N passed, N failed, N skipped` line.
+fn summarize(steps: &[Step], no_vm: bool, rules: Option<&str>, took: Duration) -> ExitCode {
     let mut total = Tally::default();
     println!("\n==> summary ({took:.0?})");
     println!(
-        "{:<46} {:>7} {:>7} {:>8} {:>8}  note",
-        "step", "passed", "failed", "ignored", "time"
+        "{:<40} {:>7} {:>7} {:>8} {:>8} {:>8}  note",
+        "step", "passed", "failed", "skipped", "ignored", "time"
     );
     for s in steps {
         total += s.tally;
         println!(
-            "{:<46} {:>7} {:>7} {:>8} {:>7.1}s  {}{}",
+            "{:<40} {:>7} {:>7} {:>8} {:>8} {:>7.1}s  {}{}",
             s.name,
             s.tally.passed,
             s.tally.failed,
+            s.tally.skipped,
             s.tally.ignored,
             s.took.as_secs_f64(),
             if s.ok { "ok" } else { "FAILED" },
@@ -294,15 +448,51 @@ fn summarize(steps: &[Step], no_vm: bool, took: Duration) -> ExitCode {
         );
     }
     if no_vm {
-        println!("(vm tests skipped: --no-vm)");
+        println!("(vm tests not run: --no-vm)");
     }
-    println!("{} ignored", total.ignored);
-    println!("{} passed, {} failed", total.passed, total.failed);
+    match rules {
+        Some(r) => println!(
+            "feature rules on the host: CHAOS_REQUIRE={r} (a missing feature it requires fails)"
+        ),
+        None => println!(
+            "feature rules on the host: none, a missing feature skips (CI=true: CHAOS_REQUIRE=host)"
+        ),
+    }
+    let listed: usize = steps.iter().map(|s| s.skips.len()).sum();
+    if listed > 0 {
+        println!("skipped tests ({listed}):");
+        for s in steps {
+            for (test, why) in &s.skips {
+                println!("  {:<18} {test}: {why}", short_step(&s.name));
+            }
+        }
+    }
+    let partly: usize = steps.iter().map(|s| s.parts.len()).sum();
+    if partly > 0 {
+        println!("partly skipped ({partly}, among the passed: the rest of each ran):");
+        for s in steps {
+            for (test, why) in &s.parts {
+                println!("  {:<18} {test}: {why}", short_step(&s.name));
+            }
+        }
+    }
+    if total.ignored > 0 {
+        println!("{} ignored", total.ignored);
+    }
+    println!(
+        "{} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
     if total.failed > 0 || steps.iter().any(|s| !s.ok) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The first word of a step's name, for the list of skips ("integration", "vm").
+fn short_step(name: &str) -> &str {
+    name.split_whitespace().next().unwrap_or(name)
 }
 
 /// `cargo xtask lint`: clippy with warnings as errors and rustfmt --check. Kept out of `test` so
@@ -344,6 +534,7 @@ mod tests {
             Some(Tally {
                 passed: 3,
                 failed: 1,
+                skipped: 0,
                 ignored: 2
             })
         );
@@ -361,26 +552,74 @@ mod tests {
             Some(Tally {
                 passed: 12,
                 failed: 1,
-                ignored: 0
+                ..Tally::default()
             })
         );
         assert_eq!(
-            parse_vm("vm: 5 passed, 0 failed, 2 skipped"),
+            parse_vm("vm: 5 passed, 0 failed, 2 skipped, 10 host-only"),
             Some(Tally {
                 passed: 5,
                 failed: 0,
-                ignored: 2
-            })
-        );
-        assert_eq!(
-            parse_vm("vm: 5 passed, 0 failed, 8 skipped (host-only)"),
-            Some(Tally {
-                passed: 5,
-                failed: 0,
-                ignored: 8
+                skipped: 2,
+                ignored: 10
             })
         );
         assert_eq!(parse_vm("vm: booting kernel 6.1"), None);
+        assert_eq!(parse_vm("vm: SKIP loss::x: no tcx"), None);
         assert_eq!(parse_vm("12 passed, 1 failed"), None);
+    }
+
+    #[test]
+    fn skips_come_off_the_passes_unless_the_test_failed() {
+        let dir = std::env::temp_dir().join(format!("xtask-skips-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("step.log");
+        std::fs::write(
+            &log,
+            "skip loss::sigkill_on_tcx: missing tcx links\n\
+             skip kernel_features::tools: missing `ss` on PATH\n\
+             skip kernel_features::tools: missing `iperf3` on PATH\n\
+             skip kernel_features::tools: missing `ss` on PATH\n\
+             skip netem::delay_x: missing the netem qdisc\n\
+             part dns::a: the dig checks: dig is not installed\n\
+             part dns::a: the dig checks: dig is not installed\n\
+             part netem::delay_x: a part: of a test that skipped anyway\n\
+             not a record\n",
+        )
+        .unwrap();
+        let (skips, parts) = read_skips(&log);
+        assert_eq!(
+            parts,
+            [(
+                "dns::a".to_owned(),
+                "the dig checks: dig is not installed".to_owned()
+            )]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(skips.len(), 3, "{skips:?}");
+        assert_eq!(
+            skips[0],
+            (
+                "kernel_features::tools".to_owned(),
+                "missing `ss` on PATH; missing `iperf3` on PATH".to_owned()
+            )
+        );
+        let mut tally = Tally {
+            passed: 10,
+            failed: 1,
+            ..Tally::default()
+        };
+        let failed: BTreeSet<String> = ["delay_x".to_owned()].into();
+        let kept = apply_skips(&mut tally, skips, &failed);
+        assert_eq!(kept.len(), 2, "the failed test is no skip: {kept:?}");
+        assert_eq!((tally.passed, tally.failed, tally.skipped), (8, 1, 2));
+    }
+
+    #[test]
+    fn failed_test_lines() {
+        assert_eq!(failed_test("test delay_x ... FAILED"), Some("delay_x"));
+        assert_eq!(failed_test("test m::t ... FAILED <1.2s>"), Some("m::t"));
+        assert_eq!(failed_test("test delay_x ... ok"), None);
+        assert_eq!(failed_test("test result: FAILED. 1 passed"), None);
     }
 }

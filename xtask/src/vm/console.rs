@@ -1,7 +1,8 @@
 //! The guest's serial console: [`ConsoleFilter`] makes it clean text, [`Outcome`] parses its
-//! lines (init.sh's `VM-*` markers, libtest's `test result:` lines, kernel fault markers).
+//! lines (init.sh's `VM-*` markers, libtest's `test result:` and `test NAME ... FAILED` lines,
+//! kernel fault markers).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Console markers of a kernel that is no longer trustworthy.
@@ -22,9 +23,16 @@ pub(super) struct Outcome {
     pub(super) kernel_fault: Option<String>,
     /// (binaries passed, binaries failed) from the guest's verdict line.
     pub(super) verdict: Option<(u64, u64)>,
-    /// Totals of libtest's `test result:` lines.
+    /// Totals of libtest's `test result:` lines (a skipped test is among the passed here).
     pub(super) passed: u64,
     pub(super) failed: u64,
+    /// Passes per binary, from its `test result:` line.
+    pub(super) passed_by_bin: BTreeMap<String, u64>,
+    /// `binary::test` of each test libtest reported `FAILED`.
+    pub(super) failed_tests: BTreeSet<String>,
+    /// The guest's `VM-SKIP skip|part binary::test: why` lines without `VM-SKIP ` (chaos-testing's
+    /// skip records), in order.
+    pub(super) skip_records: Vec<String>,
     /// Binaries that failed without a `test result:` line (crashed, aborted).
     pub(super) crashed_bins: Vec<String>,
     /// Binaries started and not ended, with whether they printed a `test result:` line yet.
@@ -33,6 +41,28 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// The tests that skipped, each once (its reasons joined), leaving out a test that failed
+    /// after its skip and any skip of a binary that reported no passes (it crashed before its
+    /// `test result:` line, so its skips are in no count to take them from); then the tests
+    /// that went on without a part (among the passed).
+    pub(super) fn skipped(&self) -> crate::test::Skips {
+        let (whole, parts) = crate::test::parse_skips(self.skip_records.iter().map(String::as_str));
+        let mut left = self.passed_by_bin.clone();
+        let mut out = Vec::new();
+        for (name, why) in whole {
+            if self.failed_tests.contains(&name) {
+                continue;
+            }
+            let bin = name.split_once("::").map_or(name.as_str(), |(b, _)| b);
+            match left.get_mut(bin) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => continue,
+            }
+            out.push((name, why));
+        }
+        (out, parts)
+    }
+
     pub(super) fn line(&mut self, line: &str, since_start: Duration) {
         // Anywhere in the line: the firmware's "Booting from ROM.." has no newline.
         if line.contains("VM-INIT") {
@@ -46,6 +76,8 @@ impl Outcome {
             }
         } else if let Some(bin) = line.strip_prefix("VM-TEST-BIN-END ") {
             self.running.remove(bin.trim());
+        } else if let Some(rest) = line.strip_prefix("VM-SKIP ") {
+            self.skip_records.push(rest.trim().to_owned());
         } else if let Some(m) = line.strip_prefix("VM-MODULE-FAIL ") {
             self.module_failures.push(m.trim().to_owned());
         } else if let Some(rest) = line.strip_prefix("VM-VERDICT ") {
@@ -58,8 +90,9 @@ impl Outcome {
             && let Some(has_result) = self.running.get_mut(bin)
         {
             // A line of a test binary, "loss| test result: ok. 3 passed; 0 failed; 1 ignored;
-            // 0 measured; 0 filtered out; finished in 0.1s".
-            if let Some(rest) = rest.trim_start().strip_prefix("test result: ") {
+            // 0 measured; 0 filtered out; finished in 0.1s" or "loss| test x ... FAILED <2.0s>".
+            let rest = rest.trim_start();
+            if let Some(rest) = rest.strip_prefix("test result: ") {
                 *has_result = true;
                 for part in rest.split(';') {
                     let mut words = part.split_whitespace().rev();
@@ -68,11 +101,20 @@ impl Outcome {
                     };
                     let n: u64 = n.parse().unwrap_or(0);
                     match what {
-                        "passed" => self.passed += n,
+                        "passed" => {
+                            self.passed += n;
+                            *self.passed_by_bin.entry(bin.to_owned()).or_default() += n;
+                        }
                         "failed" => self.failed += n,
                         _ => {}
                     }
                 }
+            } else if let Some((test, outcome)) = rest
+                .strip_prefix("test ")
+                .and_then(|r| r.split_once(" ... "))
+                && outcome.starts_with("FAILED")
+            {
+                self.failed_tests.insert(format!("{bin}::{test}"));
             }
         } else if self.kernel_fault.is_none() && is_kernel_fault(line) {
             self.kernel_fault = Some(line.trim().to_owned());
@@ -172,10 +214,49 @@ mod tests {
             o.line(l, Duration::from_secs(8));
         }
         assert_eq!((o.passed, o.failed), (8, 2));
+        assert_eq!(o.skipped(), (vec![], vec![]));
         assert_eq!(o.crashed_bins, ["crashy rc=134"]);
         assert_eq!(o.running.keys().collect::<Vec<_>>(), ["hung"]);
         assert_eq!(o.verdict, Some((1, 2)));
         assert_eq!(o.boot, Some(Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn skips_are_counted_once_and_never_for_failures() {
+        let mut o = Outcome::default();
+        for l in [
+            "VM-TEST-BIN loss",
+            "loss| test sigkill_on_tcx ... ok <0.1s>",
+            "loss| test skips_then_fails ... FAILED <0.3s>",
+            "loss| test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 3 filtered out",
+            "VM-SKIP skip loss::sigkill_on_tcx: missing tcx links (>= 6.6); required on: host",
+            "VM-SKIP skip loss::skips_then_fails: this kernel has x",
+            "VM-SKIP skip loss::sigkill_on_tcx: missing tcx links (>= 6.6); required on: host",
+            "VM-SKIP part loss::other: the dig checks: dig is not installed",
+            "VM-TEST-BIN-END loss",
+            "VM-TEST-BIN crashy",
+            "VM-SKIP skip crashy::t: no result line, so no pass to take it from",
+            "VM-TEST-BIN-FAIL crashy rc=134",
+            "VM-TEST-BIN-END crashy",
+        ] {
+            o.line(l, Duration::from_secs(1));
+        }
+        let (whole, parts) = o.skipped();
+        assert_eq!(
+            whole,
+            [(
+                "loss::sigkill_on_tcx".to_owned(),
+                "missing tcx links (>= 6.6); required on: host".to_owned()
+            )]
+        );
+        assert_eq!(
+            parts,
+            [(
+                "loss::other".to_owned(),
+                "the dig checks: dig is not installed".to_owned()
+            )]
+        );
+        assert!(o.failed_tests.contains("loss::skips_then_fails"));
     }
 
     #[test]

@@ -109,9 +109,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     report(&outcome, started.elapsed(), &log, host_only.len())
 }
 
-/// Prints the summary (the count line last, for whoever reads our closing line) and fails if
-/// anything went wrong.
-fn report(o: &Outcome, total: Duration, log: &Path, skipped: usize) -> anyhow::Result<()> {
+/// Prints the summary (the skipped tests with their reasons, then the count line last, for
+/// whoever reads our closing line) and fails if anything went wrong. Skipped tests are taken
+/// off the passes (libtest counts a test that returns early as passed) and, when
+/// `CHAOS_SKIP_LOG` is set (`cargo xtask test`), appended to that file for its summary.
+fn report(o: &Outcome, total: Duration, log: &Path, host_only: usize) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     if let Some(line) = &o.kernel_fault {
         problems.push(format!("kernel fault: {line}"));
@@ -155,9 +157,35 @@ fn report(o: &Outcome, total: Duration, log: &Path, skipped: usize) -> anyhow::R
         total.as_secs_f64(),
         log.display()
     );
+    let (skipped, parts) = o.skipped();
+    for (test, why) in &skipped {
+        println!("vm: SKIP {test}: {why}");
+    }
+    for (test, why) in &parts {
+        println!("vm: SKIP PART {test}: {why}");
+    }
+    if let Some(path) = std::env::var_os("CHAOS_SKIP_LOG") {
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let mut lines = String::new();
+        for (kind, list) in [("skip", &skipped), ("part", &parts)] {
+            for (test, why) in list {
+                let _ = writeln!(lines, "{kind} {test}: {why}");
+            }
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(lines.as_bytes()))
+            .with_context(|| {
+                format!("append the guest's skips to {}", Path::new(&path).display())
+            })?;
+    }
     println!(
-        "vm: {} passed, {failed} failed, {skipped} skipped (host-only)",
-        o.passed
+        "vm: {} passed, {failed} failed, {} skipped, {host_only} host-only",
+        o.passed.saturating_sub(skipped.len() as u64),
+        skipped.len()
     );
     if problems.is_empty() && failed == 0 {
         Ok(())
