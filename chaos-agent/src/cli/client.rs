@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::inject::{counters_line, report_line};
+use super::inject::{live_line, report_line};
 use super::{ExtendArgs, InjectArgs, OutputArgs, ShowArgs, StopArgs};
 use crate::api::client::Client;
 use crate::engine::{FaultInfo, RevertReport};
@@ -82,9 +82,9 @@ fn fault_table(faults: &[FaultInfo]) {
             f.backend,
             f.requested_by_uid,
             f.summary,
-            f.counters
-                .as_ref()
-                .map_or_else(String::new, |c| format!(" | {}", counters_line(c)))
+            Some(live_line(f))
+                .filter(|l| !l.is_empty())
+                .map_or_else(String::new, |l| format!(" | {l}"))
         );
     }
 }

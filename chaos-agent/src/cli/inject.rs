@@ -12,8 +12,9 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{InjectArgs, UsageError};
-use crate::engine::{self, Engine, Requester, RevertReason, RevertReport};
+use crate::engine::{self, Engine, FaultInfo, Requester, RevertReason, RevertReport};
 use crate::faults::FaultSpec;
+use crate::faults::dns::DnsAnswer;
 use crate::kernel::bpf::Counters;
 use crate::metrics::Metrics;
 use crate::target::Target;
@@ -87,16 +88,22 @@ fn pct(n: u64, d: u64) -> String {
 }
 
 /// `f-0000002a reverted (ttl) after 30.0s: <counters>; revert errors: ...`: how a fault ended,
-/// the same for the foreground inject, the client's `inject --wait` and `stop`.
+/// the same for the foreground inject, the client's `inject --wait` and `stop`. A flapping
+/// fault adds how many active phases it had (`; active phases 3/3`).
 pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
     format!(
-        "{} reverted ({}){}: {}{}",
+        "{} reverted ({}){}: {}{}{}",
         r.id,
         r.reason.as_str(),
         elapsed.map_or_else(String::new, |e| format!(" after {:.1}s", e.as_secs_f64())),
-        r.counters
-            .as_ref()
-            .map_or_else(|| "no counters".to_owned(), counters_line),
+        r.counters.as_ref().map_or_else(
+            || "no counters".to_owned(),
+            |c| counters_line(c, r.dns_answer)
+        ),
+        r.phase.map_or_else(String::new, |p| format!(
+            "; active phases {}/{}",
+            p.active_phases, p.total_active_phases
+        )),
         if r.errors.is_empty() {
             String::new()
         } else {
@@ -105,10 +112,23 @@ pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
     )
 }
 
-/// One line of counters, e.g. `matched 1200, dropped 118 (9.83%)`.
+/// One line of counters: `matched 1200, dropped 118 (9.83%)` for packet faults; for a DNS
+/// fault (`dns` is what its matching answers become) `answers matched 12, rewritten 12
+/// (servfail), dropped 0, unparsed 0`.
 #[must_use]
-pub fn counters_line(c: &Counters) -> String {
+pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>) -> String {
     let t = c.total();
+    if let Some(answer) = dns {
+        let rcode = if answer == DnsAnswer::Drop {
+            String::new()
+        } else {
+            format!(" ({})", answer.as_str())
+        };
+        return format!(
+            "answers matched {}, rewritten {}{rcode}, dropped {}, unparsed {}",
+            t.matched, t.rewritten, t.dropped, t.unparsed
+        );
+    }
     let mut line = format!(
         "matched {}, dropped {} ({})",
         t.matched,
@@ -119,6 +139,22 @@ pub fn counters_line(c: &Counters) -> String {
         let _ = write!(line, ", shaped {}", t.steered);
     }
     line
+}
+
+/// What an active fault is doing now, for the countdown and `list`: its duty-cycle phase (with
+/// `--flap`) and its counters, e.g. `active 2/5 (1.2s left) | matched 10, dropped 3 (30.00%)`.
+#[must_use]
+pub fn live_line(info: &FaultInfo) -> String {
+    let counters = info
+        .counters
+        .as_ref()
+        .map(|c| counters_line(c, info.spec.dns.as_ref().map(|d| d.answer)));
+    info.phase
+        .map(|p| p.line())
+        .into_iter()
+        .chain(counters)
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Result<ExitCode> {
@@ -153,6 +189,17 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
     super::preflight()?;
     let rt = super::runtime()?;
     rt.block_on(foreground(cfg, spec, a.json))
+}
+
+/// The foreground's live line: `f-0000002a 5s left | active 2/5 (1.2s left) | ...`.
+#[must_use]
+pub fn countdown_line(live: &FaultInfo) -> String {
+    format!(
+        "{} {}s left | {}",
+        live.id,
+        live.remaining_ms.div_ceil(1000),
+        live_line(live)
+    )
 }
 
 async fn foreground(
@@ -199,12 +246,7 @@ async fn foreground(
             }
             _ = tick.tick() => {
                 if let Some(live) = engine.get(info.id).await {
-                    let line = format!(
-                        "{} {}s left | {}",
-                        info.id,
-                        live.remaining_ms.div_ceil(1000),
-                        live.counters.as_ref().map_or_else(String::new, counters_line)
-                    );
+                    let line = countdown_line(&live);
                     if tty { eprint!("\r\x1b[2K{line}"); } else { eprintln!("{line}"); }
                 }
             }
@@ -224,4 +266,131 @@ async fn foreground(
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FlapPhase;
+    use crate::faults::dns::DnsSpec;
+    use crate::kernel::bpf::DirCounters;
+
+    fn counters(matched: u64, rewritten: u64, dropped: u64, unparsed: u64) -> Counters {
+        Counters {
+            ingress: DirCounters {
+                seen: 100,
+                matched,
+                rewritten,
+                dropped,
+                unparsed,
+                ..DirCounters::default()
+            },
+            egress: DirCounters::default(),
+        }
+    }
+
+    fn report(dns: Option<DnsAnswer>, phase: Option<FlapPhase>) -> RevertReport {
+        RevertReport {
+            id: "f-0000002a".parse().expect("id"),
+            reason: RevertReason::Ttl,
+            removed: Vec::new(),
+            errors: Vec::new(),
+            counters: Some(counters(12, 12, 0, 0)),
+            lateness_us: Some(50),
+            dns_answer: dns,
+            phase,
+        }
+    }
+
+    #[test]
+    fn packet_faults_keep_their_loss_line() {
+        let r = report(None, None);
+        assert_eq!(
+            report_line(&r, Some(Duration::from_millis(8_020))),
+            "f-0000002a reverted (ttl) after 8.0s: matched 12, dropped 0 (0.00%)"
+        );
+    }
+
+    #[test]
+    fn dns_summary_counts_answers() {
+        let r = report(Some(DnsAnswer::Servfail), None);
+        assert_eq!(
+            report_line(&r, Some(Duration::from_millis(8_020))),
+            "f-0000002a reverted (ttl) after 8.0s: answers matched 12, rewritten 12 (servfail), dropped 0, unparsed 0"
+        );
+        // `drop` rewrites nothing: no rcode to name.
+        assert_eq!(
+            counters_line(&counters(7, 0, 7, 1), Some(DnsAnswer::Drop)),
+            "answers matched 7, rewritten 0, dropped 7, unparsed 1"
+        );
+    }
+
+    #[test]
+    fn flapping_summary_says_how_many_active_phases() {
+        let phase = FlapPhase {
+            active: false,
+            active_phases: 2,
+            total_active_phases: 2,
+            remaining_ms: 0,
+        };
+        let mut r = report(Some(DnsAnswer::Nxdomain), Some(phase));
+        r.errors = vec!["x".to_owned()];
+        assert_eq!(
+            report_line(&r, None),
+            "f-0000002a reverted (ttl): answers matched 12, rewritten 12 (nxdomain), dropped 0, unparsed 0; active phases 2/2; revert errors: x"
+        );
+    }
+
+    #[test]
+    fn countdown_shows_the_phase_then_the_counters() {
+        let spec = FaultSpec {
+            ttl: Duration::from_secs(25),
+            target: Target::default(),
+            loss: None,
+            shape: None,
+            dns: Some(DnsSpec {
+                answer: DnsAnswer::Refused,
+                domains: Vec::new(),
+                types: Vec::new(),
+                rate: None,
+                port: None,
+            }),
+            flap: Some("2s/3s".parse().expect("flap")),
+            force: false,
+            seed: None,
+            label: None,
+        };
+        let mut info = FaultInfo {
+            id: "f-0000002a".parse().expect("id"),
+            kind: spec.kind().to_owned(),
+            summary: spec.summary(),
+            spec,
+            iface: "lo".to_owned(),
+            backend: "ebpf/tcx".to_owned(),
+            requested_by_uid: 0,
+            created_unix_ms: 0,
+            expires_unix_ms: 0,
+            remaining_ms: 4_100,
+            counters: Some(counters(3, 3, 0, 0)),
+            phase: Some(FlapPhase {
+                active: true,
+                active_phases: 2,
+                total_active_phases: 5,
+                remaining_ms: 1_200,
+            }),
+        };
+        assert_eq!(
+            countdown_line(&info),
+            "f-0000002a 5s left | active 2/5 (1.2s left) | answers matched 3, rewritten 3 (refused), dropped 0, unparsed 0"
+        );
+        info.phase = Some(FlapPhase {
+            active: false,
+            remaining_ms: 800,
+            ..info.phase.expect("phase")
+        });
+        info.counters = None;
+        assert_eq!(live_line(&info), "resting (0.8s left)");
+        info.phase = None;
+        assert_eq!(live_line(&info), "");
+    }
 }

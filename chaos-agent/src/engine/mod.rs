@@ -9,7 +9,9 @@ mod types;
 mod watchdog;
 
 pub use crate::txn::FaultId;
-pub use types::{EngineConfig, EngineError, FaultInfo, Requester, RevertReason, RevertReport};
+pub use types::{
+    EngineConfig, EngineError, FaultInfo, FlapPhase, Requester, RevertReason, RevertReport,
+};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -45,8 +47,32 @@ struct Slot {
     info: FaultInfo,
     active: SharedFault,
     txn: Txn,
+    /// When the fault started (its TTL and its duty cycle count from here; the kernel's
+    /// `start_ns` was read right after it).
+    started: Instant,
     deadline: Instant,
     done: watch::Sender<Option<RevertReport>>,
+}
+
+impl Slot {
+    /// The duty cycle's phase at `now`, for a fault with `--flap`.
+    fn phase(&self, now: Instant) -> Option<FlapPhase> {
+        let flap = self.info.spec.flap.as_ref()?;
+        Some(FlapPhase::at(
+            flap,
+            self.info.spec.ttl,
+            now.saturating_duration_since(self.started),
+        ))
+    }
+
+    /// The fault's info with live counters, remaining time and phase.
+    fn live_info(&self, now: Instant) -> FaultInfo {
+        let mut i = self.info.clone();
+        i.counters = with_fault(&self.active, |f| f.counters());
+        i.remaining_ms = self.deadline.saturating_duration_since(now).as_millis() as u64;
+        i.phase = self.phase(now);
+        i
+    }
 }
 
 /// How many reports of ended faults are kept for `wait`: a client that asks after the end (its
@@ -271,6 +297,7 @@ impl Engine {
                 info: info.clone(),
                 active,
                 txn,
+                started: deadline.checked_sub(spec.ttl).unwrap_or(deadline),
                 deadline,
                 done,
             },
@@ -356,6 +383,10 @@ impl Engine {
             expires_unix_ms: unix_ms(now_wall + spec.ttl),
             remaining_ms: spec.ttl.as_millis() as u64,
             counters: None,
+            phase: spec
+                .flap
+                .as_ref()
+                .map(|f| FlapPhase::at(f, spec.ttl, Duration::ZERO)),
         };
         self.inner.metrics.apply_duration(started.elapsed());
         Ok((info, active, txn, deadline))
@@ -455,6 +486,8 @@ impl Engine {
             None
         };
         let counters = with_fault(&slot.active, |f| f.counters());
+        // A TTL revert's phase is clamped to the deadline.
+        let phase = slot.phase(Instant::now());
         let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
@@ -467,6 +500,8 @@ impl Engine {
             errors,
             counters,
             lateness_us: lateness.map(|d| d.as_micros() as u64),
+            dns_answer: slot.info.spec.dns.as_ref().map(|d| d.answer),
+            phase,
         };
         let m = &self.inner.metrics;
         m.fault_reverted(&slot.info.kind, reason);
@@ -554,11 +589,7 @@ impl Engine {
     async fn fill(&self, mut info: FaultInfo) -> FaultInfo {
         let state = self.inner.state.lock().await;
         if let Some(slot) = state.faults.get(&info.id) {
-            info.counters = with_fault(&slot.active, |f| f.counters());
-            info.remaining_ms = slot
-                .deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis() as u64;
+            info = slot.live_info(Instant::now());
         }
         info
     }
@@ -567,16 +598,7 @@ impl Engine {
     pub async fn list(&self) -> Vec<FaultInfo> {
         let state = self.inner.state.lock().await;
         let now = Instant::now();
-        let mut v: Vec<FaultInfo> = state
-            .faults
-            .values()
-            .map(|s| {
-                let mut i = s.info.clone();
-                i.counters = with_fault(&s.active, |f| f.counters());
-                i.remaining_ms = s.deadline.saturating_duration_since(now).as_millis() as u64;
-                i
-            })
-            .collect();
+        let mut v: Vec<FaultInfo> = state.faults.values().map(|s| s.live_info(now)).collect();
         v.sort_by_key(|i| i.created_unix_ms);
         v
     }
