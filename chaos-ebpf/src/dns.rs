@@ -343,12 +343,20 @@ fn load_upto(ctx: &TcContext, off: u32, dst: *mut u8, max: u32) -> Option<u32> {
     if off >= len {
         return None;
     }
-    let n = (len - off).min(max);
+    let n = opaque((len - off).min(max));
     let n = ((n - 1) & (max - 1)) + 1;
     // SAFETY: `dst` has room for `max` bytes; the length is in [1, max].
     let r =
         unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), off, dst.cast(), n) };
     (r == 0).then_some(n)
+}
+
+/// `x`, through memory: the compiler can no longer use what it knows of the value, so the
+/// masks and checks after it stay in the program for the verifier to see.
+#[inline(always)]
+fn opaque(x: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&x) }
 }
 
 /// Folds a 32-bit one's complement sum to 16 bits.
@@ -435,9 +443,10 @@ extern "C" fn tail_step(_i: u64, ctx: *mut c_void) -> i64 {
         st.failed = 1;
         return 1;
     };
-    // Masked as well as bounded: the compiler folds a bounds check the verifier then misses
-    // (seen on 6.1), but it keeps the AND.
-    let got = (got as usize).min(want) & TAIL_MASK;
+    // Masked after an opaque copy: the compiler knows the bound and would drop both a check
+    // and a mask, and 6.1's verifier does not follow its reasoning (a bound learnt from a
+    // comparison of two registers).
+    let got = opaque((got as usize).min(want) as u32) as usize & TAIL_MASK;
     if got == 0 {
         st.failed = 1;
         return 1;
