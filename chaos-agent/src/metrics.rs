@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client, `OpenMetrics` text). The engine updates the event
 //! counters; the eBPF packet counters are read from the kernel at scrape time.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -8,14 +9,15 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::engine::RevertReason;
+use crate::engine::{FlapPhase, RevertReason};
+use crate::faults::dns::DnsAnswer;
 use crate::kernel::bpf::Counters;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
 struct KindLabels {
     kind: String,
 }
@@ -37,53 +39,142 @@ struct PacketLabels {
     direction: String,
 }
 
-/// A source of live counters (the engine), read at scrape time.
-pub type LiveCounters = Box<dyn Fn() -> Vec<(String, Counters)> + Send + Sync>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct RewrittenLabels {
+    interface: String,
+    direction: String,
+    rcode: String,
+}
 
-/// Packet counters: totals of reverted faults plus live values of active ones, so that the
-/// exported series stay monotonic when faults come and go.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct FlapLabels {
+    fault: String,
+    kind: String,
+    interface: String,
+}
+
+/// What the metrics read of one fault: its live values at scrape time, or its final ones when
+/// it ends (folded into the totals then).
+#[derive(Clone, Debug)]
+pub struct FaultSample {
+    /// The fault's id.
+    pub id: String,
+    /// Its kind (`loss`, `dns`, ...).
+    pub kind: String,
+    /// Its interface.
+    pub iface: String,
+    /// For a DNS fault, what matching answers become: its counters count answers, and go to
+    /// the `chaos_agent_dns_*` families instead of the packet ones.
+    pub dns_answer: Option<DnsAnswer>,
+    /// The kernel counters (`None` if they could not be read).
+    pub counters: Option<Counters>,
+    /// For a fault with `--flap`, where its duty cycle is.
+    pub phase: Option<FlapPhase>,
+}
+
+/// A source of live samples (the engine), read at scrape time.
+pub type LiveCounters = Box<dyn Fn() -> Vec<FaultSample> + Send + Sync>;
+
+/// The DNS counters of one interface and direction: matched, dropped, unparsed.
+type DnsTotals = [u64; 3];
+
+/// Everything the scrape-time collector exports as counters, summed by labels.
+#[derive(Clone, Debug, Default)]
+struct Totals {
+    /// seen, matched, dropped of packet faults.
+    packets: BTreeMap<PacketLabels, [u64; 3]>,
+    /// DNS faults' answers.
+    dns: BTreeMap<PacketLabels, DnsTotals>,
+    /// DNS answers rewritten, by rcode.
+    rewritten: BTreeMap<RewrittenLabels, u64>,
+    /// Active phases begun by flapping faults, by kind.
+    flap_phases: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    fn add(&mut self, s: &FaultSample) {
+        if let Some(p) = &s.phase {
+            *self.flap_phases.entry(s.kind.clone()).or_default() += p.active_phases;
+        }
+        let Some(c) = &s.counters else {
+            return;
+        };
+        for (dir, d) in [("ingress", c.ingress), ("egress", c.egress)] {
+            let labels = PacketLabels {
+                interface: s.iface.clone(),
+                direction: dir.to_owned(),
+            };
+            match s.dns_answer {
+                None => {
+                    let e = self.packets.entry(labels).or_default();
+                    e[0] += d.seen;
+                    e[1] += d.matched;
+                    e[2] += d.dropped;
+                }
+                Some(answer) => {
+                    if answer != DnsAnswer::Drop {
+                        *self
+                            .rewritten
+                            .entry(RewrittenLabels {
+                                interface: labels.interface.clone(),
+                                direction: labels.direction.clone(),
+                                rcode: answer.as_str().to_owned(),
+                            })
+                            .or_default() += d.rewritten;
+                    }
+                    let e = self.dns.entry(labels).or_default();
+                    e[0] += d.matched;
+                    e[1] += d.dropped;
+                    e[2] += d.unparsed;
+                }
+            }
+        }
+    }
+}
+
+/// The counters read from the kernel at scrape time: totals of ended faults plus live values of
+/// active ones, so that the exported series stay monotonic when faults come and go; and the
+/// live duty-cycle phase of each flapping fault.
 #[derive(Default)]
-struct PacketCounters {
-    retired: Mutex<std::collections::BTreeMap<PacketLabels, [u64; 3]>>,
+struct FaultCounters {
+    retired: Mutex<Totals>,
     live: OnceLock<LiveCounters>,
 }
 
-impl std::fmt::Debug for PacketCounters {
+impl std::fmt::Debug for FaultCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketCounters").finish_non_exhaustive()
+        f.debug_struct("FaultCounters").finish_non_exhaustive()
     }
 }
 
-fn add(map: &mut std::collections::BTreeMap<PacketLabels, [u64; 3]>, iface: &str, c: &Counters) {
-    for (dir, d) in [("ingress", c.ingress), ("egress", c.egress)] {
-        let e = map
-            .entry(PacketLabels {
-                interface: iface.to_owned(),
-                direction: dir.to_owned(),
-            })
-            .or_default();
-        e[0] += d.seen;
-        e[1] += d.matched;
-        e[2] += d.dropped;
+fn counter_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut me = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
     }
+    Ok(())
 }
 
-impl prometheus_client::collector::Collector for PacketCounters {
+impl prometheus_client::collector::Collector for FaultCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut totals = self.retired.lock().map(|m| m.clone()).unwrap_or_default();
-        if let Some(live) = self.live.get() {
-            for (iface, c) in live() {
-                add(&mut totals, &iface, &c);
-            }
+        let live = self.live.get().map(|f| f()).unwrap_or_default();
+        for s in &live {
+            totals.add(s);
         }
         for (i, (name, help)) in [
             (
                 "chaos_agent_packets_seen",
-                "Packets that passed a fault's hooks while the fault was active, summed over faults (a packet on a hook with two faults counts twice).",
+                "Packets that passed a packet fault's hooks while the fault was active, summed over faults (a packet on a hook with two faults counts twice).",
             ),
             (
                 "chaos_agent_packets_matched",
-                "Packets that matched a fault's filters.",
+                "Packets that matched a packet fault's filters (DNS faults count answers in chaos_agent_dns_answers_*).",
             ),
             (
                 "chaos_agent_packets_dropped",
@@ -93,10 +184,75 @@ impl prometheus_client::collector::Collector for PacketCounters {
         .into_iter()
         .enumerate()
         {
-            let mut me = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, v) in &totals {
-                ConstCounter::new(v[i]).encode(me.encode_family(labels)?)?;
-            }
+            counter_family(
+                &mut encoder,
+                name,
+                help,
+                totals.packets.iter().map(|(l, v)| (l.clone(), v[i])),
+            )?;
+        }
+        for (i, (name, help)) in [
+            (
+                "chaos_agent_dns_answers_matched",
+                "DNS answers whose question matched a DNS fault's names and types (while active; before --dns-rate).",
+            ),
+            (
+                "chaos_agent_dns_answers_dropped",
+                "DNS answers dropped by DNS faults (--dns drop, and every faulted answer over TCP).",
+            ),
+            (
+                "chaos_agent_dns_messages_unparsed",
+                "DNS messages from a DNS fault's server port that the programs could not parse within their bounds (let through untouched).",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counter_family(
+                &mut encoder,
+                name,
+                help,
+                totals.dns.iter().map(|(l, v)| (l.clone(), v[i])),
+            )?;
+        }
+        counter_family(
+            &mut encoder,
+            "chaos_agent_dns_answers_rewritten",
+            "DNS answers rewritten by DNS faults into a valid message with the rcode (servfail, nxdomain, refused).",
+            totals.rewritten.iter().map(|(l, v)| (l.clone(), *v)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "chaos_agent_flap_active_phases",
+            "Active phases begun by faults with --flap, by kind (the first starts at inject).",
+            totals
+                .flap_phases
+                .iter()
+                .map(|(k, v)| (KindLabels { kind: k.clone() }, *v)),
+        )?;
+        let mut me = encoder.encode_descriptor(
+            "chaos_agent_fault_flap_active",
+            "Whether an active fault with --flap is in an active (1) or resting (0) phase.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut flapping: Vec<(FlapLabels, bool)> = live
+            .iter()
+            .filter_map(|s| {
+                let p = s.phase?;
+                Some((
+                    FlapLabels {
+                        fault: s.id.clone(),
+                        kind: s.kind.clone(),
+                        interface: s.iface.clone(),
+                    },
+                    p.active,
+                ))
+            })
+            .collect();
+        flapping.sort();
+        for (labels, active) in &flapping {
+            ConstGauge::new(i64::from(*active)).encode(me.encode_family(labels)?)?;
         }
         Ok(())
     }
@@ -115,7 +271,7 @@ pub struct Metrics {
     apply_seconds: Histogram,
     revert_seconds: Histogram,
     ttl_lateness_seconds: Histogram,
-    packets: Arc<PacketCounters>,
+    faults: Arc<FaultCounters>,
 }
 
 impl Default for Metrics {
@@ -142,7 +298,7 @@ impl Metrics {
             revert_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             // 50 us .. ~0.8 s: the target is < 20 ms at p99.
             ttl_lateness_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
-            packets: Arc::new(PacketCounters::default()),
+            faults: Arc::new(FaultCounters::default()),
         };
         r.register(
             "chaos_agent_faults_injected",
@@ -202,16 +358,16 @@ impl Metrics {
             "Agent build and host information (version, kernel, backends); always 1",
             info_family,
         );
-        r.register_collector(Box::new(m.packets.clone()));
+        r.register_collector(Box::new(m.faults.clone()));
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
         }
         m
     }
 
-    /// Connects the scrape-time packet counters to the engine.
+    /// Connects the scrape-time kernel counters and phases to the engine.
     pub fn set_live_counters(&self, f: LiveCounters) {
-        let _ = self.packets.live.set(f);
+        let _ = self.faults.live.set(f);
     }
 
     /// `OpenMetrics` text of every metric.
@@ -283,10 +439,10 @@ impl Metrics {
     pub fn ttl_lateness(&self, d: Duration) {
         self.ttl_lateness_seconds.observe(d.as_secs_f64());
     }
-    /// Folds a reverted fault's final counters into the monotonic totals.
-    pub fn retire_counters(&self, iface: &str, c: &Counters) {
-        if let Ok(mut m) = self.packets.retired.lock() {
-            add(&mut m, iface, c);
+    /// Folds a reverted fault's final counters and phases into the monotonic totals.
+    pub fn retire(&self, s: &FaultSample) {
+        if let Ok(mut m) = self.faults.retired.lock() {
+            m.add(s);
         }
     }
 }
@@ -352,5 +508,150 @@ mod tests {
         );
         assert!(!text.contains("# EOF"));
         assert!(text.contains("# TYPE chaos_agent_info gauge"), "{text}");
+    }
+
+    fn sample(id: &str, kind: &str, dns: Option<DnsAnswer>, phase: Option<u64>) -> FaultSample {
+        use crate::kernel::bpf::DirCounters;
+        FaultSample {
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            iface: "lo".to_owned(),
+            dns_answer: dns,
+            counters: Some(Counters {
+                ingress: DirCounters {
+                    seen: 40,
+                    matched: 12,
+                    dropped: 2,
+                    rewritten: 9,
+                    unparsed: 1,
+                    ..DirCounters::default()
+                },
+                egress: DirCounters::default(),
+            }),
+            phase: phase.map(|n| FlapPhase {
+                active: n % 2 == 1,
+                active_phases: n,
+                total_active_phases: 9,
+                remaining_ms: 100,
+            }),
+        }
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+
+    #[test]
+    fn dns_and_flap_families() {
+        let m = Metrics::default();
+        // An ended DNS fault, a live flapping one and a live flapping loss fault.
+        m.retire(&sample(
+            "f-00000001",
+            "dns",
+            Some(DnsAnswer::Servfail),
+            None,
+        ));
+        let live = vec![
+            sample("f-00000002", "dns", Some(DnsAnswer::Servfail), Some(3)),
+            sample("f-00000003", "loss", None, Some(2)),
+            sample("f-00000004", "dns", Some(DnsAnswer::Drop), None),
+        ];
+        m.set_live_counters(Box::new(move || live.clone()));
+        let om = m.encode();
+        let rw = |rcode: &str| {
+            format!(
+                "chaos_agent_dns_answers_rewritten_total{{interface=\"lo\",direction=\"ingress\",rcode=\"{rcode}\"}}"
+            )
+        };
+        has(&om, &format!("{} 18", rw("servfail")));
+        assert!(
+            !om.contains(&rw("drop")),
+            "a drop fault rewrites nothing:\n{om}"
+        );
+        let dns = |f: &str, v: u64| {
+            format!("chaos_agent_dns_{f}_total{{interface=\"lo\",direction=\"ingress\"}} {v}")
+        };
+        has(&om, &dns("answers_matched", 36));
+        has(&om, &dns("answers_dropped", 6));
+        has(&om, &dns("messages_unparsed", 3));
+        // DNS faults count answers, not packets: only the loss fault is in the packet families.
+        let pk = |f: &str, v: u64| {
+            format!("chaos_agent_packets_{f}_total{{interface=\"lo\",direction=\"ingress\"}} {v}")
+        };
+        has(&om, &pk("seen", 40));
+        has(&om, &pk("matched", 12));
+        has(&om, &pk("dropped", 2));
+        has(&om, "chaos_agent_flap_active_phases_total{kind=\"dns\"} 3");
+        has(&om, "chaos_agent_flap_active_phases_total{kind=\"loss\"} 2");
+        has(&om, "# TYPE chaos_agent_fault_flap_active gauge");
+        has(
+            &om,
+            "chaos_agent_fault_flap_active{fault=\"f-00000002\",kind=\"dns\",interface=\"lo\"} 1",
+        );
+        has(
+            &om,
+            "chaos_agent_fault_flap_active{fault=\"f-00000003\",kind=\"loss\",interface=\"lo\"} 0",
+        );
+        assert!(!om.contains("fault=\"f-00000004\""), "{om}");
+    }
+
+    #[test]
+    fn a_fault_that_ends_keeps_its_counts() {
+        let m = Metrics::default();
+        let live = Arc::new(Mutex::new(vec![sample(
+            "f-00000002",
+            "dns",
+            Some(DnsAnswer::Refused),
+            Some(3),
+        )]));
+        let l = live.clone();
+        m.set_live_counters(Box::new(move || l.lock().expect("lock").clone()));
+        let counters = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.contains("_total{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let during = m.encode();
+        // The engine takes the fault out of the live set, then retires its final sample.
+        let ended = live.lock().expect("lock").pop().expect("sample");
+        m.retire(&ended);
+        let after = m.encode();
+        assert_eq!(counters(&during), counters(&after));
+        assert!(during.contains("fault_flap_active{") && !after.contains("fault_flap_active{"));
+    }
+
+    #[test]
+    fn exposition_passes_promtool() {
+        let m = Metrics::new(&[("version", "1".to_owned())]);
+        m.fault_injected("dns");
+        let live = vec![
+            sample("f-00000002", "dns", Some(DnsAnswer::Nxdomain), Some(1)),
+            sample("f-00000003", "loss", None, None),
+        ];
+        m.set_live_counters(Box::new(move || live.clone()));
+        let text = m.encode_prometheus_text();
+        let child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("SKIP exposition_passes_promtool: no promtool");
+            return;
+        };
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(text.as_bytes()).expect("write");
+        }
+        let out = child.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

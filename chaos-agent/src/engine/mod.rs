@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::faults::FaultSpec;
 use crate::faults::{self, ActiveFault, ApplyCtx};
-use crate::kernel::bpf::Counters;
-use crate::metrics::Metrics;
+use crate::metrics::{FaultSample, Metrics};
 use crate::spec::SpecError;
 use crate::sys;
 use crate::txn::Txn;
@@ -72,6 +71,18 @@ impl Slot {
         i.remaining_ms = self.deadline.saturating_duration_since(now).as_millis() as u64;
         i.phase = self.phase(now);
         i
+    }
+
+    /// What the metrics read of the fault.
+    fn sample(&self, counters: Option<crate::kernel::bpf::Counters>, now: Instant) -> FaultSample {
+        FaultSample {
+            id: self.info.id.to_string(),
+            kind: self.info.kind.clone(),
+            iface: self.info.iface.clone(),
+            dns_answer: self.info.spec.dns.as_ref().map(|d| d.answer),
+            counters,
+            phase: self.phase(now),
+        }
     }
 }
 
@@ -486,8 +497,9 @@ impl Engine {
             None
         };
         let counters = with_fault(&slot.active, |f| f.counters());
-        // A TTL revert's phase is clamped to the deadline.
-        let phase = slot.phase(Instant::now());
+        // Read after the fault left the registry, so never behind what a scrape saw of it (the
+        // metrics' totals stay monotonic); a TTL revert's phase is clamped to the deadline.
+        let sample = slot.sample(counters, Instant::now());
         let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
@@ -500,8 +512,8 @@ impl Engine {
             errors,
             counters,
             lateness_us: lateness.map(|d| d.as_micros() as u64),
-            dns_answer: slot.info.spec.dns.as_ref().map(|d| d.answer),
-            phase,
+            dns_answer: sample.dns_answer,
+            phase: sample.phase,
         };
         let m = &self.inner.metrics;
         m.fault_reverted(&slot.info.kind, reason);
@@ -510,9 +522,7 @@ impl Engine {
         if let Some(l) = lateness {
             m.ttl_lateness(l);
         }
-        if let Some(c) = counters {
-            m.retire_counters(&slot.info.iface, &c);
-        }
+        m.retire(&sample);
         if report.errors.is_empty() {
             tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, picked_late_us = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline).as_micros() as u64), "fault reverted");
         } else {
@@ -623,21 +633,17 @@ impl Engine {
         Some(watch::channel(Some(report)).1)
     }
 
-    /// Live counters of every active fault as (interface, counters), for metrics.
+    /// Live counters and duty-cycle phases of every active fault, for metrics.
     #[must_use]
-    pub fn counters_now(&self) -> Vec<(String, Counters)> {
+    pub fn counters_now(&self) -> Vec<FaultSample> {
         // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
+        let now = Instant::now();
         self.inner.state.try_lock().map_or_else(
             |_| Vec::new(),
             |s| {
                 s.faults
                     .values()
-                    .filter_map(|f| {
-                        Some((
-                            f.info.iface.clone(),
-                            with_fault(&f.active, |a| a.counters())?,
-                        ))
-                    })
+                    .map(|f| f.sample(with_fault(&f.active, |a| a.counters()), now))
                     .collect()
             },
         )
