@@ -1,5 +1,8 @@
 //! `chaos-agent doctor`: what this kernel can do, probed rather than guessed. Qdisc kinds are
-//! probed by adding them to `lo` inside a throwaway network namespace, so the host is untouched.
+//! probed by adding them to `lo` inside a throwaway network namespace, so the host is untouched;
+//! DNS faults are run on synthetic answers by the loaded programs themselves (`doctor/dns.rs`).
+
+mod dns;
 
 use std::path::Path;
 
@@ -157,9 +160,8 @@ pub fn run() -> Vec<Check> {
             .map_or_else(std::string::ToString::to_string, |()| {
                 "tc programs load and pass the verifier".to_owned()
             }),
-        "loss, steering",
+        "loss, steering, DNS",
     ));
-    drop(dp);
     let tcx = attach::kernel_has_tcx();
     v.push(check(
         "tcx",
@@ -183,9 +185,13 @@ pub fn run() -> Vec<Check> {
         "-",
     ));
     let mut present = Vec::new();
+    let mut clsact = None;
     for (kind, r) in probe_qdiscs(&["clsact", "netem", "fq", "htb", "tbf", "prio"]) {
         if matches!(r, Ok(QdiscProbe::Present)) {
             present.push(kind);
+        }
+        if kind == "clsact" {
+            clsact = r.as_ref().ok().map(|p| *p == QdiscProbe::Present);
         }
         let module = format!("sch_{}", if kind == "clsact" { "ingress" } else { kind });
         let needed = match kind {
@@ -219,6 +225,9 @@ pub fn run() -> Vec<Check> {
     } else {
         check("delay", false, "no backend: `modprobe sch_netem` (everything) or `modprobe sch_fq` (egress delay via EDT)", "delay")
     });
+    let ebpf = ebpf.map_err(|e| e.to_string());
+    v.extend(dns::checks(&dp, &ebpf, tcx, clsact));
+    drop(dp);
     let (layout, controllers) = cgroup_layout();
     v.push(check(
         "cgroup",
