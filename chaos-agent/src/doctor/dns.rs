@@ -58,7 +58,10 @@ pub(super) fn checks(
         needed,
     ));
     let hook = if tcx {
-        (true, "tcx links (kernel >= 6.6, judged by version)".to_owned())
+        (
+            true,
+            "tcx links (kernel >= 6.6, judged by version)".to_owned(),
+        )
     } else {
         match clsact {
             Some(true) => (
