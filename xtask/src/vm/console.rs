@@ -41,6 +41,25 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// Failed tests: libtest's totals, plus, for a binary that crashed or was still running at
+    /// the end (no `test result:` line), the tests it reported `FAILED` (at least one for a
+    /// crash), so that a timed-out run does not read "0 failed" above its failures.
+    pub(super) fn failed_total(&self) -> u64 {
+        let unreported = |bin: &str| {
+            self.failed_tests
+                .iter()
+                .filter(|t| t.split_once("::").is_some_and(|(b, _)| b == bin))
+                .count() as u64
+        };
+        let crashed: u64 = self
+            .crashed_bins
+            .iter()
+            .map(|c| unreported(c.split_whitespace().next().unwrap_or_default()).max(1))
+            .sum();
+        let running: u64 = self.running.keys().map(|b| unreported(b)).sum();
+        self.failed + crashed + running
+    }
+
     /// The tests that skipped, each once (its reasons joined), leaving out a test that failed
     /// after its skip and any skip of a binary that reported no passes (it crashed before its
     /// `test result:` line, so its skips are in no count to take them from); then the tests
@@ -209,11 +228,15 @@ mod tests {
             "VM-TEST-BIN-FAIL crashy rc=134",
             "VM-TEST-BIN-END crashy",
             "VM-TEST-BIN hung",
+            "hung| test a ... FAILED <1.0s>",
+            "hung| test b ... FAILED <1.0s>",
             "VM-VERDICT pass=1 fail=2",
         ] {
             o.line(l, Duration::from_secs(8));
         }
         assert_eq!((o.passed, o.failed), (8, 2));
+        // + crashy (no FAILED line: one) + hung's two, still running at the end.
+        assert_eq!(o.failed_total(), 5);
         assert_eq!(o.skipped(), (vec![], vec![]));
         assert_eq!(o.crashed_bins, ["crashy rc=134"]);
         assert_eq!(o.running.keys().collect::<Vec<_>>(), ["hung"]);

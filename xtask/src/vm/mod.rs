@@ -141,7 +141,7 @@ fn report(o: &Outcome, total: Duration, log: &Path, host_only: usize) -> anyhow:
             o.module_failures.join(", ")
         ));
     }
-    let failed = o.failed + o.crashed_bins.len() as u64;
+    let failed = o.failed_total();
     if o.passed + failed == 0 && o.verdict.is_some() {
         problems.push("no test ran".into());
     }
