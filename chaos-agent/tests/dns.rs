@@ -989,12 +989,14 @@ fn rate_fails_a_binomial_fraction_of_answers() {
     nothing_attached(&lab.pair.a, &lab.pair.a_if);
 }
 
-/// Edges of a sampled run, `active` deciding which samples are in the fault's phase; samples
-/// that are neither (a timeout, an unexpected rcode) fail the test.
+/// Edges of a sampled run, `active` deciding which samples are in the fault's phase. A sample
+/// with another rcode fails the test; one without an answer in time (the sampler waits 45 ms:
+/// on a loaded machine a reply can be late, and the faults here never drop) is left out, as
+/// long as there are few (at most 5 %): the edges around it just get wider.
 fn sampled_edges(samples: &[dns::Sample], active: u8, rest: u8) -> Vec<Edge> {
     let odd: Vec<_> = samples
         .iter()
-        .filter(|s| s.rcode != Some(active) && s.rcode != Some(rest))
+        .filter(|s| s.rcode.is_some_and(|r| r != active && r != rest))
         .collect();
     assert!(
         odd.is_empty(),
@@ -1003,9 +1005,21 @@ fn sampled_edges(samples: &[dns::Sample], active: u8, rest: u8) -> Vec<Edge> {
         dns::rcode_name(active),
         dns::rcode_name(rest)
     );
+    let late = samples.iter().filter(|s| s.rcode.is_none()).count();
+    assert!(
+        late * 20 <= samples.len(),
+        "{late} of {} samples got no answer within 45 ms",
+        samples.len()
+    );
+    if late > 0 {
+        eprintln!(
+            "{late} of {} samples got no answer in time (left out)",
+            samples.len()
+        );
+    }
     let series: Vec<(Instant, bool)> = samples
         .iter()
-        .map(|s| (s.at, s.rcode == Some(active)))
+        .filter_map(|s| s.rcode.map(|r| (s.at, r == active)))
         .collect();
     dns::edges(&series)
 }
