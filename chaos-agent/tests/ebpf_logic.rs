@@ -36,35 +36,7 @@ const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 
 // ---------------------------------------------------------------------------------------------
-// BPF_PROG_TEST_RUN (aya 0.14 has no wrapper)
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// `union bpf_attr`'s `test` member (uapi `linux/bpf.h`, unchanged since 5.10 apart from
-/// appended fields). The kernel rejects non-zero bytes past the fields it knows, so the trailing
-/// padding must be zero.
-#[repr(C, align(8))]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    /// Explicit: Rust leaves implicit trailing padding uninitialised, and the kernel answers
-    /// EINVAL when the bytes after the last field it knows are not zero.
-    _pad: u32,
-}
+// BPF_PROG_TEST_RUN (chaos_agent::kernel::bpf::test_run)
 
 /// `struct __sk_buff` as 48 `u32`s (192 bytes on 6.x). `bpf_ctx_finish` fails with ENOSPC if
 /// `ctx_out` is shorter than the kernel's struct, so we pass the whole thing.
@@ -119,41 +91,24 @@ fn scaled(n: u32) -> u32 {
 
 fn test_run(prog_fd: i32, data: &[u8], ctx_in: &SkBuffCtx, repeat: u32) -> RunOut {
     let mut ctx_out = SkBuffCtx([0; 48]);
-    let mut data_out = vec![0u8; data.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_size_out: data_out.len() as u32,
-        data_out: data_out.as_mut_ptr() as u64,
+    let bytes = |c: &SkBuffCtx| -> Vec<u8> { c.0.iter().flat_map(|w| w.to_ne_bytes()).collect() };
+    let ctx_in = bytes(ctx_in);
+    let mut out = vec![0u8; ctx_in.len()];
+    let r = chaos_agent::kernel::bpf::test_run::test_run(
+        prog_fd,
+        data,
+        Some((&ctx_in, &mut out)),
         repeat,
-        ctx_size_in: size_of::<SkBuffCtx>() as u32,
-        ctx_size_out: size_of::<SkBuffCtx>() as u32,
-        ctx_in: std::ptr::from_ref(ctx_in) as u64,
-        ctx_out: std::ptr::from_mut(&mut ctx_out) as u64,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: attr points to valid memory of the declared size; data/ctx buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            std::ptr::from_mut(&mut attr),
-            size_of::<TestRunAttr>(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    data_out.truncate(attr.data_size_out as usize);
+    )
+    .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+    for (w, b) in ctx_out.0.iter_mut().zip(out.chunks(4)) {
+        *w = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    }
     RunOut {
-        retval: attr.retval as i32,
-        duration: attr.duration,
+        retval: r.retval,
+        duration: r.duration,
         ctx: ctx_out,
-        data: data_out,
+        data: r.data,
     }
 }
 
@@ -1825,18 +1780,7 @@ fn cost_of_a_non_matching_packet_with_many_faults() {
 // DNS answer faults: the rewrite checked byte by byte, the checksums recomputed here from
 // scratch (RFC 1071), independently of the program's incremental updates.
 
-/// RFC 1071 one's complement sum of `b` (odd length padded with a zero byte), folded.
-fn ones_sum(b: &[u8]) -> u32 {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        let w = u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
-        s += w;
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s
-}
+use chaos_agent::kernel::bpf::test_run::ones_sum;
 
 /// Whether the UDP checksum of the segment `udp` between `src` and `dst` is right (0 for IPv4
 /// means "none").

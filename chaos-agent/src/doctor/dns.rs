@@ -19,6 +19,7 @@ use crate::faults::FaultSpec;
 use crate::faults::dns::{DnsAnswer, DnsSpec};
 use crate::faults::packet;
 use crate::kernel::bpf::Datapath;
+use crate::kernel::bpf::test_run::ones_sum;
 use crate::kernel::tc::Hook;
 use crate::target::{Direction, Target};
 
@@ -263,79 +264,15 @@ fn cases(dp: &Datapath, slot: u32, fd: i32) -> Vec<Case> {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// BPF_PROG_TEST_RUN (aya has no wrapper)
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// `union bpf_attr`'s `test` member (uapi `linux/bpf.h`); the trailing padding must be zero.
-#[repr(C, align(8))]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// Runs the program `fd` once on `data`: its verdict and the packet as it left it.
 fn test_run(fd: i32, data: &[u8]) -> Result<(i32, Vec<u8>), String> {
-    let mut out = vec![0u8; data.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: fd as u32,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_size_out: out.len() as u32,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; the data buffers outlive
-    // the call and their sizes are the ones declared.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            std::ptr::from_mut(&mut attr),
-            size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "BPF_PROG_TEST_RUN: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval as i32, out))
+    crate::kernel::bpf::test_run::test_run(fd, data, None, 1)
+        .map(|r| (r.retval, r.data))
+        .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic answers
-
-/// RFC 1071 one's complement sum of `b` (an odd length padded with a zero byte), folded.
-fn ones_sum(b: &[u8]) -> u32 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s
-}
 
 /// The UDP pseudo-header of a segment of `len` bytes between `src` and `dst`.
 fn pseudo(src: &[u8], dst: &[u8], len: usize) -> Vec<u8> {

@@ -6,6 +6,7 @@ pub mod attach;
 pub mod datapath;
 pub mod dns_table;
 pub mod table;
+pub mod test_run;
 
 use std::net::IpAddr;
 
