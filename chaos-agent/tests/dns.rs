@@ -270,6 +270,13 @@ fn have_dig(test: &str) -> bool {
     ok
 }
 
+/// Whether dig also checks the answers the fault leaves alone. In the guest each dig costs ~2 s
+/// under TCG (its ~55 MB of libraries), so there it checks the rewritten answers, which are
+/// what could be malformed; the wire client has checked the others byte by byte.
+fn dig_the_good_ones_too() -> bool {
+    !in_vm()
+}
+
 /// dig got a well-formed reply with `status` and `counts`, and printed no warning.
 fn assert_dig(r: &dns::DigReply, status: &str, counts: Option<[u16; 4]>) {
     assert_eq!(r.status.as_deref(), Some(status), "dig:\n{}", r.raw);
@@ -514,11 +521,13 @@ fn rcode_for_matching_names_and_types_only(x: u8, action: &str) {
             &["+noedns"],
         );
         assert_dig(&r, &dns::rcode_name(rcode), Some([1, 0, 0, 0]));
-        let r = dns::dig(ns, lab.server_ip(), 53, "www.badexample.test", "A", 2, &[]);
-        assert_dig(&r, "NOERROR", None);
-        assert_eq!(r.answers.len(), 1, "dig:\n{}", r.raw);
-        let r = dns::dig(ns, lab.server_ip(), 53, "www.example.test", "AAAA", 2, &[]);
-        assert_dig(&r, "NOERROR", None);
+        if dig_the_good_ones_too() {
+            let r = dns::dig(ns, lab.server_ip(), 53, "www.badexample.test", "A", 2, &[]);
+            assert_dig(&r, "NOERROR", None);
+            assert_eq!(r.answers.len(), 1, "dig:\n{}", r.raw);
+            let r = dns::dig(ns, lab.server_ip(), 53, "www.example.test", "AAAA", 2, &[]);
+            assert_dig(&r, "NOERROR", None);
+        }
     }
     // getaddrinfo: A for the matching name fails (every rcode is a failure to it), AAAA and
     // other names resolve.
@@ -663,16 +672,18 @@ fn dns_types_select_srv_and_txt_only() {
             &[],
         );
         assert_dig(&r, "SERVFAIL", Some([1, 0, 0, 0]));
-        let r = dns::dig(
-            lab.client_ns(),
-            lab.server_ip(),
-            53,
-            "example.test",
-            "MX",
-            2,
-            &[],
-        );
-        assert_dig(&r, "NOERROR", None);
+        if dig_the_good_ones_too() {
+            let r = dns::dig(
+                lab.client_ns(),
+                lab.server_ip(),
+                53,
+                "example.test",
+                "MX",
+                2,
+                &[],
+            );
+            assert_dig(&r, "NOERROR", None);
+        }
     }
     let ended = fault.end(Some(Signal::SIGINT), Duration::from_secs(10));
     assert!(ended.status.success(), "{ended:?}");
@@ -919,8 +930,10 @@ fn drop_times_out_over_udp_and_tcp() {
         );
         assert!(r.status.is_none(), "dig +tcp got an answer:\n{}", r.raw);
         assert_ne!(r.exit, 0, "dig +tcp:\n{}", r.raw);
-        let r = dns::dig(ns, lab.server_ip(), 53, "www.other.test", "A", 2, &["+tcp"]);
-        assert_dig(&r, "NOERROR", None);
+        if dig_the_good_ones_too() {
+            let r = dns::dig(ns, lab.server_ip(), 53, "www.other.test", "A", 2, &["+tcp"]);
+            assert_dig(&r, "NOERROR", None);
+        }
     }
     assert_gai_fails(ns, &lab.server, "www.example.test", Family::V4);
     let ended = fault.end(Some(Signal::SIGINT), Duration::from_secs(10));
@@ -1447,7 +1460,9 @@ fn bad_input_is_refused_with_nothing_applied() {
                 .count()
         });
         assert_eq!(journals, 0, "{what}: a journal was written");
-        nothing_attached(&lab.pair.a, &lab.pair.a_if);
         assert_good(&mut c, "www.example.test", "A", Some(&lab.ip(100)));
     }
+    // Once for all cases (bpftool costs seconds in the guest): a cls_bpf filter left by any of
+    // them would still be there, and no case may leave a program loaded.
+    nothing_attached(&lab.pair.a, &lab.pair.a_if);
 }
