@@ -52,7 +52,7 @@ impl Limits {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
     /// A duty cycle that does not parse or cannot be honoured.
-    #[error("bad --flap {input:?}: {why}")]
+    #[error("bad --flap {}: {why}", shown(input))]
     BadFlap {
         /// The text given.
         input: String,
@@ -81,7 +81,10 @@ pub enum SpecError {
         value: f64,
     },
     /// A port range that does not parse or is empty.
-    #[error("bad port range {input:?}: expected PORT or LOW-HIGH with 1 <= LOW <= HIGH <= 65535")]
+    #[error(
+        "bad port range {}: expected PORT or LOW-HIGH with 1 <= LOW <= HIGH <= 65535",
+        shown(input)
+    )]
     BadPortRange {
         /// The text given.
         input: String,
@@ -110,7 +113,7 @@ pub enum SpecError {
     #[error("port filters only apply to tcp and udp, but --proto selects only icmp")]
     PortsWithoutPortProtocol,
     /// Bad burst-loss model.
-    #[error("bad loss model {input:?}: {why}")]
+    #[error("bad loss model {}: {why}", shown(input))]
     BadLossModel {
         /// The text given.
         input: String,
@@ -119,7 +122,8 @@ pub enum SpecError {
     },
     /// A rate that does not parse.
     #[error(
-        "bad rate {input:?}: expected a number with bit, kbit, mbit, gbit (bits/s) or bps, kbps, mbps, gbps (bytes/s), at least 8bit"
+        "bad rate {}: expected a number with bit, kbit, mbit, gbit (bits/s) or bps, kbps, mbps, gbps (bytes/s), at least 8bit",
+        shown(input)
     )]
     BadRate {
         /// The text given.
@@ -162,7 +166,7 @@ pub enum SpecError {
     )]
     NoEffect,
     /// A domain filter that is not a DNS name.
-    #[error("bad DNS domain {input:?}: {why}")]
+    #[error("bad DNS domain {}: {why}", shown(input))]
     BadDomain {
         /// The text given.
         input: String,
@@ -171,7 +175,8 @@ pub enum SpecError {
     },
     /// An unknown query type.
     #[error(
-        "unknown DNS type {input:?}: expected a mnemonic (A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT, HTTPS, SVCB, CAA, ...) or TYPEnnn"
+        "unknown DNS type {}: expected a mnemonic (A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT, HTTPS, SVCB, CAA, ...) or TYPEnnn",
+        shown(input)
     )]
     BadDnsType {
         /// The text given.
@@ -194,7 +199,7 @@ pub enum SpecError {
         what: &'static str,
     },
     /// Interface name not valid.
-    #[error("bad interface name {name:?}")]
+    #[error("bad interface name {}", shown(name))]
     BadInterfaceName {
         /// The name.
         name: String,
@@ -245,9 +250,110 @@ pub fn parse_fraction_arg(s: &str) -> Result<f64, String> {
     }
 }
 
+/// How many characters of a rejected value an error message repeats.
+pub const SHOWN_CHARS: usize = 256;
+
+/// A rejected value as error messages quote it: escaped as `{:?}` does (a newline in the input
+/// cannot split the one error line), and cut after [`SHOWN_CHARS`] characters with the whole
+/// length said, so a megabyte of garbage in a request is not echoed back into the answer and
+/// the log.
+#[must_use]
+pub fn shown(s: &str) -> String {
+    if s.chars().count() <= SHOWN_CHARS {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(SHOWN_CHARS).collect();
+    format!("{head:?}... ({} bytes)", s.len())
+}
+
+/// A message made one line, to answer and to log: control characters escaped as `{:?}` escapes
+/// them (parsers quote a field name or value as it is, newline included), and a message longer
+/// than `max` characters (at least 120) cut in the middle, keeping its end, which often says
+/// where.
+#[must_use]
+pub fn one_line(msg: &str, max: usize) -> String {
+    let escaped: String = msg
+        .chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect();
+    let n = escaped.chars().count();
+    let max = max.max(120);
+    if n <= max {
+        return escaped;
+    }
+    let head: String = escaped.chars().take(max - 60).collect();
+    let tail: String = escaped.chars().skip(n - 55).collect();
+    format!("{head} ... {tail}")
+}
+
+/// clap value parser: a humantime duration (`500ms`, `30s`, `5m`). humantime's own message for
+/// a number it cannot hold ("number is too large or cannot be represented without a lack of
+/// precision (values below 1ns are not supported)") reads as if the value were too small;
+/// this one says what is wrong.
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!(
+            "{} is out of range: too long to be a duration (or finer than 1ns)",
+            shown(s)
+        ),
+        other => other.to_string(),
+    })
+}
+
 /// A float for humans: at most three decimals, no trailing zeros.
 #[must_use]
 pub fn trim_float(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_or_multi_line_values_are_quoted_short_on_one_line() {
+        assert_eq!(shown("80-a"), r#""80-a""#);
+        assert_eq!(shown("a\nb"), r#""a\nb""#);
+        let long = "1".repeat(100_000);
+        let s = shown(&long);
+        assert!(s.len() < 300 && s.ends_with("... (100000 bytes)"), "{s}");
+        let e = SpecError::BadPortRange { input: long }.to_string();
+        assert!(e.len() < 400, "{e}");
+        // A DNS name at its longest is shown whole.
+        let name = "a".repeat(253);
+        assert_eq!(shown(&name), format!("{name:?}"));
+    }
+
+    #[test]
+    fn messages_become_one_bounded_line() {
+        assert_eq!(
+            one_line("unknown field `a\nb`", 400),
+            r"unknown field `a\nb`"
+        );
+        let long = format!("unknown field `{}` at line 1 column 9", "x".repeat(10_000));
+        let s = one_line(&long, 400);
+        assert!(s.chars().count() <= 400, "{}", s.len());
+        assert!(
+            s.starts_with("unknown field `xxx") && s.ends_with("` at line 1 column 9"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn overflowing_durations_say_so() {
+        assert_eq!(parse_duration_arg("90s"), Ok(Duration::from_secs(90)));
+        for huge in ["1000000000000y", "18446744073709551616s"] {
+            let e = parse_duration_arg(huge).expect_err(huge);
+            assert!(e.contains("too long to be a duration"), "{e}");
+        }
+        assert!(parse_duration_arg("5 parsecs").is_err());
+    }
 }
