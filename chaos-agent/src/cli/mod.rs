@@ -82,7 +82,7 @@ pub struct InjectArgs {
     pub force: bool,
     /// How long the fault lasts (e.g. `30s`, `5m`), at most the maximum TTL. Required in the
     /// foreground; the agent uses its `default_ttl` when omitted.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
     /// Interface (default: the interface of the default route).
     #[arg(long)]
@@ -212,7 +212,7 @@ pub struct ExtendArgs {
     /// The fault id (`f-XXXXXXXX`).
     pub id: FaultId,
     /// How much longer (e.g. `30s`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_extension)]
     pub by: Duration,
     /// Print JSON.
     #[arg(long)]
@@ -246,7 +246,32 @@ pub struct DoctorArgs {
 }
 
 fn parse_max_ttl(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let d = crate::spec::parse_duration_arg(s)?;
+    if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
+        return Err(format!(
+            "{s} is outside (0, {}]",
+            humantime::format_duration(crate::spec::MAX_TTL_CEILING)
+        ));
+    }
+    Ok(d)
+}
+
+/// `--ttl`: greater than zero. Its maximum is the agent's to check (the daemon's
+/// `limits.max_ttl`, or `--max-ttl` in the foreground), which names the limit that applies. A
+/// zero must be refused here: the client sends an omitted `--ttl` as zero, which the daemon
+/// replaces with its `default_ttl`, so `--ttl 0s` would otherwise inject a five-minute fault.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = crate::spec::parse_duration_arg(s)?;
+    if d.is_zero() {
+        return Err("a ttl must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// `extend --by`: greater than zero and at most the TTL ceiling (no extension beyond it can be
+/// accepted, and the agent adds it to deadlines).
+fn parse_extension(s: &str) -> Result<Duration, String> {
+    let d = crate::spec::parse_duration_arg(s)?;
     if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
         return Err(format!(
             "{s} is outside (0, {}]",
