@@ -308,6 +308,144 @@ pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, UsageError
     parse_prefix_list(&text, &path.display().to_string())
 }
 
+/// The clap command.
+fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Long names of the options that take a value, in every subcommand.
+fn value_options() -> std::collections::HashSet<String> {
+    let cmd = command();
+    let mut args: Vec<&clap::Arg> = cmd.get_arguments().collect();
+    for sub in cmd.get_subcommands() {
+        args.extend(sub.get_arguments());
+    }
+    args.iter()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect()
+}
+
+/// clap reads `--loss -0.1` as `--loss` without its value followed by an unknown flag `-0`, and
+/// says so. The agent's only short flags are `-h` and `-V`, so any other word with one leading
+/// dash (`-0.1`, `-1mbit`, `-5s`, `-inf`) right after an option that takes a value is that
+/// value: it is passed on as `--loss=-0.1`, and the option's parser refuses it with the reason.
+/// (A long flag after an option, `--loss --ttl 5s`, is still a missing value, as clap says.)
+fn join_negative_values(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let looks_negative = |s: &std::ffi::OsString| {
+        s.to_str().is_some_and(|s| {
+            s.len() > 1 && s.starts_with('-') && !s.starts_with("--") && !["-h", "-V"].contains(&s)
+        })
+    };
+    let takes_value = value_options();
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter().peekable();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(it);
+            break;
+        }
+        let long = a
+            .to_str()
+            .and_then(|s| s.strip_prefix("--"))
+            .filter(|l| takes_value.contains(*l))
+            .map(str::to_owned);
+        match (long, it.peek()) {
+            (Some(long), Some(next)) if looks_negative(next) => {
+                let value = it.next().unwrap_or_default();
+                let mut joined = std::ffi::OsString::from(format!("--{long}="));
+                joined.push(value);
+                out.push(joined);
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+/// Parses the command line. A usage error is printed as one `error:` line (clap's own rendering
+/// adds a usage block and a `--help` hint below it) and gives exit code 2; `--help` and
+/// `--version` print as usual.
+fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    let args = join_negative_values(args.into_iter().collect());
+    let e = match Cli::try_parse_from(&args) {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+    }
+    eprintln!("{}", usage_error_line(&e, &args));
+    Err(ExitCode::from(2))
+}
+
+/// One line for a clap error: its message, and the hints clap prints under it (possible values,
+/// a similar argument), without the usage block.
+fn usage_error_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
+        return invalid_utf8_line(args);
+    }
+    let text = e.render().to_string();
+    let mut line = String::new();
+    for part in text.lines().map(str::trim) {
+        if part.starts_with("Usage:") || part.starts_with("For more information") {
+            break;
+        }
+        if part.is_empty() {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    if line.is_empty() {
+        format!("error: {}", e.kind())
+    } else {
+        line
+    }
+}
+
+/// clap says only "invalid UTF-8 was detected in one or more arguments": name the option whose
+/// value it is, and show the bytes.
+fn invalid_utf8_line(args: &[std::ffi::OsString]) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Some(i) = args
+        .iter()
+        .skip(1)
+        .position(|a| a.to_str().is_none())
+        .map(|i| i + 1)
+    else {
+        return "error: invalid UTF-8 in an argument or in a CHAOS_AGENT_* variable".to_owned();
+    };
+    let bytes = args[i].as_bytes();
+    // `--label=<bytes>`
+    if let Some(eq) = bytes.iter().position(|b| *b == b'=')
+        && bytes.starts_with(b"--")
+        && let Ok(name) = std::str::from_utf8(&bytes[..eq])
+    {
+        return format!(
+            "error: the value of {name} is not valid UTF-8: \"{}\"",
+            bytes[eq + 1..].escape_ascii()
+        );
+    }
+    let escaped = bytes.escape_ascii();
+    match args[i - 1].to_str().and_then(|p| p.strip_prefix("--")) {
+        Some(long) if value_options().contains(long) => {
+            format!("error: the value of --{long} is not valid UTF-8: \"{escaped}\"")
+        }
+        _ => format!("error: argument {i} is not valid UTF-8: \"{escaped}\""),
+    }
+}
+
 /// Errors the CLI maps to exit code 2 (the request was wrong; nothing was changed).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -341,7 +479,10 @@ fn engine_config(state_dir: PathBuf, attach_mode: AttachMode, max_ttl: Duration)
 /// Entry point of the binary.
 #[must_use]
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     if !matches!(cli.command, Command::Run(_)) {
         // Rust ignores SIGPIPE so writes fail with EPIPE, and println! then panics:
         // `chaos-agent doctor | head` must end quietly like any Unix tool. The daemon keeps
@@ -437,5 +578,86 @@ mod tests {
         assert_eq!(nets, want);
         let err = parse_prefix_list("10.0.0.0/8\n10.0.0/33\n", "list.txt").expect_err("bad line");
         assert!(err.0.starts_with("list.txt:2: "), "{err}");
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let args = join_negative_values(
+            std::iter::once("chaos-agent")
+                .chain(args.iter().copied())
+                .map(Into::into)
+                .collect(),
+        );
+        let e = Cli::try_parse_from(&args).expect_err("a usage error");
+        usage_error_line(&e, &args)
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for (args, want) in [
+            (
+                &["inject", "--loss", "-0.1"][..],
+                "error: invalid value '-0.1' for '--loss <LOSS>': -0.1 is outside (0, 1]",
+            ),
+            (
+                &["inject", "--rate", "-1mbit"][..],
+                "error: invalid value '-1mbit' for '--rate <RATE>': bad rate \"-1mbit\"",
+            ),
+            (
+                &["inject", "--ttl", "0s"][..],
+                "error: invalid value '0s' for '--ttl <TTL>': a ttl must be greater than zero",
+            ),
+            (
+                &["inject", "--ttl", "18446744073709551616s"][..],
+                "too long to be a duration",
+            ),
+            (
+                &["inject", "--direction", "up"][..],
+                "; [possible values: ingress, egress, both]",
+            ),
+            (
+                &["extend", "f-00000001", "--by", "18446744073709551615s"][..],
+                "is outside (0, 7days]",
+            ),
+            (
+                &["inject", "--loss", "--ttl", "5s"][..],
+                "error: a value is required for '--loss <LOSS>' but none was supplied",
+            ),
+            (
+                &["inject", "--dport", "-5", "--loss", "0.1"][..],
+                "error: invalid value '-5' for '--dport <P[-Q]>': bad port range \"-5\"",
+            ),
+            (
+                &["extend", "f-00000001"][..],
+                "error: the following required arguments were not provided: --by <BY>",
+            ),
+        ] {
+            let line = usage_error(args);
+            assert!(line.contains(want), "{args:?}: {line}");
+            assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_values_are_named() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let args = |bad: &[u8], split: bool| -> Vec<std::ffi::OsString> {
+            let mut v: Vec<std::ffi::OsString> =
+                ["chaos-agent", "inject"].iter().map(Into::into).collect();
+            if split {
+                v.push("--iface".into());
+                v.push(std::ffi::OsStr::from_bytes(bad).into());
+            } else {
+                let mut arg = b"--iface=".to_vec();
+                arg.extend_from_slice(bad);
+                v.push(std::ffi::OsStr::from_bytes(&arg).into());
+            }
+            v
+        };
+        for split in [true, false] {
+            assert_eq!(
+                invalid_utf8_line(&args(b"e\xff0", split)),
+                r#"error: the value of --iface is not valid UTF-8: "e\xff0""#
+            );
+        }
     }
 }
