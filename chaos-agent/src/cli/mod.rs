@@ -371,7 +371,7 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli,
     use clap::error::ErrorKind;
     let args = join_negative_values(args.into_iter().collect());
     let e = match Cli::try_parse_from(&args) {
-        Ok(cli) => return Ok(cli),
+        Ok(cli) => return check_loss_model(&cli).map(|()| cli),
         Err(e) => e,
     };
     if matches!(
@@ -385,6 +385,27 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli,
     }
     eprintln!("{}", usage_error_line(&e, &args));
     Err(ExitCode::from(2))
+}
+
+/// `--loss-model` parses any numbers; its ranges are checked with the whole spec, which the
+/// client sends to a daemon as it is. A model with `p + r` zero or infinite has a mean loss of
+/// NaN, which JSON carries as `null`, and the daemon could only answer "invalid type: null,
+/// expected f64". Its ranges are checked here, as the foreground checks them.
+fn check_loss_model(cli: &Cli) -> Result<(), ExitCode> {
+    let Command::Inject(a) = &cli.command else {
+        return Ok(());
+    };
+    let Some(model) = a.loss.loss_model else {
+        return Ok(());
+    };
+    let spec = crate::faults::loss::LossSpec {
+        probability: 1.0,
+        model: Some(model),
+    };
+    spec.validate().map_err(|e| {
+        eprintln!("error: invalid value for '--loss-model <MODEL>': {e}");
+        ExitCode::from(2)
+    })
 }
 
 /// One line for a clap error: its message, and the hints clap prints under it (possible values,
