@@ -276,13 +276,37 @@ fn parse_id(s: &str) -> Result<FaultId, ApiError> {
     s.parse().map_err(|e: String| ApiError::invalid(e))
 }
 
+/// Longest error message repeated from the JSON parser: its messages quote the offending field
+/// name or value, which a request may make as long as its body.
+const MAX_PARSE_MESSAGE: usize = 400;
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(ApiError::invalid(format!(
             "the request body is empty: expected {what} as JSON"
         )));
+    };
+    // serde would also take a struct from an array of its fields in order: only an object is
+    // a request.
+    if *first != b'{' {
+        let got = match first {
+            b'[' => "an array",
+            b'"' => "a string",
+            b'n' => "null",
+            b't' | b'f' => "a boolean",
+            b'-' | b'0'..=b'9' => "a number",
+            _ => "something that is not JSON",
+        };
+        return Err(ApiError::invalid(format!(
+            "invalid {what}: expected a JSON object, got {got}"
+        )));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid {what}: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(crate::spec::one_line(
+            &format!("invalid {what}: {e}"),
+            MAX_PARSE_MESSAGE,
+        ))
+    })
 }
 
 /// Runs an engine operation in its own task: if the client disconnects, axum drops the handler
@@ -612,5 +636,65 @@ pub async fn serve_metrics(
         .await
     {
         tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(body: &str) -> ApiError {
+        parse_json::<FaultSpec>(&Bytes::from(body.to_owned()), "fault spec").expect_err(body)
+    }
+
+    #[test]
+    fn bodies_that_are_not_an_object_are_refused() {
+        for (body, got) in [
+            ("[]", "an array"),
+            (r#"["5s"]"#, "an array"),
+            ("null", "null"),
+            ("\"x\"", "a string"),
+            ("5", "a number"),
+            ("true", "a boolean"),
+            ("\u{1}", "something that is not JSON"),
+        ] {
+            let e = refused(body);
+            assert_eq!(e.status, 400);
+            assert!(
+                e.message
+                    .ends_with(&format!("expected a JSON object, got {got}")),
+                "{body}: {}",
+                e.message
+            );
+        }
+        assert!(refused(" \n").message.contains("empty"));
+    }
+
+    #[test]
+    fn parser_messages_stay_on_one_short_line() {
+        let e = refused(r#"{"ttl":"5s","target":{"a\nb":1}}"#);
+        assert!(
+            !e.message.contains('\n') && e.message.contains(r"a\nb"),
+            "{}",
+            e.message
+        );
+        let long = format!(r#"{{"ttl":"5s","{}":1}}"#, "x".repeat(100_000));
+        let e = refused(&long);
+        assert!(
+            e.message.chars().count() <= MAX_PARSE_MESSAGE,
+            "{}",
+            e.message.len()
+        );
+        assert!(
+            e.message
+                .starts_with("invalid fault spec: unknown field `xxx"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.ends_with("at line 1 column 100014"),
+            "{}",
+            e.message
+        );
     }
 }
