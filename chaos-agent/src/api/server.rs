@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::connect_info::Connected;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -276,6 +278,30 @@ fn parse_id(s: &str) -> Result<FaultId, ApiError> {
     s.parse().map_err(|e: String| ApiError::invalid(e))
 }
 
+/// The largest request body accepted. The largest valid fault spec is about 2.3 MB (16,384
+/// prefixes of each family on each side, 4,096 port ranges on each side); axum's default of 2 MB
+/// refused it, and with a text answer instead of a JSON error.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// A body that could not be read (over [`MAX_BODY_BYTES`], or cut off) as a JSON error.
+fn body_error(e: &axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!(
+                "the request body is larger than {} MiB, the most a fault spec can take",
+                MAX_BODY_BYTES >> 20
+            ),
+        )
+    } else {
+        ApiError::invalid(format!(
+            "the request body could not be read: {}",
+            e.body_text()
+        ))
+    }
+}
+
 /// Longest error message repeated from the JSON parser: its messages quote the offending field
 /// name or value, which a request may make as long as its body.
 const MAX_PARSE_MESSAGE: usize = 400;
@@ -325,10 +351,12 @@ type Json<T> = axum::Json<T>;
 async fn create(
     State(st): State<Arc<ApiState>>,
     axum::Extension(who): Who,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<crate::engine::FaultInfo>), ApiError> {
-    let spec: FaultSpec =
-        parse_json(&body, "fault spec").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
+    let spec: FaultSpec = body
+        .map_err(|e| body_error(&e))
+        .and_then(|b| parse_json(&b, "fault spec"))
+        .map_err(|e| refuse(who, "invalid", e, &st.engine))?;
     // The engine logs and counts its own refusals.
     let engine = st.engine.clone();
     let info = detached(async move { engine.inject(spec, who).await }).await??;
@@ -379,11 +407,13 @@ async fn extend(
     State(st): State<Arc<ApiState>>,
     axum::Extension(who): Who,
     UrlPath(id): UrlPath<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<crate::engine::FaultInfo>, ApiError> {
     let id = parse_id(&id)?;
-    let req: ExtendRequest =
-        parse_json(&body, "extend request").map_err(|e| refuse(who, "invalid", e, &st.engine))?;
+    let req: ExtendRequest = body
+        .map_err(|e| body_error(&e))
+        .and_then(|b| parse_json(&b, "extend request"))
+        .map_err(|e| refuse(who, "invalid", e, &st.engine))?;
     if req.by.is_zero() {
         return Err(refuse(
             who,
@@ -509,6 +539,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/resume", post(resume))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
