@@ -422,6 +422,25 @@ async fn extend(
             &st.engine,
         ));
     }
+    // No fault can be extended by more than the maximum TTL; refusing it here also keeps a
+    // `by` near `u64::MAX` seconds from overflowing the engine's deadline arithmetic.
+    let max = st.engine.config().limits.effective_max_ttl();
+    if req.by > max {
+        return Err(refuse(
+            who,
+            "invalid",
+            ApiError::new(
+                400,
+                "ttl_too_long",
+                format!(
+                    "extending by {}: the ttl exceeds the maximum of {}",
+                    humantime::format_duration(req.by),
+                    humantime::format_duration(max)
+                ),
+            ),
+            &st.engine,
+        ));
+    }
     let engine = st.engine.clone();
     match detached(async move { engine.extend(id, req.by, who).await }).await? {
         Ok(info) => Ok(axum::Json(info)),
