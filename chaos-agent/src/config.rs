@@ -25,13 +25,16 @@ pub enum ConfigError {
         /// The cause (in the message; not a `source`, so anyhow does not print it twice).
         cause: std::io::Error,
     },
-    /// The file is not valid TOML for this schema (syntax, unknown key, wrong type).
-    #[error("{path}: {cause}")]
+    /// The file is not valid TOML for this schema (syntax, unknown key, wrong type). One line,
+    /// `FILE:LINE:COLUMN: why`: the toml crate's own rendering adds a multi-line source excerpt.
+    #[error("{}{}: {why}", path.display(), at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The cause (names the key and position).
-        cause: Box<toml::de::Error>,
+        /// Line and column (1-based) of the offending key or value, when the parser knows it.
+        at: Option<(usize, usize)>,
+        /// What is wrong (names the key or value).
+        why: String,
     },
     /// The values parse but do not make sense together.
     #[error("{path}: {why}")]
@@ -176,7 +179,8 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            cause: Box::new(e),
+            at: e.span().map(|span| line_column(text, span.start)),
+            why: crate::spec::one_line(e.message().trim(), 400),
         })?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -305,6 +309,16 @@ impl Config {
     }
 }
 
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +350,30 @@ mod tests {
             .to_string();
         assert!(e.contains("max_tll"), "{e}");
         assert!(Config::parse("bogus = 1\n", Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_with_the_position() {
+        for (text, want) in [
+            (
+                "[limits]\nmax_tll = \"1m\"\n",
+                "c.toml:2:1: unknown field `max_tll`, expected one of",
+            ),
+            (
+                "[limits]\nmax_ttl = \"1000000000000y\"\n",
+                "c.toml:2:11: invalid value: string \"1000000000000y\", expected a duration",
+            ),
+            ("[limits\n", "c.toml:1:8: "),
+            (
+                "[api]\n\"a\\nb\" = 1\n",
+                r"c.toml:2:1: unknown field `a\nb`",
+            ),
+        ] {
+            let e = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want) && !e.contains('\n'), "{text:?}: {e}");
+        }
     }
 
     #[test]
