@@ -211,6 +211,12 @@ impl Config {
                 why,
             })
         };
+        if !self.state_dir.is_absolute() {
+            return bad(format!(
+                "state_dir must be an absolute path (the journal of every fault is kept there), got {:?}",
+                self.state_dir.display().to_string()
+            ));
+        }
         let l = &self.limits;
         if l.max_ttl.is_zero() || l.max_ttl > crate::spec::MAX_TTL_CEILING {
             return bad(format!(
@@ -374,6 +380,17 @@ mod tests {
                 .to_string();
             assert!(e.starts_with(want) && !e.contains('\n'), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn state_dir_is_absolute() {
+        for dir in ["", "state", "./state"] {
+            let e = Config::parse(&format!("state_dir = {dir:?}\n"), Path::new("c"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("state_dir must be an absolute path"), "{e}");
+        }
+        assert!(Config::parse("state_dir = \"/srv/chaos\"\n", Path::new("c")).is_ok());
     }
 
     #[test]
