@@ -1,8 +1,13 @@
 //! Removes what a dead agent left behind: replays the undo lists of journal entries whose owner
 //! is gone, then sweeps the kernel for objects with our names that no live journal claims.
 //! Used at start-up and by `chaos-agent cleanup`; running it twice is harmless.
+//!
+//! A journal file that cannot be replayed is logged (one line: the file and why), moved to the
+//! state dir's quarantine, and otherwise ignored: the other journals replay, the agent starts,
+//! and the sweep still finds that fault's kernel objects by name.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -22,6 +27,20 @@ pub struct Report {
     /// Other live agents whose presence made us skip the by-name sweep.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sweep_skipped_for: Vec<u32>,
+    /// Journal files that could not be replayed, moved aside.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A journal file moved to the quarantine.
+#[derive(Debug, Serialize)]
+pub struct Quarantined {
+    /// Where it was.
+    pub file: PathBuf,
+    /// Why it could not be replayed.
+    pub why: String,
+    /// Where it is now.
+    pub moved_to: PathBuf,
 }
 
 impl Report {
@@ -54,11 +73,8 @@ pub async fn run(ctx: &UndoCtx) -> Report {
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => {
-                // Unreadable: the sweep below still finds its kernel objects by name.
-                report.errors.push(format!(
-                    "{e} (left in place; kernel objects are swept by name)"
-                ));
+            Err(bad) => {
+                quarantine(ctx, &me, bad, &mut report);
                 continue;
             }
         };
@@ -116,6 +132,39 @@ pub async fn run(ctx: &UndoCtx) -> Report {
         tracing::info!(pids = ?report.sweep_skipped_for, "other chaos-agent processes are running: only journaled leftovers of dead agents were removed");
     }
     report
+}
+
+/// Moves a journal file that cannot be replayed aside, with one log line saying which and why;
+/// the sweep still finds its fault's kernel objects by name. The file of a newer agent that is
+/// still running (it names its owner the way this version does) is left where it is.
+fn quarantine(
+    ctx: &UndoCtx,
+    me: &crate::txn::journal::Owner,
+    bad: crate::txn::journal::BadFile,
+    report: &mut Report,
+) {
+    let file = bad.path.display().to_string();
+    if let Some(owner) = bad.owner.filter(|o| o == me || o.alive()) {
+        report.live_skipped += 1;
+        tracing::warn!(event = "journal_unreadable", file = %file, pid = owner.pid, reason = %bad.why, "a running agent's journal file this agent cannot read: left alone");
+        return;
+    }
+    match ctx.journal.quarantine(&bad.path) {
+        Ok(to) => {
+            tracing::error!(event = "journal_quarantined", file = %file, reason = %bad.why, moved_to = %to.display(), "journal file cannot be replayed: moved aside (its fault's kernel objects are swept by name)");
+            report.quarantined.push(Quarantined {
+                file: bad.path,
+                why: bad.why,
+                moved_to: to,
+            });
+        }
+        // Left in place: the caller reports the errors (the daemon logs each, cleanup prints
+        // them and fails), and the next start tries again.
+        Err(e) => report.errors.push(format!(
+            "journal file {file} cannot be replayed ({}) nor moved aside: {e}",
+            bad.why
+        )),
+    }
 }
 
 /// What live agents still use.
