@@ -217,8 +217,9 @@ async fn foreground(
     }
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let started = Instant::now();
     let info = engine.inject(spec, Requester::me()).await?;
+    // From the fault's start, not the command's: loading the programs comes first.
+    let started = Instant::now();
     println!("{}", injected_line(&info));
     let _ = std::io::stdout().flush();
     let mut done = engine

@@ -331,6 +331,13 @@ impl Engine {
         ifindex: u32,
         who: Requester,
     ) -> Result<(FaultInfo, Box<dyn ActiveFault>, Txn, Instant), EngineError> {
+        // Load and verify the programs (once per agent; the daemon did at start) before the
+        // fault's clock starts: verification takes up to seconds, and would otherwise be taken
+        // from the TTL and from the first phase of a --flap. Loading changes nothing visible.
+        self.inner
+            .dp
+            .load()
+            .map_err(|e| EngineError::Apply { source: e.into() })?;
         let started = Instant::now();
         let now_wall = SystemTime::now();
         let mono_now = sys::monotonic_ns();
@@ -558,7 +565,8 @@ impl Engine {
         if !self.timers().contains_key(&(old_deadline, id)) {
             return Err(EngineError::NotFound(id));
         }
-        let new_total = slot.info.spec.ttl + by;
+        // Saturating: `by` comes from outside; anything that saturates is over the maximum.
+        let new_total = slot.info.spec.ttl.saturating_add(by);
         if new_total > max {
             return Err(SpecError::TtlTooLong {
                 ttl: new_total,
