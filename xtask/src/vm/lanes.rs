@@ -55,11 +55,68 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
         "egress_wire_drop_is_real_loss_for_tcp",
         "attaches with tcx, which 6.1 lacks; the loss suite covers its netlink path",
     ),
+    (
+        "dns",
+        "nxdomain_for_matching_names_and_types_only",
+        "the path of servfail (which runs in the guest) with another rcode constant",
+    ),
+    (
+        "dns",
+        "refused_for_matching_names_and_types_only",
+        "the path of servfail (which runs in the guest) with another rcode constant",
+    ),
+    (
+        "dns",
+        "dns_types_select_srv_and_txt_only",
+        "the type table is one hash lookup, the same on both kernels; servfail in the guest filters by type too",
+    ),
+    (
+        "dns",
+        "rate_fails_a_binomial_fraction_of_answers",
+        "the same random draw on both kernels; 400 digs would take minutes under TCG",
+    ),
+    (
+        "dns",
+        "flapping_dns_follows_the_schedule",
+        "a timing test: under TCG it would measure the emulator; sigkill_mid_flap proves flapping on 6.1",
+    ),
+    (
+        "dns",
+        "flapping_loss_follows_the_schedule",
+        "a timing test: under TCG it would measure the emulator; sigkill_mid_flap proves flapping on 6.1",
+    ),
+    (
+        "dns",
+        "without_a_fault_every_client_gets_the_zone",
+        "the baseline of the harness (dnsmasq, dig, getent); no fault, no kernel feature",
+    ),
+    (
+        "dns",
+        "bad_input_is_refused_with_nothing_applied",
+        "CLI validation before any kernel change; no kernel involved",
+    ),
+    (
+        "bad_input",
+        "cli_foreground_refuses_bad_input_with_one_line_and_applies_nothing",
+        "argument parsing and validation before any kernel change; no kernel involved",
+    ),
+    (
+        "bad_input",
+        "client_and_api_refuse_bad_input_and_apply_nothing",
+        "HTTP/JSON and spec validation before any kernel change; no kernel involved",
+    ),
+    (
+        "bad_input",
+        "config_files_are_refused_with_one_line_and_start_nothing",
+        "parses TOML; no kernel involved",
+    ),
 ];
 
 /// Guest seconds of each test binary in a calm run (every run prints the per-test times), used
 /// to split the binaries into [`LANES`] lanes of about equal length. Unlisted: 10 s.
 const GUEST_SECONDS: &[(&str, u32)] = &[
+    ("dns", 190),
+    ("bad_input", 30),
     ("netem", 82),
     ("loss", 76),
     ("tc_netlink", 30),
