@@ -274,7 +274,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn parse_id(s: &str) -> Result<FaultId, ApiError> {
+/// A fault id from a request path (`/v1/faults/{id}`).
+pub fn parse_id(s: &str) -> Result<FaultId, ApiError> {
     s.parse().map_err(|e: String| ApiError::invalid(e))
 }
 
@@ -306,7 +307,8 @@ fn body_error(e: &axum::extract::rejection::BytesRejection) -> ApiError {
 /// name or value, which a request may make as long as its body.
 const MAX_PARSE_MESSAGE: usize = 400;
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+/// A request body as JSON (`what` names it in the error); an empty body is an error of its own.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
     let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(ApiError::invalid(format!(
             "the request body is empty: expected {what} as JSON"

@@ -245,7 +245,8 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
-fn parse_max_ttl(s: &str) -> Result<Duration, String> {
+/// clap value parser of `--max-ttl`: a duration in (0, 7 days].
+pub fn parse_max_ttl(s: &str) -> Result<Duration, String> {
     let d = crate::spec::parse_duration_arg(s)?;
     if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
         return Err(format!(
@@ -281,7 +282,8 @@ fn parse_extension(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
+/// clap value parser of `--dest` / `--src`: a CIDR, or a bare address (a host prefix).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?} is not an IPv4/IPv6 address or CIDR"))

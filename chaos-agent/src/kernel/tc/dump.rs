@@ -20,10 +20,10 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 /// `RTM_GETQDISC`, `RTM_NEWQDISC`.
-pub(crate) const RTM_GETQDISC: u16 = 38;
+pub const RTM_GETQDISC: u16 = 38;
 const RTM_NEWQDISC: u16 = 36;
 /// `RTM_GETTCLASS`, `RTM_NEWTCLASS`.
-pub(crate) const RTM_GETTCLASS: u16 = 42;
+pub const RTM_GETTCLASS: u16 = 42;
 const RTM_NEWTCLASS: u16 = 40;
 
 const TCA_KIND: u16 = 1;
@@ -60,7 +60,7 @@ fn bad(what: &str) -> io::Error {
 }
 
 /// Dumps every qdisc (`RTM_GETQDISC`) or class (`RTM_GETTCLASS`) of `ifindex`.
-pub(crate) fn dump(sock: &Socket, request: u16, ifindex: u32) -> io::Result<Vec<TcObject>> {
+pub fn dump(sock: &Socket, request: u16, ifindex: u32) -> io::Result<Vec<TcObject>> {
     static SEQ: AtomicU32 = AtomicU32::new(1);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let reply_type = if request == RTM_GETQDISC {

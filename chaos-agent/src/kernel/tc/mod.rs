@@ -14,7 +14,7 @@
 
 mod client;
 mod dist;
-mod dump;
+pub mod dump;
 mod encode;
 mod error;
 mod filters;
