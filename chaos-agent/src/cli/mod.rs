@@ -333,7 +333,8 @@ fn value_options() -> std::collections::HashSet<String> {
 /// dash (`-0.1`, `-1mbit`, `-5s`, `-inf`) right after an option that takes a value is that
 /// value: it is passed on as `--loss=-0.1`, and the option's parser refuses it with the reason.
 /// (A long flag after an option, `--loss --ttl 5s`, is still a missing value, as clap says.)
-fn join_negative_values(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+#[must_use]
+pub fn join_negative_values(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let looks_negative = |s: &std::ffi::OsString| {
         s.to_str().is_some_and(|s| {
             s.len() > 1 && s.starts_with('-') && !s.starts_with("--") && !["-h", "-V"].contains(&s)
@@ -412,7 +413,8 @@ fn check_loss_model(cli: &Cli) -> Result<(), ExitCode> {
 
 /// One line for a clap error: its message, and the hints clap prints under it (possible values,
 /// a similar argument), without the usage block.
-fn usage_error_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+#[must_use]
+pub fn usage_error_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
     if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
         return invalid_utf8_line(args);
     }
