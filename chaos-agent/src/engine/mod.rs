@@ -308,7 +308,9 @@ impl Engine {
                 info: info.clone(),
                 active,
                 txn,
-                started: deadline.checked_sub(spec.ttl).unwrap_or(deadline),
+                // Now, after the apply: the datapath restarts a --flap cycle once the fault's
+                // hooks are attached, and the phase shown must be the kernel's.
+                started: Instant::now().min(deadline),
                 deadline,
                 done,
             },
