@@ -422,14 +422,24 @@ mod hex_opt {
         let Some(s) = Option::<String>::deserialize(d)? else {
             return Ok(None);
         };
-        if s.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd-length hex"));
+        // Bytes, not `str` slices nor `from_str_radix`: a multi-byte character would put a
+        // slice boundary inside it (a panic at start-up over one bad journal file, found by
+        // fuzzing), and `from_str_radix` takes a leading `+`.
+        let hex = s.as_bytes();
+        if hex.len() % 2 != 0 || !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(serde::de::Error::custom(
+                "options are not an even-length string of hex digits",
+            ));
         }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
-            .collect::<Result<Vec<u8>, _>>()
-            .map(Some)
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => b - b'0',
+            _ => (b | 0x20) - b'a' + 10,
+        };
+        Ok(Some(
+            hex.chunks_exact(2)
+                .map(|p| nibble(p[0]) << 4 | nibble(p[1]))
+                .collect(),
+        ))
     }
 }
 
@@ -591,5 +601,20 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert!(json.contains("\"options\":\"dead01\""), "{json}");
         assert_eq!(serde_json::from_str::<QdiscTree>(&json).unwrap(), t);
+    }
+    #[test]
+    fn options_that_are_not_hex_digits_are_refused_without_a_panic() {
+        let parse = |opts: &str| {
+            let json = format!(
+                r#"{{"kind":"tbf","handle":1,"parent":2,"options":"{opts}","has_stab":false,"extra":[]}}"#
+            );
+            serde_json::from_str::<TcObject>(&json).map(|o| o.options)
+        };
+        assert_eq!(parse("DEad01").unwrap(), Some(vec![0xde, 0xad, 0x01]));
+        // A two-byte character at an even length (the fuzzer's find), a sign, odd lengths.
+        for bad in ["0\u{41a}a", "+f", "0g", "abc"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("hex digits"), "{bad:?}: {e}");
+        }
     }
 }
