@@ -236,7 +236,8 @@ pub fn parse_probability_arg(s: &str) -> Result<f64, String> {
     if v > 0.0 && v <= 1.0 {
         Ok(v)
     } else {
-        Err(format!("{s} is outside (0, 1]"))
+        // The parsed value, not the text: that may hold a control character the parser trimmed.
+        Err(format!("{v} is outside (0, 1]"))
     }
 }
 
@@ -246,7 +247,7 @@ pub fn parse_fraction_arg(s: &str) -> Result<f64, String> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{s} is outside [0, 1]"))
+        Err(format!("{v} is outside [0, 1]"))
     }
 }
 

@@ -249,8 +249,10 @@ pub struct DoctorArgs {
 pub fn parse_max_ttl(s: &str) -> Result<Duration, String> {
     let d = crate::spec::parse_duration_arg(s)?;
     if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
+        // The parsed duration, not the text: humantime skips a trailing control character.
         return Err(format!(
-            "{s} is outside (0, {}]",
+            "{} is outside (0, {}]",
+            humantime::format_duration(d),
             humantime::format_duration(crate::spec::MAX_TTL_CEILING)
         ));
     }
@@ -274,8 +276,10 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 fn parse_extension(s: &str) -> Result<Duration, String> {
     let d = crate::spec::parse_duration_arg(s)?;
     if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
+        // The parsed duration, not the text: humantime skips a trailing control character.
         return Err(format!(
-            "{s} is outside (0, {}]",
+            "{} is outside (0, {}]",
+            humantime::format_duration(d),
             humantime::format_duration(crate::spec::MAX_TTL_CEILING)
         ));
     }
@@ -418,7 +422,19 @@ pub fn usage_error_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String 
     if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
         return invalid_utf8_line(args);
     }
-    let text = e.render().to_string();
+    let mut text = e.render().to_string();
+    // clap quotes a refused value as given: escape it before the lines are joined, or a newline
+    // in it reads as a break between clap's lines.
+    if let Some(clap::error::ContextValue::String(v)) =
+        e.get(clap::error::ContextKind::InvalidValue)
+        && v.contains(char::is_control)
+    {
+        text = text.replacen(
+            &format!("'{v}'"),
+            &format!("'{}'", crate::spec::one_line(v, usize::MAX)),
+            1,
+        );
+    }
     let mut line = String::new();
     for part in text.lines().map(str::trim) {
         if part.starts_with("Usage:") || part.starts_with("For more information") {
@@ -435,7 +451,8 @@ pub fn usage_error_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String 
     if line.is_empty() {
         format!("error: {}", e.kind())
     } else {
-        line
+        // clap quotes the value as given: a carriage return in it would overwrite the line.
+        crate::spec::one_line(&line, usize::MAX)
     }
 }
 
@@ -655,10 +672,23 @@ mod tests {
                 &["extend", "f-00000001"][..],
                 "error: the following required arguments were not provided: --by <BY>",
             ),
+            // Control characters the value parsers trim or skip (found by fuzzing): escaped in
+            // clap's quote, the parsed value in ours.
+            (
+                &["inject", "--ttl", "5s", "--max-ttl", "8y\r"][..],
+                "error: invalid value '8y\\r' for '--max-ttl <MAX_TTL>': 8years is outside",
+            ),
+            (
+                &["inject", "--ttl", "5s", "--loss", "\n1.5"][..],
+                "error: invalid value '\\n1.5' for '--loss <LOSS>': 1.5 is outside (0, 1]",
+            ),
         ] {
             let line = usage_error(args);
             assert!(line.contains(want), "{args:?}: {line}");
-            assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
+            assert!(
+                !line.contains(['\n', '\r']) && !line.contains("Usage"),
+                "{line}"
+            );
         }
     }
 
