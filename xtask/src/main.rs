@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -43,6 +44,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),
+    /// Fuzz every parser of outside input (cargo-fuzz, nightly), or `--replay` the corpus.
+    Fuzz(fuzz::FuzzArgs),
     /// (internal) Send sequence-numbered UDP datagrams until stdin closes.
     #[command(hide = true)]
     UdpSend(demo::UdpSendArgs),
@@ -61,6 +64,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::UdpSend(args) => demo::udp_send(&args),
         Cmd::UdpRecv(args) => demo::udp_recv(&args),
     }?;

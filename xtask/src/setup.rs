@@ -160,6 +160,17 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         }
     }
 
+    // cargo-fuzz: `cargo xtask fuzz` and the fuzz replay of `cargo xtask test`.
+    let item = format!("cargo-fuzz {}", crate::fuzz::CARGO_FUZZ_VERSION);
+    let state = if crate::fuzz::cargo_fuzz_installed() {
+        State::Present
+    } else {
+        State::Missing("not installed".into())
+    };
+    if note(&item, state) && !args.check {
+        crate::fuzz::install_cargo_fuzz()?;
+    }
+
     // bpffs: not mounted on a fresh machine; the agent pins nothing without it.
     let state = if bpffs_mounted()? {
         State::Present

@@ -381,6 +381,20 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
             .args(EXCLUDE_EBPF);
         steps.push(run_step("doc tests", c, Output::Libtest));
 
+        // Every fuzz target over its committed corpus and its regressions (the inputs that once
+        // crashed it): seconds of running after a nightly build of about two minutes.
+        let mut c = cargo();
+        c.args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "fuzz",
+            "--replay",
+        ]);
+        steps.push(run_step("fuzz replay", c, Output::Libtest));
+
         // Integration tests are privileged: they attach programs, add qdiscs and create
         // namespaces on the one kernel they all share, so one test at a time. One invocation
         // over the workspace (not `-p chaos-agent`), so that features unify as in the build above
