@@ -115,15 +115,15 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
 /// Guest seconds of each test binary in a calm run (every run prints the per-test times), used
 /// to split the binaries into [`LANES`] lanes of about equal length. Unlisted: 10 s.
 const GUEST_SECONDS: &[(&str, u32)] = &[
-    ("dns", 190),
-    ("bad_input", 30),
-    ("netem", 82),
-    ("loss", 76),
-    ("tc_netlink", 30),
-    ("daemon", 13),
-    ("kernel_features", 5),
-    ("ebpf_logic", 3),
-    ("lib-chaos_agent", 2),
+    ("dns", 101),
+    ("loss", 99),
+    ("netem", 88),
+    ("daemon", 64),
+    ("tc_netlink", 25),
+    ("ebpf_logic", 16),
+    ("bad_input", 6),
+    ("kernel_features", 6),
+    ("lib-chaos_agent", 5),
     ("ebpf_datapath", 0),
     ("bin-chaos-agent", 0),
 ];
