@@ -123,6 +123,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("ebpf_logic", 16),
     ("bad_input", 6),
     ("kernel_features", 6),
+    ("sock_diag", 5),
     ("lib-chaos_agent", 5),
     ("ebpf_datapath", 0),
     ("bin-chaos-agent", 0),
