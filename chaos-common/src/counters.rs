@@ -33,10 +33,12 @@ pub enum Counter {
     /// DNS faults: messages on the fault's port that the program could not parse within its
     /// bounds (let through untouched).
     Unparsed = 7,
+    /// Refuse faults: `connect()`s failed with the fault's errno.
+    Refused = 8,
 }
 
-/// Number of counters per direction.
-pub const COUNTERS_PER_DIR: u32 = 8;
+/// Number of counters per direction (room for the counters of fault types to come).
+pub const COUNTERS_PER_DIR: u32 = 16;
 /// Number of counters per fault slot (both directions).
 pub const COUNTERS_PER_SLOT: u32 = COUNTERS_PER_DIR * 2;
 /// Number of entries in the counters map.

@@ -9,6 +9,10 @@ pub const PREFIX: &str = "chaos_";
 pub const PROG_TC_INGRESS: &str = "chaos_tc_in";
 /// tc classifier attached at egress.
 pub const PROG_TC_EGRESS: &str = "chaos_tc_eg";
+/// cgroup `connect4` program of refuse faults.
+pub const PROG_CONNECT4: &str = "chaos_conn4";
+/// cgroup `connect6` program of refuse faults.
+pub const PROG_CONNECT6: &str = "chaos_conn6";
 
 /// Attachment points: `hook_key(ifindex, dir)` -> [`crate::HookEntry`].
 pub const MAP_HOOKS: &str = "CHAOS_HOOKS";

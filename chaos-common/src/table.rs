@@ -224,6 +224,18 @@ pub const F_DNS: u32 = 1 << 11;
 /// flap_on_ns`. Computed per packet from the clock, so the schedule needs no wake-ups and holds
 /// while the agent is dead.
 pub const F_FLAP: u32 = 1 << 12;
+/// A connect refusal (`chaos_conn4` / `chaos_conn6`, cgroup `connect` hooks): a matching
+/// `connect()` fails with `FaultSlot::errno`, for the fraction `loss_threshold` of them.
+pub const F_REFUSE: u32 = 1 << 13;
+
+/// The `CHAOS_HOOKS` key of the connect hook of the network namespace with this cookie
+/// (`SO_NETNS_COOKIE`, `bpf_get_netns_cookie`): the connect programs are attached once, to the
+/// root of the cgroup v2 hierarchy, and act only on connects in the namespaces of their faults.
+/// The high bit keeps these keys apart from the interface keys of [`hook_key`].
+#[must_use]
+pub const fn connect_hook_key(netns_cookie: u64) -> u64 {
+    (1 << 63) | netns_cookie
+}
 
 /// One fault as the programs see it once its filters matched (map `CHAOS_SLOTS`).
 #[repr(C)]
@@ -262,8 +274,12 @@ pub struct FaultSlot {
     pub flap_on_ns: u64,
     /// `F_FLAP`: one active plus one resting phase (ns).
     pub flap_period_ns: u64,
+    /// `F_REFUSE`: the errno a refused `connect()` fails with (positive, e.g. 111).
+    pub errno: u32,
+    /// Explicit padding; zero.
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FaultSlot>() == 72);
+const _: () = assert!(core::mem::size_of::<FaultSlot>() == 80);
 const _: () = assert!(core::mem::offset_of!(FaultSlot, expires_at_ns) == 8);
 const _: () = assert!(core::mem::offset_of!(FaultSlot, start_ns) == 48);
 

@@ -1,4 +1,5 @@
-//! chaos-agent's kernel programs: the tc classifiers `chaos_tc_in` and `chaos_tc_eg`.
+//! chaos-agent's kernel programs: the tc classifiers `chaos_tc_in` and `chaos_tc_eg`, and the
+//! cgroup connect programs of refuse faults (`connect`), which share their fault table.
 //!
 //! One object per agent, loaded and verified once, attached once per interface and direction;
 //! every packet fault of the agent is a slot in the fault table its maps hold (see
@@ -18,6 +19,7 @@
 #![no_std]
 #![no_main]
 
+mod connect;
 mod dns;
 mod parse;
 mod rng;
