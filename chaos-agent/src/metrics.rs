@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::{FlapPhase, RevertReason};
 use crate::faults::dns::DnsAnswer;
+use crate::faults::refuse::RefuseErrno;
 use crate::kernel::bpf::Counters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
@@ -47,6 +48,11 @@ struct RewrittenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct ErrnoLabels {
+    errno: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
 struct FlapLabels {
     fault: String,
     kind: String,
@@ -66,6 +72,9 @@ pub struct FaultSample {
     /// For a DNS fault, what matching answers become: its counters count answers, and go to
     /// the `chaos_agent_dns_*` families instead of the packet ones.
     pub dns_answer: Option<DnsAnswer>,
+    /// For a refuse fault, the errno it fails connects with: its counters count `connect()`
+    /// calls and go to the `chaos_agent_connects_*` families.
+    pub refuse: Option<RefuseErrno>,
     /// The kernel counters (`None` if they could not be read).
     pub counters: Option<Counters>,
     /// For a fault with `--flap`, where its duty cycle is.
@@ -89,6 +98,8 @@ struct Totals {
     rewritten: BTreeMap<RewrittenLabels, u64>,
     /// Active phases begun by flapping faults, by kind.
     flap_phases: BTreeMap<String, u64>,
+    /// Refuse faults' connects: matched, refused, by errno.
+    connects: BTreeMap<ErrnoLabels, [u64; 2]>,
 }
 
 impl Totals {
@@ -99,6 +110,18 @@ impl Totals {
         let Some(c) = &s.counters else {
             return;
         };
+        if let Some(errno) = s.refuse {
+            let t = c.total();
+            let e = self
+                .connects
+                .entry(ErrnoLabels {
+                    errno: errno.as_str().to_owned(),
+                })
+                .or_default();
+            e[0] += t.matched;
+            e[1] += t.refused;
+            return;
+        }
         for (dir, d) in [("ingress", c.ingress), ("egress", c.egress)] {
             let labels = PacketLabels {
                 interface: s.iface.clone(),
@@ -221,6 +244,26 @@ impl prometheus_client::collector::Collector for FaultCounters {
             "DNS answers rewritten by DNS faults into a valid message with the rcode (servfail, nxdomain, refused).",
             totals.rewritten.iter().map(|(l, v)| (l.clone(), *v)),
         )?;
+        for (i, (name, help)) in [
+            (
+                "chaos_agent_connects_matched",
+                "connect() calls that matched a refuse fault's filters while it was active (before --refuse-rate).",
+            ),
+            (
+                "chaos_agent_connects_refused",
+                "connect() calls failed by refuse faults, by the errno they got.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counter_family(
+                &mut encoder,
+                name,
+                help,
+                totals.connects.iter().map(|(l, v)| (l.clone(), v[i])),
+            )?;
+        }
         counter_family(
             &mut encoder,
             "chaos_agent_flap_active_phases",
@@ -517,6 +560,7 @@ mod tests {
             kind: kind.to_owned(),
             iface: "lo".to_owned(),
             dns_answer: dns,
+            refuse: None,
             counters: Some(Counters {
                 ingress: DirCounters {
                     seen: 40,
@@ -593,6 +637,32 @@ mod tests {
             "chaos_agent_fault_flap_active{fault=\"f-00000003\",kind=\"loss\",interface=\"lo\"} 0",
         );
         assert!(!om.contains("fault=\"f-00000004\""), "{om}");
+    }
+
+    #[test]
+    fn refuse_faults_count_connects_by_errno() {
+        let m = Metrics::default();
+        let refuse = |id: &str, errno: RefuseErrno| FaultSample {
+            refuse: Some(errno),
+            ..sample(id, "refuse", None, None)
+        };
+        m.retire(&refuse("f-00000001", RefuseErrno::Econnrefused));
+        let live = vec![
+            refuse("f-00000002", RefuseErrno::Econnrefused),
+            refuse("f-00000003", RefuseErrno::Etimedout),
+        ];
+        m.set_live_counters(Box::new(move || live.clone()));
+        let om = m.encode();
+        has(
+            &om,
+            "chaos_agent_connects_matched_total{errno=\"ECONNREFUSED\"} 24",
+        );
+        has(
+            &om,
+            "chaos_agent_connects_matched_total{errno=\"ETIMEDOUT\"} 12",
+        );
+        // Refuse faults count connects, not packets.
+        assert!(!om.contains("chaos_agent_packets_seen_total{"), "{om}");
     }
 
     #[test]

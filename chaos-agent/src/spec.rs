@@ -192,6 +192,12 @@ pub enum SpecError {
         /// Given.
         got: usize,
     },
+    /// A filter or option that does not apply to the fault's kind.
+    #[error("{what}")]
+    Inapplicable {
+        /// What, and why.
+        what: &'static str,
+    },
     /// Two fault types that cannot share one fault.
     #[error("{what}: inject them as separate faults (they compose)")]
     Incompatible {

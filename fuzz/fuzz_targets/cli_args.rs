@@ -26,7 +26,8 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
     let loss = a.loss.to_spec();
     let shape = a.shape.to_spec();
     let dns = a.dns.to_spec().ok()?;
-    if loss.is_none() && shape.is_none() && dns.is_none() {
+    let refuse = a.refuse.to_spec();
+    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() {
         return None;
     }
     let direction = a.direction.unwrap_or(if dns.is_some() {
@@ -49,6 +50,7 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
         loss,
         shape,
         dns,
+        refuse,
         flap: a.flap,
         force: a.force,
         seed: a.seed,

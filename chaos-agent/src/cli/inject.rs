@@ -24,9 +24,10 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let loss = a.loss.to_spec();
     let shape = a.shape.to_spec();
     let dns = a.dns.to_spec().map_err(UsageError)?;
-    if loss.is_none() && shape.is_none() && dns.is_none() {
+    let refuse = a.refuse.to_spec();
+    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() {
         return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder or --dns".to_owned(),
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns or --refuse".to_owned(),
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.
@@ -60,6 +61,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         loss,
         shape,
         dns,
+        refuse,
         flap: a.flap,
         force: a.force,
         seed: a.seed,
@@ -98,7 +100,7 @@ pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
         elapsed.map_or_else(String::new, |e| format!(" after {:.1}s", e.as_secs_f64())),
         r.counters.as_ref().map_or_else(
             || "no counters".to_owned(),
-            |c| counters_line(c, r.dns_answer)
+            |c| counters_line(c, r.dns_answer, r.refuse)
         ),
         r.phase.map_or_else(String::new, |p| format!(
             "; active phases {}/{}",
@@ -114,10 +116,14 @@ pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
 
 /// One line of counters: `matched 1200, dropped 118 (9.83%)` for packet faults; for a DNS
 /// fault (`dns` is what its matching answers become) `answers matched 12, rewritten 12
-/// (servfail), dropped 0, unparsed 0`.
+/// (servfail), dropped 0, unparsed 0`; for a refuse fault (`connects`) `connects matched 5,
+/// refused 5`.
 #[must_use]
-pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>) -> String {
+pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>, connects: bool) -> String {
     let t = c.total();
+    if connects {
+        return format!("connects matched {}, refused {}", t.matched, t.refused);
+    }
     if let Some(answer) = dns {
         let rcode = if answer == DnsAnswer::Drop {
             String::new()
@@ -145,10 +151,13 @@ pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>) -> String {
 /// `--flap`) and its counters, e.g. `active 2/5 (1.2s left) | matched 10, dropped 3 (30.00%)`.
 #[must_use]
 pub fn live_line(info: &FaultInfo) -> String {
-    let counters = info
-        .counters
-        .as_ref()
-        .map(|c| counters_line(c, info.spec.dns.as_ref().map(|d| d.answer)));
+    let counters = info.counters.as_ref().map(|c| {
+        counters_line(
+            c,
+            info.spec.dns.as_ref().map(|d| d.answer),
+            info.spec.refuse.is_some(),
+        )
+    });
     info.phase
         .map(|p| p.line())
         .into_iter()
@@ -299,6 +308,7 @@ mod tests {
             counters: Some(counters(12, 12, 0, 0)),
             lateness_us: Some(50),
             dns_answer: dns,
+            refuse: false,
             phase,
         }
     }
@@ -321,7 +331,7 @@ mod tests {
         );
         // `drop` rewrites nothing: no rcode to name.
         assert_eq!(
-            counters_line(&counters(7, 0, 7, 1), Some(DnsAnswer::Drop)),
+            counters_line(&counters(7, 0, 7, 1), Some(DnsAnswer::Drop), false),
             "answers matched 7, rewritten 0, dropped 7, unparsed 1"
         );
     }
@@ -356,6 +366,7 @@ mod tests {
                 rate: None,
                 port: None,
             }),
+            refuse: None,
             flap: Some("2s/3s".parse().expect("flap")),
             force: false,
             seed: None,

@@ -155,6 +155,8 @@ pub struct InjectArgs {
     /// DNS answers (`faults/dns`).
     #[command(flatten)]
     pub dns: crate::faults::dns::DnsArgs,
+    #[command(flatten)]
+    pub refuse: crate::faults::refuse::RefuseArgs,
 }
 
 /// `run` flags (each overrides the config file).

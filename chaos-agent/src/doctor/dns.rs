@@ -173,6 +173,7 @@ fn self_test(dp: &Datapath) -> Result<Vec<Case>, String> {
             rate: None,
             port: None,
         }),
+        refuse: None,
         flap: None,
         force: false,
         seed: None,

@@ -80,6 +80,7 @@ impl Slot {
             kind: self.info.kind.clone(),
             iface: self.info.iface.clone(),
             dns_answer: self.info.spec.dns.as_ref().map(|d| d.answer),
+            refuse: self.info.spec.refuse.as_ref().map(|r| r.errno),
             counters,
             phase: self.phase(now),
         }
@@ -522,6 +523,7 @@ impl Engine {
             counters,
             lateness_us: lateness.map(|d| d.as_micros() as u64),
             dns_answer: sample.dns_answer,
+            refuse: slot.info.spec.refuse.is_some(),
             phase: sample.phase,
         };
         let m = &self.inner.metrics;
@@ -718,6 +720,11 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
         spec.ttl = d;
     }
     spec.validate(&cfg.limits)?;
+    if spec.refuse.is_some() {
+        // A connect hook has no interface; the engine's bookkeeping names loopback, which
+        // every namespace has.
+        return Ok("lo".to_owned());
+    }
     let ifname = match &spec.target.iface {
         Some(name) => name.clone(),
         None => sys::default_route_interface()?,

@@ -98,7 +98,7 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     Undo::MirredFilter { ifname, .. } => {
                         keep_mirred.insert(ifname.clone());
                     }
-                    Undo::TcxLink { .. } | Undo::BpfSlot { .. } => {}
+                    Undo::TcxLink { .. } | Undo::BpfSlot { .. } | Undo::BpfConnect { .. } => {}
                 }
             }
             continue;

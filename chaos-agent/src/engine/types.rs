@@ -251,6 +251,9 @@ pub struct RevertReport {
     /// answers whose question matched, `rewritten` got this rcode, `dropped` were dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_answer: Option<DnsAnswer>,
+    /// A refuse fault: its counters count `connect()` calls (`matched`, and `refused`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse: bool,
     /// For a fault with `--flap`, its duty cycle's phase when it ended (`active_phases` is how
     /// many active phases it had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -344,6 +347,7 @@ mod tests {
             counters: None,
             lateness_us: None,
             dns_answer: Some(DnsAnswer::Nxdomain),
+            refuse: false,
             phase: Some(FlapPhase {
                 active: false,
                 active_phases: 3,

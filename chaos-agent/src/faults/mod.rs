@@ -21,6 +21,7 @@ pub mod dns;
 pub mod flap;
 pub mod loss;
 pub mod packet;
+pub mod refuse;
 pub mod shape;
 mod spec;
 

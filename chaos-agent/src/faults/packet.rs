@@ -19,11 +19,16 @@ pub struct ClassifierFault {
     dp: Datapath,
     slot: u32,
     mode: AttachMode,
+    /// A refuse fault: on the cgroup connect hook, not on tc.
+    connect: bool,
     shaping: Option<&'static str>,
 }
 
 impl ActiveFault for ClassifierFault {
     fn backend(&self) -> String {
+        if self.connect {
+            return "ebpf/cgroup-connect".to_owned();
+        }
         match self.shaping {
             Some(s) => format!("ebpf/{} + {s}", self.mode.as_str()),
             None => format!("ebpf/{}", self.mode.as_str()),
@@ -43,11 +48,14 @@ impl ActiveFault for ClassifierFault {
     }
 }
 
-/// The hooks a spec needs.
+/// The tc hooks a spec needs (none for a refuse fault, which acts on `connect()`).
 #[must_use]
 pub fn hooks(spec: &FaultSpec) -> Vec<Hook> {
     let d = spec.target.direction;
     let mut v = Vec::new();
+    if spec.refuse.is_some() {
+        return v;
+    }
     if d.ingress() {
         v.push(Hook::Ingress);
     }
@@ -100,6 +108,9 @@ pub fn rules(spec: &FaultSpec, protected: &[PortRange]) -> Rules {
         r.dns_names = d.name_keys();
         r.dns_types = d.type_codes();
     }
+    if spec.refuse.is_some() && r.protos == 0 {
+        r.protos = PROTO_UDP | PROTO_TCP;
+    }
     r
 }
 
@@ -120,6 +131,9 @@ pub fn fault_slot(spec: &FaultSpec, expires_at_mono_ns: u64, started_at_mono_ns:
     }
     if let Some(dns) = &spec.dns {
         dns.configure(&mut cfg);
+    }
+    if let Some(refuse) = &spec.refuse {
+        refuse.configure(&mut cfg);
     }
     if let Some(flap) = &spec.flap {
         flap.configure(&mut cfg, started_at_mono_ns);
@@ -186,23 +200,38 @@ pub async fn apply(
     // Loading (once per agent) changes nothing visible: until attached, the programs die with
     // our fds. The slot is only reserved here; its undo is journaled before it is written.
     // The clsact first (netlink path): its undo runs last, once our filters are gone.
-    if ctx.attach_mode == AttachMode::Netlink {
+    let refuse = spec.refuse.is_some();
+    if ctx.attach_mode == AttachMode::Netlink && !refuse {
         ensure_clsact(ctx).await?;
     }
+    // Refuse faults act in the agent's network namespace (where its interfaces are).
+    let netns_cookie = if refuse {
+        Some(
+            crate::sys::netns_cookie().map_err(|source| crate::sys::SysError::Read {
+                path: "the network namespace cookie (SO_NETNS_COOKIE, Linux 5.14)".to_owned(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
     let dp = ctx.dp.clone();
     let slot = dp.alloc_slot()?;
     // The slot and every hook it will join, journaled in one write before any of them changes
     // the kernel (each undo is idempotent, so a step recorded but never taken costs nothing).
-    let steps =
-        std::iter::once(Undo::BpfSlot { slot }).chain(hooks(spec).into_iter().map(|hook| {
-            Undo::BpfHook {
-                slot,
-                ifname: ctx.ifname.clone(),
-                hook,
-                mode: ctx.attach_mode,
-                priority: NETLINK_PRIORITY,
-                handle: dp.handle(),
-            }
+    let steps = std::iter::once(Undo::BpfSlot { slot })
+        .chain(hooks(spec).into_iter().map(|hook| Undo::BpfHook {
+            slot,
+            ifname: ctx.ifname.clone(),
+            hook,
+            mode: ctx.attach_mode,
+            priority: NETLINK_PRIORITY,
+            handle: dp.handle(),
+        }))
+        .chain(netns_cookie.map(|netns_cookie| Undo::BpfConnect {
+            slot,
+            netns_cookie,
+            handle: dp.handle(),
         }));
     if let Err(e) = ctx.txn.record_all(steps) {
         dp.release_slot(slot)?;
@@ -216,6 +245,9 @@ pub async fn apply(
     for hook in hooks(spec) {
         dp.join_hook(slot, ctx.ifindex, &ctx.ifname, hook, ctx.attach_mode)?;
     }
+    if let Some(cookie) = netns_cookie {
+        dp.join_connect(slot, cookie)?;
+    }
     if spec.flap.is_some() {
         // The first active phase starts when the fault can act, i.e. now that its hooks are
         // attached: an attach waits for an RCU grace period, which under load took ~300 ms
@@ -226,6 +258,7 @@ pub async fn apply(
         dp,
         slot,
         mode: ctx.attach_mode,
+        connect: refuse,
         shaping: steering.map(|s| s.backend),
     })
 }
@@ -241,7 +274,42 @@ pub fn plan(
     let mut out = Vec::new();
     let cfg = fault_slot(spec, 0, 0);
     let r = rules(spec, protected);
-    if mode == AttachMode::Netlink {
+    if let Some(refuse) = &spec.refuse {
+        out.push(format!(
+            "join the connect hook of this network namespace: {} and {} on the cgroup v2 root {} (attached if no refuse fault is there yet; every process's connect() runs them, they act in this namespace only)",
+            chaos_common::names::PROG_CONNECT4,
+            chaos_common::names::PROG_CONNECT6,
+            crate::sys::cgroup2_root().map_or_else(|| "(none mounted: the inject would fail)".to_owned(), |p| p.display().to_string()),
+        ));
+        out.push(format!(
+            "connect() to {} ports {} over {} fails with {}{}",
+            if spec.target.dst.is_empty() {
+                "any address".to_owned()
+            } else {
+                format!("{} prefixes", spec.target.dst.len())
+            },
+            if spec.target.dports.is_empty() {
+                "any".to_owned()
+            } else {
+                spec.target
+                    .dports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            match r.protos {
+                p if p == PROTO_TCP => "TCP",
+                p if p == PROTO_UDP => "UDP",
+                _ => "TCP and UDP",
+            },
+            refuse.errno.as_str(),
+            refuse
+                .rate
+                .map(|p| format!(" for a fraction {p} of them"))
+                .unwrap_or_default(),
+        ));
+    } else if mode == AttachMode::Netlink {
         out.push(format!("ensure clsact qdisc on {ifname} (created only if absent; removed on revert if we created it)"));
     }
     for hook in hooks(spec) {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dns::DnsSpec;
 use super::loss::LossSpec;
+use super::refuse::RefuseSpec;
 use super::shape::ShapeSpec;
 use crate::spec::{Limits, SpecError};
 use crate::target::Target;
@@ -33,6 +34,9 @@ pub struct FaultSpec {
     /// DNS answers rewritten to a failing rcode, or dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsSpec>,
+    /// New `connect()`s to the target fail with an errno.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse: Option<RefuseSpec>,
     /// An on/off duty cycle (`2s/3s`): the fault acts for ON, rests for OFF, until its TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flap: Option<super::flap::Flap>,
@@ -101,10 +105,46 @@ impl FaultSpec {
             dns.validate()?;
             effect = true;
         }
+        if let Some(refuse) = &self.refuse {
+            if effect {
+                return Err(SpecError::Incompatible {
+                    what: "a refuse fault acts on connect() calls, not on packets: it cannot also carry loss, shaping or DNS",
+                });
+            }
+            self.check_refuse_target()?;
+            refuse.validate()?;
+            effect = true;
+        }
         if !effect {
             return Err(SpecError::NoEffect);
         }
         Ok(())
+    }
+
+    /// A refuse fault sees a `connect()`: its destination, port and protocol, but no source
+    /// yet and no packet direction.
+    fn check_refuse_target(&self) -> Result<(), SpecError> {
+        let t = &self.target;
+        let why = if t.iface.is_some() {
+            Some(
+                "a refuse fault acts on connect() calls of every process in the agent's network namespace: --iface does not apply",
+            )
+        } else if !t.src.is_empty() || !t.sports.is_empty() {
+            Some(
+                "a refuse fault matches a connect() by its destination: --src and --sport do not apply (the source is not chosen yet)",
+            )
+        } else if t.direction != crate::target::Direction::Egress {
+            Some("a refuse fault acts on outgoing connect() calls: --direction must be egress")
+        } else if t
+            .protocols
+            .iter()
+            .any(|p| matches!(p, crate::target::Proto::Icmp))
+        {
+            Some("a refuse fault acts on TCP and UDP connect() calls, not on --proto icmp")
+        } else {
+            None
+        };
+        why.map_or(Ok(()), |what| Err(SpecError::Inapplicable { what }))
     }
 
     /// The fault's kind, for metrics labels.
@@ -112,6 +152,9 @@ impl FaultSpec {
     pub fn kind(&self) -> &'static str {
         if self.dns.is_some() {
             return "dns";
+        }
+        if self.refuse.is_some() {
+            return "refuse";
         }
         match (&self.loss, &self.shape) {
             (Some(_), Some(_)) => "loss+shape",
@@ -135,11 +178,17 @@ impl FaultSpec {
         if let Some(d) = &self.dns {
             parts.push(d.summary());
         }
+        if let Some(r) = &self.refuse {
+            parts.push(r.summary());
+        }
         let iface = self.target.iface.as_deref().unwrap_or("<default route>");
         let flap = self
             .flap
             .map(|f| format!(", flapping {f}"))
             .unwrap_or_default();
+        if self.refuse.is_some() {
+            return format!("{} in this network namespace{flap}", parts.join(" + "));
+        }
         format!(
             "{} {} on {iface}{flap}",
             parts.join(" + "),
@@ -165,6 +214,7 @@ mod tests {
             }),
             shape: None,
             dns: None,
+            refuse: None,
             flap: None,
             force: false,
             seed: None,

@@ -218,3 +218,128 @@ pub fn other_agents() -> Vec<u32> {
         })
         .collect()
 }
+
+/// Where the cgroup v2 hierarchy is mounted (its root, not a bind mount of a subtree): the
+/// first `cgroup2` mount of `/proc/self/mountinfo` whose root is `/` — `/sys/fs/cgroup` on a
+/// unified host, `/sys/fs/cgroup/unified` on a hybrid one.
+#[must_use]
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_root_in(&info)
+}
+
+/// The root of the cgroup v2 hierarchy, open, and where it was found. `ip netns exec` runs its
+/// command in a mount namespace of its own, with a fresh `/sys` and no cgroup mounts: then the
+/// hierarchy is mounted on a private temporary directory just long enough to open it (the
+/// open directory keeps the hierarchy; the mount is detached at once and leaves nothing).
+pub fn open_cgroup2_root() -> io::Result<(std::fs::File, String)> {
+    if let Some(p) = cgroup2_root() {
+        return Ok((std::fs::File::open(&p)?, p.display().to_string()));
+    }
+    let dir = std::env::temp_dir().join(format!("chaos-agent-cgroup2.{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let opened = nix::mount::mount(
+        Some("cgroup2"),
+        &dir,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
+    .and_then(|()| {
+        let f = std::fs::File::open(&dir);
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+        f
+    });
+    let _ = std::fs::remove_dir(&dir);
+    Ok((
+        opened?,
+        "the cgroup v2 root (mounted privately: none in this mount namespace)".to_owned(),
+    ))
+}
+
+fn cgroup2_root_in(mountinfo: &str) -> Option<std::path::PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        // `id parent major:minor root mountpoint options [optional...] - fstype source opts`
+        let (head, tail) = l.split_once(" - ")?;
+        let fields: Vec<&str> = head.split(' ').collect();
+        let fstype = tail.split(' ').next()?;
+        if fstype != "cgroup2" || fields.get(3) != Some(&"/") {
+            return None;
+        }
+        Some(std::path::PathBuf::from(unescape_mount_path(
+            fields.get(4)?,
+        )))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as three octal digits.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14), as
+/// `bpf_get_netns_cookie` gives it to the connect programs.
+pub fn netns_cookie() -> io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// `SO_NETNS_COOKIE` of `asm-generic/socket.h` (libc does not export it for every target).
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind(("127.0.0.1", 0))
+        .or_else(|_| std::net::UdpSocket::bind(("::1", 0)))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_root_on_hybrid_and_unified_hosts() {
+        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_root_in(hybrid).as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        // A container's bind mount of its own subtree comes first: not a root.
+        let unified = "50 1 0:40 /kubepods/pod1 /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n\
+                       60 1 0:40 / /host\\040cg rw shared:1 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_root_in(unified).as_deref(),
+            Some(Path::new("/host cg"))
+        );
+        assert_eq!(cgroup2_root_in("1 0 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+    }
+}

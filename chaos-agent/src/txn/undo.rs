@@ -39,6 +39,18 @@ pub enum Undo {
         /// The agent's filter handle (netlink).
         handle: u32,
     },
+    /// A slot joined to the connect hook of a network namespace (refuse faults), whose programs
+    /// are attached to the cgroup v2 root by `bpf_link`s. In the live agent the undo takes the
+    /// slot off the hook and detaches the programs once no refuse fault is left; a dead agent's
+    /// links died with its fds, so there is nothing to replay.
+    BpfConnect {
+        /// The slot that joined.
+        slot: u32,
+        /// The network namespace's cookie.
+        netns_cookie: u64,
+        /// The agent's filter handle (which agent's datapath).
+        handle: u32,
+    },
     /// A tcx link of a per-fault program (journals of versions before the shared datapath).
     /// The kernel detaches it when the agent's fd closes, so there is nothing to replay.
     TcxLink {
@@ -124,6 +136,7 @@ impl Undo {
             }
             | Self::NetlinkFilter { .. } => "tc_filter",
             Self::BpfHook { .. } | Self::TcxLink { .. } => "tcx_link",
+            Self::BpfConnect { .. } => "cgroup_link",
             Self::Clsact { .. } => "clsact",
             Self::RestoreQdisc { .. } => "qdisc_root",
             Self::IfbLink { .. } => "ifb",
@@ -148,6 +161,9 @@ impl Undo {
                 hook.as_str(),
                 mode.as_str()
             ),
+            Self::BpfConnect { netns_cookie, .. } => {
+                format!("connect hook of network namespace {netns_cookie} (cgroup v2 root)")
+            }
             Self::TcxLink { ifname, hook } => format!("tcx link on {ifname} {}", hook.as_str()),
             Self::NetlinkFilter {
                 ifname,
@@ -193,6 +209,12 @@ impl Undo {
                     return Ok(false);
                 }
                 delete_filter(ctx, ifname, *hook, *priority, *handle).await
+            }
+            Self::BpfConnect { slot, handle, .. } => {
+                match ctx.dp.as_ref().filter(|dp| dp.owns(*handle)) {
+                    Some(dp) => Ok(dp.leave_connect(*slot)?),
+                    None => Ok(false),
+                }
             }
             Self::TcxLink { .. } => Ok(false),
             Self::NetlinkFilter {

@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use aya::programs::SchedClassifier;
+use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use chaos_common::{
     Bitmap, COUNTERS_PER_DIR, Counter, Dir, F_ARMED, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry,
-    MAX_FAULTS, MAX_HOOKS, PortEntry, counter_index, dns, hook_key, names,
+    MAX_FAULTS, MAX_HOOKS, PortEntry, connect_hook_key, counter_index, dns, hook_key, names,
 };
 
 use super::table::{Prefix, Rules, Table, TableSink, Trie};
@@ -148,6 +149,24 @@ struct HookState {
 struct SlotState {
     /// Hooks the slot joined, with their packet count when it joined.
     hooks: Vec<(HookKey, u64)>,
+    /// The network namespace (cookie) whose connect hook the slot joined, with the hook's
+    /// count of connects then.
+    connect: Option<(u64, u64)>,
+}
+
+/// The connect programs of refuse faults: loaded at the first refuse fault, attached to the
+/// cgroup v2 root while any network namespace has one.
+#[derive(Debug, Default)]
+struct ConnectState {
+    /// Whether `chaos_conn4` / `chaos_conn6` are loaded (verified).
+    loaded: bool,
+    /// Their links to the cgroup, while attached: `bpf_link`s, which the kernel detaches when
+    /// the agent's fds close, SIGKILL included.
+    links: Vec<(&'static str, CgroupSockAddrLinkId)>,
+    /// The cgroup they are attached to (for messages).
+    cgroup: Option<String>,
+    /// Per network namespace cookie: the refuse faults there.
+    netns: HashMap<u64, HookEntry>,
 }
 
 /// What the loaded object holds.
@@ -163,6 +182,7 @@ struct Loaded {
     free_slots: VecDeque<u32>,
     slots: HashMap<u32, SlotState>,
     hooks: HashMap<HookKey, HookState>,
+    connect: ConnectState,
     free_stats: VecDeque<u32>,
     nr_cpus: usize,
 }
@@ -309,6 +329,7 @@ impl Datapath {
             free_slots: (0..MAX_FAULTS).collect(),
             slots: HashMap::new(),
             hooks: HashMap::new(),
+            connect: ConnectState::default(),
             free_stats: (0..MAX_HOOKS).collect(),
             nr_cpus: aya::util::nr_cpus().unwrap_or(1),
         };
@@ -546,6 +567,9 @@ impl Datapath {
                     first_error.get_or_insert(e);
                 }
             }
+            if let Err(e) = leave_connect(l, slot) {
+                first_error.get_or_insert(e);
+            }
             if let Err(e) = l.table.remove(slot, &mut l.sink) {
                 first_error.get_or_insert(e);
             }
@@ -557,6 +581,94 @@ impl Datapath {
             l.free_slots.push_back(slot);
             Ok(true)
         })
+    }
+
+    /// Joins a slot to the connect hook of the network namespace with `netns_cookie`: loads the
+    /// connect programs at the first refuse fault and attaches them to the cgroup v2 root when
+    /// no namespace has one yet.
+    pub fn join_connect(&self, slot: u32, netns_cookie: u64) -> Result<(), EbpfError> {
+        self.with(|l| {
+            if !l.connect.loaded {
+                load_connect(&mut l.ebpf)?;
+                l.connect.loaded = true;
+            }
+            let key = connect_hook_key(netns_cookie);
+            if !l.connect.netns.contains_key(&netns_cookie) {
+                let stats = l.free_stats.pop_front().ok_or(EbpfError::HooksFull {
+                    max: MAX_HOOKS as usize,
+                })?;
+                let zeros = per_cpu(vec![0u64; l.nr_cpus], names::MAP_HOOK_STATS)?;
+                if let Err(e) = l
+                    .hook_stats
+                    .set(stats, zeros, 0)
+                    .map_err(map_error("reset", names::MAP_HOOK_STATS))
+                {
+                    l.free_stats.push_back(stats);
+                    return Err(e);
+                }
+                l.connect.netns.insert(
+                    netns_cookie,
+                    HookEntry {
+                        faults: Bitmap::EMPTY,
+                        flags: 0,
+                        stats,
+                    },
+                );
+            }
+            let seen_now = connect_seen(l, netns_cookie);
+            if let Some(s) = l.slots.get_mut(&slot) {
+                s.connect.get_or_insert((netns_cookie, seen_now));
+            }
+            let entry = l
+                .connect
+                .netns
+                .get_mut(&netns_cookie)
+                .ok_or(EbpfError::Missing("connect hook"))?;
+            entry.faults.insert(slot);
+            let entry = *entry;
+            l.hooks_map
+                .insert(key, entry, 0)
+                .map_err(map_error("write", names::MAP_HOOKS))?;
+            if l.connect.links.is_empty() {
+                let (dir, cgroup) =
+                    crate::sys::open_cgroup2_root().map_err(|_| EbpfError::NoCgroup2)?;
+                for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
+                    let prog = connect_program(&mut l.ebpf, name)?;
+                    // A bpf_link (>= 5.7) is always "multi": the cgroup's other programs
+                    // (systemd's, a CNI's) keep running, and ours runs for every descendant
+                    // cgroup whatever they attach. The kernel refuses any attach flag on a
+                    // cgroup link, so the mode must be `Single` (flags 0).
+                    let id = prog
+                        .attach(&dir, CgroupAttachMode::Single)
+                        .map_err(|source| EbpfError::AttachCgroup {
+                            prog: name,
+                            cgroup: cgroup.clone(),
+                            source: Box::new(source),
+                        })?;
+                    l.connect.links.push((name, id));
+                }
+                l.connect.cgroup = Some(cgroup);
+            }
+            Ok(())
+        })
+    }
+
+    /// Takes a slot off its connect hook (the undo of [`Datapath::join_connect`]) and detaches
+    /// the connect programs once no namespace has a refuse fault left. Returns whether the
+    /// programs were detached.
+    pub fn leave_connect(&self, slot: u32) -> Result<bool, EbpfError> {
+        if !self.is_loaded() {
+            return Ok(false);
+        }
+        self.with(|l| leave_connect(l, slot))
+    }
+
+    /// The cgroup the connect programs are attached to, while they are (tests, status).
+    #[must_use]
+    pub fn connect_cgroup(&self) -> Option<String> {
+        lock(&self.inner.state)
+            .as_ref()
+            .and_then(|l| l.connect.cgroup.clone())
     }
 
     /// Whether a journaled attachment is this agent's (its filter handle): a live agent
@@ -624,11 +736,18 @@ impl Datapath {
                 Dir::Egress => Hook::Egress,
             };
             let seen = l.slots.get(&slot).map_or(0, |s| {
+                let connects = match (s.connect, d) {
+                    (Some((cookie, base)), Dir::Egress) => {
+                        connect_seen(l, cookie).saturating_sub(base)
+                    }
+                    _ => 0,
+                };
                 s.hooks
                     .iter()
                     .filter(|((_, h), _)| *h == hook)
                     .map(|(k, base)| hook_seen(l, *k).saturating_sub(*base))
-                    .sum()
+                    .sum::<u64>()
+                    + connects
             });
             Ok(DirCounters {
                 seen,
@@ -639,6 +758,7 @@ impl Datapath {
                 expired: read(d, Counter::Expired)?,
                 rewritten: read(d, Counter::Rewritten)?,
                 unparsed: read(d, Counter::Unparsed)?,
+                refused: read(d, Counter::Refused)?,
             })
         };
         Ok(Counters {
@@ -677,10 +797,24 @@ impl Datapath {
         let Some(l) = state.as_mut() else {
             return Vec::new();
         };
-        [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS]
+        let mut ids: Vec<u32> = [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS]
             .into_iter()
             .filter_map(|n| program(&mut l.ebpf, n).ok()?.info().ok().map(|i| i.id()))
-            .collect()
+            .collect();
+        if l.connect.loaded {
+            ids.extend(
+                [names::PROG_CONNECT4, names::PROG_CONNECT6]
+                    .into_iter()
+                    .filter_map(|n| {
+                        connect_program(&mut l.ebpf, n)
+                            .ok()?
+                            .info()
+                            .ok()
+                            .map(|i| i.id())
+                    }),
+            );
+        }
+        ids
     }
 }
 
@@ -702,6 +836,93 @@ fn program<'a>(
             name,
             source: Box::new(source),
         })
+}
+
+fn connect_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::Missing(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Loads (verifies) the two connect programs. A kernel whose verifier refuses them for
+/// `bpf_set_retval` (before 6.1) gets the error that says so.
+fn load_connect(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
+        let started = std::time::Instant::now();
+        let prog = connect_program(ebpf, name)?;
+        if let Err(source) = prog.load() {
+            let text = format!("{source:?}");
+            if text.contains("set_retval") || text.contains("unknown func") {
+                return Err(EbpfError::NoSetRetval {
+                    kernel: crate::sys::kernel_release(),
+                });
+            }
+            return Err(EbpfError::Program {
+                name,
+                source: Box::new(source),
+            });
+        }
+        let insns = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
+        tracing::info!(
+            program = name,
+            verify_ms = started.elapsed().as_millis() as u64,
+            verified_insns = insns,
+            "program loaded"
+        );
+    }
+    Ok(())
+}
+
+/// Connects the connect hook of a namespace has seen, summed over CPUs.
+fn connect_seen(l: &Loaded, netns_cookie: u64) -> u64 {
+    let Some(e) = l.connect.netns.get(&netns_cookie) else {
+        return 0;
+    };
+    l.hook_stats.get(&e.stats, 0).map_or(0, |v| v.iter().sum())
+}
+
+/// Clears `slot` from its connect hook; removes a namespace's entry once empty and detaches
+/// the programs once no namespace is left. Returns whether they were detached.
+fn leave_connect(l: &mut Loaded, slot: u32) -> Result<bool, EbpfError> {
+    let Some((cookie, _)) = l.slots.get_mut(&slot).and_then(|s| s.connect.take()) else {
+        return Ok(false);
+    };
+    let key = connect_hook_key(cookie);
+    if let Some(e) = l.connect.netns.get_mut(&cookie) {
+        e.faults.remove(slot);
+        if e.faults.is_empty() {
+            absent_ok(l.hooks_map.remove(&key)).map_err(map_error("delete", names::MAP_HOOKS))?;
+            if let Some(e) = l.connect.netns.remove(&cookie) {
+                l.free_stats.push_back(e.stats);
+            }
+        } else {
+            let entry = *e;
+            l.hooks_map
+                .insert(key, entry, 0)
+                .map_err(map_error("write", names::MAP_HOOKS))?;
+        }
+    }
+    if !l.connect.netns.is_empty() || l.connect.links.is_empty() {
+        return Ok(false);
+    }
+    for (name, id) in std::mem::take(&mut l.connect.links) {
+        let prog = connect_program(&mut l.ebpf, name)?;
+        if let Err(source) = prog.detach(id) {
+            tracing::debug!(error = %source, program = name, "detach");
+        }
+    }
+    l.connect.cgroup = None;
+    Ok(true)
 }
 
 /// Packets the hook's program has seen, summed over CPUs.

@@ -69,6 +69,29 @@ pub enum EbpfError {
     /// The fault does not fit the fault table.
     #[error(transparent)]
     Table(table::TableError),
+    /// The connect programs could not be attached to the cgroup.
+    #[error("attach {prog} to cgroup {cgroup}: {source}")]
+    AttachCgroup {
+        /// Program.
+        prog: &'static str,
+        /// The cgroup directory.
+        cgroup: String,
+        /// The cause.
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A refuse fault needs a cgroup v2 hierarchy to attach its connect programs to.
+    #[error(
+        "refusing connects needs a cgroup v2 hierarchy (cgroup2 mounted, e.g. at /sys/fs/cgroup or /sys/fs/cgroup/unified) and none is mounted; nothing was changed"
+    )]
+    NoCgroup2,
+    /// The kernel rejects the connect programs because it lacks `bpf_set_retval` there.
+    #[error(
+        "refusing connects with a chosen errno needs bpf_set_retval in cgroup connect hooks (Linux 6.1); this kernel is {kernel}: nothing was changed"
+    )]
+    NoSetRetval {
+        /// The running kernel's release.
+        kernel: String,
+    },
 }
 
 /// Counters of one direction, summed over CPUs.
@@ -92,6 +115,9 @@ pub struct DirCounters {
     /// DNS messages the program could not parse (let through untouched).
     #[serde(default)]
     pub unparsed: u64,
+    /// Refuse faults: `connect()`s failed with the fault's errno.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// Counters of a program, both directions.
@@ -117,6 +143,7 @@ impl Counters {
             expired: a.expired + b.expired,
             rewritten: a.rewritten + b.rewritten,
             unparsed: a.unparsed + b.unparsed,
+            refused: a.refused + b.refused,
         }
     }
 }
