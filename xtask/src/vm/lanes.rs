@@ -10,6 +10,11 @@ use std::collections::HashMap;
 /// libtest as `--skip`, so they count as filtered out, not as passed.
 pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     (
+        "refuse",
+        "bad_input_is_refused_with_nothing_attached",
+        "CLI validation before any kernel change; no kernel involved",
+    ),
+    (
         "daemon",
         "api_create_list_show_extend_stop",
         "HTTP/JSON semantics over the socket; the loss fault it creates is the loss suite's",
@@ -120,6 +125,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("netem", 88),
     ("daemon", 64),
     ("tc_netlink", 25),
+    ("refuse", 40),
     ("ebpf_logic", 16),
     ("bad_input", 6),
     ("kernel_features", 6),
