@@ -100,6 +100,8 @@ struct Totals {
     flap_phases: BTreeMap<String, u64>,
     /// Refuse faults' connects: matched, refused, by errno.
     connects: BTreeMap<ErrnoLabels, [u64; 2]>,
+    /// Connections aborted by reset faults.
+    resets: u64,
 }
 
 impl Totals {
@@ -110,6 +112,10 @@ impl Totals {
         let Some(c) = &s.counters else {
             return;
         };
+        if s.kind == "reset" {
+            self.resets += c.total().reset;
+            return;
+        }
         if let Some(errno) = s.refuse {
             let t = c.total();
             let e = self
@@ -264,6 +270,17 @@ impl prometheus_client::collector::Collector for FaultCounters {
                 totals.connects.iter().map(|(l, v)| (l.clone(), v[i])),
             )?;
         }
+        counter_family(
+            &mut encoder,
+            "chaos_agent_connections_reset",
+            "Established TCP connections aborted by reset faults (sock_diag SOCK_DESTROY).",
+            std::iter::once((
+                KindLabels {
+                    kind: "reset".to_owned(),
+                },
+                totals.resets,
+            )),
+        )?;
         counter_family(
             &mut encoder,
             "chaos_agent_flap_active_phases",
@@ -663,6 +680,16 @@ mod tests {
         );
         // Refuse faults count connects, not packets.
         assert!(!om.contains("chaos_agent_packets_seen_total{"), "{om}");
+        let m = Metrics::default();
+        let mut reset = sample("f-00000005", "reset", None, None);
+        if let Some(c) = reset.counters.as_mut() {
+            c.egress.reset = 4;
+        }
+        m.retire(&reset);
+        has(
+            &m.encode(),
+            "chaos_agent_connections_reset_total{kind=\"reset\"} 4",
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
     let shape = a.shape.to_spec();
     let dns = a.dns.to_spec().ok()?;
     let refuse = a.refuse.to_spec();
-    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() {
+    let reset = a.reset.to_spec();
+    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() && reset.is_none() {
         return None;
     }
     let direction = a.direction.unwrap_or(if dns.is_some() {
@@ -51,6 +52,7 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
         shape,
         dns,
         refuse,
+        reset,
         flap: a.flap,
         force: a.force,
         seed: a.seed,

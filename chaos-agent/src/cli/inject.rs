@@ -25,9 +25,10 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let shape = a.shape.to_spec();
     let dns = a.dns.to_spec().map_err(UsageError)?;
     let refuse = a.refuse.to_spec();
-    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() {
+    let reset = a.reset.to_spec();
+    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() && reset.is_none() {
         return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns or --refuse".to_owned(),
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse or --reset".to_owned(),
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.
@@ -62,6 +63,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         shape,
         dns,
         refuse,
+        reset,
         flap: a.flap,
         force: a.force,
         seed: a.seed,
@@ -100,7 +102,7 @@ pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
         elapsed.map_or_else(String::new, |e| format!(" after {:.1}s", e.as_secs_f64())),
         r.counters.as_ref().map_or_else(
             || "no counters".to_owned(),
-            |c| counters_line(c, r.dns_answer, r.refuse)
+            |c| counters_line(c, r.dns_answer, &r.kind)
         ),
         r.phase.map_or_else(String::new, |p| format!(
             "; active phases {}/{}",
@@ -117,12 +119,27 @@ pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
 /// One line of counters: `matched 1200, dropped 118 (9.83%)` for packet faults; for a DNS
 /// fault (`dns` is what its matching answers become) `answers matched 12, rewritten 12
 /// (servfail), dropped 0, unparsed 0`; for a refuse fault (`connects`) `connects matched 5,
-/// refused 5`.
+/// refused 5`; for a reset fault `connections reset 4 in 3 sweeps (protected 1)`. `kind` is
+/// the fault's.
 #[must_use]
-pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>, connects: bool) -> String {
+pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>, kind: &str) -> String {
     let t = c.total();
-    if connects {
-        return format!("connects matched {}, refused {}", t.matched, t.refused);
+    match kind {
+        "refuse" => return format!("connects matched {}, refused {}", t.matched, t.refused),
+        "reset" => {
+            let protected = if t.protected > 0 {
+                format!(" (protected {})", t.protected)
+            } else {
+                String::new()
+            };
+            return format!(
+                "connections reset {} in {} sweep{}{protected}",
+                t.reset,
+                t.seen,
+                if t.seen == 1 { "" } else { "s" }
+            );
+        }
+        _ => {}
     }
     if let Some(answer) = dns {
         let rcode = if answer == DnsAnswer::Drop {
@@ -151,13 +168,10 @@ pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>, connects: bool) -> St
 /// `--flap`) and its counters, e.g. `active 2/5 (1.2s left) | matched 10, dropped 3 (30.00%)`.
 #[must_use]
 pub fn live_line(info: &FaultInfo) -> String {
-    let counters = info.counters.as_ref().map(|c| {
-        counters_line(
-            c,
-            info.spec.dns.as_ref().map(|d| d.answer),
-            info.spec.refuse.is_some(),
-        )
-    });
+    let counters = info
+        .counters
+        .as_ref()
+        .map(|c| counters_line(c, info.spec.dns.as_ref().map(|d| d.answer), &info.kind));
     info.phase
         .map(|p| p.line())
         .into_iter()
@@ -308,7 +322,7 @@ mod tests {
             counters: Some(counters(12, 12, 0, 0)),
             lateness_us: Some(50),
             dns_answer: dns,
-            refuse: false,
+            kind: String::new(),
             phase,
         }
     }
@@ -331,7 +345,7 @@ mod tests {
         );
         // `drop` rewrites nothing: no rcode to name.
         assert_eq!(
-            counters_line(&counters(7, 0, 7, 1), Some(DnsAnswer::Drop), false),
+            counters_line(&counters(7, 0, 7, 1), Some(DnsAnswer::Drop), "dns"),
             "answers matched 7, rewritten 0, dropped 7, unparsed 1"
         );
     }
@@ -367,6 +381,7 @@ mod tests {
                 port: None,
             }),
             refuse: None,
+            reset: None,
             flap: Some("2s/3s".parse().expect("flap")),
             force: false,
             seed: None,

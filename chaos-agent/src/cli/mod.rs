@@ -157,6 +157,8 @@ pub struct InjectArgs {
     pub dns: crate::faults::dns::DnsArgs,
     #[command(flatten)]
     pub refuse: crate::faults::refuse::RefuseArgs,
+    #[command(flatten)]
+    pub reset: crate::faults::reset::ResetArgs,
 }
 
 /// `run` flags (each overrides the config file).

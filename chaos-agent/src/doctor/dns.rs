@@ -174,6 +174,7 @@ fn self_test(dp: &Datapath) -> Result<Vec<Case>, String> {
             port: None,
         }),
         refuse: None,
+        reset: None,
         flap: None,
         force: false,
         seed: None,

@@ -523,7 +523,7 @@ impl Engine {
             counters,
             lateness_us: lateness.map(|d| d.as_micros() as u64),
             dns_answer: sample.dns_answer,
-            refuse: slot.info.spec.refuse.is_some(),
+            kind: slot.info.kind.clone(),
             phase: sample.phase,
         };
         let m = &self.inner.metrics;
@@ -720,9 +720,9 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
         spec.ttl = d;
     }
     spec.validate(&cfg.limits)?;
-    if spec.refuse.is_some() {
-        // A connect hook has no interface; the engine's bookkeeping names loopback, which
-        // every namespace has.
+    if spec.acts_on_sockets() {
+        // Connect and socket faults have no interface; the engine's bookkeeping names
+        // loopback, which every namespace has.
         return Ok("lo".to_owned());
     }
     let ifname = match &spec.target.iface {

@@ -251,9 +251,10 @@ pub struct RevertReport {
     /// answers whose question matched, `rewritten` got this rcode, `dropped` were dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_answer: Option<DnsAnswer>,
-    /// A refuse fault: its counters count `connect()` calls (`matched`, and `refused`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub refuse: bool,
+    /// The fault's kind (`loss`, `dns`, `refuse`, `reset`...), which says how to read
+    /// `counters` (empty in reports of agents before it was added).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
     /// For a fault with `--flap`, its duty cycle's phase when it ended (`active_phases` is how
     /// many active phases it had).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,7 +348,7 @@ mod tests {
             counters: None,
             lateness_us: None,
             dns_answer: Some(DnsAnswer::Nxdomain),
-            refuse: false,
+            kind: "dns".to_owned(),
             phase: Some(FlapPhase {
                 active: false,
                 active_phases: 3,

@@ -22,6 +22,7 @@ pub mod flap;
 pub mod loss;
 pub mod packet;
 pub mod refuse;
+pub mod reset;
 pub mod shape;
 mod spec;
 
@@ -63,6 +64,9 @@ pub enum FaultError {
         /// Kernel module.
         module: &'static str,
     },
+    /// A connection reset sweep failed (`sock_diag`).
+    #[error(transparent)]
+    Reset(crate::kernel::sock_diag::SockDiagError),
     /// A delay, but neither delay backend exists in this kernel.
     #[error(
         "delay needs the netem qdisc (module sch_netem), or for egress delay with uniform jitter the fq qdisc (module sch_fq, EDT backend), and this kernel has neither: load one with `modprobe sch_netem` or `modprobe sch_fq` (Debian/Ubuntu ship both in the stock kernel package or linux-modules-extra-$(uname -r)); nothing was changed"
@@ -121,6 +125,9 @@ pub async fn apply(
     spec: &FaultSpec,
     ctx: &mut ApplyCtx<'_>,
 ) -> Result<Box<dyn ActiveFault>, FaultError> {
+    if spec.reset.is_some() {
+        return reset::apply(spec, ctx).await;
+    }
     // Shaping first, classifier last: packets are only steered once their class exists.
     let steering = match &spec.shape {
         Some(sh) if !sh.is_empty() => Some(shape::netem::apply(sh, spec, ctx).await?),
@@ -137,6 +144,9 @@ pub fn plan(
     mode: AttachMode,
     protected: &[PortRange],
 ) -> Vec<String> {
+    if spec.reset.is_some() {
+        return reset::plan(spec, protected);
+    }
     let mut out = Vec::new();
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
         out.extend(shape::netem::plan(sh, spec, ifname));

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::dns::DnsSpec;
 use super::loss::LossSpec;
 use super::refuse::RefuseSpec;
+use super::reset::ResetSpec;
 use super::shape::ShapeSpec;
 use crate::spec::{Limits, SpecError};
 use crate::target::Target;
@@ -37,6 +38,9 @@ pub struct FaultSpec {
     /// New `connect()`s to the target fail with an errno.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refuse: Option<RefuseSpec>,
+    /// Established TCP connections are aborted (once, or every `every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<ResetSpec>,
     /// An on/off duty cycle (`2s/3s`): the fault acts for ON, rests for OFF, until its TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flap: Option<super::flap::Flap>,
@@ -115,6 +119,16 @@ impl FaultSpec {
             refuse.validate()?;
             effect = true;
         }
+        if let Some(reset) = &self.reset {
+            if effect {
+                return Err(SpecError::Incompatible {
+                    what: "a reset fault aborts connections, it does not act on packets or connects: it cannot also carry loss, shaping, DNS or --refuse",
+                });
+            }
+            self.check_reset_target()?;
+            reset.validate(self.ttl)?;
+            effect = true;
+        }
         if !effect {
             return Err(SpecError::NoEffect);
         }
@@ -147,6 +161,36 @@ impl FaultSpec {
         why.map_or(Ok(()), |what| Err(SpecError::Inapplicable { what }))
     }
 
+    /// A reset fault matches connections by their two ends, in the agent's namespace.
+    fn check_reset_target(&self) -> Result<(), SpecError> {
+        let t = &self.target;
+        let why = if t.iface.is_some() {
+            Some(
+                "a reset fault acts on the TCP connections of the agent's network namespace: --iface does not apply",
+            )
+        } else if t.direction != crate::target::Direction::Egress {
+            Some(
+                "a reset fault matches a connection by its local (--src/--sport) and remote (--dest/--dport) ends: --direction does not apply",
+            )
+        } else if t
+            .protocols
+            .iter()
+            .any(|p| !matches!(p, crate::target::Proto::Tcp))
+        {
+            Some("a reset fault aborts TCP connections: --proto udp and icmp do not apply")
+        } else {
+            None
+        };
+        why.map_or(Ok(()), |what| Err(SpecError::Inapplicable { what }))
+    }
+
+    /// Whether the fault acts on sockets (connects, connections) rather than on an
+    /// interface's packets: it names no interface.
+    #[must_use]
+    pub fn acts_on_sockets(&self) -> bool {
+        self.refuse.is_some() || self.reset.is_some()
+    }
+
     /// The fault's kind, for metrics labels.
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -155,6 +199,9 @@ impl FaultSpec {
         }
         if self.refuse.is_some() {
             return "refuse";
+        }
+        if self.reset.is_some() {
+            return "reset";
         }
         match (&self.loss, &self.shape) {
             (Some(_), Some(_)) => "loss+shape",
@@ -181,12 +228,15 @@ impl FaultSpec {
         if let Some(r) = &self.refuse {
             parts.push(r.summary());
         }
+        if let Some(r) = &self.reset {
+            parts.push(r.summary());
+        }
         let iface = self.target.iface.as_deref().unwrap_or("<default route>");
         let flap = self
             .flap
             .map(|f| format!(", flapping {f}"))
             .unwrap_or_default();
-        if self.refuse.is_some() {
+        if self.acts_on_sockets() {
             return format!("{} in this network namespace{flap}", parts.join(" + "));
         }
         format!(
@@ -215,6 +265,7 @@ mod tests {
             shape: None,
             dns: None,
             refuse: None,
+            reset: None,
             flap: None,
             force: false,
             seed: None,

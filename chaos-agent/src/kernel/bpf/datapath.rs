@@ -759,6 +759,7 @@ impl Datapath {
                 rewritten: read(d, Counter::Rewritten)?,
                 unparsed: read(d, Counter::Unparsed)?,
                 refused: read(d, Counter::Refused)?,
+                reset: 0,
             })
         };
         Ok(Counters {

@@ -118,6 +118,9 @@ pub struct DirCounters {
     /// Refuse faults: `connect()`s failed with the fault's errno.
     #[serde(default)]
     pub refused: u64,
+    /// Reset faults: connections aborted (and `seen` counts their sweeps).
+    #[serde(default)]
+    pub reset: u64,
 }
 
 /// Counters of a program, both directions.
@@ -144,6 +147,7 @@ impl Counters {
             rewritten: a.rewritten + b.rewritten,
             unparsed: a.unparsed + b.unparsed,
             refused: a.refused + b.refused,
+            reset: a.reset + b.reset,
         }
     }
 }
