@@ -126,6 +126,31 @@ fn cgroup_layout() -> (String, String) {
     ("v1".to_owned(), String::new())
 }
 
+/// Aborts a loopback connection of our own with `sock_diag`, as a reset fault would, and checks
+/// that the socket saw it.
+fn reset_probe() -> Result<(), String> {
+    use std::io::Read as _;
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let mut c = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let (_server, _) = l.accept().map_err(|e| e.to_string())?;
+    let local = c.local_addr().map_err(|e| e.to_string())?;
+    let s = crate::kernel::sock_diag::tcp_sockets()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|s| s.local == local && s.remote == addr)
+        .ok_or("the probe's connection is not in the sock_diag dump")?;
+    crate::kernel::sock_diag::destroy(&s).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .map_err(|e| e.to_string())?;
+    match c.read(&mut [0u8; 1]) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        other => Err(format!(
+            "the destroyed socket's read gave {other:?}, not ECONNABORTED"
+        )),
+    }
+}
+
 /// Runs every probe.
 #[must_use]
 pub fn run() -> Vec<Check> {
@@ -224,6 +249,30 @@ pub fn run() -> Vec<Check> {
         check("delay", true, "backend edt (skb->tstamp + fq root): egress delay with uniform jitter only; corrupt/duplicate/reorder/ingress delay need sch_netem", "delay")
     } else {
         check("delay", false, "no backend: `modprobe sch_netem` (everything) or `modprobe sch_fq` (egress delay via EDT)", "delay")
+    });
+    let connect = dp.load_connect_programs();
+    let cgroup2 = sys::cgroup2_root();
+    v.push(check(
+        "refuse",
+        connect.is_ok() && cgroup2.is_some(),
+        match (&connect, &cgroup2) {
+            (Ok(()), Some(root)) => format!(
+                "connect4/connect6 programs verify (bpf_set_retval); attached to {} while a refuse fault is active",
+                root.display()
+            ),
+            (Ok(()), None) => "the programs verify, but no cgroup2 is mounted here (the agent mounts one privately to attach)".to_owned(),
+            (Err(e), _) => e.to_string(),
+        },
+        "--refuse",
+    ));
+    v.push(match reset_probe() {
+        Ok(()) => check(
+            "reset",
+            true,
+            "sock_diag SOCK_DESTROY aborted a loopback connection of the probe",
+            "--reset",
+        ),
+        Err(e) => check("reset", false, e, "--reset"),
     });
     let ebpf = ebpf.map_err(|e| e.to_string());
     v.extend(dns::checks(&dp, &ebpf, tcx, clsact));

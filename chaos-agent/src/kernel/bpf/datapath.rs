@@ -653,6 +653,17 @@ impl Datapath {
         })
     }
 
+    /// Loads (verifies) the connect programs without attaching them (`doctor`).
+    pub fn load_connect_programs(&self) -> Result<(), EbpfError> {
+        self.with(|l| {
+            if !l.connect.loaded {
+                load_connect(&mut l.ebpf)?;
+                l.connect.loaded = true;
+            }
+            Ok(())
+        })
+    }
+
     /// Takes a slot off its connect hook (the undo of [`Datapath::join_connect`]) and detaches
     /// the connect programs once no namespace has a refuse fault left. Returns whether the
     /// programs were detached.
