@@ -242,8 +242,7 @@ pub fn parse_probability_arg(s: &str) -> Result<f64, String> {
     if v > 0.0 && v <= 1.0 {
         Ok(v)
     } else {
-        // The parsed value, not the text: that may hold a control character the parser trimmed.
-        Err(format!("{v} is outside (0, 1]"))
+        Err(format!("{} is outside (0, 1]", as_given(s, v)))
     }
 }
 
@@ -253,7 +252,18 @@ pub fn parse_fraction_arg(s: &str) -> Result<f64, String> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{v} is outside [0, 1]"))
+        Err(format!("{} is outside [0, 1]", as_given(s, v)))
+    }
+}
+
+/// A refused value as the user wrote it (`101%`), unless it holds a control character the
+/// parser trimmed or skipped (`$'\n1.5'`): then the value parsed, so that the message stays one
+/// line (found by fuzzing).
+pub fn as_given(s: &str, parsed: impl std::fmt::Display) -> String {
+    if s.contains(char::is_control) {
+        parsed.to_string()
+    } else {
+        s.to_owned()
     }
 }
 

@@ -253,10 +253,9 @@ pub struct DoctorArgs {
 pub fn parse_max_ttl(s: &str) -> Result<Duration, String> {
     let d = crate::spec::parse_duration_arg(s)?;
     if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
-        // The parsed duration, not the text: humantime skips a trailing control character.
         return Err(format!(
             "{} is outside (0, {}]",
-            humantime::format_duration(d),
+            crate::spec::as_given(s, humantime::format_duration(d)),
             humantime::format_duration(crate::spec::MAX_TTL_CEILING)
         ));
     }
@@ -280,10 +279,9 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 fn parse_extension(s: &str) -> Result<Duration, String> {
     let d = crate::spec::parse_duration_arg(s)?;
     if d.is_zero() || d > crate::spec::MAX_TTL_CEILING {
-        // The parsed duration, not the text: humantime skips a trailing control character.
         return Err(format!(
             "{} is outside (0, {}]",
-            humantime::format_duration(d),
+            crate::spec::as_given(s, humantime::format_duration(d)),
             humantime::format_duration(crate::spec::MAX_TTL_CEILING)
         ));
     }
