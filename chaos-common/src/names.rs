@@ -49,5 +49,7 @@ pub const MAX_PREFIXES: u32 = 16_384;
 pub const MAP_DNS_NAMES: &str = "CHAOS_DNS_NAMES";
 /// DNS query type -> [`crate::Bitmap`] of the faults that list it.
 pub const MAP_DNS_TYPES: &str = "CHAOS_DNS_TYPES";
+/// cgroup v2 id -> [`crate::Bitmap`] of the faults scoped to that cgroup (and its descendants).
+pub const MAP_CGROUPS: &str = "CHAOS_CGROUPS";
 /// Per-CPU scratch space of the DNS parser (the 512-byte BPF stack cannot hold a name).
 pub const MAP_DNS_SCRATCH: &str = "CHAOS_DNS_SCR";

@@ -29,6 +29,11 @@ pub const MAX_TRIE_ENTRIES: u32 = 1 << 18;
 pub const PORT_BLOCK_SIZE: u32 = 256;
 /// Entries of the coarse port table.
 pub const PORT_BLOCKS: u32 = 65536 / PORT_BLOCK_SIZE;
+/// cgroups that faults can be scoped to at once (map `CHAOS_CGROUPS`).
+pub const MAX_CGROUPS: u32 = 1024;
+/// cgroup levels the programs look at, from the root (level 0) down: a fault scoped to a
+/// cgroup deeper than this cannot match and is refused.
+pub const MAX_CGROUP_LEVEL: u32 = 16;
 
 /// A set of fault slots (bit `i` = slot `i`).
 #[repr(C)]
@@ -182,8 +187,11 @@ pub struct Globals {
     pub dns_name_any: Bitmap,
     /// DNS faults without a query type filter.
     pub dns_type_any: Bitmap,
+    /// Faults not scoped to a cgroup. The others match only packets whose socket (and
+    /// connects whose process) is in their cgroup or below it (`CHAOS_CGROUPS`).
+    pub cgroup_any: Bitmap,
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 11 * 32);
+const _: () = assert!(core::mem::size_of::<Globals>() == 12 * 32);
 
 /// What one port (map `CHAOS_PORTS`, 65536 entries) or one block of [`PORT_BLOCK_SIZE`] ports
 /// (map `CHAOS_PORT_BLOCKS`) means to each fault.

@@ -12,7 +12,10 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_loop, bpf_set_retval},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_loop,
+        bpf_set_retval,
+    },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -85,6 +88,13 @@ fn decide(ctx: &SockAddrContext, v6: bool) -> i32 {
     if m.is_empty() {
         return PROCEED;
     }
+    // cgroup scope: the connecting process's cgroup (connect runs in its context).
+    if !m.and_not(&g.cgroup_any).is_empty() {
+        m = m.and(&current_cgroup().or(&g.cgroup_any));
+        if m.is_empty() {
+            return PROCEED;
+        }
+    }
     let mut walk = Walk {
         m,
         protect: dp.protect,
@@ -110,6 +120,15 @@ fn decide(ctx: &SockAddrContext, v6: bool) -> i32 {
     // syscall returns.
     unsafe { bpf_set_retval(-(walk.errno as i32)) };
     REJECT
+}
+
+/// The faults scoped to a cgroup the connecting process is in. Not inlined, for the stack.
+#[inline(never)]
+fn current_cgroup() -> Bitmap {
+    crate::scoped(|level| {
+        // SAFETY: helper open to cgroup sock_addr programs since 5.7.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+    })
 }
 
 /// The faults whose destination prefixes hold the connect's address.

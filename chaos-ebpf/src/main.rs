@@ -26,16 +26,16 @@ mod rng;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_redirect},
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_redirect, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
     BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_DNS, F_EDT, F_EGRESS_WIRE_DROP,
-    F_FLAP, F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_FAULTS, MAX_HOOKS,
-    MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
-    PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
+    F_FLAP, F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_CGROUP_LEVEL, MAX_CGROUPS,
+    MAX_FAULTS, MAX_HOOKS, MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP,
+    PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
 };
 
 use core::ffi::c_void;
@@ -59,6 +59,10 @@ static CHAOS_PORTS: Array<PortEntry> = Array::with_max_entries(65536, 0);
 /// here, so that `--dport 1024-65535` costs 252 entries, not 64,512.
 #[map]
 static CHAOS_PORT_BLKS: Array<PortEntry> = Array::with_max_entries(PORT_BLOCKS, 0);
+/// cgroup v2 id -> the faults scoped to it. A packet's socket is in a cgroup's subtree when one
+/// of its ancestors (`bpf_skb_ancestor_cgroup_id`, level 0 = root) is that cgroup.
+#[map]
+pub(crate) static CHAOS_CGROUPS: HashMap<u64, Bitmap> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 /// The fault slots. A zeroed slot (never written, or freed) is unarmed.
 #[map]
 static CHAOS_SLOTS: Array<FaultSlot> = Array::with_max_entries(MAX_FAULTS, 0);
@@ -167,6 +171,14 @@ fn handle(ctx: &TcContext, dir: Dir) -> i32 {
     }
     if !trie_filter(&pkt, g, &mut m) {
         return TC_ACT_UNSPEC;
+    }
+    // cgroup scope: only when a fault still in the running is scoped. At ingress tc runs
+    // before the socket lookup, so a scoped fault never matches there (the agent refuses it).
+    if !m.and_not(&g.cgroup_any).is_empty() {
+        m = m.and(&cgroup_filter(ctx.skb.skb).or(&g.cgroup_any));
+        if m.is_empty() {
+            return TC_ACT_UNSPEC;
+        }
     }
     // DNS faults last: only a packet that every other dimension of one of them admits is
     // parsed as a DNS message.
@@ -535,6 +547,36 @@ fn edt_departure(cfg: &FaultSlot, flags: u32, slot: u32, now: u64, current: u64)
         add_us = (delay_us + offset).saturating_sub(jitter_us);
     }
     base + add_us * 1000
+}
+
+/// The faults scoped to a cgroup the packet's socket is in (at any level). Not inlined: its
+/// lookups get a frame of their own.
+#[inline(never)]
+fn cgroup_filter(skb: *mut __sk_buff) -> Bitmap {
+    scoped(|level| {
+        // SAFETY: helper open to tc programs since 4.19; 0 without a socket or past the leaf.
+        unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) }
+    })
+}
+
+/// The union of the scoped faults of each ancestor cgroup that `ancestor(level)` names, from
+/// the root down, stopping at the first level the cgroup does not have (id 0).
+#[inline(always)]
+pub(crate) fn scoped(ancestor: impl Fn(u32) -> u64) -> Bitmap {
+    let mut acc = Bitmap::EMPTY;
+    let mut level = 0;
+    while level < MAX_CGROUP_LEVEL {
+        let id = ancestor(level);
+        if id == 0 {
+            break;
+        }
+        acc = acc.or(&bits(CHAOS_CGROUPS.get_ptr(&id).map(|p| {
+            // SAFETY: a map value pointer, valid while the program runs.
+            unsafe { &*p }
+        })));
+        level += 1;
+    }
+    acc
 }
 
 /// Narrows `m` by the packet's source and destination prefixes; false once it is empty. Not
