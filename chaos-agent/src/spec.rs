@@ -204,6 +204,28 @@ pub enum SpecError {
         /// Which, and why.
         what: &'static str,
     },
+    /// A cgroup path that cannot name a cgroup v2 directory.
+    #[error("bad cgroup path {}: a path in the cgroup v2 hierarchy such as /system.slice/app.service, without `..`, at most {} levels deep", shown(path), chaos_common::MAX_CGROUP_LEVEL - 1)]
+    BadCgroupPath {
+        /// The path.
+        path: String,
+    },
+    /// The cgroup to scope to does not exist.
+    #[error("no cgroup {} in the cgroup v2 hierarchy ({why})", shown(path))]
+    NoSuchCgroup {
+        /// The path.
+        path: String,
+        /// What the lookup said.
+        why: String,
+    },
+    /// The process to scope to does not exist or is in no cgroup v2.
+    #[error("cannot scope to pid {pid}: {why}")]
+    BadPid {
+        /// The pid.
+        pid: u32,
+        /// Why.
+        why: String,
+    },
     /// Interface name not valid.
     #[error("bad interface name {}", shown(name))]
     BadInterfaceName {

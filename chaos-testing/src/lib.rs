@@ -865,3 +865,67 @@ pub fn in_vm() -> bool {
 pub fn test_ttl(secs: u64) -> String {
     format!("{}s", if in_vm() { secs * 4 } else { secs })
 }
+
+/// Where the cgroup v2 hierarchy's root is mounted, read from `/proc/self/mountinfo` (not from
+/// the agent's code): `/sys/fs/cgroup/unified` on the hybrid CI host, `/sys/fs/cgroup` in the VM.
+#[must_use]
+pub fn cgroup2_root() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let f: Vec<&str> = head.split(' ').collect();
+            (tail.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].to_owned())
+        })
+        .expect("a cgroup2 mount (both the CI host and the VM guest have one)")
+}
+
+/// A cgroup v2 of the test's own (a child of the root), removed on drop once it is empty.
+#[derive(Debug)]
+pub struct Cgroup {
+    /// Its path in the hierarchy (`/chaos-test-...`), as `--cgroup` takes it.
+    pub path: String,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates it.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let path = format!("/{}", unique_name(prefix));
+        let dir = PathBuf::from(cgroup2_root()).join(path.trim_start_matches('/'));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self { path, dir }
+    }
+
+    /// A command that runs `program args` in this cgroup and in `ns`: the shell moves itself
+    /// into the cgroup first (`ip netns exec` mounts a new /sys, where the hierarchy is not
+    /// visible), then execs into the namespace; membership survives the exec.
+    #[must_use]
+    pub fn command_in(&self, ns: &NetNs, program: &str, args: &[&str]) -> Command {
+        let procs = self.dir.join("cgroup.procs");
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$0" && shift && exec ip netns exec "$@""#)
+            .arg(procs)
+            .arg("--")
+            .arg(&ns.name)
+            .arg(program)
+            .args(args);
+        c
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Its processes have exited (or are killed by their owners' drops); retry briefly
+        // while the kernel lets go of them.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

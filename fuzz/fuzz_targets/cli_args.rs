@@ -47,6 +47,8 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
             sports: a.sports.clone(),
             dports: a.dports.clone(),
             include_protected: a.include_protected,
+            cgroup: a.cgroup.clone(),
+            pid: a.pid,
         },
         loss,
         shape,

@@ -58,6 +58,8 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
             sports: a.sports.clone(),
             dports: a.dports.clone(),
             include_protected: a.include_protected,
+            cgroup: a.cgroup.clone(),
+            pid: a.pid,
         },
         loss,
         shape,

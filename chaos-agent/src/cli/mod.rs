@@ -123,6 +123,13 @@ pub struct InjectArgs {
     /// Fault protected traffic too (SSH and the agent's own ports are spared by default).
     #[arg(long)]
     pub include_protected: bool,
+    /// Only the traffic (egress) and connects of processes in this cgroup v2 or below it: its
+    /// path in the hierarchy, e.g. `/system.slice/nginx.service`.
+    #[arg(long, value_name = "PATH", conflicts_with = "pid")]
+    pub cgroup: Option<String>,
+    /// Only the traffic (egress) and connects of the processes in this process's cgroup.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
     /// Validate and print the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -720,6 +720,20 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
         spec.ttl = d;
     }
     spec.validate(&cfg.limits)?;
+    if let Some(pid) = spec.target.pid.take() {
+        // Journaled and shown as the cgroup it resolved to: the pid may be gone or reused
+        // when the fault is replayed.
+        spec.target.cgroup = Some(crate::target::cgroup_of_pid(pid)?);
+        spec.validate(&cfg.limits)?;
+    }
+    if let Some(path) = &spec.target.cgroup {
+        // A cgroup that does not exist is bad input, refused before anything is reserved.
+        let parts = crate::target::cgroup_components(path)?;
+        sys::cgroup_id(&parts).map_err(|e| crate::spec::SpecError::NoSuchCgroup {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+    }
     if spec.acts_on_sockets() {
         // Connect and socket faults have no interface; the engine's bookkeeping names
         // loopback, which every namespace has.

@@ -64,6 +64,9 @@ pub enum FaultError {
         /// Kernel module.
         module: &'static str,
     },
+    /// The cgroup a fault is scoped to cannot be found.
+    #[error(transparent)]
+    Scope(crate::spec::SpecError),
     /// A connection reset sweep failed (`sock_diag`).
     #[error(transparent)]
     Reset(crate::kernel::sock_diag::SockDiagError),

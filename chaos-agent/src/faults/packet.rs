@@ -93,6 +93,8 @@ pub fn rules(spec: &FaultSpec, protected: &[PortRange]) -> Rules {
         dns: false,
         dns_names: Vec::new(),
         dns_types: Vec::new(),
+        // Resolved to an id at apply ([`apply`]): a path names a directory, the kernel an inode.
+        cgroup: None,
     };
     if let Some(d) = &spec.dns {
         // Answers come from the server's port, over UDP or TCP: the source port is the
@@ -241,7 +243,17 @@ pub async fn apply(
     if let Some(s) = steering {
         s.configure(&mut cfg);
     }
-    dp.install(slot, &rules(spec, ctx.protected_ports), &cfg, spec.seed)?;
+    let mut r = rules(spec, ctx.protected_ports);
+    if let Some(path) = &spec.target.cgroup {
+        match cgroup_id(path) {
+            Ok(id) => r.cgroup = Some(id),
+            Err(e) => {
+                dp.release_slot(slot)?;
+                return Err(e);
+            }
+        }
+    }
+    dp.install(slot, &r, &cfg, spec.seed)?;
     for hook in hooks(spec) {
         dp.join_hook(slot, ctx.ifindex, &ctx.ifname, hook, ctx.attach_mode)?;
     }
@@ -260,6 +272,17 @@ pub async fn apply(
         mode: ctx.attach_mode,
         connect: refuse,
         shaping: steering.map(|s| s.backend),
+    })
+}
+
+/// The id of the cgroup v2 at `path` (the fault's scope).
+fn cgroup_id(path: &str) -> Result<u64, FaultError> {
+    let parts = crate::target::cgroup_components(path).map_err(FaultError::Scope)?;
+    crate::sys::cgroup_id(&parts).map_err(|e| {
+        FaultError::Scope(crate::spec::SpecError::NoSuchCgroup {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
     })
 }
 
@@ -359,6 +382,14 @@ pub fn plan(
             humantime::format_duration(f.on),
             humantime::format_duration(f.off)
         ));
+    }
+    if let Some(path) = &spec.target.cgroup {
+        out.push(match cgroup_id(path) {
+            Ok(id) => format!(
+                "only sockets and connects of processes in cgroup {path} (id {id}) and below it"
+            ),
+            Err(e) => format!("cgroup scope: {e} (the inject would fail)"),
+        });
     }
     out.push(format!(
         "kernel deadline: now + {} (the slot does nothing after it)",

@@ -76,6 +76,7 @@ impl FaultSpec {
             }
         }
         self.target.validate()?;
+        self.check_scope()?;
         if let Some(flap) = &self.flap {
             flap.validate(self.ttl)?;
         }
@@ -133,6 +134,29 @@ impl FaultSpec {
             return Err(SpecError::NoEffect);
         }
         Ok(())
+    }
+
+    /// A fault scoped to a cgroup matches a packet by its socket's cgroup, which tc sees on
+    /// egress only (at ingress it runs before the socket lookup), and a connect by its process.
+    fn check_scope(&self) -> Result<(), SpecError> {
+        let t = &self.target;
+        if t.cgroup.is_none() && t.pid.is_none() {
+            return Ok(());
+        }
+        let why = if t.cgroup.is_some() && t.pid.is_some() {
+            Some("--cgroup and --pid both name the processes: give one")
+        } else if t.direction != crate::target::Direction::Egress {
+            Some(
+                "a fault scoped to a cgroup or pid acts on egress only (tc sees the socket's cgroup of outgoing packets; at ingress it runs before the socket lookup)",
+            )
+        } else if self.reset.is_some() {
+            Some(
+                "--reset does not take --cgroup or --pid yet: it resets every matching connection of the network namespace",
+            )
+        } else {
+            None
+        };
+        why.map_or(Ok(()), |what| Err(SpecError::Inapplicable { what }))
     }
 
     /// A refuse fault sees a `connect()`: its destination, port and protocol, but no source
@@ -236,11 +260,20 @@ impl FaultSpec {
             .flap
             .map(|f| format!(", flapping {f}"))
             .unwrap_or_default();
+        let scope = self
+            .target
+            .cgroup
+            .as_ref()
+            .map(|c| format!(" for cgroup {c}"))
+            .unwrap_or_default();
         if self.acts_on_sockets() {
-            return format!("{} in this network namespace{flap}", parts.join(" + "));
+            return format!(
+                "{} in this network namespace{scope}{flap}",
+                parts.join(" + ")
+            );
         }
         format!(
-            "{} {} on {iface}{flap}",
+            "{} {} on {iface}{scope}{flap}",
             parts.join(" + "),
             self.target.direction
         )

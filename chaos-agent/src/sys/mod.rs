@@ -295,6 +295,25 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The id of a cgroup v2 (its directory's inode, as `bpf_skb_ancestor_cgroup_id` gives it) at
+/// `components` below the hierarchy's root.
+pub fn cgroup_id(components: &[&str]) -> io::Result<u64> {
+    use std::os::fd::AsFd as _;
+    let (root, _) = open_cgroup2_root()?;
+    if components.is_empty() {
+        return Ok(nix::sys::stat::fstat(root.as_fd())?.st_ino);
+    }
+    let st = nix::sys::stat::fstatat(
+        root.as_fd(),
+        components.join("/").as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(io::Error::from(io::ErrorKind::NotADirectory));
+    }
+    Ok(st.st_ino)
+}
+
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14), as
 /// `bpf_get_netns_cookie` gives it to the connect programs.
 pub fn netns_cookie() -> io::Result<u64> {

@@ -145,6 +145,51 @@ pub struct Target {
     /// Fault protected traffic too (SSH, the agent's own ports). Off unless explicitly asked.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub include_protected: bool,
+    /// Only the sockets (and connects) of processes in this cgroup v2 or below it: its path in
+    /// the hierarchy, e.g. `/system.slice/nginx.service`. Set from `pid` at inject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Only the processes of this pid's cgroup (resolved into `cgroup` at inject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// The cgroup v2 path of a process, from `/proc/PID/cgroup` (its `0::` line).
+pub fn cgroup_of_pid(pid: u32) -> Result<String, SpecError> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| SpecError::BadPid {
+            pid,
+            why: if e.kind() == std::io::ErrorKind::NotFound {
+                "no such process".to_owned()
+            } else {
+                e.to_string()
+            },
+        })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or(SpecError::BadPid {
+            pid,
+            why: "it is in no cgroup v2 (no 0:: line in /proc/PID/cgroup)".to_owned(),
+        })
+}
+
+/// The components of a cgroup path below the root, checked.
+pub fn cgroup_components(path: &str) -> Result<Vec<&str>, SpecError> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let bad = path.len() > 4096
+        || path.contains(|c: char| c == '\0' || c.is_control())
+        || parts.contains(&"..")
+        || parts.len() >= chaos_common::MAX_CGROUP_LEVEL as usize;
+    if bad {
+        return Err(SpecError::BadCgroupPath {
+            path: path.to_owned(),
+        });
+    }
+    Ok(parts)
 }
 
 impl Target {
@@ -156,6 +201,9 @@ impl Target {
             && (name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']))
         {
             return Err(SpecError::BadInterfaceName { name: name.clone() });
+        }
+        if let Some(path) = &t.cgroup {
+            cgroup_components(path)?;
         }
         for (what, list) in [("source port", &t.sports), ("destination port", &t.dports)] {
             if list.len() > MAX_PORT_RANGES {

@@ -41,6 +41,7 @@ struct Sink {
     dst6: LpmTrie<MapData, [u8; 16], Bitmap>,
     dns_names: LpmTrie<MapData, [u8; dns::NAME_KEY_BYTES], Bitmap>,
     dns_types: BpfHashMap<MapData, u32, Bitmap>,
+    cgroups: BpfHashMap<MapData, u64, Bitmap>,
 }
 
 /// A trie operation whose "not there" is success (removing what is already gone).
@@ -128,6 +129,17 @@ impl TableSink for Sink {
                 .insert(key, v, 0)
                 .map_err(map_error("insert", name)),
             None => absent_ok(self.dns_types.remove(&key)).map_err(map_error("delete", name)),
+        }
+    }
+
+    fn cgroup(&mut self, id: u64, v: Option<&Bitmap>) -> Result<(), EbpfError> {
+        let name = names::MAP_CGROUPS;
+        match v {
+            Some(v) => self
+                .cgroups
+                .insert(id, v, 0)
+                .map_err(map_error("insert", name)),
+            None => absent_ok(self.cgroups.remove(&id)).map_err(map_error("delete", name)),
         }
     }
 }
@@ -323,6 +335,7 @@ impl Datapath {
                 dst6: take(&mut ebpf, names::MAP_DST_V6)?,
                 dns_names: take(&mut ebpf, names::MAP_DNS_NAMES)?,
                 dns_types: take(&mut ebpf, names::MAP_DNS_TYPES)?,
+                cgroups: take(&mut ebpf, names::MAP_CGROUPS)?,
             },
             ebpf,
             table: Table::default(),

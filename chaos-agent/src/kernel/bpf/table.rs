@@ -49,6 +49,8 @@ pub struct Rules {
     pub dns_names: Vec<Vec<u8>>,
     /// Query types (empty: every type).
     pub dns_types: Vec<u16>,
+    /// The cgroup v2 id the fault is scoped to (its subtree), if any.
+    pub cgroup: Option<u64>,
 }
 
 /// Which prefix trie.
@@ -131,6 +133,8 @@ pub trait TableSink {
     fn dns_name(&mut self, key: &[u8], v: Option<&Bitmap>) -> Result<(), Self::Error>;
     /// A `CHAOS_DNS_TYPES` entry.
     fn dns_type(&mut self, qtype: u16, v: Option<&Bitmap>) -> Result<(), Self::Error>;
+    /// A `CHAOS_CGROUPS` entry.
+    fn cgroup(&mut self, id: u64, v: Option<&Bitmap>) -> Result<(), Self::Error>;
 }
 
 /// Why a fault does not fit the table.
@@ -157,6 +161,14 @@ pub enum TableError {
         what: &'static str,
         /// Entries it would hold.
         needed: usize,
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// Faults are scoped to more cgroups at once than the table holds.
+    #[error(
+        "faults would be scoped to more than {capacity} cgroups at once (all faults together); nothing applied"
+    )]
+    CgroupsFull {
         /// Its capacity.
         capacity: usize,
     },
@@ -267,6 +279,8 @@ pub struct Table {
     rules: HashMap<u32, Rules>,
     marks: HashMap<u32, PortMarks>,
     dns: DnsTable,
+    /// cgroup id -> the faults scoped to it, as `CHAOS_CGROUPS` holds it.
+    cgroups: BTreeMap<u64, Bitmap>,
     trie_capacity: usize,
 }
 
@@ -288,6 +302,7 @@ impl Table {
             rules: HashMap::new(),
             marks: HashMap::new(),
             dns: DnsTable::default(),
+            cgroups: BTreeMap::new(),
             trie_capacity,
         }
     }
@@ -330,6 +345,14 @@ impl Table {
                     capacity: self.trie_capacity,
                 });
             }
+        }
+        if let Some(id) = rules.cgroup
+            && !self.cgroups.contains_key(&id)
+            && self.cgroups.len() >= chaos_common::MAX_CGROUPS as usize
+        {
+            return Err(TableError::CgroupsFull {
+                capacity: chaos_common::MAX_CGROUPS as usize,
+            });
         }
         let (names, types) = self.dns.needed(&rules.dns_names, &rules.dns_types);
         for (what, needed, capacity) in [
@@ -394,6 +417,18 @@ impl Table {
         if rules.dports.is_empty() {
             g.dport_any.insert(slot);
         }
+        let cgroup = match rules.cgroup {
+            None => {
+                g.cgroup_any.insert(slot);
+                None
+            }
+            Some(id) => {
+                let e = self.cgroups.entry(id).or_default();
+                e.insert(slot);
+                Some((id, Some(*e)))
+            }
+        };
+        let g = &mut self.globals;
         if rules.dns {
             g.dns.insert(slot);
             if rules.dns_names.is_empty() {
@@ -461,7 +496,7 @@ impl Table {
         updates.sort_unstable_by_key(|(t, p, _)| (*t, *p));
         updates.dedup_by_key(|(t, p, _)| (*t, *p));
         let dns = self.dns.add(slot, &rules.dns_names, &rules.dns_types);
-        self.flush(sink, &dirty_ports, &dirty_blocks, &updates, &dns)
+        self.flush(sink, &dirty_ports, &dirty_blocks, &updates, &dns, cgroup)
     }
 
     /// Removes fault `slot` (whatever part of it was written), writing every entry that changes.
@@ -482,9 +517,20 @@ impl Table {
             &mut g.dns,
             &mut g.dns_name_any,
             &mut g.dns_type_any,
+            &mut g.cgroup_any,
         ] {
             b.remove(slot);
         }
+        let cgroup = rules.cgroup.and_then(|id| {
+            let e = self.cgroups.get_mut(&id)?;
+            e.remove(slot);
+            if e.is_empty() {
+                self.cgroups.remove(&id);
+                Some((id, None))
+            } else {
+                Some((id, Some(*e)))
+            }
+        });
         let marks = self.marks.remove(&slot).unwrap_or_default();
         for p in &marks.ports {
             if let Some(e) = self.ports.get_mut(p) {
@@ -542,7 +588,7 @@ impl Table {
         updates.sort_unstable_by_key(|(t, p, _)| (*t, *p));
         updates.dedup_by_key(|(t, p, _)| (*t, *p));
         let dns = self.dns.remove(slot, &rules.dns_names, &rules.dns_types);
-        self.flush(sink, &marks.ports, &marks.blocks, &updates, &dns)?;
+        self.flush(sink, &marks.ports, &marks.blocks, &updates, &dns, cgroup)?;
         // Entries no fault uses any more leave the mirror (the kernel keeps a zeroed value).
         self.ports.retain(|_, e| *e != PortEntry::default());
         Ok(())
@@ -555,6 +601,7 @@ impl Table {
         blocks: &[u32],
         prefixes: &[(Trie, Prefix, Bitmap)],
         dns: &(Vec<NameWrite>, Vec<TypeWrite>),
+        cgroup: Option<(u64, Option<Bitmap>)>,
     ) -> Result<(), S::Error> {
         // Narrowing dimensions (ports, prefixes) before the globals: on add, the globals are
         // what admits the new slot on its unfiltered dimensions, and a packet must not see the
@@ -581,6 +628,9 @@ impl Table {
         for (t, v) in &dns.1 {
             sink.dns_type(*t, v.as_ref())?;
         }
+        if let Some((id, v)) = cgroup {
+            sink.cgroup(id, v.as_ref())?;
+        }
         sink.globals(&self.globals)
     }
 }
@@ -600,6 +650,7 @@ mod tests {
         tries: BTreeMap<(Trie, Prefix), Bitmap>,
         names: BTreeMap<Vec<u8>, Bitmap>,
         types: BTreeMap<u16, Bitmap>,
+        cgroups: BTreeMap<u64, Bitmap>,
         writes: usize,
     }
 
@@ -640,6 +691,15 @@ mod tests {
             match v {
                 Some(v) => self.types.insert(qtype, *v),
                 None => self.types.remove(&qtype),
+            };
+            self.writes += 1;
+            Ok(())
+        }
+
+        fn cgroup(&mut self, id: u64, v: Option<&Bitmap>) -> Result<(), ()> {
+            match v {
+                Some(v) => self.cgroups.insert(id, *v),
+                None => self.cgroups.remove(&id),
             };
             self.writes += 1;
             Ok(())
