@@ -10,6 +10,11 @@ use std::collections::HashMap;
 /// libtest as `--skip`, so they count as filtered out, not as passed.
 pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     (
+        "scope",
+        "scope_bad_input_is_refused_with_nothing_applied",
+        "path, pid and option validation before any kernel change; the same on both kernels",
+    ),
+    (
         "reset",
         "protected_ports_and_bad_input_are_never_reset",
         "the protected-port filter and CLI validation are user space, the same on both kernels; reset_aborts runs the kernel side",
@@ -132,6 +137,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("tc_netlink", 25),
     ("refuse", 40),
     ("reset", 30),
+    ("scope", 30),
     ("ebpf_logic", 16),
     ("bad_input", 6),
     ("kernel_features", 6),
