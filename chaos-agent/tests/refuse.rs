@@ -24,21 +24,12 @@ fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> (AgentProcess, String) 
     (agent, id)
 }
 
-/// The cgroup v2 root as the test reads `/proc/self/mountinfo` (not the agent's code).
-fn cgroup2_root() -> String {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            let f: Vec<&str> = head.split(' ').collect();
-            (tail.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].to_owned())
-        })
-        .expect("a cgroup2 mount (both the CI host and the VM guest have one)")
-}
-
 /// Names of the programs attached to the cgroup v2 root (`bpftool -j cgroup show`).
 fn root_programs() -> Vec<String> {
-    let out = run("bpftool", ["-j", "cgroup", "show", &cgroup2_root()]);
+    let out = run(
+        "bpftool",
+        ["-j", "cgroup", "show", &chaos_testing::cgroup2_root()],
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v.as_array()
         .into_iter()
