@@ -21,15 +21,15 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use chaos_common::{
-    BITMAP_WORDS, Bitmap, Counter, Dir, F_ARMED, F_FLAP, F_REFUSE, MAX_FAULTS, PROTO_CLASS_OTHER,
-    PROTO_CLASS_TCP, PROTO_CLASS_UDP, connect_hook_key,
+    Bitmap, Counter, Dir, F_REFUSE, MAX_FAULTS, PROTO_CLASS_OTHER, PROTO_CLASS_TCP,
+    PROTO_CLASS_UDP, connect_hook_key,
 };
 use core::ffi::c_void;
 
 use crate::parse::{IPPROTO_TCP, IPPROTO_UDP};
 use crate::{
-    CHAOS_DST4, CHAOS_DST6, CHAOS_GLOBALS, CHAOS_HOOKS, CHAOS_HOOKSTAT, CHAOS_SLOTS, bit_index,
-    bits, count, ports, rng,
+    CHAOS_DST4, CHAOS_DST6, CHAOS_GLOBALS, CHAOS_HOOKS, CHAOS_HOOKSTAT, CHAOS_SLOTS, bits, count,
+    ports, rng,
 };
 
 /// "Go on": the connect proceeds (and the cgroup's other programs run).
@@ -184,32 +184,14 @@ struct Walk {
 extern "C" fn step(_index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `decide` gave it, a live `Walk`.
     let walk = unsafe { &mut *walk.cast::<Walk>() };
-    let mut word = 0;
-    while word < BITMAP_WORDS && walk.m.w[word] == 0 {
-        word += 1;
-    }
-    if word >= BITMAP_WORDS {
+    let Some((word, low, slot)) = crate::pop_lowest(&mut walk.m) else {
         return 1;
-    }
-    let w = walk.m.w[word];
-    let low = w & w.wrapping_neg();
-    walk.m.w[word] = w ^ low;
-    let slot = word as u32 * 64 + bit_index(low);
+    };
     let Some(f) = CHAOS_SLOTS.get(slot) else {
         return 0;
     };
     let flags = f.flags;
-    if flags & F_ARMED == 0 || flags & F_REFUSE == 0 {
-        return 0;
-    }
-    if walk.now > f.expires_at_ns {
-        count(slot, Dir::Egress, Counter::Expired);
-        return 0;
-    }
-    if flags & F_FLAP != 0
-        && (f.flap_period_ns == 0
-            || walk.now.wrapping_sub(f.start_ns) % f.flap_period_ns >= f.flap_on_ns)
-    {
+    if flags & F_REFUSE == 0 || !crate::acts_now(f, slot, Dir::Egress, walk.now) {
         return 0;
     }
     if walk.protect.w[word] & low != 0 {

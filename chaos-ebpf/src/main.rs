@@ -389,17 +389,9 @@ fn act(skb: *mut __sk_buff, dir: u32, m: &Bitmap, protect: &Bitmap, io: &mut Dns
 extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `act` gave it, a live `Walk`.
     let walk = unsafe { &mut *walk.cast::<Walk>() };
-    let mut word = 0;
-    while word < BITMAP_WORDS && walk.m.w[word] == 0 {
-        word += 1;
-    }
-    if word >= BITMAP_WORDS {
+    let Some((word, low, slot)) = pop_lowest(&mut walk.m) else {
         return 1;
-    }
-    let w = walk.m.w[word];
-    let low = w & w.wrapping_neg();
-    walk.m.w[word] = w ^ low;
-    let slot = word as u32 * 64 + bit_index(low);
+    };
     let dir = if walk.dir == Dir::Egress as u32 {
         Dir::Egress
     } else {
@@ -409,20 +401,7 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
         return 0;
     };
     let flags = f.flags;
-    if flags & F_ARMED == 0 {
-        return 0;
-    }
-    // The kernel-enforced TTL: holds even if the agent is dead and its filters outlived it
-    // (netlink attach).
-    if walk.now > f.expires_at_ns {
-        count(slot, dir, Counter::Expired);
-        return 0;
-    }
-    // The duty cycle: acting only in the first `flap_on_ns` of every period since the start.
-    if flags & F_FLAP != 0
-        && (f.flap_period_ns == 0
-            || walk.now.wrapping_sub(f.start_ns) % f.flap_period_ns >= f.flap_on_ns)
-    {
+    if !acts_now(f, slot, dir, walk.now) {
         return 0;
     }
     if walk.protect.w[word] & low != 0 {
@@ -453,6 +432,41 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
         walk.steer_slot = f.index;
     }
     0
+}
+
+/// Takes the lowest slot left in `m` off it: its word, its bit and its number; `None` once
+/// `m` is empty. Shared by every walk (the tc programs' and the connect programs').
+#[inline(always)]
+pub(crate) fn pop_lowest(m: &mut Bitmap) -> Option<(usize, u64, u32)> {
+    let mut word = 0;
+    while word < BITMAP_WORDS && m.w[word] == 0 {
+        word += 1;
+    }
+    if word >= BITMAP_WORDS {
+        return None;
+    }
+    let w = m.w[word];
+    let low = w & w.wrapping_neg();
+    m.w[word] = w ^ low;
+    Some((word, low, word as u32 * 64 + bit_index(low)))
+}
+
+/// Whether a slot acts at `now`: armed, before its kernel deadline (a slot past it is counted
+/// `Expired`: the TTL holds even if the agent is dead and its filters outlived it), and, with
+/// `F_FLAP`, in the first `flap_on_ns` of a period since its start.
+#[inline(always)]
+pub(crate) fn acts_now(f: &FaultSlot, slot: u32, dir: Dir, now: u64) -> bool {
+    let flags = f.flags;
+    if flags & F_ARMED == 0 {
+        return false;
+    }
+    if now > f.expires_at_ns {
+        count(slot, dir, Counter::Expired);
+        return false;
+    }
+    !(flags & F_FLAP != 0
+        && (f.flap_period_ns == 0
+            || now.wrapping_sub(f.start_ns) % f.flap_period_ns >= f.flap_on_ns))
 }
 
 /// A DNS fault's part of the walk (its name and type matched, or the message did not parse):
