@@ -462,18 +462,7 @@ impl Datapath {
         self.with(|l| {
             let key = (ifindex, hook);
             if !l.hooks.contains_key(&key) {
-                let stats = l.free_stats.pop_front().ok_or(EbpfError::HooksFull {
-                    max: MAX_HOOKS as usize,
-                })?;
-                let zeros = per_cpu(vec![0u64; l.nr_cpus], names::MAP_HOOK_STATS)?;
-                if let Err(e) = l
-                    .hook_stats
-                    .set(stats, zeros, 0)
-                    .map_err(map_error("reset", names::MAP_HOOK_STATS))
-                {
-                    l.free_stats.push_back(stats);
-                    return Err(e);
-                }
+                let stats = alloc_stats(l)?;
                 l.hooks.insert(
                     key,
                     HookState {
@@ -607,18 +596,7 @@ impl Datapath {
             }
             let key = connect_hook_key(netns_cookie);
             if !l.connect.netns.contains_key(&netns_cookie) {
-                let stats = l.free_stats.pop_front().ok_or(EbpfError::HooksFull {
-                    max: MAX_HOOKS as usize,
-                })?;
-                let zeros = per_cpu(vec![0u64; l.nr_cpus], names::MAP_HOOK_STATS)?;
-                if let Err(e) = l
-                    .hook_stats
-                    .set(stats, zeros, 0)
-                    .map_err(map_error("reset", names::MAP_HOOK_STATS))
-                {
-                    l.free_stats.push_back(stats);
-                    return Err(e);
-                }
+                let stats = alloc_stats(l)?;
                 l.connect.netns.insert(
                     netns_cookie,
                     HookEntry {
@@ -906,6 +884,23 @@ fn load_connect(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
         );
     }
     Ok(())
+}
+
+/// Takes a free per-hook packet counter (tc hooks and connect hooks share them), zeroed.
+fn alloc_stats(l: &mut Loaded) -> Result<u32, EbpfError> {
+    let stats = l.free_stats.pop_front().ok_or(EbpfError::HooksFull {
+        max: MAX_HOOKS as usize,
+    })?;
+    let zeroed = per_cpu(vec![0u64; l.nr_cpus], names::MAP_HOOK_STATS).and_then(|zeros| {
+        l.hook_stats
+            .set(stats, zeros, 0)
+            .map_err(map_error("reset", names::MAP_HOOK_STATS))
+    });
+    if let Err(e) = zeroed {
+        l.free_stats.push_back(stats);
+        return Err(e);
+    }
+    Ok(stats)
 }
 
 /// Connects the connect hook of a namespace has seen, summed over CPUs.
