@@ -300,7 +300,7 @@ impl Datapath {
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
             let started = std::time::Instant::now();
-            let prog = program(&mut ebpf, name)?;
+            let prog = program::<SchedClassifier>(&mut ebpf, name)?;
             prog.load().map_err(|source| EbpfError::Program {
                 name,
                 source: Box::new(source),
@@ -494,7 +494,7 @@ impl Datapath {
             };
             let h = l.hooks.get_mut(&key).ok_or(EbpfError::Missing("hook"))?;
             if h.link.is_none() {
-                let prog = program(&mut l.ebpf, hook.program())?;
+                let prog = program::<SchedClassifier>(&mut l.ebpf, hook.program())?;
                 let id = match mode {
                     AttachMode::Netlink => {
                         super::attach::attach_netlink(prog, ifname, hook, handle)?
@@ -527,7 +527,7 @@ impl Datapath {
     pub fn program_fd(&self, hook: Hook) -> Result<i32, EbpfError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         self.with(|l| {
-            let prog = program(&mut l.ebpf, hook.program())?;
+            let prog = program::<SchedClassifier>(&mut l.ebpf, hook.program())?;
             let fd = prog.fd().map_err(|source| EbpfError::Program {
                 name: hook.program(),
                 source: Box::new(source),
@@ -624,7 +624,7 @@ impl Datapath {
                 let (dir, cgroup) =
                     crate::sys::open_cgroup2_root().map_err(|_| EbpfError::NoCgroup2)?;
                 for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
-                    let prog = connect_program(&mut l.ebpf, name)?;
+                    let prog = program::<CgroupSockAddr>(&mut l.ebpf, name)?;
                     // A bpf_link (>= 5.7) is always "multi": the cgroup's other programs
                     // (systemd's, a CNI's) keep running, and ours runs for every descendant
                     // cgroup whatever they attach. The kernel refuses any attach flag on a
@@ -802,14 +802,20 @@ impl Datapath {
         };
         let mut ids: Vec<u32> = [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS]
             .into_iter()
-            .filter_map(|n| program(&mut l.ebpf, n).ok()?.info().ok().map(|i| i.id()))
+            .filter_map(|n| {
+                program::<SchedClassifier>(&mut l.ebpf, n)
+                    .ok()?
+                    .info()
+                    .ok()
+                    .map(|i| i.id())
+            })
             .collect();
         if l.connect.loaded {
             ids.extend(
                 [names::PROG_CONNECT4, names::PROG_CONNECT6]
                     .into_iter()
                     .filter_map(|n| {
-                        connect_program(&mut l.ebpf, n)
+                        program::<CgroupSockAddr>(&mut l.ebpf, n)
                             .ok()?
                             .info()
                             .ok()
@@ -828,23 +834,11 @@ fn dir_of(hook: Hook) -> Dir {
     }
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or(EbpfError::Missing(name))?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            name,
-            source: Box::new(source),
-        })
-}
-
-fn connect_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, EbpfError> {
+/// A program of the object as its type (`SchedClassifier`, `CgroupSockAddr`).
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(EbpfError::Missing(name))?
         .try_into()
@@ -859,7 +853,7 @@ fn connect_program<'a>(
 fn load_connect(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
     for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
         let started = std::time::Instant::now();
-        let prog = connect_program(ebpf, name)?;
+        let prog = program::<CgroupSockAddr>(ebpf, name)?;
         if let Err(source) = prog.load() {
             let text = format!("{source:?}");
             if text.contains("set_retval") || text.contains("unknown func") {
@@ -936,7 +930,7 @@ fn leave_connect(l: &mut Loaded, slot: u32) -> Result<bool, EbpfError> {
         return Ok(false);
     }
     for (name, id) in std::mem::take(&mut l.connect.links) {
-        let prog = connect_program(&mut l.ebpf, name)?;
+        let prog = program::<CgroupSockAddr>(&mut l.ebpf, name)?;
         if let Err(source) = prog.detach(id) {
             tracing::debug!(error = %source, program = name, "detach");
         }
@@ -974,7 +968,7 @@ fn leave_hook(l: &mut Loaded, slot: u32, key: HookKey) -> Result<bool, EbpfError
     // Last fault gone: the entry first (packets pass at the first lookup), then the program.
     absent_ok(l.hooks_map.remove(&k)).map_err(map_error("delete", names::MAP_HOOKS))?;
     if let Some((_, id)) = h.link.take() {
-        let prog = program(&mut l.ebpf, key.1.program())?;
+        let prog = program::<SchedClassifier>(&mut l.ebpf, key.1.program())?;
         if let Err(source) = prog.detach(id) {
             // Already gone (the interface was deleted): nothing is left to detach.
             tracing::debug!(error = %source, hook = key.1.as_str(), ifindex = key.0, "detach");
