@@ -45,12 +45,6 @@ fn chaos_on_root() -> Vec<String> {
         .collect()
 }
 
-/// A TCP listener in `ns` (its backlog completes handshakes without an `accept`).
-fn listen(ns: &NetNs, addr: &str) -> TcpListener {
-    let addr: SocketAddr = addr.parse().expect("addr");
-    in_netns(ns, move || TcpListener::bind(addr).expect("bind"))
-}
-
 /// What a TCP `connect()` from `ns` gives: `Ok` or the errno, and how long it took.
 fn tcp_connect(ns: &NetNs, addr: &str) -> (Result<(), i32>, Duration) {
     let addr: SocketAddr = addr.parse().expect("addr");
@@ -116,8 +110,8 @@ const EHOSTUNREACH: i32 = 113;
 fn matching_connects_fail_with_econnrefused_and_nothing_else_does() {
     let pair = VethPair::new(61);
     let (b4, b6) = (pair.b_ip.clone(), pair.b_ip6.clone());
-    let hit = listen(&pair.b, "[::]:8080");
-    let other = listen(&pair.b, "[::]:8081");
+    let hit = chaos_testing::tcp_listen(&pair.b, "[::]:8080");
+    let other = chaos_testing::tcp_listen(&pair.b, "[::]:8081");
     assert!(
         chaos_on_root().is_empty(),
         "a chaos program on the cgroup root before the test"
@@ -181,7 +175,7 @@ fn matching_connects_fail_with_econnrefused_and_nothing_else_does() {
 fn errno_is_chosen_and_ttl_and_sigkill_leave_nothing_attached() {
     let pair = VethPair::new(62);
     let b4 = pair.b_ip.clone();
-    let _l = listen(&pair.b, "0.0.0.0:9090");
+    let _l = chaos_testing::tcp_listen(&pair.b, "0.0.0.0:9090");
     let state = TempDir::new("refuse");
     // TTL: the agent exits by itself, the connect hook is gone and connects work again.
     let (agent, _) = inject(

@@ -4,10 +4,10 @@
 //! by `ss -tn` in the namespace. Runs as root on the host and in the Debian 6.1 VM.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use chaos_testing::{AgentProcess, NetNs, TempDir, VethPair, in_netns};
+use chaos_testing::{AgentProcess, NetNs, TempDir, VethPair};
 use nix::sys::signal::Signal;
 
 const ECONNABORTED: i32 = 103;
@@ -15,23 +15,6 @@ const ECONNRESET: i32 = 104;
 
 fn bin() -> std::path::PathBuf {
     chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
-}
-
-fn listen(ns: &NetNs, addr: &str) -> TcpListener {
-    let addr: SocketAddr = addr.parse().expect("addr");
-    in_netns(ns, move || TcpListener::bind(addr).expect("bind"))
-}
-
-/// A connection from `ns` to `addr` and the server's end of it.
-fn connect(ns: &NetNs, addr: &str, listener: &TcpListener) -> (TcpStream, TcpStream) {
-    let addr: SocketAddr = addr.parse().expect("addr");
-    let client = in_netns(ns, move || TcpStream::connect(addr).expect("connect"));
-    let (server, _) = listener.accept().expect("accept");
-    for s in [&client, &server] {
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-    }
-    (client, server)
 }
 
 /// One round trip: the connection is alive.
@@ -93,11 +76,11 @@ fn reset_aborts_matching_connections_at_inject_and_spares_the_others() {
     let pair = VethPair::new(63);
     let b4 = pair.b_ip.clone();
     let b6 = pair.b_ip6.clone();
-    let hit = listen(&pair.b, "[::]:5001");
-    let spare = listen(&pair.b, "[::]:5002");
-    let (mut c1, mut s1) = connect(&pair.a, &format!("{b4}:5001"), &hit);
-    let (mut c6, mut s6) = connect(&pair.a, &format!("[{b6}]:5001"), &hit);
-    let (mut c2, mut s2) = connect(&pair.a, &format!("{b4}:5002"), &spare);
+    let hit = chaos_testing::tcp_listen(&pair.b, "[::]:5001");
+    let spare = chaos_testing::tcp_listen(&pair.b, "[::]:5002");
+    let (mut c1, mut s1) = chaos_testing::tcp_connect(&pair.a, &format!("{b4}:5001"), &hit);
+    let (mut c6, mut s6) = chaos_testing::tcp_connect(&pair.a, &format!("[{b6}]:5001"), &hit);
+    let (mut c2, mut s2) = chaos_testing::tcp_connect(&pair.a, &format!("{b4}:5002"), &spare);
     echo(&mut c1, &mut s1);
     echo(&mut c2, &mut s2);
     assert_eq!(ss_to(&pair.a, 5001), 2, "two connections to 5001 before");
@@ -129,7 +112,7 @@ fn reset_aborts_matching_connections_at_inject_and_spares_the_others() {
     echo(&mut c2, &mut s2);
     assert_eq!(ss_to(&pair.a, 5001), 0, "connections to 5001 left");
     // Without --reset-every a new connection is not touched.
-    let (mut c3, mut s3) = connect(&pair.a, &format!("{b4}:5001"), &hit);
+    let (mut c3, mut s3) = chaos_testing::tcp_connect(&pair.a, &format!("{b4}:5001"), &hit);
     echo(&mut c3, &mut s3);
 
     agent.signal(Signal::SIGTERM);
@@ -143,7 +126,7 @@ fn reset_aborts_matching_connections_at_inject_and_spares_the_others() {
 fn reset_every_keeps_killing_reconnecting_clients_until_the_ttl() {
     let pair = VethPair::new(64);
     let b4 = pair.b_ip.clone();
-    let l = listen(&pair.b, "0.0.0.0:5003");
+    let l = chaos_testing::tcp_listen(&pair.b, "0.0.0.0:5003");
     let state = TempDir::new("reset");
     let ttl = chaos_testing::test_ttl(6);
     let agent = inject(
@@ -162,7 +145,7 @@ fn reset_every_keeps_killing_reconnecting_clients_until_the_ttl() {
     let mut killed = 0u64;
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        let (mut c, mut s) = connect(&pair.a, &format!("{b4}:5003"), &l);
+        let (mut c, mut s) = chaos_testing::tcp_connect(&pair.a, &format!("{b4}:5003"), &l);
         echo(&mut c, &mut s);
         // Within two periods a sweep must abort it.
         assert_eq!(read_errno(&mut c), ECONNABORTED, "reconnect {killed}");
@@ -177,7 +160,7 @@ fn reset_every_keeps_killing_reconnecting_clients_until_the_ttl() {
     );
     assert!(reset_in(&lines) >= killed, "{lines:?} < {killed}");
     // After the TTL a connection lives.
-    let (mut c, mut s) = connect(&pair.a, &format!("{b4}:5003"), &l);
+    let (mut c, mut s) = chaos_testing::tcp_connect(&pair.a, &format!("{b4}:5003"), &l);
     echo(&mut c, &mut s);
     c.set_read_timeout(Some(Duration::from_millis(1500)))
         .expect("timeout");
@@ -197,8 +180,8 @@ fn protected_ports_and_bad_input_are_never_reset() {
     let pair = VethPair::new(65);
     let b4 = pair.b_ip.clone();
     // SSH's port: protected unless the fault says --include-protected.
-    let ssh = listen(&pair.b, "0.0.0.0:22");
-    let (mut c, mut s) = connect(&pair.a, &format!("{b4}:22"), &ssh);
+    let ssh = chaos_testing::tcp_listen(&pair.b, "0.0.0.0:22");
+    let (mut c, mut s) = chaos_testing::tcp_connect(&pair.a, &format!("{b4}:22"), &ssh);
     let state = TempDir::new("reset");
     let agent = inject(&pair.a, &state, &["--ttl", "30s"]);
     echo(&mut c, &mut s);

@@ -6,8 +6,7 @@
 //! (`cargo xtask test`, serially) and in the Debian 6.1 VM.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
 
 use chaos_agent::kernel::sock_diag::{self, SockDiagError, TcpSocket};
 use chaos_testing::{Feature, NetNs, Rules, VethPair, in_netns, require_all, skip};
@@ -18,25 +17,6 @@ fn can_run(test: &str) -> bool {
         test,
         &[Feature::Root, Feature::Tool("ip"), Feature::Tool("ss")],
     )
-}
-
-fn listen(ns: &NetNs, addr: &str) -> TcpListener {
-    let addr: SocketAddr = addr.parse().expect("listen address");
-    in_netns(ns, move || TcpListener::bind(addr).expect("bind listener"))
-}
-
-/// A connection from `ns` to `addr` and the server's end of it (accepted from `listener`).
-/// A socket stays in the namespace it was created in, whichever thread uses it later.
-fn connect(ns: &NetNs, addr: &str, listener: &TcpListener) -> (TcpStream, TcpStream) {
-    let addr: SocketAddr = addr.parse().expect("connect address");
-    let client = in_netns(ns, move || TcpStream::connect(addr).expect("connect"));
-    let (server, _) = listener.accept().expect("accept");
-    for s in [&client, &server] {
-        // A test that goes wrong fails instead of hanging on a read.
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-    }
-    (client, server)
 }
 
 fn sockets(ns: &NetNs) -> Vec<TcpSocket> {
@@ -121,10 +101,10 @@ fn destroy_aborts_one_ipv4_connection_and_leaves_the_other() {
         return;
     }
     let pair = VethPair::new(161);
-    let l1 = listen(&pair.b, &format!("{}:5001", pair.b_ip));
-    let l2 = listen(&pair.b, &format!("{}:5002", pair.b_ip));
-    let (mut c1, mut s1) = connect(&pair.a, &format!("{}:5001", pair.b_ip), &l1);
-    let (mut c2, mut s2) = connect(&pair.a, &format!("{}:5002", pair.b_ip), &l2);
+    let l1 = chaos_testing::tcp_listen(&pair.b, &format!("{}:5001", pair.b_ip));
+    let l2 = chaos_testing::tcp_listen(&pair.b, &format!("{}:5002", pair.b_ip));
+    let (mut c1, mut s1) = chaos_testing::tcp_connect(&pair.a, &format!("{}:5001", pair.b_ip), &l1);
+    let (mut c2, mut s2) = chaos_testing::tcp_connect(&pair.a, &format!("{}:5002", pair.b_ip), &l2);
     let one = (c1.local_addr().unwrap(), c1.peer_addr().unwrap());
     let two = (c2.local_addr().unwrap(), c2.peer_addr().unwrap());
 
@@ -208,9 +188,11 @@ fn ipv6_and_ipv4_mapped_sockets_are_listed_and_destroyed() {
     }
     let pair = VethPair::new(162);
     // A dual-stack listener: its IPv4 connections are AF_INET6 sockets with mapped addresses.
-    let listener = listen(&pair.b, "[::]:5003");
-    let (mut c4, mut s4) = connect(&pair.a, &format!("{}:5003", pair.b_ip), &listener);
-    let (mut c6, mut s6) = connect(&pair.a, &format!("[{}]:5003", pair.b_ip6), &listener);
+    let listener = chaos_testing::tcp_listen(&pair.b, "[::]:5003");
+    let (mut c4, mut s4) =
+        chaos_testing::tcp_connect(&pair.a, &format!("{}:5003", pair.b_ip), &listener);
+    let (mut c6, mut s6) =
+        chaos_testing::tcp_connect(&pair.a, &format!("[{}]:5003", pair.b_ip6), &listener);
 
     // The server's end of the IPv4 connection is reported with IPv4-mapped addresses, as the
     // socket itself reports them; the client's end (an AF_INET socket) with plain IPv4 ones.

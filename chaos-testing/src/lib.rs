@@ -929,3 +929,33 @@ impl Drop for Cgroup {
         }
     }
 }
+
+/// A TCP listener bound in `ns` (a socket stays in the namespace it was created in, whichever
+/// thread uses it later; its backlog completes handshakes without an `accept`).
+#[must_use]
+pub fn tcp_listen(ns: &NetNs, addr: &str) -> std::net::TcpListener {
+    let addr: std::net::SocketAddr = addr.parse().expect("listen address");
+    in_netns(ns, move || {
+        std::net::TcpListener::bind(addr).expect("bind listener")
+    })
+}
+
+/// A connection from `ns` to `addr` and the server's end of it (accepted from `listener`),
+/// both with a 10 s read timeout, so that a test that goes wrong fails instead of hanging.
+#[must_use]
+pub fn tcp_connect(
+    ns: &NetNs,
+    addr: &str,
+    listener: &std::net::TcpListener,
+) -> (std::net::TcpStream, std::net::TcpStream) {
+    let addr: std::net::SocketAddr = addr.parse().expect("connect address");
+    let client = in_netns(ns, move || {
+        std::net::TcpStream::connect(addr).expect("connect")
+    });
+    let (server, _) = listener.accept().expect("accept");
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("read timeout");
+    }
+    (client, server)
+}
