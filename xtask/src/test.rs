@@ -197,6 +197,20 @@ fn skip_log(step: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Below this much free space a failed step is blamed on the disk in its note: a full disk fails
+/// builds, unpacking and tests in ways that look like anything but a full disk.
+const LOW_DISK: u64 = 1 << 30;
+
+/// "only N MiB free on target/" when the build directory's file system is nearly full.
+fn low_disk() -> Option<String> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let dir = if dir.exists() { dir } else { PathBuf::from(".") };
+    let st = nix::sys::statvfs::statvfs(&dir).ok()?;
+    let free = st.blocks_available() * st.fragment_size();
+    (free < LOW_DISK).then(|| format!("only {} MiB free on {}", free >> 20, dir.display()))
+}
+
 /// Runs a step, streaming its stdout (stderr is inherited) and adding up the result lines.
 /// A step that fails without reporting a failed test counts as one failure, so that a broken
 /// build can never end in "0 failed".
@@ -250,6 +264,9 @@ fn run_step(name: impl Into<String>, mut cmd: Command, output: Output) -> Step {
                 if tally.failed == 0 {
                     tally.failed = 1;
                 }
+            }
+            if !ok && let Some(low) = low_disk() {
+                note = if note.is_empty() { low } else { format!("{note}; {low}") };
             }
             Step {
                 name,
