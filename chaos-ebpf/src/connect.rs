@@ -29,7 +29,7 @@ use core::ffi::c_void;
 use crate::parse::{IPPROTO_TCP, IPPROTO_UDP};
 use crate::{
     CHAOS_DST4, CHAOS_DST6, CHAOS_GLOBALS, CHAOS_HOOKS, CHAOS_HOOKSTAT, CHAOS_SLOTS, bits, count,
-    ports, rng,
+    port_bits, rng,
 };
 
 /// "Go on": the connect proceeds (and the cgroup's other programs run).
@@ -75,12 +75,14 @@ fn decide(ctx: &SockAddrContext, v6: bool) -> i32 {
     };
     // `user_port` holds the port in network byte order in its low 16 bits.
     let dport = u16::from_be(port as u16);
-    let dp = ports(dport);
+    let mut dst = g.dport_any;
+    let mut protect = Bitmap::EMPTY;
+    port_bits(dport, true, &mut dst, &mut protect);
     m = m
         .and(&g.proto[class])
         .and(&g.sport_any)
         .and(&g.src_any)
-        .and(&dp.dst.or(&g.dport_any));
+        .and(&dst);
     if m.is_empty() {
         return PROCEED;
     }
@@ -97,7 +99,7 @@ fn decide(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     let mut walk = Walk {
         m,
-        protect: dp.protect,
+        protect,
         // SAFETY: helper without arguments.
         now: unsafe { bpf_ktime_get_ns() },
         errno: 0,

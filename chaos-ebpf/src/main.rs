@@ -14,8 +14,8 @@
 //!
 //! Helpers used: map lookup, `bpf_skb_load_bytes`, `bpf_ktime_get_ns`, `bpf_get_prandom_u32`,
 //! `bpf_redirect` (all present since 4.x) and `bpf_loop` (5.17), so the object verifies on
-//! Debian 12's 6.1. Context fields read: `ifindex`; written: `priority` and `tstamp` (tc
-//! read/write access to `tstamp` since 5.0).
+//! Debian 12's 6.1. Context fields read: `ifindex`, `data` and `data_end` (direct packet
+//! access, 4.7); written: `priority` and `tstamp` (tc read/write access to `tstamp` since 5.0).
 #![no_std]
 #![no_main]
 
@@ -225,31 +225,31 @@ struct DnsIo {
     slot: u32,
 }
 
-/// Narrows `m` by the packet's ports and collects the faults that protect one of them. Not
-/// inlined: its two port entries (96 bytes each) get a frame of their own instead of adding to
-/// the classifier's, whose stack the walk and the DNS rewrite share.
-#[inline(never)]
+/// Narrows `m` by the packet's ports and collects the faults that protect one of them.
+#[inline(always)]
 fn port_filter(sport: u16, dport: u16, g: &Globals, m: &mut Bitmap, protect: &mut Bitmap) {
-    let (sp, dp) = (ports(sport), ports(dport));
-    *m = m
-        .and(&sp.src.or(&g.sport_any))
-        .and(&dp.dst.or(&g.dport_any));
-    *protect = sp.protect.or(&dp.protect);
+    let mut src = g.sport_any;
+    let mut dst = g.dport_any;
+    let mut prot = Bitmap::EMPTY;
+    port_bits(sport, false, &mut src, &mut prot);
+    port_bits(dport, true, &mut dst, &mut prot);
+    *m = m.and(&src).and(&dst);
+    *protect = prot;
 }
 
-/// The union of a port's own entry and its block's entry.
+/// Adds to `acc` the faults that list `port` as a destination (`dst`) or source port, and to
+/// `prot` those that protect it: the union of the port's own entry and its block's, read in
+/// place (copying the 96-byte entries out cost more than the lookups).
 #[inline(always)]
-fn ports(port: u16) -> PortEntry {
-    let mut e = PortEntry::default();
-    if let Some(p) = CHAOS_PORTS.get(u32::from(port)) {
-        e = *p;
+pub(crate) fn port_bits(port: u16, dst: bool, acc: &mut Bitmap, prot: &mut Bitmap) {
+    if let Some(e) = CHAOS_PORTS.get(u32::from(port)) {
+        *acc = acc.or(if dst { &e.dst } else { &e.src });
+        *prot = prot.or(&e.protect);
     }
-    if let Some(b) = CHAOS_PORT_BLKS.get(u32::from(port) / PORT_BLOCK_SIZE) {
-        e.src = e.src.or(&b.src);
-        e.dst = e.dst.or(&b.dst);
-        e.protect = e.protect.or(&b.protect);
+    if let Some(e) = CHAOS_PORT_BLKS.get(u32::from(port) / PORT_BLOCK_SIZE) {
+        *acc = acc.or(if dst { &e.dst } else { &e.src });
+        *prot = prot.or(&e.protect);
     }
-    e
 }
 
 /// The state of one packet's walk over its matching faults, shared with [`walk_step`].
@@ -597,11 +597,17 @@ pub(crate) fn scoped(ancestor: impl Fn(u32) -> u64) -> Bitmap {
 /// inlined, for the stack (the lookup keys and values live in its own frame).
 #[inline(never)]
 fn trie_filter(pkt: &Packet, g: &Globals, m: &mut Bitmap) -> bool {
-    *m = m.and(&in_trie(pkt, &pkt.src, true).or(&g.src_any));
-    if m.is_empty() {
-        return false;
+    // Each trie only when a fault still in the running lists prefixes on that side: faults
+    // without prefixes (the common case) match any address without a walk.
+    if !m.and_not(&g.src_any).is_empty() {
+        *m = m.and(&in_trie(pkt, &pkt.src, true).or(&g.src_any));
+        if m.is_empty() {
+            return false;
+        }
     }
-    *m = m.and(&in_trie(pkt, &pkt.dst, false).or(&g.dst_any));
+    if !m.and_not(&g.dst_any).is_empty() {
+        *m = m.and(&in_trie(pkt, &pkt.dst, false).or(&g.dst_any));
+    }
     !m.is_empty()
 }
 

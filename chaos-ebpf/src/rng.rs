@@ -69,7 +69,8 @@ pub fn should_drop(cfg: &FaultSlot, flags: u32, slot: u32) -> bool {
         };
         threshold != 0 && hit(draw(flags, slot), threshold)
     } else {
+        // Certain loss takes no draw (a helper call): `hit` would take any draw.
         let threshold = cfg.loss_threshold;
-        threshold != 0 && hit(draw(flags, slot), threshold)
+        threshold == u32::MAX || (threshold != 0 && hit(draw(flags, slot), threshold))
     }
 }
