@@ -203,9 +203,13 @@ const LOW_DISK: u64 = 1 << 30;
 
 /// "only N MiB free on target/" when the build directory's file system is nearly full.
 fn low_disk() -> Option<String> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let dir = if dir.exists() { dir } else { PathBuf::from(".") };
+    let dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let dir = if dir.exists() {
+        dir
+    } else {
+        PathBuf::from(".")
+    };
     let st = nix::sys::statvfs::statvfs(&dir).ok()?;
     let free = st.blocks_available() * st.fragment_size();
     (free < LOW_DISK).then(|| format!("only {} MiB free on {}", free >> 20, dir.display()))
@@ -266,7 +270,11 @@ fn run_step(name: impl Into<String>, mut cmd: Command, output: Output) -> Step {
                 }
             }
             if !ok && let Some(low) = low_disk() {
-                note = if note.is_empty() { low } else { format!("{note}; {low}") };
+                note = if note.is_empty() {
+                    low
+                } else {
+                    format!("{note}; {low}")
+                };
             }
             Step {
                 name,
