@@ -53,7 +53,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 /// under a green CI.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM major version shared by rustc 1.95, nightly 1.97 and llvm-22-dev.
-const LLVM_MAJOR: u32 = 22;
+pub(crate) const LLVM_MAJOR: u32 = 22;
 
 #[derive(Debug, Default, clap::Args)]
 pub struct SetupArgs {

@@ -180,6 +180,17 @@ fn measure(
         latency::cold_start(net, agent, work)
     })?;
     rate_row(r, "none", "no program attached", window)?;
+    if let Some(cost) = attempt(r, "cost: the floor (a no-op program)", || {
+        stats::floor_cost(&work.join("floor"), COST_WARMUP, COST_WINDOW)
+    })? {
+        r.costs.push(report::CostRow {
+            key: "floor".to_owned(),
+            label: "floor: a no-op program (tc filter), the accounting's own cost".to_owned(),
+            cost,
+            matched: None,
+            dropped: None,
+        });
+    }
     faults::nft_rate(r, window)?;
     let Some(daemon) = attempt(r, "start the daemon", || {
         Daemon::start(net, agent, &work.join("daemon"))
