@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod setup;
 mod test;
+mod torture;
 mod vm;
 
 use std::ffi::OsStr;
@@ -42,6 +43,8 @@ enum Cmd {
     /// Measure packet rate, eBPF ns/packet, inject/stop latency and the daemon's memory, next to
     /// nftables, between two throw-away network namespaces (writes target/bench/bench.json).
     Bench(bench::BenchArgs),
+    /// SIGKILL the agent at random moments of its work and check the host is left as it was.
+    Torture(torture::TortureArgs),
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),
     /// Fuzz every parser of outside input (cargo-fuzz, nightly), or `--replay` the corpus.
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Lint => test::lint(),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Torture(args) => torture::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::UdpSend(args) => demo::udp_send(&args),

@@ -182,11 +182,15 @@ fn apply_skips(tally: &mut Tally, skips: Vec<Skip>, failed: &BTreeSet<String>) -
     skips
 }
 
+/// cargo's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from)
+}
+
 /// Where a step's skips are written: `target/xtask/skips/<step>.log`, emptied first.
 fn skip_log(step: &str) -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
-    let dir = target.join("xtask").join("skips");
+    let dir = target_dir().join("xtask").join("skips");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let slug: String = step
         .chars()
@@ -446,6 +450,25 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
             }
             Err(e) => steps.push(Step::failed("list integration tests", &e, Duration::ZERO)),
         }
+
+        // SIGKILLs at random moments of inject, extend and stop, the host compared after each
+        // restart or cleanup with what it was (the full 1,000 on demand: `cargo xtask torture`).
+        let mut c = cargo();
+        c.args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "torture",
+            "--kills",
+            "30",
+        ])
+        .env(
+            "CHAOS_AGENT_BIN",
+            crate::workspace_root().join("target/debug/chaos-agent"),
+        );
+        steps.push(run_step("torture (30 SIGKILLs)", c, Output::Libtest));
 
         if !args.no_vm {
             // Through cargo, not current_exe(): the workspace build above may have relinked

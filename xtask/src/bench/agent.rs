@@ -263,6 +263,15 @@ impl Daemon {
             .with_context(|| format!("no VmRSS in {path}"))
     }
 
+    /// SIGKILL: the daemon dies without reverting anything (what `cargo xtask torture` does to
+    /// it), and is reaped.
+    pub fn sigkill(mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM (the daemon reverts every fault) and waits; fails if it exits with an error.
     pub fn shutdown(mut self) -> anyhow::Result<()> {
         let status = self.stop()?;

@@ -19,7 +19,7 @@
 //! only if one could not be made. Targets get PASS/MISS beside them and never fail the run.
 //! Results: a table on stdout and `target/bench/bench.json`.
 
-mod agent;
+pub(crate) mod agent;
 mod faults;
 mod latency;
 mod net;
