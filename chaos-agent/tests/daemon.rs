@@ -86,25 +86,7 @@ impl<'a> Agent<'a> {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .expect("log");
-        let mut cmd = self.net.a.command(bin().to_str().expect("utf-8 path"));
-        cmd.arg("--state-dir")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("run")
-            .arg("--config")
-            .arg(self.config())
-            .args(["--log-format", "json"])
-            .args(&self.extra)
-            .env("CHAOS_AGENT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn agent"));
+        self.spawn_nowait();
         let t0 = Instant::now();
         loop {
             if let Some(st) = self
@@ -126,6 +108,29 @@ impl<'a> Agent<'a> {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Spawns the agent without waiting for it to answer.
+    fn spawn_nowait(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("log");
+        let mut cmd = self.net.a.command(bin().to_str().expect("utf-8 path"));
+        cmd.arg("--state-dir")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("run")
+            .arg("--config")
+            .arg(self.config())
+            .args(["--log-format", "json"])
+            .args(&self.extra)
+            .env("CHAOS_AGENT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn agent"));
     }
 
     fn pid(&self) -> u32 {
@@ -863,6 +868,42 @@ fn crash_leftovers_removed_at_restart_and_by_cleanup() {
     assert_eq!(agent.our_filters(), 0);
     assert!(!agent.has_clsact());
     assert_eq!(agent.journal_files(), 0);
+}
+
+#[test]
+fn sigterm_during_start_up_is_an_orderly_shutdown() {
+    require_root!("sigterm_during_start_up_is_an_orderly_shutdown");
+    let net = VethPair::new(51);
+    let dir = TempDir::new();
+    let mut agent = Agent {
+        net: &net,
+        dir: dir.0.clone(),
+        child: None,
+        extra: NETLINK.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    std::fs::write(agent.config(), "").expect("write config");
+    agent.spawn_nowait();
+    // The socket is bound before the reconcile and the preload (hundreds of ms): SIGTERM lands
+    // inside start-up, where it once killed the agent by the signal's default action.
+    let t0 = Instant::now();
+    while !agent.socket().exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no socket: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (ok, took) = agent.sigterm();
+    assert!(
+        ok,
+        "exit status of a SIGTERM in start-up: {}",
+        agent.log_text()
+    );
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(!agent.socket().exists(), "socket removed");
+    assert_eq!(agent.journal_files(), 0);
+    assert_eq!(agent.our_filters(), 0);
 }
 
 #[test]

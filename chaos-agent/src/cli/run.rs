@@ -106,6 +106,12 @@ async fn daemon(
     path: PathBuf,
     explicit: bool,
 ) -> anyhow::Result<ExitCode> {
+    // Handlers first: a SIGTERM during start-up (reconcile, preload, or just after the API
+    // answers) must wait for the loop below and end in an orderly shutdown, not kill the agent
+    // by the signal's default action (`cargo xtask torture` caught that window).
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let token = cfg.tcp_token()?;
     let auth = Auth::from_config(&cfg, token)?;
     // Listeners first: a second agent must fail here, before it reconciles or changes anything.
@@ -188,9 +194,6 @@ async fn daemon(
         "chaos-agent running"
     );
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
