@@ -182,6 +182,15 @@ fn apply_skips(tally: &mut Tally, skips: Vec<Skip>, failed: &BTreeSet<String>) -
     skips
 }
 
+/// `cargo xtask ARGS` as a step: through cargo, not `current_exe()`, because the workspace build
+/// may have relinked (replaced) this very binary, features unifying differently there.
+fn xtask(args: &[&str]) -> Command {
+    let mut c = cargo();
+    c.args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(args);
+    c
+}
+
 /// cargo's target directory.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -412,16 +421,7 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
 
         // Every fuzz target over its committed corpus and its regressions (the inputs that once
         // crashed it): seconds of running after a nightly build of about two minutes.
-        let mut c = cargo();
-        c.args([
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "fuzz",
-            "--replay",
-        ]);
+        let c = xtask(&["fuzz", "--replay"]);
         steps.push(run_step("fuzz replay", c, Output::Libtest));
 
         // Integration tests are privileged: they attach programs, add qdiscs and create
@@ -453,28 +453,12 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
 
         // SIGKILLs at random moments of inject, extend and stop, the host compared after each
         // restart or cleanup with what it was (the full 1,000 on demand: `cargo xtask torture`).
-        let mut c = cargo();
-        c.args([
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "torture",
-            "--kills",
-            "30",
-        ])
-        .env(
-            "CHAOS_AGENT_BIN",
-            crate::workspace_root().join("target/debug/chaos-agent"),
-        );
+        let mut c = xtask(&["torture", "--kills", "30"]);
+        c.env("CHAOS_AGENT_BIN", target_dir().join("debug/chaos-agent"));
         steps.push(run_step("torture (30 SIGKILLs)", c, Output::Libtest));
 
         if !args.no_vm {
-            // Through cargo, not current_exe(): the workspace build above may have relinked
-            // (replaced) this very binary, because features unify differently there.
-            let mut c = cargo();
-            c.args(["run", "--quiet", "--package", "xtask", "--", "vm-test"]);
+            let c = xtask(&["vm-test"]);
             steps.push(run_step("vm tests (QEMU)", c, Output::Vm));
         }
     }
