@@ -453,9 +453,21 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
 
         // SIGKILLs at random moments of inject, extend and stop, the host compared after each
         // restart or cleanup with what it was (the full 1,000 on demand: `cargo xtask torture`).
-        let mut c = xtask(&["torture", "--kills", "30"]);
+        let mut c = xtask(&[
+            "torture",
+            "--kills",
+            "30",
+            "--clients",
+            "50",
+            "--seconds",
+            "10",
+        ]);
         c.env("CHAOS_AGENT_BIN", target_dir().join("debug/chaos-agent"));
-        steps.push(run_step("torture (30 SIGKILLs)", c, Output::Libtest));
+        steps.push(run_step(
+            "torture (30 SIGKILLs, 50 clients)",
+            c,
+            Output::Libtest,
+        ));
 
         if !args.no_vm {
             let c = xtask(&["vm-test"]);

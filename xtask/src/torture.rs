@@ -9,7 +9,9 @@
 //! and compared with the state taken before the first round, from outside the agent: `ip -j
 //! link`, `tc -j qdisc` and `tc -j filter` in A, the BPF programs named `chaos_*` and the BPF
 //! links (`bpftool -j`). Any difference fails the run with the round, the seed and the diff.
-//! `cargo xtask test` runs a short one (`--kills 30`) with the debug agent it just built.
+//! Then (`--clients`) many API clients at once against one daemon: no error but the fault
+//! limit, the daemon's memory and fds bounded, nothing left.
+//! `cargo xtask test` runs a short one with the debug agent it just built.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,173 @@ pub struct TortureArgs {
     /// Seed of the schedule (default: from the clock; printed, to replay a failure).
     #[arg(long)]
     seed: Option<u64>,
+    /// Then this many API clients at once (0: none), each creating, extending, listing and
+    /// stopping faults for `--seconds` (the full run is 100 for 60 s).
+    #[arg(long, default_value_t = 100)]
+    clients: u32,
+    /// How long the clients run, in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+}
+
+/// What the clients did.
+#[derive(Debug, Default)]
+struct ClientTally {
+    ops: u64,
+    /// Injects the agent refused for a limit (`max_faults`): the right answer under load.
+    refused: u64,
+    /// Anything else that failed: fails the run.
+    errors: Vec<String>,
+}
+
+/// The daemon's `VmRSS` (kB) and its open fds.
+fn footprint(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    Ok((rss, fds))
+}
+
+/// One client: random create / extend / list / stop of loss faults on ports of its own for
+/// `until`, then it stops what it still holds.
+fn client(api: &crate::bench::agent::Api, n: u32, seed: u64, until: Instant) -> ClientTally {
+    let mut rng = Rng(seed | 1);
+    let mut t = ClientTally::default();
+    let mut ids: Vec<String> = Vec::new();
+    let port = 20_000 + n;
+    while Instant::now() < until {
+        let r: anyhow::Result<()> = (|| {
+            match if ids.is_empty() { 0 } else { rng.below(4) } {
+                0 => {
+                    let spec = crate::bench::agent::loss_spec(0.5, &[port.to_string()], &[], "30s");
+                    let (status, v) = api.call("POST", "/v1/faults", Some(&spec))?;
+                    match status {
+                        201 => ids.push(v["id"].as_str().context("no id")?.to_owned()),
+                        // The agent's fault limit, reached by all clients together.
+                        429 if v.to_string().contains("too_many_faults") => t.refused += 1,
+                        _ => bail!("inject: HTTP {status}: {v}"),
+                    }
+                }
+                1 => {
+                    let id = &ids[rng.below(ids.len() as u64) as usize];
+                    let body = serde_json::json!({"by": "5s"});
+                    let (status, v) =
+                        api.call("POST", &format!("/v1/faults/{id}/extend"), Some(&body))?;
+                    if status != 200 {
+                        bail!("extend: HTTP {status}: {v}");
+                    }
+                }
+                2 => {
+                    let (status, v) = api.call("GET", "/v1/faults", None)?;
+                    if status != 200 {
+                        bail!("list: HTTP {status}: {v}");
+                    }
+                }
+                _ => {
+                    let id = ids.swap_remove(rng.below(ids.len() as u64) as usize);
+                    api.stop(&id)?;
+                }
+            }
+            Ok(())
+        })();
+        t.ops += 1;
+        if let Err(e) = r {
+            t.errors.push(format!("client {n}: {e:#}"));
+            break;
+        }
+    }
+    for id in ids {
+        if let Err(e) = api.stop(&id) {
+            t.errors.push(format!("client {n}: stop {id}: {e:#}"));
+        }
+    }
+    t
+}
+
+/// `clients` clients against one daemon for `seconds`: no error but the fault limit, the
+/// daemon alive, its memory and fds bounded, and nothing left on the host after.
+fn clients(
+    net: &DemoNet,
+    agent: &Path,
+    dir: &Path,
+    args: &TortureArgs,
+    seed: u64,
+    baseline: &[String],
+) -> anyhow::Result<()> {
+    // Bounds: the daemon holds ~15 MB with 256 faults (cargo xtask bench); each connection is
+    // one fd while it lasts.
+    const RSS_MAX_KB: u64 = 64 * 1024;
+    let d = Daemon::start(net, agent, dir)?;
+    let (rss0, fds0) = footprint(d.pid)?;
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let handles: Vec<_> = (0..args.clients)
+        .map(|n| {
+            let api = d.api.clone();
+            let s = seed.wrapping_add(u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            std::thread::spawn(move || client(&api, n, s, until))
+        })
+        .collect();
+    let (mut rss_max, mut fds_max) = (rss0, fds0);
+    while Instant::now() < until {
+        crate::check_interrupted()?;
+        let (rss, fds) = footprint(d.pid).context("the daemon died under the clients")?;
+        rss_max = rss_max.max(rss);
+        fds_max = fds_max.max(fds);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut total = ClientTally::default();
+    for h in handles {
+        let t = h.join().map_err(|_| anyhow::anyhow!("a client panicked"))?;
+        total.ops += t.ops;
+        total.refused += t.refused;
+        total.errors.extend(t.errors);
+    }
+    let left = d.api.call("GET", "/v1/faults", None)?.1;
+    let left = left["faults"].as_array().map_or(0, Vec::len);
+    let (rss1, fds1) = footprint(d.pid)?;
+    d.shutdown()?;
+    if !total.errors.is_empty() {
+        bail!(
+            "{} client errors, first: {}",
+            total.errors.len(),
+            total.errors[0]
+        );
+    }
+    if left != 0 {
+        bail!("{left} faults left after every client stopped its own");
+    }
+    if rss_max > RSS_MAX_KB {
+        bail!(
+            "daemon RSS reached {} MB under {} clients",
+            rss_max / 1024,
+            args.clients
+        );
+    }
+    if fds1 > fds0 + 2 {
+        bail!("daemon fds grew from {fds0} to {fds1} (leak)");
+    }
+    let now = host_state()?;
+    if now != baseline {
+        bail!(
+            "the host is not as before after the clients:\n{}",
+            diff(baseline, &now)
+        );
+    }
+    println!(
+        "torture: {} clients for {} s: {} operations, {} injects refused at the fault limit, 0 errors, 0 faults left; daemon RSS {:.1} -> max {:.1} -> {:.1} MB, fds {fds0} -> max {fds_max} -> {fds1}",
+        args.clients,
+        args.seconds,
+        total.ops,
+        total.refused,
+        rss0 as f64 / 1024.0,
+        rss_max as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+    );
+    Ok(())
 }
 
 /// xorshift64*: the schedule only has to be varied and reproducible from its seed.
@@ -196,7 +365,8 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
         args.kills
     );
     let net = DemoNet::create()?;
-    let work = tempdir()?;
+    let work = WorkDir::create()?;
+    let work = &work.0;
     let baseline = host_state()?;
 
     // Only faults this kernel takes: each is tried once, to completion, first.
@@ -291,16 +461,29 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
         args.kills,
         started.elapsed()
     );
+    if args.clients > 0 {
+        clients(&net, &agent, &work.join("clients"), args, seed, &baseline)?;
+    }
     drop(net);
-    let _ = std::fs::remove_dir_all(&work);
     // libtest's shape, for `cargo xtask test`'s tally (a failed run exits non-zero instead).
     println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
     Ok(())
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("chaos-torture-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// The run's directory (configs, state dirs, logs); removed on drop, failed runs included.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("chaos-torture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
