@@ -46,6 +46,8 @@ struct ClientTally {
     ops: u64,
     /// Injects the agent refused for a limit (`max_faults`): the right answer under load.
     refused: u64,
+    /// Extends and stops of a fault whose TTL (30 s) ended first: 404, rightly.
+    expired: u64,
     /// Anything else that failed: fails the run.
     errors: Vec<String>,
 }
@@ -83,12 +85,18 @@ fn client(api: &crate::bench::agent::Api, n: u32, seed: u64, until: Instant) -> 
                     }
                 }
                 1 => {
-                    let id = &ids[rng.below(ids.len() as u64) as usize];
+                    let i = rng.below(ids.len() as u64) as usize;
                     let body = serde_json::json!({"by": "5s"});
-                    let (status, v) =
-                        api.call("POST", &format!("/v1/faults/{id}/extend"), Some(&body))?;
-                    if status != 200 {
-                        bail!("extend: HTTP {status}: {v}");
+                    let path = format!("/v1/faults/{}/extend", ids[i]);
+                    let (status, v) = api.call("POST", &path, Some(&body))?;
+                    match status {
+                        200 => {}
+                        // Its TTL ran out first: gone, rightly.
+                        404 => {
+                            ids.swap_remove(i);
+                            t.expired += 1;
+                        }
+                        _ => bail!("extend: HTTP {status}: {v}"),
                     }
                 }
                 2 => {
@@ -99,7 +107,12 @@ fn client(api: &crate::bench::agent::Api, n: u32, seed: u64, until: Instant) -> 
                 }
                 _ => {
                     let id = ids.swap_remove(rng.below(ids.len() as u64) as usize);
-                    api.stop(&id)?;
+                    let (status, v) = api.call("DELETE", &format!("/v1/faults/{id}"), None)?;
+                    match status {
+                        200 if v["errors"].as_array().is_none_or(Vec::is_empty) => {}
+                        404 => t.expired += 1,
+                        _ => bail!("stop {id}: HTTP {status}: {v}"),
+                    }
                 }
             }
             Ok(())
@@ -111,8 +124,12 @@ fn client(api: &crate::bench::agent::Api, n: u32, seed: u64, until: Instant) -> 
         }
     }
     for id in ids {
-        if let Err(e) = api.stop(&id) {
-            t.errors.push(format!("client {n}: stop {id}: {e:#}"));
+        match api.call("DELETE", &format!("/v1/faults/{id}"), None) {
+            Ok((200 | 404, _)) => {}
+            Ok((status, v)) => t
+                .errors
+                .push(format!("client {n}: stop {id}: HTTP {status}: {v}")),
+            Err(e) => t.errors.push(format!("client {n}: stop {id}: {e:#}")),
         }
     }
     t
@@ -154,6 +171,7 @@ fn clients(
         let t = h.join().map_err(|_| anyhow::anyhow!("a client panicked"))?;
         total.ops += t.ops;
         total.refused += t.refused;
+        total.expired += t.expired;
         total.errors.extend(t.errors);
     }
     let left = d.api.call("GET", "/v1/faults", None)?.1;
@@ -188,11 +206,12 @@ fn clients(
         );
     }
     println!(
-        "torture: {} clients for {} s: {} operations, {} injects refused at the fault limit, 0 errors, 0 faults left; daemon RSS {:.1} -> max {:.1} -> {:.1} MB, fds {fds0} -> max {fds_max} -> {fds1}",
+        "torture: {} clients for {} s: {} operations, {} injects refused at the fault limit, {} faults ended by their TTL first, 0 errors, 0 faults left; daemon RSS {:.1} -> max {:.1} -> {:.1} MB, fds {fds0} -> max {fds_max} -> {fds1}",
         args.clients,
         args.seconds,
         total.ops,
         total.refused,
+        total.expired,
         rss0 as f64 / 1024.0,
         rss_max as f64 / 1024.0,
         rss1 as f64 / 1024.0,
