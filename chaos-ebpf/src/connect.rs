@@ -186,7 +186,7 @@ struct Walk {
 extern "C" fn step(_index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `decide` gave it, a live `Walk`.
     let walk = unsafe { &mut *walk.cast::<Walk>() };
-    let Some((word, low, slot)) = crate::pop_lowest(&mut walk.m) else {
+    let Some(crate::Popped { slot, protected }) = crate::pop_lowest(&mut walk.m, &walk.protect) else {
         return 1;
     };
     let Some(f) = CHAOS_SLOTS.get(slot) else {
@@ -196,7 +196,7 @@ extern "C" fn step(_index: u64, walk: *mut c_void) -> i64 {
     if flags & F_REFUSE == 0 || !crate::acts_now(f, slot, Dir::Egress, walk.now) {
         return 0;
     }
-    if walk.protect.w[word] & low != 0 {
+    if protected {
         count(slot, Dir::Egress, Counter::Protected);
         return 0;
     }

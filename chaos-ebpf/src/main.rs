@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    BITMAP_WORDS, Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_DNS, F_EDT, F_EGRESS_WIRE_DROP,
+    Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_DNS, F_EDT, F_EGRESS_WIRE_DROP,
     F_FLAP, F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_CGROUP_LEVEL, MAX_CGROUPS,
     MAX_FAULTS, MAX_HOOKS, MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP,
     PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
@@ -75,6 +75,16 @@ pub(crate) static CHAOS_RNG: PerCpuArray<u64> = PerCpuArray::with_max_entries(MA
 /// Per-CPU Gilbert-Elliott state of each slot (0 = good, 1 = bad).
 #[map]
 pub(crate) static CHAOS_GE: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_FAULTS, 0);
+/// Per-CPU state of the walk over a packet's matching faults ([`act`]), one entry per
+/// direction. In map memory, not on the stack, so that the verifier learns nothing from it: a
+/// `bpf_loop` callback is verified again for every new state it is entered with, and with the
+/// walk on the stack each step's constants (the words already emptied, what was done) made a
+/// new one. Seen as unknown values, every step is entered in one state and the callback is
+/// verified once. (With the LLVM of Debian's llvm-22 22.1.8 the stack walk took `chaos_tc_eg`
+/// past the verifier's million instructions.) Entry per direction: an egress walk (BH off) and
+/// an ingress one (softirq) never interleave on a CPU, but they need not share to be sure.
+#[map]
+static CHAOS_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(2, 0);
 /// Source IPv4 prefixes -> the faults of every listed prefix that contains the key (the agent
 /// stores the union, so the longest match is enough). The constructor adds
 /// `BPF_F_NO_PREALLOC`, which the kernel requires for LPM tries: entries cost memory only
@@ -265,8 +275,6 @@ struct Walk {
     tstamp: u64,
     /// The class to steer into once `STEERED`.
     priority: u32,
-    /// `Dir` as an integer.
-    dir: u32,
     /// `VERDICT_*`.
     verdict: u32,
     /// `STEERED` | `STAMPED`.
@@ -281,8 +289,6 @@ struct Walk {
     rcode: u32,
     /// `FaultSlot::index` of the DNS fault that hit the answer, once `VERDICT_DNS`.
     dns_slot: u32,
-    /// Explicit padding; zero.
-    pad: u32,
 }
 
 const VERDICT_NONE: u32 = 0;
@@ -311,32 +317,36 @@ fn act(skb: *mut __sk_buff, dir: u32, m: &Bitmap, protect: &Bitmap, io: &mut Dns
     } else {
         Dir::Ingress
     };
-    let mut walk = Walk {
-        m: *m,
-        protect: *protect,
-        // SAFETY: helper without arguments, available since 4.1. CLOCK_MONOTONIC, as is the
-        // agent's deadline.
-        now: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: `skb` is the program's context; tc programs may read `tstamp` (since 5.0).
-        tstamp: unsafe { (*skb).tstamp },
-        priority: 0,
-        dir: dir as u32,
-        verdict: VERDICT_NONE,
-        done: 0,
-        steer_slot: 0,
-        stamp_slot: 0,
-        dns: io.state,
-        rcode: 0,
-        dns_slot: 0,
-        pad: 0,
+    let Some(walk) = CHAOS_WALK.get_ptr_mut(dir as u32) else {
+        return TC_ACT_UNSPEC;
     };
-    // SAFETY: `walk_step` has the callback signature bpf_loop expects and only touches `walk`
-    // (a stack object that outlives the call) and maps.
+    // SAFETY: this CPU's entry for this direction, valid while the program runs; no other
+    // program uses it meanwhile (see `CHAOS_WALK`).
+    let walk = unsafe { &mut *walk };
+    walk.m = *m;
+    walk.protect = *protect;
+    // SAFETY: helper without arguments, available since 4.1. CLOCK_MONOTONIC, as is the
+    // agent's deadline.
+    walk.now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `skb` is the program's context; tc programs may read `tstamp` (since 5.0).
+    walk.tstamp = unsafe { (*skb).tstamp };
+    walk.priority = 0;
+    walk.verdict = VERDICT_NONE;
+    walk.done = 0;
+    walk.steer_slot = 0;
+    walk.stamp_slot = 0;
+    walk.dns = io.state;
+    walk.rcode = 0;
+    walk.dns_slot = 0;
+    // The step's context is only the direction: a constant, the same at every step.
+    let mut step_dir = dir as u32;
+    // SAFETY: `walk_step` has the callback signature bpf_loop expects and only reads
+    // `step_dir` (a stack object that outlives the call) and touches maps.
     unsafe {
         bpf_loop(
             MAX_FAULTS,
             walk_step as *mut c_void,
-            (&raw mut walk).cast::<c_void>(),
+            (&raw mut step_dir).cast::<c_void>(),
             0,
         );
     }
@@ -386,13 +396,18 @@ fn act(skb: *mut __sk_buff, dir: u32, m: &Bitmap, protect: &Bitmap, io: &mut Dns
 /// One step of the walk: takes the lowest slot left in `walk.m` and applies that fault.
 /// Returns 1 (stop) when no slot is left or the packet is dropped, 0 to go on.
 #[inline(never)]
-extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `act` gave it, a live `Walk`.
-    let walk = unsafe { &mut *walk.cast::<Walk>() };
-    let Some((word, low, slot)) = pop_lowest(&mut walk.m) else {
+extern "C" fn walk_step(_index: u64, step_dir: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `act` gave it, a live `u32`.
+    let step_dir = unsafe { *step_dir.cast::<u32>() };
+    let Some(walk) = CHAOS_WALK.get_ptr_mut(step_dir) else {
         return 1;
     };
-    let dir = if walk.dir == Dir::Egress as u32 {
+    // SAFETY: as in `act`, which filled it.
+    let walk = unsafe { &mut *walk };
+    let Some(Popped { slot, protected }) = pop_lowest(&mut walk.m, &walk.protect) else {
+        return 1;
+    };
+    let dir = if step_dir == Dir::Egress as u32 {
         Dir::Egress
     } else {
         Dir::Ingress
@@ -404,7 +419,7 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
     if !acts_now(f, slot, dir, walk.now) {
         return 0;
     }
-    if walk.protect.w[word] & low != 0 {
+    if protected {
         count(slot, dir, Counter::Protected);
         return 0;
     }
@@ -434,21 +449,44 @@ extern "C" fn walk_step(_index: u64, walk: *mut c_void) -> i64 {
     0
 }
 
-/// Takes the lowest slot left in `m` off it: its word, its bit and its number; `None` once
+/// The lowest slot left in a walk's bitmap, taken off it.
+pub(crate) struct Popped {
+    /// Its number.
+    pub slot: u32,
+    /// Whether one of the packet's (or connect's) ports is protected for it.
+    pub protected: bool,
+}
+
+/// Takes the lowest slot left in `m` off it, and says whether `protect` has it; `None` once
 /// `m` is empty. Shared by every walk (the tc programs' and the connect programs').
+///
+/// Each word is handled at a constant offset: a word index computed from the bitmap would be
+/// a pointer offset, which the verifier tracks precisely, path by path.
 #[inline(always)]
-pub(crate) fn pop_lowest(m: &mut Bitmap) -> Option<(usize, u64, u32)> {
-    let mut word = 0;
-    while word < BITMAP_WORDS && m.w[word] == 0 {
-        word += 1;
-    }
-    if word >= BITMAP_WORDS {
+pub(crate) fn pop_lowest(m: &mut Bitmap, protect: &Bitmap) -> Option<Popped> {
+    let (base, low, prot) = if m.w[0] != 0 {
+        (0, take_low(&mut m.w[0]), protect.w[0])
+    } else if m.w[1] != 0 {
+        (64, take_low(&mut m.w[1]), protect.w[1])
+    } else if m.w[2] != 0 {
+        (128, take_low(&mut m.w[2]), protect.w[2])
+    } else if m.w[3] != 0 {
+        (192, take_low(&mut m.w[3]), protect.w[3])
+    } else {
         return None;
-    }
-    let w = m.w[word];
-    let low = w & w.wrapping_neg();
-    m.w[word] = w ^ low;
-    Some((word, low, word as u32 * 64 + bit_index(low)))
+    };
+    Some(Popped {
+        slot: base + bit_index(low),
+        protected: prot & low != 0,
+    })
+}
+
+/// Clears the lowest bit set in `*w` (non-zero) and returns it.
+#[inline(always)]
+fn take_low(w: &mut u64) -> u64 {
+    let low = *w & w.wrapping_neg();
+    *w ^= low;
+    low
 }
 
 /// Whether a slot acts at `now`: armed, before its kernel deadline (a slot past it is counted
@@ -508,30 +546,20 @@ fn dns_step(walk: &mut Walk, f: &FaultSlot, flags: u32, slot: u32, dir: Dir) -> 
     i64::from(stop)
 }
 
-/// The index of the one bit set in `low` (a power of two), by binary search: BPF has no
-/// count-trailing-zeros instruction.
+/// The index of the one bit set in `low` (a power of two): the number of bits set below it,
+/// `popcount(low - 1)`, counted without a branch (BPF has no count-trailing-zeros or popcount
+/// instruction). Branch-free on purpose: a binary search by branches gives every slot number
+/// its own constant, and since the verifier tracks constant array keys precisely (6.13+, to
+/// elide the null check of the lookup) it then walks the rest of the step once per slot, 256
+/// times, and `chaos_tc_in` went past its million instructions. Computed, the slot is one
+/// bounded scalar and the step is verified once.
 #[inline(always)]
 fn bit_index(low: u64) -> u32 {
-    let mut i = 0;
-    if low & 0xFFFF_FFFF_0000_0000 != 0 {
-        i += 32;
-    }
-    if low & 0xFFFF_0000_FFFF_0000 != 0 {
-        i += 16;
-    }
-    if low & 0xFF00_FF00_FF00_FF00 != 0 {
-        i += 8;
-    }
-    if low & 0xF0F0_F0F0_F0F0_F0F0 != 0 {
-        i += 4;
-    }
-    if low & 0xCCCC_CCCC_CCCC_CCCC != 0 {
-        i += 2;
-    }
-    if low & 0xAAAA_AAAA_AAAA_AAAA != 0 {
-        i += 1;
-    }
-    i
+    let mut x = low.wrapping_sub(1);
+    x -= (x >> 1) & 0x5555_5555_5555_5555;
+    x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    x = (x + (x >> 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
 }
 
 /// How far ahead of `now` an existing `skb->tstamp` may be and still be trusted as a
