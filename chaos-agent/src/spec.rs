@@ -218,6 +218,22 @@ pub enum SpecError {
         /// What the lookup said.
         why: String,
     },
+    /// The unit to scope to has no cgroup, or its name is no unit name.
+    #[error("cannot scope to unit {}: {why}", shown(name))]
+    BadUnit {
+        /// The name as given.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The container to scope to was not found, or the prefix names several.
+    #[error("cannot scope to container {}: {why}", shown(id))]
+    BadContainer {
+        /// The id or prefix as given.
+        id: String,
+        /// Why.
+        why: String,
+    },
     /// The process to scope to does not exist or is in no cgroup v2.
     #[error("cannot scope to pid {pid}: {why}")]
     BadPid {

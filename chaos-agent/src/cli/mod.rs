@@ -123,13 +123,22 @@ pub struct InjectArgs {
     /// Fault protected traffic too (SSH and the agent's own ports are spared by default).
     #[arg(long)]
     pub include_protected: bool,
-    /// Only the traffic (egress) and connects of processes in this cgroup v2 or below it: its
-    /// path in the hierarchy, e.g. `/system.slice/nginx.service`.
-    #[arg(long, value_name = "PATH", conflicts_with = "pid")]
+    /// Only the traffic (egress), connects and connections of processes in this cgroup v2 or
+    /// below it: its path in the hierarchy, e.g. `/system.slice/nginx.service`.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "unit", "container"])]
     pub cgroup: Option<String>,
-    /// Only the traffic (egress) and connects of the processes in this process's cgroup.
-    #[arg(long, value_name = "PID")]
+    /// Only those of the processes in this process's cgroup.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["unit", "container"])]
     pub pid: Option<u32>,
+    /// Only those of this systemd unit's processes (`NAME` means `NAME.service`), found by the
+    /// cgroup systemd names after the unit.
+    #[arg(long, value_name = "NAME", conflicts_with = "container")]
+    pub unit: Option<String>,
+    /// Only those of this container (docker, containerd, cri-o, podman: any runtime that names
+    /// it in its cgroup), by id or unique prefix. In a container with a network namespace of
+    /// its own, --reset and --refuse act inside it.
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
     /// Validate and print the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -724,19 +724,9 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
         spec.ttl = d;
     }
     spec.validate(&cfg.limits)?;
-    if let Some(pid) = spec.target.pid.take() {
-        // Journaled and shown as the cgroup it resolved to: the pid may be gone or reused
-        // when the fault is replayed.
-        spec.target.cgroup = Some(crate::target::cgroup_of_pid(pid)?);
+    if spec.target.scoped() {
+        resolve_scope(&mut spec.target)?;
         spec.validate(&cfg.limits)?;
-    }
-    if let Some(path) = &spec.target.cgroup {
-        // A cgroup that does not exist is bad input, refused before anything is reserved.
-        let parts = crate::target::cgroup_components(path)?;
-        sys::cgroup_id(&parts).map_err(|e| crate::spec::SpecError::NoSuchCgroup {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
     }
     if spec.acts_on_sockets() {
         // Connect and socket faults have no interface; the engine's bookkeeping names
@@ -750,6 +740,54 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
     sys::ifindex(&ifname)?;
     spec.target.iface = Some(ifname.clone());
     Ok(ifname)
+}
+
+/// Resolves the processes a fault is limited to into the cgroup (path and id) and, for a
+/// container with one of its own, the network namespace that are journaled and shown: the pid
+/// may be gone or reused, and a unit or container restarted, by the time anyone reads them.
+fn resolve_scope(t: &mut crate::target::Target) -> Result<(), EngineError> {
+    use crate::spec::SpecError;
+    use crate::target::scope;
+    let tree = sys::cgroup::Tree::open().map_err(|e| SpecError::NoSuchCgroup {
+        path: "/".to_owned(),
+        why: format!("cannot open the cgroup v2 hierarchy: {e}"),
+    })?;
+    let resolved = if let Some(pid) = t.pid.take() {
+        Some(crate::target::cgroup_of_pid(pid)?)
+    } else if let Some(unit) = &t.unit {
+        let name = scope::unit_name(unit)?;
+        let cgroup = scope::unit_cgroup(&tree, &name)?;
+        t.unit = Some(name);
+        Some(cgroup)
+    } else if let Some(given) = &t.container {
+        let c = scope::find_container(&tree, given)?;
+        t.netns = scope::container_netns(&tree, &c)?;
+        t.container = Some(c.id);
+        Some(c.cgroup)
+    } else {
+        None
+    };
+    if let Some(cgroup) = resolved {
+        if t.cgroup.as_ref().is_some_and(|given| given != &cgroup) {
+            return Err(SpecError::Inapplicable {
+                what: "the request names a cgroup and a unit or container in another cgroup: give one",
+            }
+            .into());
+        }
+        t.cgroup = Some(cgroup);
+    }
+    if t.container.is_none() {
+        t.netns = None;
+    }
+    // A cgroup that does not exist is bad input, refused before anything is reserved.
+    let path = t.cgroup.as_deref().unwrap_or("/");
+    let parts = crate::target::cgroup_components(path)?;
+    let id = sys::cgroup_id(&parts).map_err(|e| SpecError::NoSuchCgroup {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
+    t.cgroup_id = Some(id);
+    Ok(())
 }
 
 /// Validates a spec and explains what applying it would do, touching nothing (dry run).

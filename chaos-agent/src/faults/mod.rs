@@ -147,10 +147,22 @@ pub fn plan(
     mode: AttachMode,
     protected: &[PortRange],
 ) -> Vec<String> {
-    if spec.reset.is_some() {
-        return reset::plan(spec, protected);
-    }
     let mut out = Vec::new();
+    let t = &spec.target;
+    if let (Some(cgroup), Some(id)) = (&t.cgroup, t.cgroup_id) {
+        // What the scope resolved to, as journaled: the fault ends if this cgroup goes.
+        out.push(format!(
+            "scope: {} is cgroup {cgroup} (id {id}){}; the fault ends (target-gone) if that cgroup is removed",
+            t.scope_name().unwrap_or_default(),
+            t.netns
+                .map(|ns| format!(" with its own network namespace net:[{ns}]"))
+                .unwrap_or_default()
+        ));
+    }
+    if spec.reset.is_some() {
+        out.extend(reset::plan(spec, protected));
+        return out;
+    }
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
         out.extend(shape::netem::plan(sh, spec, ifname));
     }

@@ -206,10 +206,11 @@ pub async fn apply(
     if ctx.attach_mode == AttachMode::Netlink && !refuse {
         ensure_clsact(ctx).await?;
     }
-    // Refuse faults act in the agent's network namespace (where its interfaces are).
+    // Refuse faults act in the agent's network namespace (where its interfaces are), or in
+    // the scope's container's own.
     let netns_cookie = if refuse {
         Some(
-            crate::sys::netns_cookie().map_err(|source| crate::sys::SysError::Read {
+            refuse_netns_cookie(&spec.target).map_err(|source| crate::sys::SysError::Read {
                 path: "the network namespace cookie (SO_NETNS_COOKIE, Linux 5.14)".to_owned(),
                 source,
             })?,
@@ -246,7 +247,17 @@ pub async fn apply(
     let mut r = rules(spec, ctx.protected_ports);
     if let Some(path) = &spec.target.cgroup {
         match cgroup_id(path) {
-            Ok(id) => r.cgroup = Some(id),
+            // The cgroup resolved at inject, not one made again under its path since.
+            Ok(id) if spec.target.cgroup_id.is_none_or(|resolved| resolved == id) => {
+                r.cgroup = Some(id);
+            }
+            Ok(_) => {
+                dp.release_slot(slot)?;
+                return Err(FaultError::Scope(crate::spec::SpecError::NoSuchCgroup {
+                    path: path.clone(),
+                    why: "it was removed and made again since the inject resolved it".to_owned(),
+                }));
+            }
             Err(e) => {
                 dp.release_slot(slot)?;
                 return Err(e);
@@ -273,6 +284,17 @@ pub async fn apply(
         connect: refuse,
         shaping: steering.map(|s| s.backend),
     })
+}
+
+/// The cookie of the network namespace a refuse fault acts in: the agent's, or that of the
+/// scope's container when it has one of its own (read from a thread that joined it).
+fn refuse_netns_cookie(t: &crate::target::Target) -> std::io::Result<u64> {
+    let (Some(netns), Some(cgroup)) = (t.netns, &t.cgroup) else {
+        return crate::sys::netns_cookie();
+    };
+    let tree = crate::sys::cgroup::Tree::open()?;
+    let pid = crate::target::scope::pid_in_netns(&tree, cgroup, netns)?;
+    crate::sys::cgroup::in_netns_of(pid, netns, crate::sys::netns_cookie)?
 }
 
 /// The id of the cgroup v2 at `path` (the fault's scope).
@@ -386,7 +408,11 @@ pub fn plan(
     if let Some(path) = &spec.target.cgroup {
         out.push(match cgroup_id(path) {
             Ok(id) => format!(
-                "only sockets and connects of processes in cgroup {path} (id {id}) and below it"
+                "only sockets and connects of processes in cgroup {path} (id {id}) and below it{}",
+                spec.target
+                    .netns
+                    .map(|ns| format!(", in the container's network namespace (net:[{ns}])"))
+                    .unwrap_or_default()
             ),
             Err(e) => format!("cgroup scope: {e} (the inject would fail)"),
         });

@@ -137,21 +137,27 @@ impl FaultSpec {
     }
 
     /// A fault scoped to a cgroup matches a packet by its socket's cgroup, which tc sees on
-    /// egress only (at ingress it runs before the socket lookup), and a connect by its process.
+    /// egress only (at ingress it runs before the socket lookup), a connect by its process and
+    /// a connection (reset) by the cgroup of the socket's creator.
     fn check_scope(&self) -> Result<(), SpecError> {
         let t = &self.target;
-        if t.cgroup.is_none() && t.pid.is_none() {
+        if !t.scoped() {
             return Ok(());
         }
-        let why = if t.cgroup.is_some() && t.pid.is_some() {
-            Some("--cgroup and --pid both name the processes: give one")
-        } else if t.direction != crate::target::Direction::Egress {
+        // `cgroup` beside `unit` or `container` is their resolved form (checked at inject).
+        let named = usize::from(t.pid.is_some())
+            + usize::from(t.unit.is_some())
+            + usize::from(t.container.is_some())
+            + usize::from(t.cgroup.is_some() && t.unit.is_none() && t.container.is_none());
+        let why = if named > 1 {
+            Some("--cgroup, --unit, --pid and --container each name the processes: give one")
+        } else if t.direction != crate::target::Direction::Egress && self.reset.is_none() {
             Some(
-                "a fault scoped to a cgroup or pid acts on egress only (tc sees the socket's cgroup of outgoing packets; at ingress it runs before the socket lookup)",
+                "a fault scoped to processes acts on their egress only (tc sees the socket's cgroup of outgoing packets; at ingress it runs before the socket lookup)",
             )
-        } else if self.reset.is_some() {
+        } else if t.netns.is_some() && !self.acts_on_sockets() {
             Some(
-                "--reset does not take --cgroup or --pid yet: it resets every matching connection of the network namespace",
+                "this container has a network namespace of its own: loss, shaping and DNS faults inside it are not supported yet (--reset and --refuse are); a container on the host's network (--network host) takes them",
             )
         } else {
             None
@@ -262,9 +268,8 @@ impl FaultSpec {
             .unwrap_or_default();
         let scope = self
             .target
-            .cgroup
-            .as_ref()
-            .map(|c| format!(" for cgroup {c}"))
+            .scope_name()
+            .map(|c| format!(" for {c}"))
             .unwrap_or_default();
         if self.acts_on_sockets() {
             return format!(

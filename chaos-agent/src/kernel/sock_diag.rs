@@ -19,7 +19,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     AF_INET, AF_INET6, IPPROTO_TCP, SockDiagDestroy, SockDiagMessage,
-    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
@@ -52,6 +52,10 @@ pub struct TcpSocket {
     pub inode: u32,
     /// Owner uid.
     pub uid: u32,
+    /// The cgroup v2 id of the process that created the socket (`INET_DIAG_CGROUP_ID`, Linux
+    /// 5.9; an accepted connection inherits its listener's), the id `bpf_skb_cgroup_id` sees
+    /// on its packets. `None` when the kernel does not report it.
+    pub cgroup: Option<u64>,
 }
 
 impl TcpSocket {
@@ -142,6 +146,14 @@ pub enum SockDiagError {
     NoTcpDiag {
         /// The operation.
         op: String,
+    },
+    /// A scoped reset met a socket whose cgroup the kernel does not report.
+    #[error(
+        "this kernel does not report the cgroup of a socket ({socket}; INET_DIAG_CGROUP_ID, Linux 5.9): a reset cannot be scoped to processes"
+    )]
+    NoSocketCgroup {
+        /// The socket, as [`TcpSocket`] displays.
+        socket: String,
     },
     /// The kernel was built without `CONFIG_INET_DIAG_DESTROY` (`EOPNOTSUPP`).
     #[error(
@@ -307,10 +319,26 @@ fn serialize<M: NetlinkSerializable>(payload: M, flags: u16) -> Vec<u8> {
     buf
 }
 
+/// `INET_DIAG_CGROUP_ID` of `linux/inet_diag.h` (5.9), which the crate does not name.
+const INET_DIAG_CGROUP_ID: u16 = 21;
+
 /// The [`TcpSocket`] a dump entry describes.
-fn socket_of(h: &InetResponseHeader) -> TcpSocket {
+fn socket_of(r: &InetResponse) -> TcpSocket {
+    use netlink_packet_core::Nla as _;
+    let h = &r.header;
     let id = &h.socket_id;
+    let cgroup = r.nlas.iter().find_map(|nla| match nla {
+        netlink_packet_sock_diag::inet::nlas::Nla::Other(a)
+            if a.kind() == INET_DIAG_CGROUP_ID && a.value_len() == 8 =>
+        {
+            let mut b = [0; 8];
+            a.emit_value(&mut b);
+            Some(u64::from_ne_bytes(b))
+        }
+        _ => None,
+    });
     TcpSocket {
+        cgroup,
         local: SocketAddr::new(id.source_address, id.source_port),
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         state: h.state,
@@ -340,7 +368,7 @@ fn parse_datagram(buf: &[u8], op: &str, out: &mut Vec<TcpSocket>) -> Result<bool
         })?;
         match msg.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                out.push(socket_of(&r.header));
+                out.push(socket_of(&r));
             }
             NetlinkPayload::Done(d) if d.code != 0 => return Err(kernel(d.code)),
             NetlinkPayload::Done(_) => return Ok(true),
@@ -420,6 +448,7 @@ mod tests {
             cookie: 0x1122_3344_5566_7788,
             inode: 4242,
             uid: 0,
+            cgroup: None,
         }
     }
 
@@ -548,7 +577,11 @@ mod tests {
             [9, 0],
         );
         let multi = 2; // NLM_F_MULTI
-        let mut first = nlmsg(20, multi, &diag_msg(2, 1, &v4, 1000, 77));
+        // The first carries its creator's cgroup (INET_DIAG_CGROUP_ID, a u64 attribute).
+        let mut with_cgroup = diag_msg(2, 1, &v4, 1000, 77);
+        with_cgroup.extend_from_slice(&[12, 0, 21, 0]);
+        with_cgroup.extend_from_slice(&0x4242_u64.to_ne_bytes());
+        let mut first = nlmsg(20, multi, &with_cgroup);
         first.extend(nlmsg(20, multi, &diag_msg(10, 8, &v6, 0, 0)));
         let done = nlmsg(3, multi, &0i32.to_ne_bytes());
 
@@ -569,6 +602,7 @@ mod tests {
                     cookie: 0x1122_3344_5566_7788,
                     inode: 77,
                     uid: 1000,
+                    cgroup: Some(0x4242),
                 },
                 TcpSocket {
                     local: SocketAddr::new(IpAddr::V6(mapped_local), 5001),
@@ -578,6 +612,7 @@ mod tests {
                     cookie: 9,
                     inode: 0,
                     uid: 0,
+                    cgroup: None,
                 },
             ]
         );

@@ -1,5 +1,8 @@
 //! What a fault targets: an interface and direction, protocols, address prefixes and ports.
-//! Resolved (the default-route interface) and validated once, before anything is applied.
+//! Resolved (the default-route interface, the scope's cgroup) and validated once, before
+//! anything is applied.
+
+pub mod scope;
 
 use std::fmt;
 use std::str::FromStr;
@@ -152,6 +155,47 @@ pub struct Target {
     /// Only the processes of this pid's cgroup (resolved into `cgroup` at inject).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Only the processes of this systemd unit (`NAME` or `NAME.service`): resolved into
+    /// `cgroup` at inject, and kept to name the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Only the processes of this container: an id or unique prefix, the full id once resolved
+    /// into `cgroup` (and `netns`) at inject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The id of `cgroup` when the fault was injected (set at inject): a cgroup removed and
+    /// made again under the same path is another target, and ends the fault (`target-gone`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// The network namespace (nsfs inode) of a `container` that has one of its own (set at
+    /// inject): its connections are reset and its connects refused there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+}
+
+impl Target {
+    /// Whether the fault is limited to the processes of a cgroup (given in any of its forms).
+    #[must_use]
+    pub fn scoped(&self) -> bool {
+        self.cgroup.is_some()
+            || self.pid.is_some()
+            || self.unit.is_some()
+            || self.container.is_some()
+    }
+
+    /// The scope, as a user named it (for messages and the summary).
+    #[must_use]
+    pub fn scope_name(&self) -> Option<String> {
+        if let Some(c) = &self.container {
+            Some(format!("container {}", &c[..c.len().min(12)]))
+        } else if let Some(u) = &self.unit {
+            Some(format!("unit {u}"))
+        } else if let Some(p) = self.pid {
+            Some(format!("pid {p}"))
+        } else {
+            self.cgroup.as_ref().map(|c| format!("cgroup {c}"))
+        }
+    }
 }
 
 /// The cgroup v2 path of a process, from `/proc/PID/cgroup` (its `0::` line).

@@ -3,11 +3,15 @@
 //! application's next call fails with `ECONNABORTED` and the peer gets a RST. A sweep runs at
 //! inject, then every `--reset-every`, and with `--flap` at the start of each active phase (and
 //! every `--reset-every` within it). The fault changes no kernel configuration, so it has no
-//! undo: when it ends (TTL, stop, the agent's death) sweeping simply stops.
+//! undo: when it ends (TTL, stop, the agent's death) sweeping simply stops. Scoped to
+//! processes, it aborts only the connections whose socket was created in the scope's cgroup
+//! (or below it: `INET_DIAG_CGROUP_ID`), and in a container with a network namespace of its
+//! own it sweeps there, from a thread that joined it.
 
 mod args;
 mod spec;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +25,7 @@ pub use spec::{MIN_EVERY, ResetSpec};
 use super::{ActiveFault, ApplyCtx, FaultError, FaultSpec};
 use crate::kernel::bpf::{Counters, DirCounters};
 use crate::kernel::sock_diag::{self, SockDiagError, TcpSocket};
+use crate::sys::cgroup::Tree;
 use crate::target::PortRange;
 
 /// Which connections a reset fault aborts: the local end by `--src`/`--sport`, the remote end
@@ -32,6 +37,10 @@ pub struct Filter {
     sports: Vec<PortRange>,
     dports: Vec<PortRange>,
     protected: Vec<PortRange>,
+    /// The scope: only sockets created in this cgroup or below it.
+    cgroup: Option<String>,
+    /// The network namespace of a container that has one of its own: the sweep runs there.
+    netns: Option<u64>,
 }
 
 /// What a filter says of one socket.
@@ -73,12 +82,21 @@ impl Filter {
             } else {
                 protected.to_vec()
             },
+            cgroup: t.cgroup.clone(),
+            netns: t.netns,
         }
     }
 
-    /// Whether the socket is to be reset.
+    /// Whether the socket is to be reset. `scope` holds the ids of the scope's cgroups (the
+    /// fault's and those below it) when it has one; a socket whose cgroup is unknown is
+    /// outside it.
     #[must_use]
-    pub fn judge(&self, s: &TcpSocket) -> Verdict {
+    pub fn judge(&self, s: &TcpSocket, scope: Option<&HashSet<u64>>) -> Verdict {
+        if let Some(ids) = scope
+            && !s.cgroup.is_some_and(|id| ids.contains(&id))
+        {
+            return Verdict::Other;
+        }
         let (lip, lport) = unmapped(s.local);
         let (rip, rport) = unmapped(s.remote);
         let nets =
@@ -111,11 +129,51 @@ struct Stats {
     protected: AtomicU64,
 }
 
-/// Lists the namespace's TCP connections and aborts those the filter targets. Blocking.
-fn sweep(filter: &Filter, stats: &Stats) -> Result<u64, SockDiagError> {
+/// Lists the TCP connections of the fault's network namespace and aborts those the filter
+/// targets. Blocking: in a container's own namespace it runs on a thread that joined it.
+fn sweep(filter: &Arc<Filter>, stats: &Arc<Stats>) -> Result<u64, SockDiagError> {
+    let io = |op: String| move |source| SockDiagError::Io { op, source };
+    let tree = match &filter.cgroup {
+        Some(_) => Some(Tree::open().map_err(io("open the cgroup v2 hierarchy".to_owned()))?),
+        None => None,
+    };
+    let scope = match (&tree, &filter.cgroup) {
+        (Some(tree), Some(path)) => {
+            let parts = crate::target::cgroup_components(path).unwrap_or_default();
+            Some(
+                tree.subtree_ids(&parts)
+                    .map_err(io(format!("list the cgroups of {path}")))?,
+            )
+        }
+        _ => None,
+    };
+    let (Some(netns), Some(tree), Some(path)) = (filter.netns, &tree, &filter.cgroup) else {
+        return sweep_here(filter, stats, scope.as_ref());
+    };
+    let pid = crate::target::scope::pid_in_netns(tree, path, netns).map_err(io(format!(
+        "find a process of {path} to enter its network namespace"
+    )))?;
+    let (filter, stats) = (filter.clone(), stats.clone());
+    crate::sys::cgroup::in_netns_of(pid, netns, move || {
+        sweep_here(&filter, &stats, scope.as_ref())
+    })
+    .map_err(io(format!("enter network namespace {netns} (pid {pid})")))?
+}
+
+/// [`sweep`] in the calling thread's network namespace.
+fn sweep_here(
+    filter: &Filter,
+    stats: &Stats,
+    scope: Option<&HashSet<u64>>,
+) -> Result<u64, SockDiagError> {
     let mut n = 0;
     for s in sock_diag::tcp_sockets()? {
-        match filter.judge(&s) {
+        if scope.is_some() && s.cgroup.is_none() {
+            return Err(SockDiagError::NoSocketCgroup {
+                socket: s.to_string(),
+            });
+        }
+        match filter.judge(&s, scope) {
             Verdict::Other => {}
             Verdict::Protected => {
                 stats.matched.fetch_add(1, Ordering::Relaxed);
@@ -269,9 +327,18 @@ pub fn plan(spec: &FaultSpec, protected: &[PortRange]) -> Vec<String> {
     };
     let shown = |v: &[PortRange]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     let nets = |v: &[IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let namespace = f.netns.map_or_else(
+        || "this network namespace".to_owned(),
+        |ns| format!("the container's network namespace (net:[{ns}])"),
+    );
+    let scope = f
+        .cgroup
+        .as_ref()
+        .map(|c| format!(" whose socket was created in cgroup {c} or below it"))
+        .unwrap_or_default();
     vec![
         format!(
-            "abort (sock_diag SOCK_DESTROY) established TCP connections of this network namespace with local end {} port {} and remote end {} port {}; never one with a protected port ({})",
+            "abort (sock_diag SOCK_DESTROY) established TCP connections of {namespace}{scope} with local end {} port {} and remote end {} port {}; never one with a protected port ({})",
             list(&nets(&f.src)),
             list(&shown(&f.sports)),
             list(&nets(&f.dst)),
@@ -310,6 +377,7 @@ mod tests {
             cookie: 1,
             inode: 1,
             uid: 0,
+            cgroup: Some(7),
         }
     }
 
@@ -320,20 +388,23 @@ mod tests {
         );
         let f = Filter::new(&s, &["22".parse().expect("port")]);
         assert_eq!(
-            f.judge(&sock("10.1.0.1:40000", "10.1.0.2:5000")),
+            f.judge(&sock("10.1.0.1:40000", "10.1.0.2:5000"), None),
             Verdict::Reset
         );
         // A dual-stack socket's IPv4-mapped addresses are IPv4.
         assert_eq!(
-            f.judge(&sock("[::ffff:10.1.0.1]:40000", "[::ffff:10.1.0.2]:5001")),
+            f.judge(
+                &sock("[::ffff:10.1.0.1]:40000", "[::ffff:10.1.0.2]:5001"),
+                None
+            ),
             Verdict::Reset
         );
         assert_eq!(
-            f.judge(&sock("10.1.0.1:40000", "10.1.0.2:5002")),
+            f.judge(&sock("10.1.0.1:40000", "10.1.0.2:5002"), None),
             Verdict::Other
         );
         assert_eq!(
-            f.judge(&sock("10.1.0.1:40000", "10.2.0.2:5000")),
+            f.judge(&sock("10.1.0.1:40000", "10.2.0.2:5000"), None),
             Verdict::Other
         );
         let any = Filter::new(
@@ -341,13 +412,24 @@ mod tests {
             &["22".parse().expect("port")],
         );
         assert_eq!(
-            any.judge(&sock("10.1.0.1:22", "10.1.0.9:50000")),
+            any.judge(&sock("10.1.0.1:22", "10.1.0.9:50000"), None),
             Verdict::Protected
         );
         assert_eq!(
-            any.judge(&sock("[fd00::1]:50000", "[fd00::2]:22")),
+            any.judge(&sock("[fd00::1]:50000", "[fd00::2]:22"), None),
             Verdict::Protected
         );
+        // Scoped: only sockets whose creator's cgroup is in the scope (the test socket's is 7).
+        let inside: HashSet<u64> = [3, 7].into();
+        let outside: HashSet<u64> = [3].into();
+        let peer = sock("10.1.0.1:40000", "10.1.0.2:5000");
+        assert_eq!(f.judge(&peer, Some(&inside)), Verdict::Reset);
+        assert_eq!(f.judge(&peer, Some(&outside)), Verdict::Other);
+        let unknown = TcpSocket {
+            cgroup: None,
+            ..peer
+        };
+        assert_eq!(f.judge(&unknown, Some(&inside)), Verdict::Other);
     }
 
     #[test]
