@@ -186,7 +186,8 @@ struct Walk {
 extern "C" fn step(_index: u64, walk: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `decide` gave it, a live `Walk`.
     let walk = unsafe { &mut *walk.cast::<Walk>() };
-    let Some(crate::Popped { slot, protected }) = crate::pop_lowest(&mut walk.m, &walk.protect) else {
+    let Some(crate::Popped { slot, protected }) = crate::pop_lowest(&mut walk.m, &walk.protect)
+    else {
         return 1;
     };
     let Some(f) = CHAOS_SLOTS.get(slot) else {

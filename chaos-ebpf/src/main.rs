@@ -32,10 +32,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_DNS, F_EDT, F_EGRESS_WIRE_DROP,
-    F_FLAP, F_STEER, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_CGROUP_LEVEL, MAX_CGROUPS,
-    MAX_FAULTS, MAX_HOOKS, MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP,
-    PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
+    Bitmap, COUNTERS_LEN, Counter, Dir, F_ARMED, F_DNS, F_EDT, F_EGRESS_WIRE_DROP, F_FLAP, F_STEER,
+    FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry, MAX_CGROUP_LEVEL, MAX_CGROUPS, MAX_FAULTS,
+    MAX_HOOKS, MAX_TRIE_ENTRIES, PORT_BLOCK_SIZE, PORT_BLOCKS, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
+    PROTO_CLASS_TCP, PROTO_CLASS_UDP, PortEntry, counter_index, hook_key,
 };
 
 use core::ffi::c_void;
