@@ -5,6 +5,7 @@
 //! the same `Engine`, so a fault behaves the same whichever way it was created.
 
 pub mod reconcile;
+mod targets;
 mod types;
 mod watchdog;
 
@@ -121,6 +122,8 @@ struct Inner {
     paused: AtomicBool,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    /// The watcher of scoped faults' cgroups (`target-gone`), made at the first one.
+    targets: std::sync::OnceLock<Arc<targets::Targets>>,
 }
 
 /// The engine handle (cheap to clone).
@@ -178,6 +181,7 @@ impl Engine {
                 paused: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 metrics,
+                targets: std::sync::OnceLock::new(),
             }),
         };
         engine.spawn_watchdog();
@@ -322,6 +326,7 @@ impl Engine {
         );
         drop(state);
         self.inner.wake.notify_one();
+        self.watch_target(id, &spec.target);
         let m = &self.inner.metrics;
         m.fault_injected(&kind);
         m.set_active(&kind, 1);
@@ -498,6 +503,7 @@ impl Engine {
         state.ending.insert(id, slot.done.subscribe());
         self.timers().remove(&(slot.deadline, id));
         drop(state);
+        self.unwatch_target(id);
         // Disarm first: from here on the fault has no effect, so lateness is measured here (the
         // counters and the undo list, which may wait behind another apply, come after).
         let mut errors = Vec::new();

@@ -30,6 +30,9 @@ pub enum RevertReason {
     Error,
     /// A dead agent's leftover, removed at start-up or by `cleanup`.
     Leftover,
+    /// The processes it was limited to are gone: their cgroup was removed (the unit stopped,
+    /// the container exited).
+    TargetGone,
 }
 
 impl RevertReason {
@@ -42,6 +45,7 @@ impl RevertReason {
             Self::Shutdown => "shutdown",
             Self::Error => "error",
             Self::Leftover => "leftover",
+            Self::TargetGone => "target-gone",
         }
     }
 }
