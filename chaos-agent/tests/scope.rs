@@ -1,7 +1,9 @@
-//! Faults scoped to a cgroup (`--cgroup`, `--pid`), end to end: two processes in one network
-//! namespace talk to the same server, one inside a cgroup of the test's own and one outside;
-//! only the first is faulted. Judged by `ping`'s own loss count and by the exit and message of
-//! busybox `nc`. Runs as root on the host (cgroup2 at /sys/fs/cgroup/unified) and in the 6.1 VM.
+//! Faults scoped to a cgroup (`--cgroup`, `--pid`, `--unit`), end to end: two processes in one
+//! network namespace talk to the same server, one inside a cgroup of the test's own and one
+//! outside; only the first is faulted. Judged by `ping`'s own loss count, by the exit and
+//! message of busybox `nc`, and by what the server's end of each TCP connection gets. A fault
+//! whose cgroup is removed ends (`target-gone`). Runs as root on the host (cgroup2 at
+//! /sys/fs/cgroup/unified) and in the 6.1 VM.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -225,8 +227,44 @@ fn scope_bad_input_is_refused_with_nothing_applied() {
             "cannot be used with",
         ),
         (
-            &["--reset", "--cgroup", "/"][..],
-            "--reset does not take --cgroup",
+            &["--loss", "1", "--unit", "no/such", "--iface", "lo"][..],
+            "cannot scope to unit",
+        ),
+        (
+            &[
+                "--loss",
+                "1",
+                "--unit",
+                "chaos-no-such-unit-here",
+                "--iface",
+                "lo",
+            ][..],
+            "no cgroup named chaos-no-such-unit-here.service",
+        ),
+        (
+            &["--loss", "1", "--unit", "x.timer", "--iface", "lo"][..],
+            "only .service, .scope, .slice and .socket units",
+        ),
+        (
+            &["--refuse", "--container", "not-hex"][..],
+            "a container id is up to 64 hex digits",
+        ),
+        (
+            &["--refuse", "--container", "0fedcba9876543210fedcba"][..],
+            "no container with that id",
+        ),
+        (
+            &[
+                "--loss",
+                "1",
+                "--unit",
+                "a",
+                "--container",
+                "ab",
+                "--iface",
+                "lo",
+            ][..],
+            "cannot be used with",
         ),
     ] {
         let mut full = vec!["--state-dir", state.str(), "inject", "--ttl", "5s"];
@@ -240,4 +278,191 @@ fn scope_bad_input_is_refused_with_nothing_applied() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+/// Waits until `pid` is listed in the cgroup (its shell moves itself in before it execs).
+fn wait_in(cg: &Cgroup, pid: u32) {
+    let procs = cg.dir.join("cgroup.procs");
+    let pid = pid.to_string();
+    for _ in 0..250 {
+        if std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().any(|l| l == pid)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("pid {pid} never showed up in {}", cg.path);
+}
+
+#[test]
+fn unit_scope_finds_the_unit_s_cgroup_below_its_slice() {
+    // systemd names a unit's cgroup after the unit, below its slice: the same layout, made by
+    // hand (no systemd runs here; the unit under a real systemd is the package's test).
+    let pair = VethPair::new(68);
+    let slice = Cgroup::new("slice");
+    let name = chaos_testing::unique_name("cunit");
+    let unit = slice.child(&format!("{name}.service"));
+    let state = TempDir::new("scope");
+    let dst = format!("{}/32", pair.b_ip);
+    let dry = pair
+        .a
+        .command(bin().to_str().expect("path"))
+        .args(["--state-dir", state.str(), "inject", "--loss", "1"])
+        .args(["--unit", &name, "--dest", &dst, "--iface", &pair.a_if])
+        .args(["--ttl", "30s", "--dry-run"])
+        .output()
+        .expect("dry run");
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        plan.contains(&format!(
+            "scope: unit {name}.service is cgroup {} (id ",
+            unit.path
+        )),
+        "the dry run shows the resolved cgroup: {plan} {}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let ttl = chaos_testing::test_ttl(30);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss", "1", "--unit", &name, "--dest", &dst, "--iface", &pair.a_if, "--ttl", &ttl,
+        ],
+    );
+    let inside = unit
+        .command_in(&pair.a, "ping", &ping_args(&pair.b_ip))
+        .output()
+        .expect("ping inside");
+    let outside = pair
+        .a
+        .command("ping")
+        .args(ping_args(&pair.b_ip))
+        .output()
+        .expect("ping outside");
+    assert_eq!(ping_loss(&inside), 100, "the unit's ping");
+    assert_eq!(ping_loss(&outside), 0, "the ping outside the unit");
+    agent.signal(Signal::SIGTERM);
+    let (status, lines, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("for unit {name}.service"))),
+        "the summary names the unit: {lines:?}"
+    );
+    drop(unit);
+}
+
+#[test]
+fn a_scoped_fault_ends_when_its_cgroup_is_removed() {
+    let pair = VethPair::new(69);
+    let cg = Cgroup::new("gone");
+    let state = TempDir::new("scope");
+    let dst = format!("{}/32", pair.b_ip);
+    // A TTL far beyond the test: only the cgroup's removal can end the fault in time.
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--loss", "1", "--cgroup", &cg.path, "--dest", &dst, "--iface", &pair.a_if, "--ttl",
+            "10m",
+        ],
+    );
+    let inside = cg
+        .command_in(&pair.a, "ping", &ping_args(&pair.b_ip))
+        .output()
+        .expect("ping inside");
+    assert_eq!(
+        ping_loss(&inside),
+        100,
+        "the cgroup's ping, while it exists"
+    );
+    assert!(
+        !chaos_testing::attached_programs(&pair.a, &pair.a_if).is_empty(),
+        "the fault's programs are attached"
+    );
+    // The last process left with the ping: the cgroup can go, as a unit's or a container's
+    // does when it stops.
+    std::fs::remove_dir(&cg.dir).expect("rmdir the cgroup");
+    let (status, lines, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?} {err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("summary:") && l.contains("(target-gone)")),
+        "the fault ended for its target: {lines:?} {err}"
+    );
+    assert!(
+        chaos_testing::attached_programs(&pair.a, &pair.a_if).is_empty(),
+        "nothing of the fault is left on {}",
+        pair.a_if
+    );
+}
+
+#[test]
+fn reset_scoped_to_a_cgroup_aborts_only_its_processes_connections() {
+    use std::io::{Read as _, Write as _};
+    let pair = VethPair::new(70);
+    let cg = Cgroup::new("rscope");
+    let listener = chaos_testing::tcp_listen(&pair.b, &format!("{}:8080", pair.b_ip));
+    let server_addr = pair.b_ip.clone();
+    // Two clients of the same server, in the same namespace: busybox nc holding its connection
+    // open while its stdin is. One inside the cgroup, then one outside; the server accepts
+    // them in that order.
+    let mut nc_in = cg
+        .command_in(&pair.a, "busybox", &["nc", &server_addr, "8080"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nc inside");
+    let (mut server_in, _) = listener.accept().expect("accept inside");
+    wait_in(&cg, nc_in.id());
+    let mut nc_out = pair
+        .a
+        .command("busybox")
+        .args(["nc", &server_addr, "8080"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nc outside");
+    let (mut server_out, _) = listener.accept().expect("accept outside");
+    for s in [&server_in, &server_out] {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+    }
+    let state = TempDir::new("scope");
+    let ttl = chaos_testing::test_ttl(30);
+    let agent = inject(
+        &pair.a,
+        &state,
+        &[
+            "--reset", "--cgroup", &cg.path, "--dport", "8080", "--ttl", &ttl,
+        ],
+    );
+    // The inside client's connection was aborted: the server's end gets the RST.
+    let mut buf = [0_u8; 8];
+    let got = server_in.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.raw_os_error() == Some(104)),
+        "the cgroup's connection is reset at the server: {got:?}"
+    );
+    // The outside client's connection still carries data both ways.
+    server_out
+        .write_all(b"hi")
+        .expect("write to the outside client");
+    nc_out
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"ok\n")
+        .expect("outside client writes");
+    let mut two = [0_u8; 3];
+    server_out
+        .read_exact(&mut two)
+        .expect("the outside connection survives");
+    assert_eq!(&two, b"ok\n");
+    drop(agent);
+    let _ = nc_in.kill();
+    let _ = nc_in.wait();
+    let _ = nc_out.kill();
+    let _ = nc_out.wait();
 }

@@ -899,6 +899,15 @@ impl Cgroup {
         Self { path, dir }
     }
 
+    /// A cgroup named `name` below this one (drop it before its parent).
+    #[must_use]
+    pub fn child(&self, name: &str) -> Self {
+        let path = format!("{}/{name}", self.path);
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self { path, dir }
+    }
+
     /// A command that runs `program args` in this cgroup and in `ns`: the shell moves itself
     /// into the cgroup first (`ip netns exec` mounts a new /sys, where the hierarchy is not
     /// visible), then execs into the namespace; membership survives the exec.
