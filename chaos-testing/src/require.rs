@@ -305,6 +305,9 @@ pub const PROFILES: &[Profile] = &[
             // `cargo xtask setup` installs them (the metrics test).
             Feature::Tool("promtool"),
             Feature::Tool("prometheus"),
+            // The --container tests' runtime (`cargo xtask setup` installs both).
+            Feature::Tool("podman"),
+            Feature::Tool("runc"),
         ],
         // The refusal paths ("sch_netem is missing, nothing was changed") are proven here only.
         must_lack: &[Feature::Qdisc("netem"), Feature::Qdisc("fq")],

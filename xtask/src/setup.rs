@@ -47,6 +47,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "vm-test boots a Debian 6.1 kernel"),
     ("busybox-static", "the VM guest's userland"),
     ("cpio", "packs the VM guest's initramfs"),
+    (
+        "podman",
+        "--container tests run a real container from a locally built image",
+    ),
+    (
+        "runc",
+        "podman's runtime in the tests: crun refuses this host's hybrid cgroups",
+    ),
 ];
 
 /// The bpf-linker release we build: pinned so that a new release cannot change the toolchain

@@ -10,6 +10,16 @@ use std::collections::HashMap;
 /// libtest as `--skip`, so they count as filtered out, not as passed.
 pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     (
+        "container",
+        "refuse_in_a_container_fails_its_connects_and_no_one_else_s",
+        "the guest has no container runtime; the kernel side is the scope and refuse suites'",
+    ),
+    (
+        "container",
+        "reset_in_a_container_aborts_its_connections_only",
+        "the guest has no container runtime; the kernel side is the scope and reset suites'",
+    ),
+    (
         "scope",
         "scope_bad_input_is_refused_with_nothing_applied",
         "path, pid and option validation before any kernel change; the same on both kernels",

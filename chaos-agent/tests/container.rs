@@ -1,0 +1,313 @@
+//! `--container`, end to end with a real container: podman (with runc) runs a container from an
+//! image this test builds from busybox-static (nothing is pulled), inside a network namespace the
+//! test made, so that it reaches a server in the peer namespace. The agent runs in the host's
+//! namespace and finds the container by a prefix of its id, its cgroup and its own network
+//! namespace by itself. Judged by what busybox `nc` gets inside the container and beside it (a
+//! process in the same namespace but not in the container), and by what the server's end of
+//! each connection gets. Host only: the VM guest has no container runtime.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chaos_testing::{AgentProcess, NetNs, TempDir, VethPair, run};
+use chaos_testing::{Feature, require_all};
+use nix::sys::signal::Signal;
+
+fn bin() -> std::path::PathBuf {
+    chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+}
+
+const IMAGE: &str = "localhost/chaos-agent-test:busybox";
+
+/// The podman flags every container of the tests takes: runc (crun refuses a hybrid cgroup
+/// host whose unified hierarchy lists a controller), limits within what root may set here
+/// (podman's defaults are above this machine's hard limits), and no grace on stop (busybox
+/// `sleep` as PID 1 ignores SIGTERM).
+const RUN_FLAGS: [&str; 8] = [
+    "--runtime",
+    "runc",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+    "--stop-timeout",
+    "0",
+];
+
+fn podman<const N: usize>(args: [&str; N]) -> Output {
+    Command::new("podman").args(args).output().expect("podman")
+}
+
+/// The test image: busybox-static and its applets, imported from a directory (no registry).
+fn image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if podman(["image", "exists", IMAGE]).status.success() {
+            return;
+        }
+        let root = TempDir::new("ctrimg");
+        let r = root.0.clone();
+        for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "run"] {
+            std::fs::create_dir_all(r.join(d)).expect("mkdir");
+        }
+        std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("copy busybox");
+        run(
+            "chroot",
+            [
+                r.to_str().expect("path"),
+                "/bin/busybox",
+                "--install",
+                "-s",
+                "/bin",
+            ],
+        );
+        let imported = chaos_testing::sh_ok(&format!(
+            "tar -C {} -c . | podman import -q - {IMAGE} >/dev/null",
+            r.display()
+        ));
+        assert!(imported, "podman import of the busybox image");
+    });
+    IMAGE
+}
+
+/// A running container in `ns` (its network namespace is the test's), removed on drop.
+struct Container {
+    id: String,
+}
+
+impl Container {
+    fn run(ns: &NetNs) -> Self {
+        let netns = format!("ns:/run/netns/{}", ns.name);
+        let image = image();
+        let mut args = vec!["run", "-d"];
+        args.extend(RUN_FLAGS);
+        args.extend(["--network", &netns, image, "sleep", "600"]);
+        let out = Command::new("podman").args(&args).output().expect("podman");
+        assert!(
+            out.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(id.len(), 64, "a container id: {id:?}");
+        Self { id }
+    }
+
+    /// `podman exec` of `args` in the container.
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("podman");
+        c.args(["exec", "-i", &self.id]).args(args);
+        c
+    }
+
+    /// Its cgroup v2 path, from its process's `/proc/PID/cgroup` (not from the agent).
+    fn cgroup(&self) -> String {
+        let pid = String::from_utf8_lossy(
+            &podman(["inspect", "--format", "{{.State.Pid}}", &self.id]).stdout,
+        )
+        .trim()
+        .to_owned();
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .expect("cgroup file")
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .expect("a cgroup v2 line")
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman(["rm", "-f", "-t", "0", &self.id]);
+    }
+}
+
+/// Whether busybox `nc` connects to `addr port` and runs `true` on the connection.
+fn nc_connects(mut c: Command, addr: &str, port: &str) -> Result<(), String> {
+    let out = c
+        .args(["nc", "-w", "3", addr, port, "-e", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("nc");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// chaos programs attached to the cgroup at `path` (below the v2 root), by `bpftool`.
+fn chaos_on(path: &str) -> bool {
+    let dir = format!(
+        "{}/{}",
+        chaos_testing::cgroup2_root(),
+        path.trim_start_matches('/')
+    );
+    let out = run("bpftool", ["-j", "cgroup", "show", &dir]);
+    String::from_utf8_lossy(&out.stdout).contains("chaos_")
+}
+
+fn needs_podman(test: &str) -> bool {
+    require_all(test, &[Feature::Tool("podman"), Feature::Tool("runc")])
+}
+
+#[test]
+fn refuse_in_a_container_fails_its_connects_and_no_one_else_s() {
+    if !needs_podman("refuse_in_a_container_fails_its_connects_and_no_one_else_s") {
+        return;
+    }
+    let pair = VethPair::new(71);
+    let _l = chaos_testing::tcp_listen(&pair.b, &format!("{}:8080", pair.b_ip));
+    let ctr = Container::run(&pair.a);
+    let cgroup = ctr.cgroup();
+    let prefix = &ctr.id[..12];
+    let state = TempDir::new("ctr");
+    let agent_cmd = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(["--state-dir", state.str(), "inject"]).args(args);
+        c
+    };
+    // The plan names what the prefix resolved to: the container's cgroup and namespace.
+    let dry = agent_cmd(&[
+        "--refuse",
+        "--container",
+        prefix,
+        "--dport",
+        "8080",
+        "--ttl",
+        "30s",
+        "--dry-run",
+    ])
+    .output()
+    .expect("dry run");
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        plan.contains(&format!(
+            "scope: container {prefix} is cgroup {cgroup} (id "
+        )) && plan.contains("with its own network namespace net:["),
+        "the dry run shows the resolved container: {plan} {}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    // Loss inside a container's own namespace is not supported yet: refused, with the reason.
+    let loss = agent_cmd(&["--loss", "1", "--container", prefix, "--ttl", "30s"])
+        .output()
+        .expect("loss");
+    assert_eq!(loss.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&loss.stderr).contains("network namespace of its own"),
+        "{}",
+        String::from_utf8_lossy(&loss.stderr)
+    );
+    assert_eq!(
+        nc_connects(ctr.exec(&[]), &pair.b_ip, "8080"),
+        Ok(()),
+        "the container connects before the fault"
+    );
+    let mut full = vec!["--state-dir", state.str(), "inject", "--refuse"];
+    full.extend(["--container", prefix, "--dport", "8080", "--ttl", "30s"]);
+    let mut agent = AgentProcess::spawn(None, &bin(), &full);
+    agent.expect_injected();
+    let inside = nc_connects(ctr.exec(&[]), &pair.b_ip, "8080");
+    assert!(
+        inside.as_ref().is_err_and(|e| e.contains("refused")),
+        "the container's connect is refused: {inside:?}"
+    );
+    // A process in the same network namespace, not in the container, is not.
+    let beside = nc_connects(pair.a.command("busybox"), &pair.b_ip, "8080");
+    assert_eq!(beside, Ok(()), "the process beside the container");
+    agent.signal(Signal::SIGTERM);
+    let (status, lines, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {err}");
+    assert!(
+        lines.iter().any(|l| l.contains("refused 1")),
+        "one connect counted as refused: {lines:?}"
+    );
+    assert_eq!(
+        nc_connects(ctr.exec(&[]), &pair.b_ip, "8080"),
+        Ok(()),
+        "the container connects again after the fault"
+    );
+    assert!(!chaos_on("/"), "a chaos program left on the cgroup root");
+    assert!(
+        !chaos_on(&cgroup),
+        "a chaos program left on the container's cgroup"
+    );
+}
+
+#[test]
+fn reset_in_a_container_aborts_its_connections_only() {
+    if !needs_podman("reset_in_a_container_aborts_its_connections_only") {
+        return;
+    }
+    let pair = VethPair::new(72);
+    let listener = chaos_testing::tcp_listen(&pair.b, &format!("{}:8081", pair.b_ip));
+    let ctr = Container::run(&pair.a);
+    // The container's client, holding its connection while its stdin stays open; then a client
+    // beside it in the same namespace. The server accepts them in that order.
+    let mut inside = ctr
+        .exec(&["nc", &pair.b_ip, "8081"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nc in the container");
+    let (mut server_in, _) = listener.accept().expect("accept the container's");
+    let mut beside = pair
+        .a
+        .command("busybox")
+        .args(["nc", &pair.b_ip, "8081"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nc beside");
+    let (mut server_beside, _) = listener.accept().expect("accept the one beside");
+    for s in [&server_in, &server_beside] {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+    }
+    let state = TempDir::new("ctr");
+    let prefix = &ctr.id[..12];
+    let full = [
+        "--state-dir",
+        state.str(),
+        "inject",
+        "--reset",
+        "--container",
+        prefix,
+        "--dport",
+        "8081",
+        "--ttl",
+        "30s",
+    ];
+    let mut agent = AgentProcess::spawn(None, &bin(), &full);
+    agent.expect_injected();
+    let mut buf = [0_u8; 8];
+    let got = server_in.read(&mut buf);
+    assert!(
+        matches!(&got, Err(e) if e.raw_os_error() == Some(104)),
+        "the container's connection is reset at the server: {got:?}"
+    );
+    server_beside.write_all(b"hi").expect("write beside");
+    beside
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"ok\n")
+        .expect("the client beside writes");
+    let mut three = [0_u8; 3];
+    server_beside
+        .read_exact(&mut three)
+        .expect("the connection beside the container survives");
+    assert_eq!(&three, b"ok\n");
+    agent.signal(Signal::SIGTERM);
+    let (status, lines, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {err}");
+    assert!(
+        lines.iter().any(|l| l.contains("connections reset 1 ")),
+        "one connection counted as reset: {lines:?}"
+    );
+    let _ = inside.kill();
+    let _ = inside.wait();
+    let _ = beside.kill();
+    let _ = beside.wait();
+}
