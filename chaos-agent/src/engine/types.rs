@@ -32,6 +32,7 @@ pub enum RevertReason {
     Leftover,
     /// The processes it was limited to are gone: their cgroup was removed (the unit stopped,
     /// the container exited).
+    #[serde(rename = "target-gone")]
     TargetGone,
 }
 
@@ -340,6 +341,22 @@ mod tests {
             out.get("phase").is_none() && out.get("dns_answer").is_none(),
             "{out}"
         );
+    }
+
+    #[test]
+    fn reasons_are_named_alike_on_the_wire_and_in_labels() {
+        for r in [
+            RevertReason::Ttl,
+            RevertReason::Stopped,
+            RevertReason::Shutdown,
+            RevertReason::Error,
+            RevertReason::Leftover,
+            RevertReason::TargetGone,
+        ] {
+            let json = serde_json::to_string(&r).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<RevertReason>(&json).expect("parse"), r);
+        }
     }
 
     #[test]
