@@ -355,7 +355,10 @@ mod tests {
         ] {
             let json = serde_json::to_string(&r).expect("serialize");
             assert_eq!(json, format!("\"{}\"", r.as_str()));
-            assert_eq!(serde_json::from_str::<RevertReason>(&json).expect("parse"), r);
+            assert_eq!(
+                serde_json::from_str::<RevertReason>(&json).expect("parse"),
+                r
+            );
         }
     }
 
