@@ -733,6 +733,10 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
     if spec.target.scoped() {
         resolve_scope(&mut spec.target)?;
         spec.validate(&cfg.limits)?;
+    } else {
+        // What the agent resolved, never what a request claims: an API body may carry these.
+        spec.target.cgroup_id = None;
+        spec.target.netns = None;
     }
     if spec.acts_on_sockets() {
         // Connect and socket faults have no interface; the engine's bookkeeping names
