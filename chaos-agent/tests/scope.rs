@@ -376,10 +376,6 @@ fn a_scoped_fault_ends_when_its_cgroup_is_removed() {
         100,
         "the cgroup's ping, while it exists"
     );
-    assert!(
-        !chaos_testing::attached_programs(&pair.a, &pair.a_if).is_empty(),
-        "the fault's programs are attached"
-    );
     // The last process left with the ping: the cgroup can go, as a unit's or a container's
     // does when it stops.
     std::fs::remove_dir(&cg.dir).expect("rmdir the cgroup");
@@ -391,11 +387,26 @@ fn a_scoped_fault_ends_when_its_cgroup_is_removed() {
             .any(|l| l.starts_with("summary:") && l.contains("(target-gone)")),
         "the fault ended for its target: {lines:?} {err}"
     );
+    // Nothing of the fault is left: no tcx link (the host) and no cls_bpf filter (the guest).
     assert!(
         chaos_testing::attached_programs(&pair.a, &pair.a_if).is_empty(),
-        "nothing of the fault is left on {}",
+        "a program left on {}",
         pair.a_if
     );
+    assert!(
+        !chaos_testing::tc_filters(&pair.a, &pair.a_if, "egress")
+            .to_string()
+            .contains("chaos_"),
+        "a filter left on {}",
+        pair.a_if
+    );
+    // And no fault acts any more: a ping from a new cgroup goes through.
+    let again = Cgroup::new("gone");
+    let after = again
+        .command_in(&pair.a, "ping", &ping_args(&pair.b_ip))
+        .output()
+        .expect("ping after");
+    assert_eq!(ping_loss(&after), 0, "no fault acts after target-gone");
 }
 
 #[test]
