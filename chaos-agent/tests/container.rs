@@ -6,12 +6,11 @@
 //! process in the same namespace but not in the container), and by what the server's end of
 //! each connection gets. Host only: the VM guest has no container runtime.
 
-use std::io::{Read as _, Write as _};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use chaos_testing::{AgentProcess, NetNs, TempDir, VethPair, run};
+use chaos_testing::{AgentProcess, HeldConnection, NetNs, TempDir, VethPair, run};
 use chaos_testing::{Feature, require_all};
 use nix::sys::signal::Signal;
 
@@ -243,28 +242,13 @@ fn reset_in_a_container_aborts_its_connections_only() {
     let pair = VethPair::new(72);
     let listener = chaos_testing::tcp_listen(&pair.b, &format!("{}:8081", pair.b_ip));
     let ctr = Container::run(&pair.a);
-    // The container's client, holding its connection while its stdin stays open; then a client
-    // beside it in the same namespace. The server accepts them in that order.
-    let mut inside = ctr
-        .exec(&["nc", &pair.b_ip, "8081"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nc in the container");
-    let (mut server_in, _) = listener.accept().expect("accept the container's");
-    let mut beside = pair
-        .a
-        .command("busybox")
-        .args(["nc", &pair.b_ip, "8081"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nc beside");
-    let (mut server_beside, _) = listener.accept().expect("accept the one beside");
-    for s in [&server_in, &server_beside] {
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-    }
+    // The container's client, then a client beside it in the same namespace; the server
+    // accepts them in that order.
+    let nc = ["nc", pair.b_ip.as_str(), "8081"];
+    let mut inside = HeldConnection::open(ctr.exec(&nc), &listener);
+    let mut beside = pair.a.command("busybox");
+    beside.args(nc);
+    let mut beside = HeldConnection::open(beside, &listener);
     let state = TempDir::new("ctr");
     let prefix = &ctr.id[..12];
     let full = [
@@ -281,24 +265,8 @@ fn reset_in_a_container_aborts_its_connections_only() {
     ];
     let mut agent = AgentProcess::spawn(None, &bin(), &full);
     agent.expect_injected();
-    let mut buf = [0_u8; 8];
-    let got = server_in.read(&mut buf);
-    assert!(
-        matches!(&got, Err(e) if e.raw_os_error() == Some(104)),
-        "the container's connection is reset at the server: {got:?}"
-    );
-    server_beside.write_all(b"hi").expect("write beside");
-    beside
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"ok\n")
-        .expect("the client beside writes");
-    let mut three = [0_u8; 3];
-    server_beside
-        .read_exact(&mut three)
-        .expect("the connection beside the container survives");
-    assert_eq!(&three, b"ok\n");
+    inside.assert_reset("the container's connection");
+    beside.assert_alive("the connection beside the container");
     agent.signal(Signal::SIGTERM);
     let (status, lines, err) = agent.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?} {err}");
@@ -306,8 +274,4 @@ fn reset_in_a_container_aborts_its_connections_only() {
         lines.iter().any(|l| l.contains("connections reset 1 ")),
         "one connection counted as reset: {lines:?}"
     );
-    let _ = inside.kill();
-    let _ = inside.wait();
-    let _ = beside.kill();
-    let _ = beside.wait();
 }

@@ -8,7 +8,9 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use chaos_testing::{AgentProcess, Cgroup, NetNs, TempDir, VethPair, in_netns, run};
+use chaos_testing::{
+    AgentProcess, Cgroup, HeldConnection, NetNs, TempDir, VethPair, in_netns, run,
+};
 use nix::sys::signal::Signal;
 
 fn bin() -> std::path::PathBuf {
@@ -35,6 +37,22 @@ fn ping_loss(out: &std::process::Output) -> u32 {
         .unwrap_or_else(|| panic!("no loss line in {text}"))
 }
 
+/// The loss (whole percent) of a ping from `pair.a` to `pair.b` by a process in `cg`, and of
+/// one beside it in the same namespace, outside the cgroup.
+fn ping_in_and_beside(cg: &Cgroup, pair: &VethPair) -> (u32, u32) {
+    let inside = cg
+        .command_in(&pair.a, "ping", &ping_args(&pair.b_ip))
+        .output()
+        .expect("ping inside");
+    let beside = pair
+        .a
+        .command("ping")
+        .args(ping_args(&pair.b_ip))
+        .output()
+        .expect("ping beside");
+    (ping_loss(&inside), ping_loss(&beside))
+}
+
 const PING: [&str; 7] = ["-c", "20", "-i", "0.05", "-W", "1", "-q"];
 
 fn ping_args(dst: &str) -> Vec<&str> {
@@ -58,22 +76,9 @@ fn loss_scoped_to_a_cgroup_drops_only_the_packets_of_its_processes() {
             &ttl,
         ],
     );
-    let inside = cg
-        .command_in(&pair.a, "ping", &ping_args(&pair.b_ip))
-        .output()
-        .expect("ping inside");
-    let outside = pair
-        .a
-        .command("ping")
-        .args(ping_args(&pair.b_ip))
-        .output()
-        .expect("ping outside");
-    assert_eq!(ping_loss(&inside), 100, "the cgroup's ping");
-    assert_eq!(
-        ping_loss(&outside),
-        0,
-        "the ping outside the cgroup, same server"
-    );
+    let (inside, outside) = ping_in_and_beside(&cg, &pair);
+    assert_eq!(inside, 100, "the cgroup's ping");
+    assert_eq!(outside, 0, "the ping outside the cgroup, same server");
     agent.signal(Signal::SIGTERM);
     let (status, lines, err) = agent.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?} {err}");
@@ -328,18 +333,9 @@ fn unit_scope_finds_the_unit_s_cgroup_below_its_slice() {
             "--loss", "1", "--unit", &name, "--dest", &dst, "--iface", &pair.a_if, "--ttl", &ttl,
         ],
     );
-    let inside = unit
-        .command_in(&pair.a, "ping", &ping_args(&pair.b_ip))
-        .output()
-        .expect("ping inside");
-    let outside = pair
-        .a
-        .command("ping")
-        .args(ping_args(&pair.b_ip))
-        .output()
-        .expect("ping outside");
-    assert_eq!(ping_loss(&inside), 100, "the unit's ping");
-    assert_eq!(ping_loss(&outside), 0, "the ping outside the unit");
+    let (inside, outside) = ping_in_and_beside(&unit, &pair);
+    assert_eq!(inside, 100, "the unit's ping");
+    assert_eq!(outside, 0, "the ping outside the unit");
     agent.signal(Signal::SIGTERM);
     let (status, lines, err) = agent.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?} {err}");
@@ -411,35 +407,17 @@ fn a_scoped_fault_ends_when_its_cgroup_is_removed() {
 
 #[test]
 fn reset_scoped_to_a_cgroup_aborts_only_its_processes_connections() {
-    use std::io::{Read as _, Write as _};
     let pair = VethPair::new(70);
     let cg = Cgroup::new("rscope");
     let listener = chaos_testing::tcp_listen(&pair.b, &format!("{}:8080", pair.b_ip));
-    let server_addr = pair.b_ip.clone();
-    // Two clients of the same server, in the same namespace: busybox nc holding its connection
-    // open while its stdin is. One inside the cgroup, then one outside; the server accepts
-    // them in that order.
-    let mut nc_in = cg
-        .command_in(&pair.a, "busybox", &["nc", &server_addr, "8080"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nc inside");
-    let (mut server_in, _) = listener.accept().expect("accept inside");
-    wait_in(&cg, nc_in.id());
-    let mut nc_out = pair
-        .a
-        .command("busybox")
-        .args(["nc", &server_addr, "8080"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nc outside");
-    let (mut server_out, _) = listener.accept().expect("accept outside");
-    for s in [&server_in, &server_out] {
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-    }
+    // Two clients of the same server, in the same namespace: one inside the cgroup, then one
+    // outside; the server accepts them in that order.
+    let nc = ["nc", pair.b_ip.as_str(), "8080"];
+    let mut inside = HeldConnection::open(cg.command_in(&pair.a, "busybox", &nc), &listener);
+    wait_in(&cg, inside.client.id());
+    let mut outside = pair.a.command("busybox");
+    outside.args(nc);
+    let mut outside = HeldConnection::open(outside, &listener);
     let state = TempDir::new("scope");
     let ttl = chaos_testing::test_ttl(30);
     let agent = inject(
@@ -449,31 +427,7 @@ fn reset_scoped_to_a_cgroup_aborts_only_its_processes_connections() {
             "--reset", "--cgroup", &cg.path, "--dport", "8080", "--ttl", &ttl,
         ],
     );
-    // The inside client's connection was aborted: the server's end gets the RST.
-    let mut buf = [0_u8; 8];
-    let got = server_in.read(&mut buf);
-    assert!(
-        matches!(&got, Err(e) if e.raw_os_error() == Some(104)),
-        "the cgroup's connection is reset at the server: {got:?}"
-    );
-    // The outside client's connection still carries data both ways.
-    server_out
-        .write_all(b"hi")
-        .expect("write to the outside client");
-    nc_out
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"ok\n")
-        .expect("outside client writes");
-    let mut two = [0_u8; 3];
-    server_out
-        .read_exact(&mut two)
-        .expect("the outside connection survives");
-    assert_eq!(&two, b"ok\n");
+    inside.assert_reset("the cgroup's connection");
+    outside.assert_alive("the connection outside the cgroup, same server");
     drop(agent);
-    let _ = nc_in.kill();
-    let _ = nc_in.wait();
-    let _ = nc_out.kill();
-    let _ = nc_out.wait();
 }

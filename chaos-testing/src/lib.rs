@@ -949,6 +949,69 @@ pub fn tcp_listen(ns: &NetNs, addr: &str) -> std::net::TcpListener {
     })
 }
 
+/// A client process holding a TCP connection (`client`, e.g. `busybox nc ADDR PORT`, whose
+/// connection lives while its stdin is open) and the server's end of it, accepted from
+/// `listener` with a 10 s read timeout. The client is killed on drop.
+#[derive(Debug)]
+pub struct HeldConnection {
+    /// The client process.
+    pub client: std::process::Child,
+    /// The server's end.
+    pub server: std::net::TcpStream,
+}
+
+impl HeldConnection {
+    /// Starts `client` and accepts its connection (the next one `listener` gets).
+    #[must_use]
+    pub fn open(mut client: Command, listener: &std::net::TcpListener) -> Self {
+        let client = client
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the client");
+        let (server, _) = listener.accept().expect("accept the client");
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("read timeout");
+        Self { client, server }
+    }
+
+    /// Asserts that the connection was reset: the server's next read gets `ECONNRESET`.
+    pub fn assert_reset(&mut self, what: &str) {
+        use std::io::Read as _;
+        let mut buf = [0_u8; 8];
+        let got = self.server.read(&mut buf);
+        assert!(
+            matches!(&got, Err(e) if e.raw_os_error() == Some(104)),
+            "{what}: the server's end should get ECONNRESET, got {got:?}"
+        );
+    }
+
+    /// Asserts that the connection still carries data: a line the client writes reaches the
+    /// server.
+    pub fn assert_alive(&mut self, what: &str) {
+        use std::io::{Read as _, Write as _};
+        self.client
+            .stdin
+            .as_mut()
+            .expect("the client's stdin")
+            .write_all(b"ok\n")
+            .unwrap_or_else(|e| panic!("{what}: the client cannot write: {e}"));
+        let mut line = [0_u8; 3];
+        self.server
+            .read_exact(&mut line)
+            .unwrap_or_else(|e| panic!("{what}: the server gets nothing: {e}"));
+        assert_eq!(&line, b"ok\n", "{what}");
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.client.kill();
+        let _ = self.client.wait();
+    }
+}
+
 /// A connection from `ns` to `addr` and the server's end of it (accepted from `listener`),
 /// both with a 10 s read timeout, so that a test that goes wrong fails instead of hanging.
 #[must_use]
