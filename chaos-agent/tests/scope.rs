@@ -431,3 +431,57 @@ fn reset_scoped_to_a_cgroup_aborts_only_its_processes_connections() {
     outside.assert_alive("the connection outside the cgroup, same server");
     drop(agent);
 }
+
+#[test]
+fn ambiguous_units_and_container_prefixes_are_refused_with_the_candidates() {
+    // Two cgroups named as a runtime names its containers, whose ids share a prefix, and two
+    // cgroups named after one unit under different parents: laid out by hand, as the tree would
+    // show them.
+    let parent = Cgroup::new("ambig");
+    let stem = format!("c4a0{:08x}", std::process::id());
+    let ids = [
+        format!("{stem}{}", "1".repeat(52)),
+        format!("{stem}{}", "2".repeat(52)),
+    ];
+    let a = parent.child(&format!("libpod-{}", ids[0]));
+    let b = parent.child(&format!("docker-{}.scope", ids[1]));
+    let unit = chaos_testing::unique_name("amb");
+    let s1 = parent.child("one.slice");
+    let s2 = parent.child("two.slice");
+    let u1 = s1.child(&format!("{unit}.service"));
+    let u2 = s2.child(&format!("{unit}.service"));
+    let state = TempDir::new("scope");
+    let ns = NetNs::new("ambig");
+    for (args, want) in [
+        (
+            vec!["--refuse", "--container", stem.as_str()],
+            format!("the prefix names 2 containers ({}", &ids[0][..12]),
+        ),
+        (
+            vec!["--refuse", "--unit", unit.as_str()],
+            format!("2 cgroups are named {unit}.service"),
+        ),
+    ] {
+        let out = ns
+            .command(bin().to_str().expect("path"))
+            .args(["--state-dir", state.str(), "inject", "--ttl", "5s"])
+            .args(&args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    // Nothing was attached for either.
+    assert!(
+        run(
+            "bpftool",
+            ["-j", "cgroup", "show", &chaos_testing::cgroup2_root()]
+        )
+        .stdout
+        .windows(6)
+        .all(|w| w != b"chaos_"),
+        "a connect program on the cgroup root"
+    );
+    drop((u1, u2, s1, s2, a, b));
+}
