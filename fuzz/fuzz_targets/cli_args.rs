@@ -53,6 +53,7 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
             container: None,
             cgroup_id: None,
             netns: None,
+            container_iface: None,
         },
         loss,
         shape,

@@ -64,6 +64,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
             container: a.container.clone(),
             cgroup_id: None,
             netns: None,
+            container_iface: None,
         },
         loss,
         shape,

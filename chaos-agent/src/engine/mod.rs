@@ -244,7 +244,7 @@ impl Engine {
         let ifindex = sys::ifindex(&ifname)?;
         // A kernel without the needed qdisc is refused before anything is reserved or journaled.
         if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-            faults::shape::netem::backend(sh, spec.target.direction)
+            faults::shape::netem::backend(sh, spec.target.hook_direction())
                 .map_err(|source| EngineError::Unsupported { source })?;
         }
         // Reserve a slot under the lock, then apply without it: loading and attaching programs
@@ -729,14 +729,15 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
     {
         spec.ttl = d;
     }
+    // What the agent resolves, never what a request claims: an API body may carry these.
+    spec.target.cgroup_id = None;
+    spec.target.netns = None;
+    spec.target.container_iface = None;
     spec.validate(&cfg.limits)?;
     if spec.target.scoped() {
-        resolve_scope(&mut spec.target)?;
+        let on_sockets = spec.acts_on_sockets();
+        resolve_scope(&mut spec.target, on_sockets)?;
         spec.validate(&cfg.limits)?;
-    } else {
-        // What the agent resolved, never what a request claims: an API body may carry these.
-        spec.target.cgroup_id = None;
-        spec.target.netns = None;
     }
     if spec.acts_on_sockets() {
         // Connect and socket faults have no interface; the engine's bookkeeping names
@@ -755,7 +756,7 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
 /// Resolves the processes a fault is limited to into the cgroup (path and id) and, for a
 /// container with one of its own, the network namespace that are journaled and shown: the pid
 /// may be gone or reused, and a unit or container restarted, by the time anyone reads them.
-fn resolve_scope(t: &mut crate::target::Target) -> Result<(), EngineError> {
+fn resolve_scope(t: &mut crate::target::Target, on_sockets: bool) -> Result<(), EngineError> {
     use crate::spec::SpecError;
     use crate::target::scope;
     let tree = sys::cgroup::Tree::open().map_err(|e| SpecError::NoSuchCgroup {
@@ -772,6 +773,15 @@ fn resolve_scope(t: &mut crate::target::Target) -> Result<(), EngineError> {
     } else if let Some(given) = &t.container {
         let c = scope::find_container(&tree, given)?;
         t.netns = scope::container_netns(&tree, &c)?;
+        if let Some(netns) = t.netns
+            && !on_sockets
+        {
+            // Packets are faulted on the host side of the container's veth: `--iface`, if
+            // given, names the container's interface.
+            let (inner, host) = scope::container_veth(&tree, &c, netns, t.iface.as_deref())?;
+            t.container_iface = Some(inner);
+            t.iface = Some(host);
+        }
         t.container = Some(c.id);
         Some(c.cgroup)
     } else {
@@ -807,7 +817,7 @@ pub fn plan(
 ) -> Result<(FaultSpec, Vec<String>), EngineError> {
     let ifname = prepare(&mut spec, cfg)?;
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
-        faults::shape::netem::backend(sh, spec.target.direction)
+        faults::shape::netem::backend(sh, spec.target.hook_direction())
             .map_err(|source| EngineError::Unsupported { source })?;
     }
     let plan = faults::plan(

@@ -158,6 +158,11 @@ pub fn plan(
                 .map(|ns| format!(" with its own network namespace net:[{ns}]"))
                 .unwrap_or_default()
         ));
+        if let Some(inner) = &t.container_iface {
+            out.push(format!(
+                "container interface: its {inner} is faulted on its host-side veth {ifname}"
+            ));
+        }
     }
     if spec.reset.is_some() {
         out.extend(reset::plan(spec, protected));
@@ -179,7 +184,7 @@ pub fn conflict(new: &FaultSpec, active: &FaultSpec) -> Option<String> {
     if !shapes(new) || !shapes(active) || new.target.iface != active.target.iface {
         return None;
     }
-    let (a, b) = (new.target.direction, active.target.direction);
+    let (a, b) = (new.target.hook_direction(), active.target.hook_direction());
     let both = |f: fn(crate::target::Direction) -> bool| f(a) && f(b);
     (both(crate::target::Direction::egress) || both(crate::target::Direction::ingress)).then(|| {
         format!(

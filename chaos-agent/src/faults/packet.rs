@@ -51,7 +51,7 @@ impl ActiveFault for ClassifierFault {
 /// The tc hooks a spec needs (none for a refuse fault, which acts on `connect()`).
 #[must_use]
 pub fn hooks(spec: &FaultSpec) -> Vec<Hook> {
-    let d = spec.target.direction;
+    let d = spec.target.hook_direction();
     let mut v = Vec::new();
     if spec.refuse.is_some() {
         return v;
@@ -245,7 +245,12 @@ pub async fn apply(
         s.configure(&mut cfg);
     }
     let mut r = rules(spec, ctx.protected_ports);
-    if let Some(path) = &spec.target.cgroup {
+    if let Some(path) = spec
+        .target
+        .cgroup
+        .as_ref()
+        .filter(|_| spec.target.by_socket_cgroup())
+    {
         match cgroup_id(path) {
             // The cgroup resolved at inject, not one made again under its path since.
             Ok(id) if spec.target.cgroup_id.is_none_or(|resolved| resolved == id) => {
@@ -405,7 +410,13 @@ pub fn plan(
             humantime::format_duration(f.off)
         ));
     }
-    if let Some(path) = &spec.target.cgroup {
+    if let Some(inner) = &spec.target.container_iface {
+        out.push(format!(
+            "every packet through the container's {inner}, whichever of its namespace's processes sends or receives it (a packet crossing the veth leaves its socket behind, so the host side cannot tell them apart): its {} is {ifname}'s {}",
+            spec.target.direction,
+            spec.target.hook_direction()
+        ));
+    } else if let Some(path) = &spec.target.cgroup {
         out.push(match cgroup_id(path) {
             Ok(id) => format!(
                 "only sockets and connects of processes in cgroup {path} (id {id}) and below it{}",

@@ -149,15 +149,26 @@ impl FaultSpec {
             + usize::from(t.unit.is_some())
             + usize::from(t.container.is_some())
             + usize::from(t.cgroup.is_some() && t.unit.is_none() && t.container.is_none());
+        // A container not resolved yet may turn out to have a network namespace of its own,
+        // where its interface, not its sockets, is what the fault matches (any direction).
+        let unresolved_container = t.container.is_some() && t.cgroup_id.is_none();
         let why = if named > 1 {
             Some("--cgroup, --unit, --pid and --container each name the processes: give one")
-        } else if t.direction != crate::target::Direction::Egress && self.reset.is_none() {
+        } else if t.direction != crate::target::Direction::Egress
+            && self.reset.is_none()
+            && t.by_socket_cgroup()
+            && !unresolved_container
+        {
             Some(
-                "a fault scoped to processes acts on their egress only (tc sees the socket's cgroup of outgoing packets; at ingress it runs before the socket lookup)",
+                "a fault scoped to processes on the host's network acts on their egress only (tc sees the socket's cgroup of outgoing packets; at ingress it runs before the socket lookup); a container with a network namespace of its own takes both directions",
             )
-        } else if t.netns.is_some() && !self.acts_on_sockets() {
+        } else if t.netns.is_some() && !self.acts_on_sockets() && t.container_iface.is_none() {
             Some(
-                "this container has a network namespace of its own: loss, shaping and DNS faults inside it are not supported yet (--reset and --refuse are); a container on the host's network (--network host) takes them",
+                "this container's network namespace has no veth whose other end is in the agent's: loss, shaping and DNS act on that host-side end",
+            )
+        } else if t.container_iface.is_some() && (t.netns.is_none() || self.acts_on_sockets()) {
+            Some(
+                "a container interface names the host side of a container's own network namespace: it applies to loss, shaping and DNS only",
             )
         } else {
             None
@@ -275,6 +286,13 @@ impl FaultSpec {
             return format!(
                 "{} in this network namespace{scope}{flap}",
                 parts.join(" + ")
+            );
+        }
+        if let Some(inner) = &self.target.container_iface {
+            return format!(
+                "{} {} on the container's {inner} (host side {iface}){scope}{flap}",
+                parts.join(" + "),
+                self.target.direction
             );
         }
         format!(
@@ -493,5 +511,45 @@ mod tests {
         assert!(
             serde_json::from_str::<FaultSpec>(r#"{"ttl":"1s","los":{"probability":0.1}}"#).is_err()
         );
+    }
+
+    #[test]
+    fn a_container_s_own_namespace_takes_any_direction_on_its_host_side() {
+        use crate::target::Direction;
+        let limits = crate::spec::Limits::default();
+        let mut s = loss(1.0);
+        s.target.container = Some("3f1e0c6a9b2d".to_owned());
+        s.target.direction = Direction::Ingress;
+        // Not resolved yet: whether the container has a namespace of its own is not known.
+        assert!(s.validate(&limits).is_ok());
+        // Resolved to the host's network: matched by socket cgroup, egress only.
+        s.target.cgroup = Some("/machine.slice/libpod-x.scope".to_owned());
+        s.target.cgroup_id = Some(7);
+        assert!(matches!(
+            s.validate(&limits),
+            Err(SpecError::Inapplicable { .. })
+        ));
+        // Resolved to its own namespace, faulted on the host-side veth: the container's
+        // ingress is that veth's egress.
+        s.target.netns = Some(4_026_532_000);
+        s.target.container_iface = Some("eth0".to_owned());
+        s.target.iface = Some("veth1".to_owned());
+        assert!(s.validate(&limits).is_ok());
+        assert!(!s.target.by_socket_cgroup());
+        for (given, hook) in [
+            (Direction::Ingress, Direction::Egress),
+            (Direction::Egress, Direction::Ingress),
+            (Direction::Both, Direction::Both),
+        ] {
+            s.target.direction = given;
+            assert_eq!(s.target.hook_direction(), hook);
+        }
+        assert!(s.summary().contains("on the container's eth0 (host side veth1)"));
+        // Its own namespace but no host-side veth found: refused.
+        s.target.container_iface = None;
+        assert!(matches!(
+            s.validate(&limits),
+            Err(SpecError::Inapplicable { .. })
+        ));
     }
 }

@@ -2,6 +2,7 @@
 //! Every runtime path the agent uses is a constant in [`paths`].
 
 pub mod cgroup;
+pub mod link;
 pub mod paths;
 
 use std::ffi::CString;

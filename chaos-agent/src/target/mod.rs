@@ -171,6 +171,12 @@ pub struct Target {
     /// inject): its connections are reset and its connects refused there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// For a packet fault on a `container` with a network namespace of its own: the
+    /// container's interface (`eth0`) whose host-side veth is `iface` (set at inject). The
+    /// fault acts there, on the whole namespace's traffic, and `direction` stays the
+    /// container's: its egress arrives on `iface` (see [`Target::hook_direction`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_iface: Option<String>,
 }
 
 impl Target {
@@ -181,6 +187,25 @@ impl Target {
             || self.pid.is_some()
             || self.unit.is_some()
             || self.container.is_some()
+    }
+
+    /// The direction as the hook on `iface` sees it. A container's interface is faulted on its
+    /// host side, where what the container sends arrives and what it receives leaves.
+    #[must_use]
+    pub fn hook_direction(&self) -> Direction {
+        match (&self.container_iface, self.direction) {
+            (None, d) | (Some(_), d @ Direction::Both) => d,
+            (Some(_), Direction::Egress) => Direction::Ingress,
+            (Some(_), Direction::Ingress) => Direction::Egress,
+        }
+    }
+
+    /// Whether packets are matched by their socket's cgroup: a scope on the agent's own
+    /// network namespace. A container with a namespace of its own is matched by its interface
+    /// instead (a packet crossing a veth has left its socket behind).
+    #[must_use]
+    pub fn by_socket_cgroup(&self) -> bool {
+        self.scoped() && self.container_iface.is_none()
     }
 
     /// The scope, as a user named it (for messages and the summary).

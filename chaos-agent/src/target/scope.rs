@@ -182,6 +182,57 @@ pub fn container_netns(tree: &Tree, c: &Container) -> Result<Option<u64>, SpecEr
     Ok((netns != own).then_some(netns))
 }
 
+/// The interface of a container's own network namespace that a packet fault acts on, and its
+/// other end in the agent's namespace, where the fault is attached: `(inner, host)` names. The
+/// inner one is `iface` when given, else the namespace's only veth whose peer is the agent's.
+/// Read from a thread that joined the namespace; nothing is changed.
+pub fn container_veth(
+    tree: &Tree,
+    c: &Container,
+    netns: u64,
+    iface: Option<&str>,
+) -> Result<(String, String), SpecError> {
+    use crate::sys::link;
+    let bad = |why: String| SpecError::BadContainer {
+        id: c.id.clone(),
+        why,
+    };
+    let pid = pid_in_netns(tree, &c.cgroup, netns)
+        .map_err(|e| bad(format!("cannot enter its network namespace: {e}")))?;
+    let inside = crate::sys::cgroup::in_netns_of(pid, netns, link::links)
+        .and_then(|r| r)
+        .map_err(|e| bad(format!("cannot list the interfaces of net:[{netns}]: {e}")))?;
+    let outside =
+        link::links().map_err(|e| bad(format!("cannot list the agent's interfaces: {e}")))?;
+    let pairs = link::veth_pairs(&inside, &outside);
+    let names = |v: &[(&link::Link, &link::Link)]| {
+        v.iter()
+            .map(|(i, _)| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen: Vec<_> = pairs
+        .iter()
+        .copied()
+        .filter(|(i, _)| iface.is_none_or(|want| i.name == want))
+        .collect();
+    match (chosen.as_slice(), iface) {
+        ([(inner, host)], _) => Ok((inner.name.clone(), host.name.clone())),
+        ([], Some(want)) => Err(bad(format!(
+            "its network namespace has no interface {want:?} with a veth peer in the agent's namespace (it has: {})",
+            if pairs.is_empty() { "none".to_owned() } else { names(&pairs) }
+        ))),
+        ([], None) => Err(bad(
+            "its network namespace has no veth whose other end is in the agent's namespace (macvlan, ipvlan, or a peer in another namespace): loss, shaping and DNS act on that other end; --reset and --refuse work there".to_owned(),
+        )),
+        (more, _) => Err(bad(format!(
+            "its network namespace has {} interfaces with a veth peer here ({}): give --iface with the container's interface name",
+            more.len(),
+            names(more)
+        ))),
+    }
+}
+
 /// A process of the cgroup at `cgroup` (or below it) that is in network namespace `netns`: the
 /// one whose namespace a fault enters. `NotFound` when none is left.
 pub fn pid_in_netns(tree: &Tree, cgroup: &str, netns: u64) -> std::io::Result<u32> {

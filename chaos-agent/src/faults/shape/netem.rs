@@ -201,7 +201,7 @@ pub async fn apply(
     spec: &FaultSpec,
     ctx: &mut ApplyCtx<'_>,
 ) -> Result<Steering, FaultError> {
-    let backend = backend(sh, spec.target.direction)?;
+    let backend = backend(sh, spec.target.hook_direction())?;
     if backend == Backend::Edt {
         // Egress only (validation, or `backend` for auto). No class to steer into: fq does not
         // classify, every packet of the device passes it and only stamped ones wait.
@@ -218,11 +218,11 @@ pub async fn apply(
     }
     let leaf = (backend == Backend::Netem).then(|| Qdisc::Netem(netem_options(sh)));
     let rate = sh.rate.map(super::Rate::bytes_per_sec);
-    if spec.target.direction.egress() {
+    if spec.target.hook_direction().egress() {
         let (ifname, ifindex) = (ctx.ifname.clone(), ctx.ifindex);
         shape_device(ctx, &ifname, ifindex, leaf.as_ref(), rate, spec.force).await?;
     }
-    if spec.target.direction.ingress() {
+    if spec.target.hook_direction().ingress() {
         ensure_clsact(ctx).await?;
         let name = ifb_name(ctx.id);
         ctx.txn.record(Undo::IfbLink { name: name.clone() })?;
@@ -294,7 +294,7 @@ async fn shape_device(
 #[must_use]
 pub fn plan(sh: &ShapeSpec, spec: &FaultSpec, ifname: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let what = match backend(sh, spec.target.direction) {
+    let what = match backend(sh, spec.target.hook_direction()) {
         Ok(Backend::Edt) => {
             let o = fq_options(sh);
             let e = edt_delay(sh);
@@ -323,10 +323,10 @@ pub fn plan(sh: &ShapeSpec, spec: &FaultSpec, ifname: &str) -> Vec<String> {
     let rate = sh
         .rate
         .map_or_else(|| "unshaped".to_owned(), |r| format!("rate {r}"));
-    if spec.target.direction.egress() {
+    if spec.target.hook_direction().egress() {
         out.push(format!("snapshot {ifname}'s qdisc tree, replace its root with htb c4a0: (restored exactly on revert); class c4a0:10 {rate} -> {what}"));
     }
-    if spec.target.direction.ingress() {
+    if spec.target.hook_direction().ingress() {
         out.push(format!("create IFB chaos-ifb* with htb c4a0: and class c4a0:10 {rate} -> {what}; mirred redirect {ifname} ingress -> IFB (prio {MIRRED_PRIO:#x})"));
     }
     out.push(format!(

@@ -283,7 +283,7 @@ impl ShapeSpec {
                 if let Some(what) = sh.edt_unsupported() {
                     return Err(SpecError::EdtUnsupported { what });
                 }
-                if target.direction.ingress() {
+                if target.hook_direction().ingress() {
                     return Err(SpecError::EdtIngress);
                 }
             }
