@@ -188,13 +188,15 @@ fn refuse_in_a_container_fails_its_connects_and_no_one_else_s() {
         "the dry run shows the resolved container: {plan} {}",
         String::from_utf8_lossy(&dry.stderr)
     );
-    // Loss inside a container's own namespace is not supported yet: refused, with the reason.
+    // Loss acts on the host side of the container's veth; this agent's namespace has none
+    // (the other end is in the peer namespace): refused, with the reason.
     let loss = agent_cmd(&["--loss", "1", "--container", prefix, "--ttl", "30s"])
         .output()
         .expect("loss");
     assert_eq!(loss.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&loss.stderr).contains("network namespace of its own"),
+        String::from_utf8_lossy(&loss.stderr)
+            .contains("no veth whose other end is in the agent's namespace"),
         "{}",
         String::from_utf8_lossy(&loss.stderr)
     );
@@ -274,4 +276,94 @@ fn reset_in_a_container_aborts_its_connections_only() {
         lines.iter().any(|l| l.contains("connections reset 1 ")),
         "one connection counted as reset: {lines:?}"
     );
+}
+
+/// The loss (whole percent) `ping` reports from `ns` to `dst`.
+fn ping_loss(ns: &NetNs, dst: &str) -> u32 {
+    let out = ns
+        .command("ping")
+        .args(["-c", "20", "-i", "0.05", "-W", "1", "-q", dst])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let (head, _) = l.split_once("% packet loss")?;
+            head.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no loss line in {text}"))
+        .round() as u32
+}
+
+#[test]
+fn loss_on_a_container_s_own_namespace_acts_on_its_host_side_veth() {
+    if !needs_podman("loss_on_a_container_s_own_namespace_acts_on_its_host_side_veth") {
+        return;
+    }
+    // The container's namespace is `a`; the agent runs in `b`, which holds the other end of
+    // the container's veth, as a host holds a bridge port of each container.
+    let pair = VethPair::new(73);
+    let ctr = Container::run(&pair.a);
+    let state = TempDir::new("ctr");
+    let prefix = &ctr.id[..12];
+    let qdiscs_before = chaos_testing::tc_qdiscs(&pair.a, &pair.a_if);
+    let full = [
+        "--state-dir",
+        state.str(),
+        "inject",
+        "--loss",
+        "1",
+        "--proto",
+        "icmp",
+        "--container",
+        prefix,
+        "--ttl",
+        "30s",
+    ];
+    let mut agent = AgentProcess::spawn(Some(&pair.b), &bin(), &full);
+    agent.expect_injected();
+    // The container's echo replies are its egress: every one is lost at the host side.
+    assert_eq!(
+        ping_loss(&pair.b, &pair.a_ip),
+        100,
+        "pings to the container"
+    );
+    // The container's own namespace is left as it was: no qdisc, no filter of ours there.
+    assert_eq!(
+        chaos_testing::tc_qdiscs(&pair.a, &pair.a_if),
+        qdiscs_before,
+        "the container's qdiscs"
+    );
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            chaos_testing::tc_filters(&pair.a, &pair.a_if, hook),
+            serde_json::json!([]),
+            "a filter in the container's namespace ({hook})"
+        );
+    }
+    agent.signal(Signal::SIGTERM);
+    let (status, lines, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {err}");
+    // The 20 echo replies, and whatever ICMPv6 (neighbour discovery) the container sent.
+    let dropped = lines
+        .iter()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(", dropped ")?;
+            let (n, pct) = rest.split_once(' ')?;
+            pct.starts_with("(100.00%)")
+                .then(|| n.parse::<u64>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no counters with every match dropped: {lines:?}"));
+    assert!(
+        dropped >= 20,
+        "the 20 replies counted as dropped: {lines:?}"
+    );
+    assert_eq!(ping_loss(&pair.b, &pair.a_ip), 0, "after the fault");
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            chaos_testing::tc_filters(&pair.b, &pair.b_if, hook),
+            serde_json::json!([]),
+            "a filter left on the host side ({hook})"
+        );
+    }
 }

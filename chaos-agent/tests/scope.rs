@@ -485,3 +485,328 @@ fn ambiguous_units_and_container_prefixes_are_refused_with_the_candidates() {
     );
     drop((u1, u2, s1, s2, a, b));
 }
+
+/// A cgroup named as podman names a container's, holding one process in `ns`: a container with
+/// a network namespace of its own, as the agent sees one (no runtime needed, so this runs in
+/// the VM too; `tests/container.rs` does the same with a real podman container).
+struct FakeContainer {
+    id: String,
+    holder: Child,
+    cg: Cgroup,
+    _parent: Cgroup,
+}
+
+impl FakeContainer {
+    fn start(ns: &NetNs, tag: &str) -> Self {
+        let parent = Cgroup::new("ctrns");
+        let id = format!("{tag}{:08x}{}", std::process::id(), "e".repeat(52));
+        let cg = parent.child(&format!("libpod-{id}.scope"));
+        let holder = cg
+            .command_in(ns, "sleep", &["300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep");
+        wait_in(&cg, holder.id());
+        Self {
+            id,
+            holder,
+            cg,
+            _parent: parent,
+        }
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        wait_empty(&self.cg);
+    }
+}
+
+fn wait_empty(cg: &Cgroup) {
+    let procs = cg.dir.join("cgroup.procs");
+    for _ in 0..250 {
+        if std::fs::read_to_string(&procs).is_ok_and(|p| p.trim().is_empty()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// UDP loss (whole percent) at the receiver, both ways through the pair.
+fn udp_both_ways(pair: &VethPair, port: u16) -> (u32, u32) {
+    let out = chaos_testing::udp_run(
+        &pair.a,
+        &pair.b,
+        &chaos_testing::UdpRun::new(&pair.b_ip, port, 200),
+    );
+    let back = chaos_testing::udp_run(
+        &pair.b,
+        &pair.a,
+        &chaos_testing::UdpRun::new(&pair.a_ip, port, 200),
+    );
+    (
+        (out.loss() * 100.0).round() as u32,
+        (back.loss() * 100.0).round() as u32,
+    )
+}
+
+/// Our tc filters on `ifname` in `ns`, both hooks (the netlink path), and the tcx links the
+/// agent `pid` holds on an interface with that index, from the kernel's fdinfo of each link
+/// (bpftool 7.1 does not name a tcx link's interface). An index is only unique within its
+/// namespace, so the tcx half is meaningful for the host side, where the agent runs.
+fn ours_on(ns: &NetNs, ifname: &str, agent_pid: Option<u32>) -> usize {
+    let filters = ["ingress", "egress"]
+        .iter()
+        .map(|hook| {
+            chaos_testing::tc_filters(ns, ifname, hook)
+                .as_array()
+                .map_or(0, Vec::len)
+        })
+        .sum::<usize>();
+    let ifindex = ns
+        .sh(&format!("cat /sys/class/net/{ifname}/ifindex"))
+        .trim()
+        .to_owned();
+    let tcx = agent_pid.map_or(0, |pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|info| {
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().split(' ').next().unwrap_or("").to_owned())
+                };
+                field("link_type:").as_deref() == Some("tcx")
+                    && field("ifindex:").as_deref() == Some(ifindex.as_str())
+            })
+            .count()
+    });
+    filters + tcx
+}
+
+#[test]
+fn a_container_with_its_own_namespace_is_faulted_on_its_host_side_veth() {
+    // `a` is the container's namespace, `b` the host's: the agent runs in `b`, where the
+    // other end of the container's veth is.
+    let pair = VethPair::new(68);
+    let ctr = FakeContainer::start(&pair.a, "c0a1");
+    let prefix = &ctr.id[..12];
+    let state = TempDir::new("ctrns");
+    let agent_cmd = |args: &[&str]| {
+        let mut c = pair.b.command(bin().to_str().expect("path"));
+        c.args(["--state-dir", state.str(), "inject"]).args(args);
+        c
+    };
+    let dry = agent_cmd(&[
+        "--loss",
+        "1",
+        "--container",
+        prefix,
+        "--ttl",
+        "30s",
+        "--dry-run",
+    ])
+    .output()
+    .expect("dry run");
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        plan.contains(&format!(
+            "its {} is faulted on its host-side veth {}",
+            pair.a_if, pair.b_if
+        )) && plan.contains(&format!("its egress is {}'s ingress", pair.b_if)),
+        "the dry run names both ends: {plan} {}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    // `--iface` names the container's interface; one it does not have is refused.
+    let bad = agent_cmd(&[
+        "--loss",
+        "1",
+        "--container",
+        prefix,
+        "--iface",
+        "nosuch0",
+        "--ttl",
+        "30s",
+    ])
+    .output()
+    .expect("bad iface");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no interface \"nosuch0\"") && err.contains(&pair.a_if),
+        "the refusal names what the container has: {err}"
+    );
+    assert_eq!(udp_both_ways(&pair, 9301), (0, 0), "before any fault");
+    let ttl = chaos_testing::test_ttl(30);
+    for (direction, want) in [
+        ("egress", (100, 0)),
+        ("ingress", (0, 100)),
+        ("both", (100, 100)),
+    ] {
+        let args = [
+            "--loss",
+            "1",
+            "--proto",
+            "udp",
+            "--dport",
+            "9301",
+            "--container",
+            prefix,
+            "--direction",
+            direction,
+            "--ttl",
+            &ttl,
+        ];
+        let mut full = vec!["--state-dir", state.str(), "inject"];
+        full.extend(args);
+        let mut agent = AgentProcess::spawn(Some(&pair.b), &bin(), &full);
+        agent.expect_injected();
+        // Judged at each receiver: the container's sends are its egress, what it receives
+        // its ingress.
+        assert_eq!(udp_both_ways(&pair, 9301), want, "--direction {direction}");
+        assert_eq!(
+            udp_both_ways(&pair, 9302),
+            (0, 0),
+            "another port, --direction {direction}"
+        );
+        // Nothing of ours in the container's namespace: the fault sits on the host side.
+        assert_eq!(
+            ours_on(&pair.a, &pair.a_if, None),
+            0,
+            "attached inside the container"
+        );
+        assert!(
+            ours_on(&pair.b, &pair.b_if, Some(agent.pid())) > 0,
+            "nothing on the host-side veth"
+        );
+        agent.signal(Signal::SIGTERM);
+        let (status, lines, err) = agent.wait(Duration::from_secs(30));
+        assert!(status.success(), "{status:?} {err}");
+        let summary = format!(
+            "{direction} on the container's {} (host side {})",
+            pair.a_if, pair.b_if
+        );
+        assert!(
+            lines.iter().any(|l| l.contains(&summary)),
+            "the summary names both ends: {lines:?}"
+        );
+        let dropped = if direction == "both" { 400 } else { 200 };
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("dropped {dropped} ("))),
+            "the agent counted the {dropped} drops: {lines:?}"
+        );
+        assert_eq!(
+            ours_on(&pair.b, &pair.b_if, None),
+            0,
+            "left on the host-side veth"
+        );
+    }
+    assert_eq!(udp_both_ways(&pair, 9301), (0, 0), "after the faults");
+}
+
+#[test]
+fn a_container_s_namespace_delays_its_traffic_and_ends_with_it() {
+    // Delay through netem (EDT has no ingress): the 6.1 VM has it, this host's kernel not.
+    if !chaos_testing::require(
+        "a_container_s_namespace_delays_its_traffic_and_ends_with_it",
+        chaos_testing::Feature::Qdisc("netem"),
+    ) {
+        return;
+    }
+    let pair = VethPair::new(69);
+    let ctr = FakeContainer::start(&pair.a, "c0a2");
+    let state = TempDir::new("ctrns");
+    let base = chaos_testing::median(&chaos_testing::ping_rtts(&pair.a, &pair.b_ip, 10, 0.05));
+    let agent = inject(
+        &pair.b,
+        &state,
+        &[
+            "--delay",
+            "100ms",
+            "--proto",
+            "icmp",
+            "--container",
+            &ctr.id[..12],
+            "--ttl",
+            "10m",
+        ],
+    );
+    // The container's echo requests leave it (its egress): each round trip pays 100 ms once.
+    let rtt = chaos_testing::median(&chaos_testing::ping_rtts(&pair.a, &pair.b_ip, 10, 0.05));
+    assert!(
+        rtt >= 100.0 && rtt < base + 180.0,
+        "rtt {rtt} ms (before: {base} ms)"
+    );
+    // The container goes away: the fault ends (target-gone) and its host side is left clean.
+    drop(ctr);
+    let (status, lines, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {err}");
+    assert!(
+        lines.iter().any(|l| l.contains("reverted (target-gone)")),
+        "{lines:?}"
+    );
+    assert!(
+        !chaos_testing::tc_qdiscs(&pair.b, &pair.b_if).contains("netem"),
+        "netem left on the host-side veth"
+    );
+    assert_eq!(
+        ours_on(&pair.b, &pair.b_if, None),
+        0,
+        "a filter left on the host-side veth"
+    );
+}
+
+#[test]
+fn dns_in_a_container_s_own_namespace_rewrites_the_answers_it_receives() {
+    use chaos_testing::dns::{self, Client, Dnsmasq, Outcome, Zone};
+    // The container (namespace `a`) asks a server on the host side (`b`, where the agent
+    // runs); the answers it receives are rewritten on their way in.
+    let pair = VethPair::new(70);
+    let ctr = FakeContainer::start(&pair.a, "c0a3");
+    let zone = Zone::new("test").host("www.example.test", Some("10.70.0.100"), None);
+    let _server = Dnsmasq::start(&pair.b, &[pair.b_ip.as_str()], 53, &zone);
+    let timeout = Duration::from_secs(if chaos_testing::in_vm() { 3 } else { 1 });
+    let mut c = Client::new(&pair.a, &pair.b_ip, 53);
+    c.wait_ready(Duration::from_secs(if chaos_testing::in_vm() {
+        30
+    } else {
+        10
+    }));
+    let rcode = |c: &mut Client| match c.query("www.example.test", "A", timeout) {
+        Outcome::Reply(m) => m.rcode(),
+        other => panic!("no reply: {other:?}"),
+    };
+    assert_eq!(rcode(&mut c), dns::NOERROR, "before the fault");
+    let state = TempDir::new("ctrns");
+    let ttl = chaos_testing::test_ttl(30);
+    let agent = inject(
+        &pair.b,
+        &state,
+        &[
+            "--dns",
+            "servfail",
+            "--dns-domain",
+            "example.test",
+            "--container",
+            &ctr.id[..12],
+            "--ttl",
+            &ttl,
+        ],
+    );
+    assert_eq!(rcode(&mut c), dns::SERVFAIL, "the container's answer");
+    agent.signal(Signal::SIGTERM);
+    let (status, lines, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?} {err}");
+    assert!(
+        lines.iter().any(|l| l.contains("rewritten 1")),
+        "one answer counted as rewritten: {lines:?}"
+    );
+    assert_eq!(rcode(&mut c), dns::NOERROR, "after the fault");
+}

@@ -20,6 +20,11 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
         "the guest has no container runtime; the kernel side is the scope and reset suites'",
     ),
     (
+        "container",
+        "loss_on_a_container_s_own_namespace_acts_on_its_host_side_veth",
+        "the guest has no container runtime; the kernel side is the scope suite's fake container",
+    ),
+    (
         "scope",
         "scope_bad_input_is_refused_with_nothing_applied",
         "path, pid and option validation before any kernel change; the same on both kernels",
