@@ -13,6 +13,9 @@ pub const PROG_TC_EGRESS: &str = "chaos_tc_eg";
 pub const PROG_CONNECT4: &str = "chaos_conn4";
 /// cgroup `connect6` program of refuse faults.
 pub const PROG_CONNECT6: &str = "chaos_conn6";
+/// The cgroup ingress program of process-scoped faults (`cgroup_skb/ingress`, on the cgroup v2
+/// root).
+pub const PROG_SOCK_INGRESS: &str = "chaos_sk_in";
 
 /// Attachment points: `hook_key(ifindex, dir)` -> [`crate::HookEntry`].
 pub const MAP_HOOKS: &str = "CHAOS_HOOKS";

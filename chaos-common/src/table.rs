@@ -245,6 +245,16 @@ pub const fn connect_hook_key(netns_cookie: u64) -> u64 {
     (1 << 63) | netns_cookie
 }
 
+/// The `CHAOS_HOOKS` key of the socket-ingress hook of interface `ifindex`: the faults scoped
+/// to processes that act on what their sockets receive through that interface. The cgroup
+/// ingress program is attached once, to the root of the cgroup v2 hierarchy, where it runs
+/// after the socket lookup, so it sees the receiving socket's cgroup (tc ingress runs before
+/// it). Bit 62 keeps these keys apart from [`hook_key`]'s and [`connect_hook_key`]'s.
+#[must_use]
+pub const fn socket_ingress_hook_key(ifindex: u32) -> u64 {
+    (1 << 62) | ifindex as u64
+}
+
 /// One fault as the programs see it once its filters matched (map `CHAOS_SLOTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -349,6 +359,17 @@ mod tests {
         assert_eq!(Bitmap::EMPTY.or(&b), b);
         a.remove(255);
         assert!(!a.contains(255));
+    }
+
+    #[test]
+    fn hook_key_spaces_do_not_overlap() {
+        let tc = hook_key(u32::MAX, crate::Dir::Egress);
+        let sock = socket_ingress_hook_key(u32::MAX);
+        let conn = connect_hook_key(u64::from(u32::MAX));
+        assert!(tc < 1 << 62 && sock & (1 << 62) != 0 && sock & (1 << 63) == 0);
+        assert!(
+            conn & (1 << 63) != 0 && socket_ingress_hook_key(1) != hook_key(1, crate::Dir::Ingress)
+        );
     }
 
     #[test]

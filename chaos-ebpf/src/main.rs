@@ -23,6 +23,7 @@ mod connect;
 mod dns;
 mod parse;
 mod rng;
+mod sock_ingress;
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -82,9 +83,14 @@ pub(crate) static CHAOS_GE: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX
 /// new one. Seen as unknown values, every step is entered in one state and the callback is
 /// verified once. (With the LLVM of Debian's llvm-22 22.1.8 the stack walk took `chaos_tc_eg`
 /// past the verifier's million instructions.) Entry per direction: an egress walk (BH off) and
-/// an ingress one (softirq) never interleave on a CPU, but they need not share to be sure.
+/// an ingress one (softirq) never interleave on a CPU, but they need not share to be sure. The
+/// third entry is the socket-ingress program's ([`WALK_SOCKET_INGRESS`]), which runs as a
+/// socket takes a packet, also from process context.
 #[map]
-static CHAOS_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(2, 0);
+static CHAOS_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(3, 0);
+
+/// `CHAOS_WALK`'s entry for `chaos_sk_in`; [`walk_step`] counts it as ingress.
+const WALK_SOCKET_INGRESS: u32 = 2;
 /// Source IPv4 prefixes -> the faults of every listed prefix that contains the key (the agent
 /// stores the union, so the longest match is enough). The constructor adds
 /// `BPF_F_NO_PREALLOC`, which the kernel requires for LPM tries: entries cost memory only
