@@ -265,6 +265,20 @@ pub fn run() -> Vec<Check> {
         },
         "--refuse",
     ));
+    let sock_ingress = dp.load_socket_ingress_program();
+    v.push(check(
+        "scope-in",
+        sock_ingress.is_ok() && cgroup2.is_some(),
+        match (&sock_ingress, &cgroup2) {
+            (Ok(()), Some(root)) => format!(
+                "cgroup_skb ingress program verifies; attached to {} while a process-scoped fault acts on ingress (loss only: a cgroup program may pass or drop)",
+                root.display()
+            ),
+            (Ok(()), None) => "the program verifies, but no cgroup2 is mounted here (the agent mounts one privately to attach)".to_owned(),
+            (Err(e), _) => e.to_string(),
+        },
+        "process-scoped loss at ingress",
+    ));
     v.push(match reset_probe() {
         Ok(()) => check(
             "reset",

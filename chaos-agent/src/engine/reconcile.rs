@@ -98,7 +98,10 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     Undo::MirredFilter { ifname, .. } => {
                         keep_mirred.insert(ifname.clone());
                     }
-                    Undo::TcxLink { .. } | Undo::BpfSlot { .. } | Undo::BpfConnect { .. } => {}
+                    Undo::TcxLink { .. }
+                    | Undo::BpfSlot { .. }
+                    | Undo::BpfConnect { .. }
+                    | Undo::BpfSocketIngress { .. } => {}
                 }
             }
             continue;

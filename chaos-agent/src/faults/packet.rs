@@ -21,6 +21,10 @@ pub struct ClassifierFault {
     mode: AttachMode,
     /// A refuse fault: on the cgroup connect hook, not on tc.
     connect: bool,
+    /// Ingress of a fault scoped to processes: on the socket-ingress hook, not on tc.
+    sock_ingress: bool,
+    /// Whether it is on tc hooks at all.
+    tc: bool,
     shaping: Option<&'static str>,
 }
 
@@ -28,6 +32,13 @@ impl ActiveFault for ClassifierFault {
     fn backend(&self) -> String {
         if self.connect {
             return "ebpf/cgroup-connect".to_owned();
+        }
+        if self.sock_ingress {
+            return if self.tc {
+                format!("ebpf/{} + cgroup-ingress", self.mode.as_str())
+            } else {
+                "ebpf/cgroup-ingress".to_owned()
+            };
         }
         match self.shaping {
             Some(s) => format!("ebpf/{} + {s}", self.mode.as_str()),
@@ -48,7 +59,8 @@ impl ActiveFault for ClassifierFault {
     }
 }
 
-/// The tc hooks a spec needs (none for a refuse fault, which acts on `connect()`).
+/// The tc hooks a spec needs (none for a refuse fault, which acts on `connect()`; no ingress
+/// one for a fault scoped to processes, which acts there on the socket-ingress hook).
 #[must_use]
 pub fn hooks(spec: &FaultSpec) -> Vec<Hook> {
     let d = spec.target.hook_direction();
@@ -56,13 +68,22 @@ pub fn hooks(spec: &FaultSpec) -> Vec<Hook> {
     if spec.refuse.is_some() {
         return v;
     }
-    if d.ingress() {
+    if d.ingress() && !spec.target.by_socket_cgroup() {
         v.push(Hook::Ingress);
     }
     if d.egress() {
         v.push(Hook::Egress);
     }
     v
+}
+
+/// Whether a spec acts on what the processes of its scope receive: tc ingress runs before the
+/// socket lookup, so this is the cgroup program that runs as their sockets take a packet.
+#[must_use]
+pub fn socket_ingress(spec: &FaultSpec) -> bool {
+    spec.refuse.is_none()
+        && spec.target.by_socket_cgroup()
+        && spec.target.hook_direction().ingress()
 }
 
 fn ranges(r: &[PortRange]) -> Vec<(u16, u16)> {
@@ -203,7 +224,9 @@ pub async fn apply(
     // our fds. The slot is only reserved here; its undo is journaled before it is written.
     // The clsact first (netlink path): its undo runs last, once our filters are gone.
     let refuse = spec.refuse.is_some();
-    if ctx.attach_mode == AttachMode::Netlink && !refuse {
+    let sock_ingress = socket_ingress(spec);
+    let tc_hooks = hooks(spec);
+    if ctx.attach_mode == AttachMode::Netlink && !tc_hooks.is_empty() {
         ensure_clsact(ctx).await?;
     }
     // Refuse faults act in the agent's network namespace (where its interfaces are), or in
@@ -223,7 +246,7 @@ pub async fn apply(
     // The slot and every hook it will join, journaled in one write before any of them changes
     // the kernel (each undo is idempotent, so a step recorded but never taken costs nothing).
     let steps = std::iter::once(Undo::BpfSlot { slot })
-        .chain(hooks(spec).into_iter().map(|hook| Undo::BpfHook {
+        .chain(tc_hooks.iter().map(|&hook| Undo::BpfHook {
             slot,
             ifname: ctx.ifname.clone(),
             hook,
@@ -234,6 +257,11 @@ pub async fn apply(
         .chain(netns_cookie.map(|netns_cookie| Undo::BpfConnect {
             slot,
             netns_cookie,
+            handle: dp.handle(),
+        }))
+        .chain(sock_ingress.then(|| Undo::BpfSocketIngress {
+            slot,
+            ifname: ctx.ifname.clone(),
             handle: dp.handle(),
         }));
     if let Err(e) = ctx.txn.record_all(steps) {
@@ -270,11 +298,14 @@ pub async fn apply(
         }
     }
     dp.install(slot, &r, &cfg, spec.seed)?;
-    for hook in hooks(spec) {
+    for &hook in &tc_hooks {
         dp.join_hook(slot, ctx.ifindex, &ctx.ifname, hook, ctx.attach_mode)?;
     }
     if let Some(cookie) = netns_cookie {
         dp.join_connect(slot, cookie)?;
+    }
+    if sock_ingress {
+        dp.join_socket_ingress(slot, ctx.ifindex)?;
     }
     if spec.flap.is_some() {
         // The first active phase starts when the fault can act, i.e. now that its hooks are
@@ -287,6 +318,8 @@ pub async fn apply(
         slot,
         mode: ctx.attach_mode,
         connect: refuse,
+        sock_ingress,
+        tc: !tc_hooks.is_empty(),
         shaping: steering.map(|s| s.backend),
     })
 }
@@ -359,8 +392,15 @@ pub fn plan(
                 .map(|p| format!(" for a fraction {p} of them"))
                 .unwrap_or_default(),
         ));
-    } else if mode == AttachMode::Netlink {
+    } else if mode == AttachMode::Netlink && !hooks(spec).is_empty() {
         out.push(format!("ensure clsact qdisc on {ifname} (created only if absent; removed on revert if we created it)"));
+    }
+    if socket_ingress(spec) {
+        out.push(format!(
+            "join the socket-ingress hook of {ifname}: {} (cgroup_skb ingress) on the cgroup v2 root {} (attached if no such fault is there yet; it runs as a socket takes a packet, so it sees the receiving process's cgroup) (drop = the socket never gets the packet)",
+            chaos_common::names::PROG_SOCK_INGRESS,
+            crate::sys::cgroup2_root().map_or_else(|| "(none mounted: the inject would fail)".to_owned(), |p| p.display().to_string()),
+        ));
     }
     for hook in hooks(spec) {
         let how = match (hook, mode) {

@@ -136,8 +136,9 @@ impl FaultSpec {
         Ok(())
     }
 
-    /// A fault scoped to a cgroup matches a packet by its socket's cgroup, which tc sees on
-    /// egress only (at ingress it runs before the socket lookup), a connect by its process and
+    /// A fault scoped to a cgroup matches a packet by its socket's cgroup: on egress at tc, on
+    /// ingress with a cgroup program that runs as the socket takes the packet (tc ingress runs
+    /// before the socket lookup), which may only drop. A connect is matched by its process and
     /// a connection (reset) by the cgroup of the socket's creator.
     fn check_scope(&self) -> Result<(), SpecError> {
         let t = &self.target;
@@ -154,13 +155,14 @@ impl FaultSpec {
         let unresolved_container = t.container.is_some() && t.cgroup_id.is_none();
         let why = if named > 1 {
             Some("--cgroup, --unit, --pid and --container each name the processes: give one")
-        } else if t.direction != crate::target::Direction::Egress
+        } else if t.direction.ingress()
             && self.reset.is_none()
             && t.by_socket_cgroup()
             && !unresolved_container
+            && (self.shape.is_some() || self.dns.is_some())
         {
             Some(
-                "a fault scoped to processes on the host's network acts on their egress only (tc sees the socket's cgroup of outgoing packets; at ingress it runs before the socket lookup); a container with a network namespace of its own takes both directions",
+                "what processes of a scope receive is seen with their socket only by a cgroup program, which can pass or drop but not delay, shape or rewrite: at ingress a scoped fault is loss; shaping and DNS act on their egress (--direction egress)",
             )
         } else if t.netns.is_some() && !self.acts_on_sockets() && t.container_iface.is_none() {
             Some(
@@ -522,11 +524,17 @@ mod tests {
         s.target.direction = Direction::Ingress;
         // Not resolved yet: whether the container has a namespace of its own is not known.
         assert!(s.validate(&limits).is_ok());
-        // Resolved to the host's network: matched by socket cgroup, egress only.
+        // Resolved to the host's network: matched by socket cgroup, where ingress is loss
+        // only (a cgroup program sees the receiving socket, and may only drop).
         s.target.cgroup = Some("/machine.slice/libpod-x.scope".to_owned());
         s.target.cgroup_id = Some(7);
+        assert!(s.validate(&limits).is_ok());
+        let delayed: FaultSpec = serde_json::from_str(
+            r#"{"ttl":"30s","shape":{"delay":"10ms"},"target":{"direction":"ingress","container":"3f1e0c6a9b2d","cgroup":"/c","cgroup_id":7}}"#,
+        )
+        .expect("spec");
         assert!(matches!(
-            s.validate(&limits),
+            delayed.validate(&limits),
             Err(SpecError::Inapplicable { .. })
         ));
         // Resolved to its own namespace, faulted on the host-side veth: the container's
@@ -544,7 +552,10 @@ mod tests {
             s.target.direction = given;
             assert_eq!(s.target.hook_direction(), hook);
         }
-        assert!(s.summary().contains("on the container's eth0 (host side veth1)"));
+        assert!(
+            s.summary()
+                .contains("on the container's eth0 (host side veth1)")
+        );
         // Its own namespace but no host-side veth found: refused.
         s.target.container_iface = None;
         assert!(matches!(

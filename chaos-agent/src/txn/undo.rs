@@ -51,6 +51,18 @@ pub enum Undo {
         /// The agent's filter handle (which agent's datapath).
         handle: u32,
     },
+    /// A slot joined to the socket-ingress hook of an interface (faults scoped to processes,
+    /// at ingress), whose program is attached to the cgroup v2 root by a `bpf_link`. As for
+    /// [`Undo::BpfConnect`]: the live agent takes the slot off and detaches the program once no
+    /// such fault is left; a dead agent's link died with it.
+    BpfSocketIngress {
+        /// The slot that joined.
+        slot: u32,
+        /// The interface whose received packets it acts on.
+        ifname: String,
+        /// The agent's filter handle (which agent's datapath).
+        handle: u32,
+    },
     /// A tcx link of a per-fault program (journals of versions before the shared datapath).
     /// The kernel detaches it when the agent's fd closes, so there is nothing to replay.
     TcxLink {
@@ -136,7 +148,7 @@ impl Undo {
             }
             | Self::NetlinkFilter { .. } => "tc_filter",
             Self::BpfHook { .. } | Self::TcxLink { .. } => "tcx_link",
-            Self::BpfConnect { .. } => "cgroup_link",
+            Self::BpfConnect { .. } | Self::BpfSocketIngress { .. } => "cgroup_link",
             Self::Clsact { .. } => "clsact",
             Self::RestoreQdisc { .. } => "qdisc_root",
             Self::IfbLink { .. } => "ifb",
@@ -163,6 +175,9 @@ impl Undo {
             ),
             Self::BpfConnect { netns_cookie, .. } => {
                 format!("connect hook of network namespace {netns_cookie} (cgroup v2 root)")
+            }
+            Self::BpfSocketIngress { ifname, .. } => {
+                format!("socket-ingress hook of {ifname} (cgroup v2 root)")
             }
             Self::TcxLink { ifname, hook } => format!("tcx link on {ifname} {}", hook.as_str()),
             Self::NetlinkFilter {
@@ -213,6 +228,12 @@ impl Undo {
             Self::BpfConnect { slot, handle, .. } => {
                 match ctx.dp.as_ref().filter(|dp| dp.owns(*handle)) {
                     Some(dp) => Ok(dp.leave_connect(*slot)?),
+                    None => Ok(false),
+                }
+            }
+            Self::BpfSocketIngress { slot, handle, .. } => {
+                match ctx.dp.as_ref().filter(|dp| dp.owns(*handle)) {
+                    Some(dp) => Ok(dp.leave_socket_ingress(*slot)?),
                     None => Ok(false),
                 }
             }

@@ -17,13 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::programs::cgroup_skb::{CgroupSkbAttachType, CgroupSkbLinkId};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSockAddr, SchedClassifier};
 use aya::{Ebpf, EbpfLoader};
 use chaos_common::{
     Bitmap, COUNTERS_PER_DIR, Counter, Dir, F_ARMED, FaultSlot, Globals, HOOK_L3_DEVICE, HookEntry,
     MAX_FAULTS, MAX_HOOKS, PortEntry, connect_hook_key, counter_index, dns, hook_key, names,
+    socket_ingress_hook_key,
 };
 
 use super::table::{Prefix, Rules, Table, TableSink, Trie};
@@ -164,6 +166,23 @@ struct SlotState {
     /// The network namespace (cookie) whose connect hook the slot joined, with the hook's
     /// count of connects then.
     connect: Option<(u64, u64)>,
+    /// The interface (index) whose socket-ingress hook the slot joined, with the hook's count
+    /// of packets then.
+    sock_ingress: Option<(u32, u64)>,
+}
+
+/// The socket-ingress program of faults scoped to processes at ingress: loaded at the first
+/// one, attached to the cgroup v2 root while any interface has one.
+#[derive(Debug, Default)]
+struct SockIngressState {
+    /// Whether `chaos_sk_in` is loaded (verified).
+    loaded: bool,
+    /// Its link to the cgroup, while attached.
+    link: Option<CgroupSkbLinkId>,
+    /// The cgroup it is attached to (for messages).
+    cgroup: Option<String>,
+    /// Per interface index: the faults acting on what its sockets receive through it.
+    ifaces: HashMap<u32, HookEntry>,
 }
 
 /// The connect programs of refuse faults: loaded at the first refuse fault, attached to the
@@ -195,6 +214,7 @@ struct Loaded {
     slots: HashMap<u32, SlotState>,
     hooks: HashMap<HookKey, HookState>,
     connect: ConnectState,
+    sock_ingress: SockIngressState,
     free_stats: VecDeque<u32>,
     nr_cpus: usize,
 }
@@ -343,6 +363,7 @@ impl Datapath {
             slots: HashMap::new(),
             hooks: HashMap::new(),
             connect: ConnectState::default(),
+            sock_ingress: SockIngressState::default(),
             free_stats: (0..MAX_HOOKS).collect(),
             nr_cpus: aya::util::nr_cpus().unwrap_or(1),
         };
@@ -572,6 +593,9 @@ impl Datapath {
             if let Err(e) = leave_connect(l, slot) {
                 first_error.get_or_insert(e);
             }
+            if let Err(e) = leave_socket_ingress(l, slot) {
+                first_error.get_or_insert(e);
+            }
             if let Err(e) = l.table.remove(slot, &mut l.sink) {
                 first_error.get_or_insert(e);
             }
@@ -642,6 +666,90 @@ impl Datapath {
             }
             Ok(())
         })
+    }
+
+    /// Joins a slot to the socket-ingress hook of interface `ifindex` (a fault scoped to
+    /// processes, at ingress): loads `chaos_sk_in` at the first such fault and attaches it to
+    /// the cgroup v2 root when no interface has one yet.
+    pub fn join_socket_ingress(&self, slot: u32, ifindex: u32) -> Result<(), EbpfError> {
+        self.with(|l| {
+            if !l.sock_ingress.loaded {
+                load_sock_ingress(&mut l.ebpf)?;
+                l.sock_ingress.loaded = true;
+            }
+            if !l.sock_ingress.ifaces.contains_key(&ifindex) {
+                let stats = alloc_stats(l)?;
+                l.sock_ingress.ifaces.insert(
+                    ifindex,
+                    HookEntry {
+                        faults: Bitmap::EMPTY,
+                        flags: 0,
+                        stats,
+                    },
+                );
+            }
+            let seen_now = sock_ingress_seen(l, ifindex);
+            if let Some(s) = l.slots.get_mut(&slot) {
+                s.sock_ingress.get_or_insert((ifindex, seen_now));
+            }
+            let entry = l
+                .sock_ingress
+                .ifaces
+                .get_mut(&ifindex)
+                .ok_or(EbpfError::Missing("socket-ingress hook"))?;
+            entry.faults.insert(slot);
+            let entry = *entry;
+            l.hooks_map
+                .insert(socket_ingress_hook_key(ifindex), entry, 0)
+                .map_err(map_error("write", names::MAP_HOOKS))?;
+            if l.sock_ingress.link.is_none() {
+                let (dir, cgroup) =
+                    crate::sys::open_cgroup2_root().map_err(|_| EbpfError::NoCgroup2)?;
+                let name = names::PROG_SOCK_INGRESS;
+                let prog = program::<CgroupSkb>(&mut l.ebpf, name)?;
+                // A bpf_link, as for the connect programs: the cgroup's other programs keep
+                // running, and the kernel detaches ours when the agent's fds close.
+                let id = prog
+                    .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                    .map_err(|source| EbpfError::AttachCgroup {
+                        prog: name,
+                        cgroup: cgroup.clone(),
+                        source: Box::new(source),
+                    })?;
+                l.sock_ingress.link = Some(id);
+                l.sock_ingress.cgroup = Some(cgroup);
+            }
+            Ok(())
+        })
+    }
+
+    /// Loads (verifies) the socket-ingress program without attaching it (`doctor`, tests).
+    pub fn load_socket_ingress_program(&self) -> Result<(), EbpfError> {
+        self.with(|l| {
+            if !l.sock_ingress.loaded {
+                load_sock_ingress(&mut l.ebpf)?;
+                l.sock_ingress.loaded = true;
+            }
+            Ok(())
+        })
+    }
+
+    /// Takes a slot off its socket-ingress hook (the undo of
+    /// [`Datapath::join_socket_ingress`]) and detaches the program once no interface has such
+    /// a fault left. Returns whether it was detached.
+    pub fn leave_socket_ingress(&self, slot: u32) -> Result<bool, EbpfError> {
+        if !self.is_loaded() {
+            return Ok(false);
+        }
+        self.with(|l| leave_socket_ingress(l, slot))
+    }
+
+    /// The cgroup the socket-ingress program is attached to, while it is.
+    #[must_use]
+    pub fn socket_ingress_cgroup(&self) -> Option<String> {
+        lock(&self.inner.state)
+            .as_ref()
+            .and_then(|l| l.sock_ingress.cgroup.clone())
     }
 
     /// Loads (verifies) the connect programs without attaching them (`doctor`).
@@ -743,6 +851,11 @@ impl Datapath {
                         connect_seen(l, cookie).saturating_sub(base)
                     }
                     _ => 0,
+                } + match (s.sock_ingress, d) {
+                    (Some((ifindex, base)), Dir::Ingress) => {
+                        sock_ingress_seen(l, ifindex).saturating_sub(base)
+                    }
+                    _ => 0,
                 };
                 s.hooks
                     .iter()
@@ -810,6 +923,14 @@ impl Datapath {
                     .map(|i| i.id())
             })
             .collect();
+        if l.sock_ingress.loaded {
+            ids.extend(
+                program::<CgroupSkb>(&mut l.ebpf, names::PROG_SOCK_INGRESS)
+                    .ok()
+                    .and_then(|p| p.info().ok())
+                    .map(|i| i.id()),
+            );
+        }
         if l.connect.loaded {
             ids.extend(
                 [names::PROG_CONNECT4, names::PROG_CONNECT6]
@@ -895,6 +1016,70 @@ fn alloc_stats(l: &mut Loaded) -> Result<u32, EbpfError> {
         return Err(e);
     }
     Ok(stats)
+}
+
+/// Loads (verifies) the socket-ingress program.
+fn load_sock_ingress(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let name = names::PROG_SOCK_INGRESS;
+    let started = std::time::Instant::now();
+    let prog = program::<CgroupSkb>(ebpf, name)?;
+    prog.load().map_err(|source| EbpfError::Program {
+        name,
+        source: Box::new(source),
+    })?;
+    tracing::info!(
+        program = name,
+        verify_ms = started.elapsed().as_millis() as u64,
+        verified_insns = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count()),
+        "program loaded"
+    );
+    Ok(())
+}
+
+/// Packets the socket-ingress hook of an interface has seen, summed over CPUs.
+fn sock_ingress_seen(l: &Loaded, ifindex: u32) -> u64 {
+    let Some(e) = l.sock_ingress.ifaces.get(&ifindex) else {
+        return 0;
+    };
+    l.hook_stats.get(&e.stats, 0).map_or(0, |v| v.iter().sum())
+}
+
+/// Clears `slot` from its socket-ingress hook; removes an interface's entry once empty and
+/// detaches the program once no interface is left. Returns whether it was detached.
+fn leave_socket_ingress(l: &mut Loaded, slot: u32) -> Result<bool, EbpfError> {
+    let Some((ifindex, _)) = l.slots.get_mut(&slot).and_then(|s| s.sock_ingress.take()) else {
+        return Ok(false);
+    };
+    let key = socket_ingress_hook_key(ifindex);
+    if let Some(e) = l.sock_ingress.ifaces.get_mut(&ifindex) {
+        e.faults.remove(slot);
+        if e.faults.is_empty() {
+            absent_ok(l.hooks_map.remove(&key)).map_err(map_error("delete", names::MAP_HOOKS))?;
+            if let Some(e) = l.sock_ingress.ifaces.remove(&ifindex) {
+                l.free_stats.push_back(e.stats);
+            }
+        } else {
+            let entry = *e;
+            l.hooks_map
+                .insert(key, entry, 0)
+                .map_err(map_error("write", names::MAP_HOOKS))?;
+        }
+    }
+    if !l.sock_ingress.ifaces.is_empty() {
+        return Ok(false);
+    }
+    let Some(id) = l.sock_ingress.link.take() else {
+        return Ok(false);
+    };
+    let prog = program::<CgroupSkb>(&mut l.ebpf, names::PROG_SOCK_INGRESS)?;
+    if let Err(source) = prog.detach(id) {
+        tracing::debug!(error = %source, program = names::PROG_SOCK_INGRESS, "detach");
+    }
+    l.sock_ingress.cgroup = None;
+    Ok(true)
 }
 
 /// Connects the connect hook of a namespace has seen, summed over CPUs.
