@@ -656,6 +656,51 @@ fn verifier_accepts_both_programs_and_reports_size_and_cost() {
     println!("chaos_tc_in no fault on the hook: {} ns/run", none.duration);
 }
 
+/// The verifier's budget is a million instructions per program; ours use a few percent of it.
+/// A toolchain change (bpf-linker's LLVM) once took two of them past the budget at once, and
+/// only attach failures showed it. This bound flags such drift while there is room left.
+const VERIFIED_INSNS_BOUND: u32 = 200_000;
+
+#[test]
+fn every_program_verifies_well_within_the_verifier_budget() {
+    // A datapath of its own (the harnesses' pool expects only the tc programs loaded).
+    let dp = Datapath::new();
+    dp.load().expect("tc programs");
+    dp.load_connect_programs().expect("connect programs");
+    dp.load_socket_ingress_program()
+        .expect("socket-ingress program");
+    let ids = dp.program_ids();
+    let infos: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|i| ids.contains(&i.id()))
+        .collect();
+    let mut names: Vec<&str> = infos.iter().filter_map(|i| i.name_as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "chaos_conn4",
+            "chaos_conn6",
+            "chaos_sk_in",
+            "chaos_tc_eg",
+            "chaos_tc_in"
+        ],
+        "every program of the object loaded"
+    );
+    for info in &infos {
+        let name = info.name_as_str().unwrap_or("?");
+        // Linux 5.16+ reports the count (both kernels of the suite do).
+        let insns = info
+            .verified_instruction_count()
+            .unwrap_or_else(|| panic!("{name}: the kernel did not report verified_insns"));
+        println!("{name}: verifier processed {insns} insns");
+        assert!(
+            insns < VERIFIED_INSNS_BOUND,
+            "{name}: {insns} verified instructions, over {VERIFIED_INSNS_BOUND}: see docs/kernel-notes.md on reading a verifier log"
+        );
+    }
+}
+
 #[test]
 fn probability_one_drops_every_matching_packet() {
     let h = Harness::with(&drop_all());

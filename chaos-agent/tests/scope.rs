@@ -214,8 +214,8 @@ fn scope_bad_input_is_refused_with_nothing_applied() {
         ),
         (
             &[
-                "--loss",
-                "1",
+                "--delay",
+                "10ms",
                 "--cgroup",
                 "/",
                 "--direction",
@@ -223,7 +223,11 @@ fn scope_bad_input_is_refused_with_nothing_applied() {
                 "--iface",
                 "lo",
             ][..],
-            "egress only",
+            "at ingress a scoped fault is loss",
+        ),
+        (
+            &["--dns", "servfail", "--cgroup", "/", "--iface", "lo"][..],
+            "at ingress a scoped fault is loss",
         ),
         (
             &[
@@ -809,4 +813,71 @@ fn dns_in_a_container_s_own_namespace_rewrites_the_answers_it_receives() {
         "one answer counted as rewritten: {lines:?}"
     );
     assert_eq!(rcode(&mut c), dns::NOERROR, "after the fault");
+}
+
+#[test]
+fn ingress_loss_scoped_to_a_cgroup_drops_only_what_its_processes_receive() {
+    // tc ingress runs before the socket lookup; the agent acts there with a cgroup program that
+    // runs as the receiving socket takes the packet. Two pings to the same server: the echo
+    // replies to the one in the cgroup are dropped at its socket, the other's arrive.
+    let pair = VethPair::new(74);
+    let cg = Cgroup::new("ingress");
+    let state = TempDir::new("scope");
+    let dst = format!("{}/32", pair.b_ip);
+    let ttl = chaos_testing::test_ttl(30);
+    let root = chaos_testing::cgroup2_root();
+    let ours_on_root = || {
+        run("bpftool", ["-j", "cgroup", "show", &root])
+            .stdout
+            .windows(11)
+            .any(|w| w == b"chaos_sk_in")
+    };
+    for direction in ["ingress", "both"] {
+        let agent = inject(
+            &pair.a,
+            &state,
+            &[
+                "--loss",
+                "1",
+                "--proto",
+                "icmp",
+                "--cgroup",
+                &cg.path,
+                "--src",
+                &dst,
+                "--direction",
+                direction,
+                "--iface",
+                &pair.a_if,
+                "--ttl",
+                &ttl,
+            ],
+        );
+        assert!(
+            ours_on_root(),
+            "chaos_sk_in on the cgroup root ({direction})"
+        );
+        let (inside, beside) = ping_in_and_beside(&cg, &pair);
+        assert_eq!(inside, 100, "the cgroup's ping ({direction})");
+        assert_eq!(beside, 0, "the ping beside it, same server ({direction})");
+        agent.signal(Signal::SIGTERM);
+        let (status, lines, err) = agent.wait(Duration::from_secs(30));
+        assert!(status.success(), "{status:?} {err}");
+        assert!(
+            lines.iter().any(|l| l.contains("cgroup-ingress")),
+            "the backend names the socket-ingress hook: {lines:?}"
+        );
+        // The 20 replies (ingress) or the 20 requests (both: they never left), and nothing
+        // of the ping beside it.
+        assert!(
+            lines.iter().any(|l| l.contains("matched 20, dropped 20 (")),
+            "the agent counted 20 drops ({direction}): {lines:?}"
+        );
+        assert!(
+            !ours_on_root(),
+            "chaos_sk_in left on the cgroup root ({direction})"
+        );
+    }
+    let (inside, _) = ping_in_and_beside(&cg, &pair);
+    assert_eq!(inside, 0, "the cgroup's ping after the faults");
 }
