@@ -307,7 +307,10 @@ fn corrupt_duplicate_and_reorder_rates_at_the_receiver() {
     let dup = f64::from(r.duplicates) / f64::from(n);
     assert!((dup - 0.2).abs() <= bound(0.2), "duplicate rate {dup}");
     // Corrupt 20%: a flipped bit almost always breaks a checksum (or the destination MAC), so
-    // the receiver loses the datagram; bits of the source MAC (48 of ~850) go unnoticed.
+    // the receiver loses the datagram; bits of the source MAC (48 of ~850) go unnoticed. The
+    // receiver's stack says why it dropped them: most for a bad UDP checksum (the UDP header
+    // and payload are 72 of the frame's 106 bytes), some for a bad IP header checksum.
+    let csum_before = chaos_testing::dns::nstat(&pair.b);
     let state = TempDir::new("chst");
     let agent = inject(
         &pair.a,
@@ -329,6 +332,16 @@ fn corrupt_duplicate_and_reorder_rates_at_the_receiver() {
     assert!(
         lost >= 0.2 * 0.85 - bound(0.2) && lost <= 0.2 + bound(0.2),
         "corrupt 20% lost {lost}"
+    );
+    let csum_after = chaos_testing::dns::nstat(&pair.b);
+    let delta = |k: &str| {
+        csum_after.get(k).copied().unwrap_or(0) - csum_before.get(k).copied().unwrap_or(0)
+    };
+    let (udp_csum, ip_csum) = (delta("UdpInCsumErrors"), delta("IpExtInCsumErrors"));
+    let lost_n = u64::from(r.sent - r.received);
+    assert!(
+        udp_csum * 2 >= lost_n && udp_csum + ip_csum <= lost_n,
+        "corruption seen as corruption: {lost_n} lost, {udp_csum} UDP and {ip_csum} IP checksum errors at the receiver"
     );
     // Reorder 25% with 50 ms delay: a quarter of the packets skip the delay.
     let state = TempDir::new("chst");
@@ -693,6 +706,15 @@ fn edt_jitter_on_one_flow_is_not_fifo_and_never_early() {
     ));
     // Never before delay - jitter.
     assert!(ms[0] >= 79.0, "min {:.2} ms", ms[0]);
+    // A spread, not a constant: U[-20, +20] ms puts p10 and p90 32 ms apart. A jitter lost on
+    // the way (a zero in the slot, a stamp that ignored it) would leave them a few ms apart,
+    // and every bound above would still hold.
+    assert!(
+        pct(0.9) - pct(0.1) >= 16.0,
+        "p10 {:.2} ms and p90 {:.2} ms: no jitter spread",
+        pct(0.1),
+        pct(0.9)
+    );
     // fq does not keep a flow FIFO: a packet stamped earlier than the flow's tail is sorted
     // into the flow's rb-tree by departure time (`flow_queue_add`). A FIFO flow would make the
     // latency a running maximum of the draws: with 400 packets in a burst, even the 10th
