@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod dns;
 mod require;
+pub mod shim;
 pub use require::{
     Feature, PROFILES, Profile, Rules, has, require, require_absent, require_all, skip, skip_part,
 };
@@ -504,13 +505,20 @@ impl AgentProcess {
     /// Spawns `bin args...` inside `ns` (or the current namespace).
     #[must_use]
     pub fn spawn(ns: Option<&NetNs>, bin: &std::path::Path, args: &[&str]) -> Self {
-        use std::io::{BufRead as _, Read as _};
         let mut cmd = match ns {
             Some(ns) => ns.command(bin.to_str().expect("utf-8 path")),
             None => Command::new(bin),
         };
+        cmd.args(args);
+        Self::from_command(cmd)
+    }
+
+    /// Spawns a command made by the caller (its environment, its namespace), with stdout and
+    /// stderr taken as by [`AgentProcess::spawn`].
+    #[must_use]
+    pub fn from_command(mut cmd: Command) -> Self {
+        use std::io::{BufRead as _, Read as _};
         let mut child = cmd
-            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -567,6 +575,29 @@ impl AgentProcess {
                     | std::sync::mpsc::RecvTimeoutError::Disconnected,
                 ) => panic!(
                     "no line starting with {prefix:?} within {timeout:?}; stdout {:?}; stderr:\n{}",
+                    self.stdout,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`: `Some(line)`, or `None` if the process
+    /// closed its stdout (exited) first. Panics after `timeout`.
+    pub fn line_or_exit(&mut self, prefix: &str, timeout: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return Some(line);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "neither a line starting with {prefix:?} nor an exit within {timeout:?}; stdout {:?}; stderr:\n{}",
                     self.stdout,
                     self.stderr()
                 ),
