@@ -56,6 +56,11 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     ),
     ("daemon", "config_check", "parses TOML; no kernel involved"),
     (
+        "own_faults",
+        "every_netlink_step_refused_mid_apply_is_rolled_back",
+        "LD_PRELOAD needs a dynamically linked agent; the guest's is static musl",
+    ),
+    (
         "daemon",
         "metrics_pass_promtool_and_prometheus_sees_drops",
         "promtool and Prometheus are not in the guest; the counters are the loss suite's",
@@ -68,6 +73,11 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     (
         "daemon",
         "ttl_reverts_are_on_time",
+        "a timing test: under TCG it would measure the emulator",
+    ),
+    (
+        "daemon",
+        "ttl_ends_are_on_time_at_the_receiver",
         "a timing test: under TCG it would measure the emulator",
     ),
     (
