@@ -1022,6 +1022,145 @@ fn ttl_reverts_are_on_time() {
     );
 }
 
+/// TTL lateness as the receiver sees it: the instant a port's datagrams come through again,
+/// against the client's clock around the request that created its fault, not against the
+/// agent's own log (`ttl_reverts_are_on_time` reads that). Each of 20 faults drops every
+/// datagram to its own port, with TTLs 1.0-1.95 s apart by 50 ms; a sender writes to every
+/// port each 2 ms. The deadline lies between the request's start + TTL and its answer + TTL,
+/// so the first arrival must come after the former (never early) and, for every fault, within
+/// 50 ms of the latter (one send interval, the kernel-side deadline or the revert, and room
+/// for a loaded machine: measured 10-16 ms from the request's start on an idle one). Then the hook the faults
+/// shared is detached (`bpftool link`) within 100 ms of the last deadline.
+#[test]
+fn ttl_ends_are_on_time_at_the_receiver() {
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    require_root!("ttl_ends_are_on_time_at_the_receiver");
+    let net = VethPair::new(224);
+    let dir = TempDir::new();
+    let agent = Agent::start(&net, &dir.0, "", &[]);
+    let n: u16 = 20;
+    let base_port: u16 = 47_300;
+    let tcx_links = || {
+        testing::sh("bpftool -j link show 2>/dev/null || echo []")
+            .matches("\"type\":\"tcx\"")
+            .count()
+            + testing::sh("bpftool -j link show 2>/dev/null || echo []")
+                .matches("\"type\":11")
+                .count()
+    };
+    let links_before = tcx_links();
+    // Receivers in B first: each records when its port's first datagram arrives.
+    let first: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n.into()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..n {
+        let addr = format!("{}:{}", net.b_ip, base_port + i);
+        let sock = testing::in_netns(&net.b, move || UdpSocket::bind(addr).expect("bind"));
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let (first, stop) = (first.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    first.lock().expect("lock")[usize::from(i)].get_or_insert_with(Instant::now);
+                }
+            }
+        }));
+    }
+    // The faults, each timed by the client around its request.
+    let mut windows = Vec::new();
+    for i in 0..n {
+        let ttl = Duration::from_millis(1000 + u64::from(i) * 50);
+        let body = format!(
+            r#"{{"ttl":"{}ms","loss":{{"probability":1.0}},"target":{{"iface":"{}","protocols":["udp"],"dports":["{}"]}}}}"#,
+            ttl.as_millis(),
+            net.a_if,
+            base_port + i
+        );
+        let asked = Instant::now();
+        let (c, e) = agent.curl("POST", "/v1/faults", Some(&body));
+        let answered = Instant::now();
+        assert_eq!(c, 201, "{e}");
+        windows.push((asked + ttl, answered + ttl));
+    }
+    // The sender in A, from after the last answer: nothing may arrive before a deadline.
+    let sender = {
+        let (stop, b_ip) = (stop.clone(), net.b_ip.clone());
+        let sock = testing::in_netns(&net.a, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+        std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..n {
+                    let _ = sock.send_to(b"ttl", (b_ip.as_str(), base_port + i));
+                }
+                next += Duration::from_millis(2);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    let last_deadline = windows.iter().map(|w| w.1).max().expect("faults");
+    // Every port flows again (bounded: the last TTL plus 5 s).
+    let t0 = Instant::now();
+    while first.lock().expect("lock").iter().any(Option::is_none) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "ports still dropped: {:?}",
+            first.lock().expect("lock")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The shared hook goes with the last fault.
+    let detached = loop {
+        if tcx_links() <= links_before {
+            break Instant::now();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the hook stayed attached"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    for t in threads {
+        t.join().expect("receiver");
+    }
+    let first = first.lock().expect("lock").clone();
+    let mut late_us = Vec::new();
+    for (i, (f, (earliest, latest))) in first.iter().zip(&windows).enumerate() {
+        let f = f.expect("arrived");
+        assert!(
+            f >= *earliest,
+            "port {} flowed {:?} before its earliest deadline",
+            base_port + i as u16,
+            *earliest - f
+        );
+        late_us.push(f.saturating_duration_since(*earliest).as_micros() as u64);
+        assert!(
+            f.saturating_duration_since(*latest) < Duration::from_millis(50),
+            "port {}: first datagram {:?} after its deadline",
+            base_port + i as u16,
+            f.saturating_duration_since(*latest)
+        );
+    }
+    late_us.sort_unstable();
+    let detach_late = detached.saturating_duration_since(last_deadline);
+    eprintln!(
+        "MEASURED TTL end at the receiver over {n} faults (first datagram - (request + ttl)): p50 {} us, max {} us; hook detached {} us after the last deadline",
+        late_us[late_us.len() / 2],
+        late_us[late_us.len() - 1],
+        detach_late.as_micros()
+    );
+    assert!(
+        detach_late < Duration::from_millis(100),
+        "hook detached {detach_late:?} after the last deadline"
+    );
+    assert!(agent.list_ids().is_empty());
+}
+
 /// Kills a helper process (Prometheus) however the test ends.
 struct KillOnDrop<'c>(&'c mut Child);
 
