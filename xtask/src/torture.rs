@@ -1,8 +1,9 @@
 //! `cargo xtask torture`: the agent killed with SIGKILL at random moments of its work, and the
 //! host checked after each death to be exactly as it was (issue 15, item 3).
 //!
-//! Each round starts the daemon in the demo namespace A, does a few random operations to
-//! completion (inject, extend, stop of loss, shaping, DNS and connect-refusal faults), starts one
+//! Each round starts the daemon in the demo namespace A (on the tcx and the netlink attach path
+//! in turn), does a few random operations to completion (inject, extend, stop of loss, shaping
+//! in one and in both directions, DNS, reset and connect-refusal faults), starts one
 //! more and kills the daemon 0-15 ms into it: before, during or after its journal write and its
 //! kernel changes. Then the host is put right the way a user would (every other round a new
 //! daemon, whose start-up reconciles and which is then stopped; otherwise `chaos-agent cleanup`)
@@ -254,12 +255,23 @@ fn fault_args(kind: u64) -> Vec<&'static str> {
         ],
         2 => &["--iface", IF_A, "--rate", "20mbit"],
         3 => &["--iface", IF_A, "--dns", "servfail"],
+        // Shaping both ways: the root htb, an IFB with its own, the clsact and the mirred
+        // redirect.
+        4 => &["--iface", IF_A, "--rate", "50mbit", "--direction", "both"],
+        // A sweep of the namespace's connections (none match: the kill lands in sock_diag).
+        5 => &["--reset", "--dport", "9", "--reset-every", "1s"],
         // connect() of the whole namespace: no interface.
         _ => &["--refuse", "--dport", "9"],
     });
     v
 }
-const KINDS: u64 = 5;
+const KINDS: u64 = 7;
+
+/// The attach paths a round's daemon takes, in turn: `auto`, which is tcx links from 6.6 on
+/// (they die with the agent), and netlink `cls_bpf` filters (what kernels before 6.6 get: they
+/// stay, each slot disarmed by its own kernel deadline, until the restart or `cleanup` removes
+/// them).
+const ATTACH_MODES: [&str; 2] = ["auto", "netlink"];
 
 /// What the host looks like from outside the agent, one line per item, sorted.
 fn host_state() -> anyhow::Result<Vec<String>> {
@@ -398,6 +410,12 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
             let out = spawn_cli(&agent, d.socket(), &a)?.wait_with_output()?;
             if out.status.success() {
                 kinds.push(kind);
+                // Stopped at once: two shaping kinds on one interface would conflict.
+                let id = injected_id(&String::from_utf8_lossy(&out.stdout))?;
+                let stop = spawn_cli(&agent, d.socket(), &["stop", &id])?.wait_with_output()?;
+                if !stop.status.success() {
+                    bail!("stop {id}: {}", String::from_utf8_lossy(&stop.stderr));
+                }
             } else {
                 println!(
                     "torture: leaves out `{}`: {}",
@@ -423,9 +441,14 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let state = work.join("state-dir");
     let (mut by_daemon, mut by_cleanup, mut cut_short, mut live, mut dirty) = (0, 0, 0, 0, 0);
+    let mut per_mode = [0u32; ATTACH_MODES.len()];
     for round in 0..args.kills {
         crate::check_interrupted()?;
-        let d = Daemon::start(&net, &agent, &state)?;
+        // Two rounds per path in turn, so that each path is put right both ways.
+        let mode = (round / 2) as usize % ATTACH_MODES.len();
+        per_mode[mode] += 1;
+        let run_args = ["--attach-mode", ATTACH_MODES[mode]];
+        let d = Daemon::start_with(&net, &agent, &state, &run_args)?;
         let mut ids = Vec::new();
         for _ in 0..rng.below(4) {
             operate(&mut rng, &agent, d.socket(), &kinds, &mut ids)
@@ -451,7 +474,7 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
             dirty += 1;
         }
         if round % 2 == 0 {
-            Daemon::start(&net, &agent, &state)?.shutdown()?;
+            Daemon::start_with(&net, &agent, &state, &run_args)?.shutdown()?;
             by_daemon += 1;
         } else {
             let out = net
@@ -476,8 +499,10 @@ pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "torture: {} kills, 0 leftovers ({live} faults live at the kills, {cut_short} injects cut short, {dirty} deaths left something to remove; {by_daemon} put right by a restarted daemon, {by_cleanup} by cleanup), {:.0?}",
+        "torture: {} kills, 0 leftovers ({} with --attach-mode auto, tcx from 6.6; {} with netlink; {live} faults live at the kills, {cut_short} injects cut short, {dirty} deaths left something to remove; {by_daemon} put right by a restarted daemon, {by_cleanup} by cleanup), {:.0?}",
         args.kills,
+        per_mode[0],
+        per_mode[1],
         started.elapsed()
     );
     if args.clients > 0 {

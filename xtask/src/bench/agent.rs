@@ -183,6 +183,16 @@ impl Daemon {
     /// Starts `chaos-agent run` in namespace A with everything under `dir`, and waits until it
     /// answers (it preloads the datapath before serving).
     pub fn start(net: &DemoNet, agent: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(net, agent, dir, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments for `chaos-agent run` (`--attach-mode netlink`).
+    pub fn start_with(
+        net: &DemoNet,
+        agent: &Path,
+        dir: &Path,
+        run_args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("agent.sock");
         let config = dir.join("config.toml");
@@ -203,6 +213,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .args(run_args)
             .env("CHAOS_AGENT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
