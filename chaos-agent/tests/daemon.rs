@@ -1091,13 +1091,13 @@ fn ttl_ends_are_on_time_at_the_receiver() {
         let (stop, b_ip) = (stop.clone(), net.b_ip.clone());
         let sock = testing::in_netns(&net.a, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
         std::thread::spawn(move || {
-            let mut next = Instant::now();
+            let mut tick = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 for i in 0..n {
                     let _ = sock.send_to(b"ttl", (b_ip.as_str(), base_port + i));
                 }
-                next += Duration::from_millis(2);
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                tick += Duration::from_millis(2);
+                std::thread::sleep(tick.saturating_duration_since(Instant::now()));
             }
         })
     };

@@ -1,6 +1,6 @@
 //! The agent's own faults (issue 15, item 3): what happens to the host when the agent's world
 //! misbehaves under it. The kernel refuses one of its netlink requests in the middle of an apply
-//! (every step in turn, through an LD_PRELOAD shim the agent knows nothing of); its state
+//! (every step in turn, through an `LD_PRELOAD` shim the agent knows nothing of); its state
 //! directory is read-only or full; someone else adds their own filters and qdiscs while a fault
 //! runs. Judged from outside: `ip`, `tc` and `bpftool` views of the namespace before and after,
 //! the journal directory's files, and what the CLI says.
@@ -36,8 +36,9 @@ fn journals(state: &Path) -> Vec<String> {
     std::fs::read_dir(state.join("faults"))
         .map(|d| {
             d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".json"))
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .map(|p| p.display().to_string())
                 .collect()
         })
         .unwrap_or_default()

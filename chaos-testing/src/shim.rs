@@ -1,4 +1,4 @@
-//! An LD_PRELOAD shim that makes the kernel refuse one rtnetlink change request of the agent
+//! An `LD_PRELOAD` shim that makes the kernel refuse one rtnetlink change request of the agent
 //! (`shim/netlink_refuse.c`), and an outside view of a namespace to compare before and after.
 //!
 //! With it a test walks an apply step by step: it counts the change requests of one clean
@@ -64,8 +64,8 @@ pub fn netns_state(ns: &NetNs) -> Vec<String> {
     };
     let items = |v: serde_json::Value| v.as_array().cloned().unwrap_or_default();
     let mut lines = Vec::new();
-    let links = items(json(&["ip", "-j", "-d", "link", "show"]));
-    for l in &links {
+    let devices = items(json(&["ip", "-j", "-d", "link", "show"]));
+    for l in &devices {
         let name = l["ifname"].as_str().unwrap_or_default().to_owned();
         // The agent's IFBs are named after their fault's random id.
         let shown = if name.starts_with("chaos-ifb") {
