@@ -30,6 +30,8 @@ pub(super) struct Outcome {
     pub(super) passed_by_bin: BTreeMap<String, u64>,
     /// `binary::test` of each test libtest reported `FAILED`.
     pub(super) failed_tests: BTreeSet<String>,
+    /// `binary::test` -> (runs that passed, runs that failed), over every round.
+    pub(super) per_test: BTreeMap<String, (u32, u32)>,
     /// The guest's `VM-SKIP skip|part binary::test: why` lines without `VM-SKIP ` (chaos-testing's
     /// skip records), in order.
     pub(super) skip_records: Vec<String>,
@@ -131,9 +133,15 @@ impl Outcome {
             } else if let Some((test, outcome)) = rest
                 .strip_prefix("test ")
                 .and_then(|r| r.split_once(" ... "))
-                && outcome.starts_with("FAILED")
             {
-                self.failed_tests.insert(format!("{bin}::{test}"));
+                let name = format!("{bin}::{test}");
+                let runs = self.per_test.entry(name.clone()).or_default();
+                if outcome.starts_with("FAILED") {
+                    runs.1 += 1;
+                    self.failed_tests.insert(name);
+                } else if outcome.starts_with("ok") {
+                    runs.0 += 1;
+                }
             }
         } else if self.kernel_fault.is_none() && is_kernel_fault(line) {
             self.kernel_fault = Some(line.trim().to_owned());
@@ -242,6 +250,27 @@ mod tests {
         assert_eq!(o.running.keys().collect::<Vec<_>>(), ["hung"]);
         assert_eq!(o.verdict, Some((1, 2)));
         assert_eq!(o.boot, Some(Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn repeated_rounds_count_each_test_s_runs() {
+        let mut o = Outcome::default();
+        for round in 0..3 {
+            o.line("VM-TEST-BIN netem", Duration::ZERO);
+            o.line("netem| test delay_median ... ok <2.0s>", Duration::ZERO);
+            o.line(
+                if round == 1 {
+                    "netem| test jitter_spread ... FAILED <3.0s>"
+                } else {
+                    "netem| test jitter_spread ... ok <3.0s>"
+                },
+                Duration::ZERO,
+            );
+            o.line("VM-TEST-BIN-END netem", Duration::ZERO);
+        }
+        assert_eq!(o.per_test["netem::delay_median"], (3, 0));
+        assert_eq!(o.per_test["netem::jitter_spread"], (2, 1));
+        assert!(o.failed_tests.contains("netem::jitter_spread"));
     }
 
     #[test]

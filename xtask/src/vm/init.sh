@@ -98,8 +98,15 @@ for lane in /etc/vm/lane*; do
 done
 wait
 # Then the binaries that measure time to the millisecond, with the machine to themselves
-# (ALONE in xtask/src/vm/lanes.rs).
-run_lane /etc/vm/alone "$@"
+# (ALONE in xtask/src/vm/lanes.rs). With `vm-test --repeat N` every binary is there, and the
+# round runs N times: the host counts each test's failures (its flake rate).
+round=1
+rounds=$(cat /etc/vm/repeat 2>/dev/null || echo 1)
+while [ "$round" -le "$rounds" ]; do
+    [ "$rounds" -gt 1 ] && echo "VM-ROUND $round of $rounds"
+    run_lane /etc/vm/alone "$@"
+    round=$((round + 1))
+done
 pass=$(wc -l </tmp/vm-pass)
 fail=$(wc -l </tmp/vm-fail)
 

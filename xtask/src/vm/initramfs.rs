@@ -61,6 +61,7 @@ pub(super) fn initramfs_tree(
     kernel: &Kernel,
     bins: &Bins,
     filter: Option<&str>,
+    repeat: u32,
     cache: &Path,
 ) -> anyhow::Result<cpio::Archive> {
     let mut a = cpio::Archive::default();
@@ -120,11 +121,12 @@ pub(super) fn initramfs_tree(
     for (name, exe) in &bins.tests {
         a.file(&format!("tests/{name}"), stripped(exe, cache)?, 0o755)?;
     }
+    // Repeated rounds measure flake rates "on an idle machine": every binary alone.
     let (alone, shared): (Vec<&str>, Vec<&str>) = bins
         .tests
         .iter()
         .map(|(n, _)| n.as_str())
-        .partition(|n| ALONE.contains(n));
+        .partition(|n| repeat > 1 || ALONE.contains(n));
     for (i, lane) in lanes(&shared, LANES).iter().enumerate() {
         println!("vm: lane {}: {}", i + 1, lane.join(" "));
         let list = lane.join("\n") + "\n";
@@ -150,6 +152,7 @@ pub(super) fn initramfs_tree(
         filter.unwrap_or_default().as_bytes().to_vec(),
         0o644,
     )?;
+    a.file("etc/vm/repeat", format!("{repeat}\n").into_bytes(), 0o644)?;
 
     if let Some(config) = &kernel.config
         && let Some(name) = config.file_name()

@@ -60,6 +60,11 @@ pub struct VmArgs {
     /// With --kernel: its lib/modules/<version> directory (else no modules are loaded).
     #[arg(long, value_name = "DIR", requires = "kernel")]
     pub modules: Option<PathBuf>,
+    /// Run the (filtered) tests this many times in one boot, one binary at a time, and print
+    /// each test's failure rate: the flake rate of a timing bound under the emulated clock
+    /// (`--filter delay --repeat 20`). The time limit is `--timeout` per round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
 }
 
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
@@ -78,7 +83,14 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     };
     let bins = build_static()?;
     let initramfs = cache.join("initramfs.cpio");
-    let archive = initramfs_tree(&root, &kernel, &bins, args.filter.as_deref(), &cache)?;
+    let archive = initramfs_tree(
+        &root,
+        &kernel,
+        &bins,
+        args.filter.as_deref(),
+        args.repeat,
+        &cache,
+    )?;
     write_archive(&archive, &initramfs)?;
     println!(
         "vm: initramfs {} MiB ({} test binaries), built in {:.0} s",
@@ -101,13 +113,27 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         &kernel.vmlinuz,
         &initramfs,
         &log,
-        Duration::from_secs(args.timeout),
+        Duration::from_secs(args.timeout.saturating_mul(u64::from(args.repeat))),
     );
     if !args.keep {
         let _ = std::fs::remove_file(&initramfs);
     }
     let outcome = outcome?;
+    if args.repeat > 1 {
+        print_flake_rates(&outcome, args.repeat);
+    }
     report(&outcome, started.elapsed(), &log, host_only.len())
+}
+
+/// Each test's failures over the rounds of a `--repeat` run, worst first.
+fn print_flake_rates(o: &Outcome, rounds: u32) {
+    let mut rows: Vec<(&String, &(u32, u32))> = o.per_test.iter().collect();
+    rows.sort_by_key(|(name, (_, failed))| (std::cmp::Reverse(*failed), (*name).clone()));
+    println!("vm: flake rates over {rounds} rounds (one binary at a time):");
+    println!("vm:   {:>6} {:>6}  test", "failed", "runs");
+    for (name, (ok, failed)) in rows {
+        println!("vm:   {failed:>6} {:>6}  {name}", ok + failed);
+    }
 }
 
 /// Prints the summary (the skipped tests with their reasons, then the count line last, for
