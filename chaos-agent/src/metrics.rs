@@ -77,6 +77,8 @@ pub struct FaultSample {
     pub refuse: Option<RefuseErrno>,
     /// The kernel counters (`None` if they could not be read).
     pub counters: Option<Counters>,
+    /// What the target shows of a fault on processes (limit faults).
+    pub effects: Option<crate::faults::Effects>,
     /// For a fault with `--flap`, where its duty cycle is.
     pub phase: Option<FlapPhase>,
 }
@@ -102,12 +104,37 @@ struct Totals {
     connects: BTreeMap<ErrnoLabels, [u64; 2]>,
     /// Connections aborted by reset faults.
     resets: u64,
+    /// Counts measured on the targets of faults on processes (`cpu_throttled_seconds`...),
+    /// summed; levels (`*_avg10`) are live gauges only.
+    effects: BTreeMap<String, f64>,
+}
+
+/// Whether an effect is a count since the fault began (summed into a counter), not a level.
+fn is_count(measure: &str) -> bool {
+    !measure.contains("avg")
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct MeasureLabels {
+    measure: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct EffectLabels {
+    fault: String,
+    kind: String,
+    measure: String,
 }
 
 impl Totals {
     fn add(&mut self, s: &FaultSample) {
         if let Some(p) = &s.phase {
             *self.flap_phases.entry(s.kind.clone()).or_default() += p.active_phases;
+        }
+        for (measure, v) in s.effects.iter().flatten() {
+            if is_count(measure) {
+                *self.effects.entry(measure.clone()).or_default() += v;
+            }
         }
         let Some(c) = &s.counters else {
             return;
@@ -291,6 +318,32 @@ impl prometheus_client::collector::Collector for FaultCounters {
                 .map(|(k, v)| (KindLabels { kind: k.clone() }, *v)),
         )?;
         let mut me = encoder.encode_descriptor(
+            "chaos_agent_limit_effects",
+            "What the targets of limit faults counted while the faults were active, summed over faults: cpu_throttled_periods, cpu_throttled_seconds, memory_high_events, memory_max_events, memory_oom_kills.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (measure, v) in &totals.effects {
+            ConstCounter::new(*v).encode(me.encode_family(&MeasureLabels {
+                measure: measure.clone(),
+            })?)?;
+        }
+        let mut me = encoder.encode_descriptor(
+            "chaos_agent_fault_effect",
+            "What an active limit fault's target shows now: counts since the fault began and pressure levels (PSI avg10, percent).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &live {
+            for (measure, v) in s.effects.iter().flatten() {
+                ConstGauge::new(*v).encode(me.encode_family(&EffectLabels {
+                    fault: s.id.clone(),
+                    kind: s.kind.clone(),
+                    measure: measure.clone(),
+                })?)?;
+            }
+        }
+        let mut me = encoder.encode_descriptor(
             "chaos_agent_fault_flap_active",
             "Whether an active fault with --flap is in an active (1) or resting (0) phase.",
             None,
@@ -417,6 +470,11 @@ impl Metrics {
             "chaos_agent_info",
             "Agent build and host information (version, kernel, backends); always 1",
             info_family,
+        );
+        r.register(
+            "chaos_agent_limits_kept_foreign",
+            "Limit restores skipped because someone else changed the cgroup file during the fault (their value is kept)",
+            crate::kernel::cgroup::KEPT_FOREIGN.clone(),
         );
         r.register_collector(Box::new(m.faults.clone()));
         if let Ok(mut reg) = m.registry.lock() {
@@ -578,6 +636,7 @@ mod tests {
             iface: "lo".to_owned(),
             dns_answer: dns,
             refuse: None,
+            effects: None,
             counters: Some(Counters {
                 ingress: DirCounters {
                     seen: 40,

@@ -162,7 +162,7 @@ pub enum SpecError {
     EdtIngress,
     /// Nothing to do.
     #[error(
-        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns"
+        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max"
     )]
     NoEffect,
     /// A domain filter that is not a DNS name.
@@ -247,6 +247,14 @@ pub enum SpecError {
     BadInterfaceName {
         /// The name.
         name: String,
+    },
+    /// A resource limit no host could honour, or this host cannot.
+    #[error("bad {what}: {why}; nothing applied")]
+    BadLimit {
+        /// The flag.
+        what: &'static str,
+        /// Why.
+        why: String,
     },
     /// The label is too long or holds control characters.
     #[error("label must be at most {max} bytes without control characters, got {got} bytes{}", if *control { " with control characters" } else { "" })]

@@ -28,7 +28,14 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
     let dns = a.dns.to_spec().ok()?;
     let refuse = a.refuse.to_spec();
     let reset = a.reset.to_spec();
-    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() && reset.is_none() {
+    let limit = a.limit.to_spec();
+    if loss.is_none()
+        && shape.is_none()
+        && dns.is_none()
+        && refuse.is_none()
+        && reset.is_none()
+        && limit.is_none()
+    {
         return None;
     }
     let direction = a.direction.unwrap_or(if dns.is_some() {
@@ -60,6 +67,7 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
         dns,
         refuse,
         reset,
+        limit,
         flap: a.flap,
         force: a.force,
         seed: a.seed,

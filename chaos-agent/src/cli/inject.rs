@@ -26,9 +26,16 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let dns = a.dns.to_spec().map_err(UsageError)?;
     let refuse = a.refuse.to_spec();
     let reset = a.reset.to_spec();
-    if loss.is_none() && shape.is_none() && dns.is_none() && refuse.is_none() && reset.is_none() {
+    let limit = a.limit.to_spec();
+    if loss.is_none()
+        && shape.is_none()
+        && dns.is_none()
+        && refuse.is_none()
+        && reset.is_none()
+        && limit.is_none()
+    {
         return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse or --reset".to_owned(),
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high or --memory-max".to_owned(),
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.
@@ -71,6 +78,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         dns,
         refuse,
         reset,
+        limit,
         flap: a.flap,
         force: a.force,
         seed: a.seed,
@@ -107,10 +115,11 @@ pub fn report_line(r: &RevertReport, elapsed: Option<Duration>) -> String {
         r.id,
         r.reason.as_str(),
         elapsed.map_or_else(String::new, |e| format!(" after {:.1}s", e.as_secs_f64())),
-        r.counters.as_ref().map_or_else(
-            || "no counters".to_owned(),
-            |c| counters_line(c, r.dns_answer, &r.kind)
-        ),
+        match (&r.counters, &r.effects) {
+            (_, Some(e)) => effects_line(e),
+            (Some(c), None) => counters_line(c, r.dns_answer, &r.kind),
+            (None, None) => "no counters".to_owned(),
+        },
         r.phase.map_or_else(String::new, |p| format!(
             "; active phases {}/{}",
             p.active_phases, p.total_active_phases
@@ -171,14 +180,60 @@ pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>, kind: &str) -> String
     line
 }
 
+/// The measured effects of a fault on processes, in a stable order: `cpu throttled 40 of 40
+/// periods (2.78s), cpu pressure 33.99%, memory.high events 3, ...`. Only what the kernel
+/// offered is shown.
+#[must_use]
+pub fn effects_line(e: &crate::faults::Effects) -> String {
+    let get = |k: &str| e.get(k).copied();
+    let mut parts = Vec::new();
+    if let (Some(n), Some(t)) = (get("cpu_periods"), get("cpu_throttled_periods")) {
+        parts.push(format!(
+            "cpu throttled {t:.0} of {n:.0} periods ({:.2}s)",
+            get("cpu_throttled_seconds").unwrap_or_default()
+        ));
+    }
+    for (k, what) in [
+        ("cpu_pressure_some_avg10", "cpu pressure"),
+        ("memory_pressure_some_avg10", "memory pressure"),
+        ("io_pressure_some_avg10", "io pressure"),
+    ] {
+        if let Some(v) = get(k) {
+            parts.push(format!("{what} {v:.2}%"));
+        }
+    }
+    for (k, what) in [
+        ("memory_high_events", "memory.high events"),
+        ("memory_max_events", "memory.max events"),
+        ("memory_oom_kills", "OOM kills"),
+    ] {
+        if let Some(v) = get(k) {
+            parts.push(format!("{what} {v:.0}"));
+        }
+    }
+    if let Some(v) = get("memory_bytes") {
+        parts.push(format!("memory {}", crate::faults::limit::Bytes(v as u64)));
+    }
+    if parts.is_empty() {
+        "no effects readable".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// What an active fault is doing now, for the countdown and `list`: its duty-cycle phase (with
 /// `--flap`) and its counters, e.g. `active 2/5 (1.2s left) | matched 10, dropped 3 (30.00%)`.
 #[must_use]
 pub fn live_line(info: &FaultInfo) -> String {
-    let counters = info
-        .counters
-        .as_ref()
-        .map(|c| counters_line(c, info.spec.dns.as_ref().map(|d| d.answer), &info.kind));
+    let counters = match (&info.counters, &info.effects) {
+        (_, Some(e)) => Some(effects_line(e)),
+        (Some(c), None) => Some(counters_line(
+            c,
+            info.spec.dns.as_ref().map(|d| d.answer),
+            &info.kind,
+        )),
+        (None, None) => None,
+    };
     info.phase
         .map(|p| p.line())
         .into_iter()
@@ -327,6 +382,7 @@ mod tests {
             removed: Vec::new(),
             errors: Vec::new(),
             counters: Some(counters(12, 12, 0, 0)),
+            effects: None,
             lateness_us: Some(50),
             dns_answer: dns,
             kind: String::new(),
@@ -389,6 +445,7 @@ mod tests {
             }),
             refuse: None,
             reset: None,
+            limit: None,
             flap: Some("2s/3s".parse().expect("flap")),
             force: false,
             seed: None,
@@ -406,6 +463,7 @@ mod tests {
             expires_unix_ms: 0,
             remaining_ms: 4_100,
             counters: Some(counters(3, 3, 0, 0)),
+            effects: None,
             phase: Some(FlapPhase {
                 active: true,
                 active_phases: 2,

@@ -175,6 +175,9 @@ pub struct InjectArgs {
     pub refuse: crate::faults::refuse::RefuseArgs,
     #[command(flatten)]
     pub reset: crate::faults::reset::ResetArgs,
+    /// Resource limits (`faults/limit`).
+    #[command(flatten)]
+    pub limit: crate::faults::limit::LimitArgs,
 }
 
 /// `run` flags (each overrides the config file).

@@ -175,6 +175,7 @@ fn self_test(dp: &Datapath) -> Result<Vec<Case>, String> {
         }),
         refuse: None,
         reset: None,
+        limit: None,
         flap: None,
         force: false,
         seed: None,

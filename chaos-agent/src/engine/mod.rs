@@ -69,6 +69,7 @@ impl Slot {
     fn live_info(&self, now: Instant) -> FaultInfo {
         let mut i = self.info.clone();
         i.counters = with_fault(&self.active, |f| f.counters());
+        i.effects = with_fault(&self.active, |f| f.effects());
         i.remaining_ms = self.deadline.saturating_duration_since(now).as_millis() as u64;
         i.phase = self.phase(now);
         i
@@ -83,6 +84,7 @@ impl Slot {
             dns_answer: self.info.spec.dns.as_ref().map(|d| d.answer),
             refuse: self.info.spec.refuse.as_ref().map(|r| r.errno),
             counters,
+            effects: with_fault(&self.active, |f| f.effects()),
             phase: self.phase(now),
         }
     }
@@ -413,6 +415,7 @@ impl Engine {
             expires_unix_ms: unix_ms(now_wall + spec.ttl),
             remaining_ms: spec.ttl.as_millis() as u64,
             counters: None,
+            effects: None,
             phase: spec
                 .flap
                 .as_ref()
@@ -531,6 +534,7 @@ impl Engine {
             removed: removed.iter().map(|s| (*s).to_owned()).collect(),
             errors,
             counters,
+            effects: sample.effects.clone(),
             lateness_us: lateness.map(|d| d.as_micros() as u64),
             dns_answer: sample.dns_answer,
             kind: slot.info.kind.clone(),
@@ -713,6 +717,7 @@ fn refusal_reason(e: &EngineError) -> &'static str {
         EngineError::Sys(_) => "target",
         EngineError::Apply { .. } | EngineError::RollbackFailed { .. } => "apply_failed",
         EngineError::Unsupported { .. } => "unsupported",
+        EngineError::Refused { .. } => "bad_target",
         EngineError::Journal(_) => "journal",
         EngineError::NotFound(_) => "not_found",
         EngineError::TooMany { .. } => "too_many",
@@ -734,13 +739,23 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
     spec.target.netns = None;
     spec.target.container_iface = None;
     spec.validate(&cfg.limits)?;
-    if spec.target.scoped() {
-        let on_sockets = spec.acts_on_sockets();
-        resolve_scope(&mut spec.target, on_sockets)?;
+    // A limit fault finds `--cgroup` and `--pid` in each controller's hierarchy itself (v1
+    // hierarchies have paths of their own); `--unit` and `--container` resolve here as for
+    // every scoped fault.
+    let per_hierarchy =
+        spec.limit.is_some() && spec.target.unit.is_none() && spec.target.container.is_none();
+    if spec.target.scoped() && !per_hierarchy {
+        let no_interface = !spec.needs_interface();
+        resolve_scope(&mut spec.target, no_interface)?;
         spec.validate(&cfg.limits)?;
     }
-    if spec.acts_on_sockets() {
-        // Connect and socket faults have no interface; the engine's bookkeeping names
+    if spec.limit.is_some() {
+        // What only the host can tell (its CPUs and memory, the cgroup, its usage), before
+        // anything is journaled; apply checks again.
+        faults::limit::changes(spec).map_err(|source| EngineError::Refused { source })?;
+    }
+    if !spec.needs_interface() {
+        // Connect, socket and limit faults have no interface; the engine's bookkeeping names
         // loopback, which every namespace has.
         return Ok("lo".to_owned());
     }

@@ -101,7 +101,8 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     Undo::TcxLink { .. }
                     | Undo::BpfSlot { .. }
                     | Undo::BpfConnect { .. }
-                    | Undo::BpfSocketIngress { .. } => {}
+                    | Undo::BpfSocketIngress { .. }
+                    | Undo::CgroupFile { .. } => {}
                 }
             }
             continue;

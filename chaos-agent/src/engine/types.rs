@@ -113,6 +113,13 @@ pub enum EngineError {
         /// Cause.
         source: FaultError,
     },
+    /// The target cannot take the fault as asked (a cgroup that does not exist, a limit the
+    /// host cannot honour); found before anything was journaled or touched.
+    #[error("{source}")]
+    Refused {
+        /// Cause.
+        source: FaultError,
+    },
     /// Applying failed; everything was rolled back.
     #[error("{source}; rolled back")]
     Apply {
@@ -181,6 +188,10 @@ pub struct FaultInfo {
     /// Kernel counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,
+    /// What the target shows of a fault on processes (limit faults): see
+    /// [`crate::faults::Effects`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects: Option<crate::faults::Effects>,
     /// Where a fault with `--flap` is in its duty cycle (absent without `--flap`, and from
     /// agents that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +260,9 @@ pub struct RevertReport {
     /// Final counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,
+    /// Final effects (limit faults), read before the revert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects: Option<crate::faults::Effects>,
     /// How late after the deadline a TTL revert ran, in microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lateness_us: Option<u64>,
@@ -370,6 +384,7 @@ mod tests {
             removed: Vec::new(),
             errors: Vec::new(),
             counters: None,
+            effects: None,
             lateness_us: None,
             dns_answer: Some(DnsAnswer::Nxdomain),
             kind: "dns".to_owned(),

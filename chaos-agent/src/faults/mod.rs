@@ -19,6 +19,7 @@
 
 pub mod dns;
 pub mod flap;
+pub mod limit;
 pub mod loss;
 pub mod packet;
 pub mod refuse;
@@ -67,6 +68,9 @@ pub enum FaultError {
     /// The cgroup a fault is scoped to cannot be found.
     #[error(transparent)]
     Scope(crate::spec::SpecError),
+    /// A cgroup controller file could not be found, read or written.
+    #[error(transparent)]
+    Cgroup(#[from] crate::kernel::cgroup::CgroupError),
     /// A connection reset sweep failed (`sock_diag`).
     #[error(transparent)]
     Reset(crate::kernel::sock_diag::SockDiagError),
@@ -85,6 +89,10 @@ pub enum FaultError {
     },
 }
 
+/// Measured effects of a fault on its target, by name (`cpu_throttled_seconds`,
+/// `memory_pressure_some_avg10`...): counts since the fault began, and current levels.
+pub type Effects = std::collections::BTreeMap<String, f64>;
+
 /// A fault that is in force. Dropping it releases its in-process resources (which detaches tcx
 /// links and aya-owned netlink filters); the engine then runs the journaled undo list.
 pub trait ActiveFault: Send + Sync + Debug {
@@ -92,6 +100,12 @@ pub trait ActiveFault: Send + Sync + Debug {
     fn backend(&self) -> String;
     /// Kernel counters, if the fault has any.
     fn counters(&self) -> Option<Counters>;
+    /// What the target shows of the fault, read from the kernel now (a cgroup's throttling,
+    /// pressure and memory events since the fault began), for faults that act on processes
+    /// rather than packets.
+    fn effects(&self) -> Option<Effects> {
+        None
+    }
     /// Moves the kernel-side deadline (TTL extension).
     fn set_expiry(&mut self, expires_at_mono_ns: u64) -> Result<(), FaultError>;
     /// Stops acting at once (before links are torn down), so revert is instant for traffic.
@@ -131,6 +145,9 @@ pub async fn apply(
     if spec.reset.is_some() {
         return reset::apply(spec, ctx).await;
     }
+    if spec.limit.is_some() {
+        return limit::apply(spec, ctx);
+    }
     // Shaping first, classifier last: packets are only steered once their class exists.
     let steering = match &spec.shape {
         Some(sh) if !sh.is_empty() => Some(shape::netem::apply(sh, spec, ctx).await?),
@@ -168,6 +185,10 @@ pub fn plan(
         out.extend(reset::plan(spec, protected));
         return out;
     }
+    if spec.limit.is_some() {
+        out.extend(limit::plan(spec));
+        return out;
+    }
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {
         out.extend(shape::netem::plan(sh, spec, ifname));
     }
@@ -180,6 +201,19 @@ pub fn plan(
 /// qdisc (egress) or its ingress redirect, so two of them on one interface and direction clash.
 #[must_use]
 pub fn conflict(new: &FaultSpec, active: &FaultSpec) -> Option<String> {
+    if new.limit.is_some() && active.limit.is_some() {
+        // Each restores the value it found: two on one file would restore each other's.
+        let theirs = limit::files(active);
+        return limit::files(new)
+            .into_iter()
+            .find(|f| theirs.contains(f))
+            .map(|f| {
+                format!(
+                    "both limit {} (one limit fault per cgroup file)",
+                    f.display()
+                )
+            });
+    }
     let shapes = |s: &FaultSpec| s.shape.as_ref().is_some_and(|sh| !sh.is_empty());
     if !shapes(new) || !shapes(active) || new.target.iface != active.target.iface {
         return None;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::dns::DnsSpec;
+use super::limit::LimitSpec;
 use super::loss::LossSpec;
 use super::refuse::RefuseSpec;
 use super::reset::ResetSpec;
@@ -41,6 +42,9 @@ pub struct FaultSpec {
     /// Established TCP connections are aborted (once, or every `every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<ResetSpec>,
+    /// Resource limits written into the target's cgroup (CPU, memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitSpec>,
     /// An on/off duty cycle (`2s/3s`): the fault acts for ON, rests for OFF, until its TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flap: Option<super::flap::Flap>,
@@ -130,10 +134,47 @@ impl FaultSpec {
             reset.validate(self.ttl)?;
             effect = true;
         }
+        if let Some(limit) = &self.limit {
+            if effect {
+                return Err(SpecError::Incompatible {
+                    what: "a limit fault changes cgroup values, not packets or connections: it cannot also carry loss, shaping, DNS, --refuse or --reset",
+                });
+            }
+            self.check_limit_target()?;
+            limit.validate()?;
+            effect = true;
+        }
         if !effect {
             return Err(SpecError::NoEffect);
         }
         Ok(())
+    }
+
+    /// A limit fault names processes (a cgroup), never packets.
+    fn check_limit_target(&self) -> Result<(), SpecError> {
+        let t = &self.target;
+        let why = if !t.scoped() {
+            Some(
+                "a limit fault needs the processes to limit: --cgroup, --pid, --unit or --container",
+            )
+        } else if t.iface.is_some()
+            || !t.src.is_empty()
+            || !t.dst.is_empty()
+            || !t.sports.is_empty()
+            || !t.dports.is_empty()
+            || !t.protocols.is_empty()
+            || t.include_protected
+            || t.direction != crate::target::Direction::Egress
+        {
+            Some(
+                "a limit fault acts on a cgroup's resources: --iface, --src, --dest, --sport, --dport, --proto, --direction and --include-protected do not apply",
+            )
+        } else if self.flap.is_some() {
+            Some("--flap does not apply to limit faults yet: inject them one after another")
+        } else {
+            None
+        };
+        why.map_or(Ok(()), |what| Err(SpecError::Inapplicable { what }))
     }
 
     /// A fault scoped to a cgroup matches a packet by its socket's cgroup: on egress at tc, on
@@ -164,11 +205,11 @@ impl FaultSpec {
             Some(
                 "what processes of a scope receive is seen with their socket only by a cgroup program, which can pass or drop but not delay, shape or rewrite: at ingress a scoped fault is loss; shaping and DNS act on their egress (--direction egress)",
             )
-        } else if t.netns.is_some() && !self.acts_on_sockets() && t.container_iface.is_none() {
+        } else if t.netns.is_some() && self.needs_interface() && t.container_iface.is_none() {
             Some(
                 "this container's network namespace has no veth whose other end is in the agent's: loss, shaping and DNS act on that host-side end",
             )
-        } else if t.container_iface.is_some() && (t.netns.is_none() || self.acts_on_sockets()) {
+        } else if t.container_iface.is_some() && (t.netns.is_none() || !self.needs_interface()) {
             Some(
                 "a container interface names the host side of a container's own network namespace: it applies to loss, shaping and DNS only",
             )
@@ -234,6 +275,12 @@ impl FaultSpec {
         self.refuse.is_some() || self.reset.is_some()
     }
 
+    /// Whether the fault acts on an interface's packets (and so names one).
+    #[must_use]
+    pub fn needs_interface(&self) -> bool {
+        !self.acts_on_sockets() && self.limit.is_none()
+    }
+
     /// The fault's kind, for metrics labels.
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -245,6 +292,9 @@ impl FaultSpec {
         }
         if self.reset.is_some() {
             return "reset";
+        }
+        if self.limit.is_some() {
+            return "limit";
         }
         match (&self.loss, &self.shape) {
             (Some(_), Some(_)) => "loss+shape",
@@ -273,6 +323,10 @@ impl FaultSpec {
         }
         if let Some(r) = &self.reset {
             parts.push(r.summary());
+        }
+        if let Some(l) = &self.limit {
+            let scope = self.target.scope_name().unwrap_or_default();
+            return format!("{} on {scope}", l.summary());
         }
         let iface = self.target.iface.as_deref().unwrap_or("<default route>");
         let flap = self
@@ -324,6 +378,7 @@ mod tests {
             dns: None,
             refuse: None,
             reset: None,
+            limit: None,
             flap: None,
             force: false,
             seed: None,

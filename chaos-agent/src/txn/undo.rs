@@ -109,6 +109,18 @@ pub enum Undo {
         /// Filter priority under clsact ingress.
         prio: u16,
     },
+    /// A cgroup controller file the agent wrote (a limit fault): `previous` goes back unless
+    /// the file no longer holds `written` (someone else changed it: theirs stays, logged and
+    /// counted), and a cgroup that is gone has nothing to restore. The same for the live agent
+    /// and a dead agent's journal: the value stays in the kernel until written back.
+    CgroupFile {
+        /// The file (`/sys/fs/cgroup/.../cpu.max`).
+        path: std::path::PathBuf,
+        /// Its value before the fault.
+        previous: String,
+        /// What the fault wrote.
+        written: String,
+    },
 }
 
 /// Why an undo failed.
@@ -123,6 +135,9 @@ pub enum UndoError {
     /// The journal could not be updated.
     #[error(transparent)]
     Journal(#[from] super::journal::JournalError),
+    /// A cgroup file could not be read or written back.
+    #[error(transparent)]
+    Cgroup(#[from] crate::kernel::cgroup::CgroupError),
 }
 
 /// What an undo needs.
@@ -153,6 +168,7 @@ impl Undo {
             Self::RestoreQdisc { .. } => "qdisc_root",
             Self::IfbLink { .. } => "ifb",
             Self::MirredFilter { .. } => "mirred_filter",
+            Self::CgroupFile { .. } => "cgroup_value",
         }
     }
 
@@ -198,6 +214,9 @@ impl Undo {
             Self::IfbLink { name } => format!("IFB device {name}"),
             Self::MirredFilter { ifname, prio } => {
                 format!("mirred filter on {ifname} ingress prio {prio:#x}")
+            }
+            Self::CgroupFile { path, previous, .. } => {
+                format!("{} (back to {previous:?})", path.display())
             }
         }
     }
@@ -284,8 +303,43 @@ impl Undo {
                     .delete_filter(ifindex, crate::kernel::tc::TC_H_CLSACT_INGRESS, *prio)
                     .await?)
             }
+            Self::CgroupFile {
+                path,
+                previous,
+                written,
+            } => restore_cgroup_file(path, previous, written),
         }
     }
+}
+
+/// Writes `previous` back into a cgroup file that still holds what the agent wrote.
+fn restore_cgroup_file(
+    path: &std::path::Path,
+    previous: &str,
+    written: &str,
+) -> Result<bool, UndoError> {
+    use crate::kernel::cgroup;
+    let now = match cgroup::read(path) {
+        Ok(v) => v,
+        // The cgroup went with its processes: nothing is left to restore.
+        Err(cgroup::CgroupError::File { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if cgroup::same_value(&now, previous) {
+        // Never written (the step was journaled, then cut short), or already restored.
+        return Ok(false);
+    }
+    if !cgroup::same_value(&now, written) {
+        cgroup::KEPT_FOREIGN.inc();
+        tracing::warn!(event = "restore_skipped", file = %path.display(), ours = %written, theirs = %now, previous = %previous, "someone else changed a limit during the fault: theirs is kept");
+        return Ok(false);
+    }
+    cgroup::write(path, previous)?;
+    Ok(true)
 }
 
 /// Deletes one of our `cls_bpf` filters; an interface that is gone has none left.

@@ -1,0 +1,477 @@
+//! The limit fault type: resource limits written into the target's cgroup for the fault's life
+//! (`--cpu-limit`, `--memory-high`, `--memory-max`), on cgroup v2, v1 and hybrid hosts, found
+//! per controller (`kernel::cgroup`). Each file's old value is journaled with the new one before
+//! the write (`Undo::CgroupFile`), and written back at the end unless someone else changed the
+//! file in between: theirs is left, logged and counted.
+//!
+//! The target is the cgroup of `--cgroup PATH` (in each controller's hierarchy), of `--pid`
+//! (read per hierarchy from `/proc/PID/cgroup`, since a v1 hierarchy has its own paths), or
+//! the cgroup the engine resolved for `--unit` and `--container`.
+
+mod args;
+mod spec;
+
+use std::path::PathBuf;
+
+pub use args::LimitArgs;
+pub use spec::{Bytes, LimitSpec};
+
+use super::{ActiveFault, ApplyCtx, FaultError, FaultSpec};
+use crate::kernel::bpf::Counters;
+use crate::kernel::cgroup::{self, Controller, Hierarchy, Version};
+use crate::spec::SpecError;
+use crate::txn::undo::Undo;
+
+/// One controller file the fault sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The controller and where it lives.
+    pub controller: Controller,
+    /// Its version.
+    pub version: Version,
+    /// The file.
+    pub file: PathBuf,
+    /// Its value before the fault.
+    pub previous: String,
+    /// What the fault writes.
+    pub value: String,
+    /// `cpu.max (cgroup v2)`, for messages.
+    pub what: String,
+}
+
+/// The cgroup path of the target in `h`: never the hierarchy's root, whose limits would press
+/// the whole host (and which v1 refuses to limit anyway).
+fn target_path(spec: &FaultSpec, h: &Hierarchy) -> Result<String, FaultError> {
+    let path = target_path_any(spec, h)?;
+    if path.trim_matches('/').is_empty() {
+        return Err(bad(
+            "target",
+            format!(
+                "{} is the root of the {} hierarchy ({}): a limit there would press every process of the host; name the workload's own cgroup",
+                spec.target.scope_name().unwrap_or_default(),
+                h.controller.as_str(),
+                h.root.display()
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+fn target_path_any(spec: &FaultSpec, h: &Hierarchy) -> Result<String, FaultError> {
+    let t = &spec.target;
+    if let Some(pid) = t.pid {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
+            FaultError::Scope(SpecError::BadPid {
+                pid,
+                why: if e.kind() == std::io::ErrorKind::NotFound {
+                    "no such process".to_owned()
+                } else {
+                    e.to_string()
+                },
+            })
+        })?;
+        return h.cgroup_of(&text).ok_or_else(|| {
+            FaultError::Scope(SpecError::BadPid {
+                pid,
+                why: format!(
+                    "it is in no cgroup of the {} hierarchy ({})",
+                    h.controller.as_str(),
+                    h.version.as_str()
+                ),
+            })
+        });
+    }
+    t.cgroup.clone().ok_or(FaultError::Scope(SpecError::Inapplicable {
+        what: "a limit fault needs the processes to limit: --cgroup, --pid, --unit or --container",
+    }))
+}
+
+fn hierarchy(c: Controller) -> Result<Hierarchy, FaultError> {
+    Hierarchy::find(c).map_err(FaultError::Cgroup)
+}
+
+fn bad(what: &'static str, why: String) -> FaultError {
+    FaultError::Scope(SpecError::BadLimit { what, why })
+}
+
+/// The number from a `cpu.stat`-like or plain numeric file, if any.
+fn number(file: &std::path::Path) -> Option<u64> {
+    cgroup::read(file).ok()?.parse().ok()
+}
+
+/// The host's online CPUs.
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// The host's memory (`MemTotal`), bytes.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Works out every file the fault writes on this host, and checks what only the host can tell
+/// (its CPU count and memory, the cgroup's usage, which controllers exist where). Reads only.
+pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
+    let Some(l) = &spec.limit else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    if let Some(cpus) = l.cpu {
+        let n = host_cpus();
+        if cpus > n as f64 {
+            return Err(bad(
+                "--cpu-limit",
+                format!("{cpus} CPUs is more than this host's {n}: it would limit nothing"),
+            ));
+        }
+        let h = hierarchy(Controller::Cpu)?;
+        let dir = h.dir(&target_path(spec, &h)?).map_err(FaultError::Cgroup)?;
+        out.push(match h.version {
+            Version::V2 => {
+                let file = dir.join("cpu.max");
+                let previous = cgroup::read(&file).map_err(FaultError::Cgroup)?;
+                // `QUOTA PERIOD`: the cgroup's own period stays.
+                let period: u64 = previous
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(100_000);
+                let quota = quota_us(cpus, period);
+                Change {
+                    controller: Controller::Cpu,
+                    version: h.version,
+                    value: format!("{quota} {period}"),
+                    previous,
+                    what: "cpu.max (cgroup v2)".to_owned(),
+                    file,
+                }
+            }
+            Version::V1 => {
+                let file = dir.join("cpu.cfs_quota_us");
+                let previous = cgroup::read(&file).map_err(FaultError::Cgroup)?;
+                let period = number(&dir.join("cpu.cfs_period_us")).unwrap_or(100_000);
+                Change {
+                    controller: Controller::Cpu,
+                    version: h.version,
+                    value: quota_us(cpus, period).to_string(),
+                    previous,
+                    what: format!("cpu.cfs_quota_us (cgroup v1, period {period} us)"),
+                    file,
+                }
+            }
+        });
+    }
+    if l.memory_high.is_some() || l.memory_max.is_some() {
+        let total = host_memory();
+        for (what, v) in [
+            ("--memory-high", l.memory_high),
+            ("--memory-max", l.memory_max),
+        ] {
+            if let (Some(b), Some(t)) = (v, total)
+                && b.0 > t
+            {
+                return Err(bad(
+                    what,
+                    format!("{b} is more than this host's memory ({})", Bytes(t)),
+                ));
+            }
+        }
+        let h = hierarchy(Controller::Memory)?;
+        let dir = h.dir(&target_path(spec, &h)?).map_err(FaultError::Cgroup)?;
+        let (high, max, usage) = match h.version {
+            Version::V2 => ("memory.high", "memory.max", "memory.current"),
+            Version::V1 => ("", "memory.limit_in_bytes", "memory.usage_in_bytes"),
+        };
+        if let Some(b) = l.memory_high {
+            if high.is_empty() {
+                return Err(bad(
+                    "--memory-high",
+                    format!(
+                        "memory.high is cgroup v2 only, and this host's memory controller is v1 ({}); --memory-max sets memory.limit_in_bytes there",
+                        h.root.display()
+                    ),
+                ));
+            }
+            let file = dir.join(high);
+            out.push(Change {
+                controller: Controller::Memory,
+                version: h.version,
+                previous: cgroup::read(&file).map_err(FaultError::Cgroup)?,
+                value: page_aligned(b.0).to_string(),
+                what: "memory.high (cgroup v2)".to_owned(),
+                file,
+            });
+        }
+        if let Some(b) = l.memory_max {
+            let used = number(&dir.join(usage));
+            if let Some(used) = used.filter(|u| *u > b.0 && !l.allow_oom) {
+                return Err(bad(
+                    "--memory-max",
+                    format!(
+                        "{b} is below what the target uses now ({}): its processes would be OOM-killed; --allow-oom if that is the point",
+                        Bytes(used)
+                    ),
+                ));
+            }
+            let file = dir.join(max);
+            out.push(Change {
+                controller: Controller::Memory,
+                version: h.version,
+                previous: cgroup::read(&file).map_err(FaultError::Cgroup)?,
+                value: page_aligned(b.0).to_string(),
+                what: format!("{max} (cgroup {})", h.version.as_str()),
+                file,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The files the fault writes on this host (for conflicts between limit faults); reads nothing
+/// but the mount table and `/proc/PID/cgroup`, and leaves out what cannot be resolved.
+#[must_use]
+pub fn files(spec: &FaultSpec) -> Vec<PathBuf> {
+    let Some(l) = &spec.limit else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut add = |c: Controller, v2: &str, v1: &str| {
+        if let Ok(h) = Hierarchy::find(c)
+            && let Ok(path) = target_path(spec, &h)
+        {
+            let name = if h.version == Version::V2 { v2 } else { v1 };
+            out.push(h.root.join(path.trim_start_matches('/')).join(name));
+        }
+    };
+    if l.cpu.is_some() {
+        add(Controller::Cpu, "cpu.max", "cpu.cfs_quota_us");
+    }
+    if l.memory_high.is_some() {
+        add(Controller::Memory, "memory.high", "memory.high");
+    }
+    if l.memory_max.is_some() {
+        add(Controller::Memory, "memory.max", "memory.limit_in_bytes");
+    }
+    out
+}
+
+/// The quota of `cpus` CPUs over `period` µs (at least v1's minimum of 1000 µs).
+fn quota_us(cpus: f64, period: u64) -> u64 {
+    ((cpus * period as f64).round() as u64).max(1000)
+}
+
+/// Memory limits read back page-aligned: written so, the value the undo compares with is the
+/// one the kernel shows.
+fn page_aligned(b: u64) -> u64 {
+    b & !4095
+}
+
+/// A controller directory the fault limits, and its counters when the fault began.
+#[derive(Debug)]
+struct Watched {
+    controller: Controller,
+    version: Version,
+    dir: PathBuf,
+    baseline: std::collections::BTreeMap<String, u64>,
+}
+
+/// The counters of a controller directory the effects are measured as differences of.
+fn counts(
+    controller: Controller,
+    version: Version,
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    match controller {
+        Controller::Cpu => {
+            let s = cgroup::flat_keyed(&dir.join("cpu.stat"));
+            let throttled_ns = match version {
+                Version::V2 => s.get("throttled_usec").map(|u| u * 1000),
+                Version::V1 => s.get("throttled_time").copied(),
+            };
+            for (k, v) in [
+                ("cpu_periods", s.get("nr_periods").copied()),
+                ("cpu_throttled_periods", s.get("nr_throttled").copied()),
+                ("cpu_throttled_ns", throttled_ns),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.to_owned(), v);
+                }
+            }
+        }
+        Controller::Memory => match version {
+            Version::V2 => {
+                let e = cgroup::flat_keyed(&dir.join("memory.events"));
+                for (k, name) in [
+                    ("high", "memory_high_events"),
+                    ("max", "memory_max_events"),
+                    ("oom_kill", "memory_oom_kills"),
+                ] {
+                    if let Some(v) = e.get(k) {
+                        m.insert(name.to_owned(), *v);
+                    }
+                }
+            }
+            Version::V1 => {
+                if let Some(v) = number(&dir.join("memory.failcnt")) {
+                    m.insert("memory_max_events".to_owned(), v);
+                }
+                if let Some(v) = cgroup::flat_keyed(&dir.join("memory.oom_control")).get("oom_kill")
+                {
+                    m.insert("memory_oom_kills".to_owned(), *v);
+                }
+            }
+        },
+    }
+    m
+}
+
+/// The limits in force, and where their effects show.
+#[derive(Debug)]
+struct LimitFault {
+    backend: String,
+    watched: Vec<Watched>,
+    /// The target's cgroup v2 directory, where its pressure (PSI) files are (also on hybrid
+    /// hosts, whose unified hierarchy has them without controllers).
+    psi: Option<PathBuf>,
+}
+
+impl ActiveFault for LimitFault {
+    fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
+    fn counters(&self) -> Option<Counters> {
+        None
+    }
+
+    fn effects(&self) -> Option<super::Effects> {
+        let mut e = super::Effects::new();
+        for w in &self.watched {
+            for (k, v) in counts(w.controller, w.version, &w.dir) {
+                let delta = v.saturating_sub(w.baseline.get(&k).copied().unwrap_or(0));
+                if k == "cpu_throttled_ns" {
+                    e.insert("cpu_throttled_seconds".to_owned(), delta as f64 / 1e9);
+                } else {
+                    e.insert(k, delta as f64);
+                }
+            }
+            if w.controller == Controller::Memory {
+                let usage = match w.version {
+                    Version::V2 => "memory.current",
+                    Version::V1 => "memory.usage_in_bytes",
+                };
+                if let Some(v) = number(&w.dir.join(usage)) {
+                    e.insert("memory_bytes".to_owned(), v as f64);
+                }
+            }
+        }
+        if let Some(dir) = &self.psi {
+            for r in ["cpu", "memory", "io"] {
+                if let Some(v) = cgroup::pressure_some_avg10(&dir.join(format!("{r}.pressure"))) {
+                    e.insert(format!("{r}_pressure_some_avg10"), v);
+                }
+            }
+        }
+        Some(e)
+    }
+
+    fn set_expiry(&mut self, _expires_at_mono_ns: u64) -> Result<(), FaultError> {
+        // The engine's deadline ends the fault; the files hold no deadline of their own.
+        Ok(())
+    }
+
+    fn disarm(&mut self) -> Result<(), FaultError> {
+        Ok(())
+    }
+}
+
+/// Writes the limits, each after its undo is journaled.
+pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveFault>, FaultError> {
+    let changes = changes(spec)?;
+    let mut versions = Vec::new();
+    let mut watched: Vec<Watched> = Vec::new();
+    for c in changes {
+        let dir = c
+            .file
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        if !watched.iter().any(|w| w.controller == c.controller) {
+            watched.push(Watched {
+                controller: c.controller,
+                version: c.version,
+                baseline: counts(c.controller, c.version, &dir),
+                dir,
+            });
+        }
+        ctx.txn.record(Undo::CgroupFile {
+            path: c.file.clone(),
+            previous: c.previous.clone(),
+            written: c.value.clone(),
+        })?;
+        cgroup::write(&c.file, &c.value).map_err(FaultError::Cgroup)?;
+        tracing::debug!(file = %c.file.display(), previous = %c.previous, value = %c.value, "cgroup limit set");
+        let v = c.version.as_str();
+        if !versions.contains(&v) {
+            versions.push(v);
+        }
+    }
+    // The v2 path: the one given, or the pid's `0::` line.
+    let v2_path = match spec.target.pid {
+        Some(pid) => crate::target::cgroup_of_pid(pid).ok(),
+        None => spec.target.cgroup.clone(),
+    };
+    Ok(Box::new(LimitFault {
+        backend: format!("cgroup-{}", versions.join("+")),
+        watched,
+        // The root's pressure is the host's: not the target's effect.
+        psi: v2_path
+            .as_deref()
+            .filter(|p| !p.trim_matches('/').is_empty())
+            .and_then(cgroup::v2_dir),
+    }))
+}
+
+/// The plan lines of a limit fault (`--dry-run`).
+#[must_use]
+pub fn plan(spec: &FaultSpec) -> Vec<String> {
+    match changes(spec) {
+        Ok(changes) => changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "write {} = {:?} (was {:?}; written back at the end unless someone else changed it meanwhile) [{}]",
+                    c.file.display(),
+                    c.value,
+                    c.previous,
+                    c.what
+                )
+            })
+            .collect(),
+        Err(e) => vec![format!("limits: {e} (the inject would fail)")],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_and_alignment() {
+        assert_eq!(quota_us(0.2, 100_000), 20_000);
+        assert_eq!(quota_us(1.5, 100_000), 150_000);
+        assert_eq!(quota_us(0.001, 100_000), 1000);
+        assert_eq!(page_aligned(256 << 20), 256 << 20);
+        assert_eq!(page_aligned((256 << 20) + 100), 256 << 20);
+    }
+}
