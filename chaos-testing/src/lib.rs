@@ -884,6 +884,31 @@ pub fn attached_programs(ns: &NetNs, ifname: &str) -> Vec<String> {
     names
 }
 
+/// The mount point of the cgroup v1 hierarchy that carries `controller`, from
+/// `/proc/self/mounts` (a `cgroup` line whose options list it).
+#[must_use]
+pub fn cgroup_v1_mount(controller: &str) -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[2] == "cgroup" && f[3].split(',').any(|o| o == controller))
+                .then(|| PathBuf::from(f[1]))
+        })
+}
+
+/// Where a test finds a controller's files: the cgroup v2 root if its `cgroup.controllers`
+/// lists the controller (`/sys/fs/cgroup`), else its v1 mount. `(2 or 1, root)`.
+#[must_use]
+pub fn controller_root(controller: &str) -> Option<(u8, PathBuf)> {
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
+    if std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|x| x == controller)) {
+        return Some((2, PathBuf::from("/sys/fs/cgroup")));
+    }
+    cgroup_v1_mount(controller).map(|p| (1, p))
+}
+
 /// Whether the suite runs inside the `cargo xtask vm-test` guest (set by its /init).
 #[must_use]
 pub fn in_vm() -> bool {

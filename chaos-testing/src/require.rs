@@ -38,6 +38,9 @@ pub enum Feature {
     /// cgroup v2 mounted at `/sys/fs/cgroup` with the `cpu`, `memory`, `io` and `pids`
     /// controllers (`cgroup.controllers`).
     CgroupV2,
+    /// A cgroup v1 hierarchy with this controller (`cpu`, `memory`) mounted: a `cgroup` line of
+    /// `/proc/self/mounts` whose options list it.
+    CgroupV1(&'static str),
     /// Kernel BTF (`/sys/kernel/btf/vmlinux`).
     Btf,
     /// A program on PATH.
@@ -57,6 +60,7 @@ impl Feature {
             Self::Qdisc(kind) => kind.into(),
             Self::Ifb => "ifb".into(),
             Self::CgroupV2 => "cgroup2".into(),
+            Self::CgroupV1(c) => format!("cgroup1:{c}"),
             Self::Btf => "btf".into(),
             Self::Tool(t) => format!("tool:{t}"),
         }
@@ -74,6 +78,7 @@ impl Feature {
             Self::CgroupV2 => {
                 "cgroup v2 at /sys/fs/cgroup with cpu, memory, io, pids controllers".into()
             }
+            Self::CgroupV1(c) => format!("a cgroup v1 hierarchy with the {c} controller"),
             Self::Btf => "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
             Self::Tool(t) => format!("`{t}` on PATH"),
         }
@@ -94,6 +99,7 @@ impl Feature {
                         .iter()
                         .all(|c| have.contains(c))
                 }),
+            Self::CgroupV1(c) => crate::cgroup_v1_mount(c).is_some(),
             Self::Btf => std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
             Self::Tool(t) => have_tool(t),
         };
@@ -308,6 +314,9 @@ pub const PROFILES: &[Profile] = &[
             // The --container tests' runtime (`cargo xtask setup` installs both).
             Feature::Tool("podman"),
             Feature::Tool("runc"),
+            // The limit faults' v1 paths (hybrid host).
+            Feature::CgroupV1("cpu"),
+            Feature::CgroupV1("memory"),
         ],
         // The refusal paths ("sch_netem is missing, nothing was changed") are proven here only.
         must_lack: &[Feature::Qdisc("netem"), Feature::Qdisc("fq")],

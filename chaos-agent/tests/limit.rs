@@ -1,0 +1,423 @@
+//! Limit faults, end to end: the real binary writing the real cgroup files of a cgroup the test
+//! made, with real processes in it. Judged from outside the agent: the CPU time a busy loop gets
+//! (`/proc/PID/stat`), the controller files themselves before, during and after, `cpu.stat` and
+//! `memory.events` as the kernel keeps them, and whether a process under `memory.high` is alive
+//! and stalled. On the host (hybrid: v1 cpu and memory) and in the 6.1 guest (cgroup v2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos_testing::{AgentProcess, Feature, TempDir, controller_root, require, unique_name};
+use nix::sys::signal::Signal;
+
+fn bin() -> PathBuf {
+    chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+}
+
+/// A cgroup made by the test in one controller's hierarchy, its processes killed and the
+/// directory removed on drop.
+struct TestCgroup {
+    dir: PathBuf,
+    /// Its path below the hierarchy's root (what `--cgroup` takes).
+    path: String,
+    procs: Vec<Child>,
+}
+
+impl TestCgroup {
+    fn new(root: &Path) -> Self {
+        let name = unique_name("chlim");
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self {
+            dir,
+            path: format!("/{name}"),
+            procs: Vec::new(),
+        }
+    }
+
+    /// Starts `sh -c SCRIPT` inside the cgroup (it moves itself in before it runs `SCRIPT`).
+    fn spawn(&mut self, script: &str) -> u32 {
+        let procs = self.dir.join("cgroup.procs");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && {script}", procs.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        self.procs.push(child);
+        // In the cgroup once its cgroup.procs lists it.
+        let t0 = Instant::now();
+        while !self.file("cgroup.procs").contains(&pid.to_string()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "pid {pid} never joined"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        pid
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name))
+            .unwrap_or_else(|e| panic!("read {name}: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    fn write(&self, name: &str, value: &str) {
+        std::fs::write(self.dir.join(name), value).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // rmdir succeeds once the killed processes are gone.
+        let t0 = Instant::now();
+        while std::fs::remove_dir(&self.dir).is_err() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// CPUs a process used over `window`: utime + stime from `/proc/PID/stat` (clock ticks).
+fn cpu_use(pid: u32, window: Duration) -> f64 {
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // After the `(comm)`: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (t0, c0) = (Instant::now(), ticks());
+    std::thread::sleep(window);
+    let (t1, c1) = (Instant::now(), ticks());
+    (c1 - c0) as f64 / hz / (t1 - t0).as_secs_f64()
+}
+
+fn inject(state: &TempDir, args: &[&str]) -> AgentProcess {
+    let mut full = vec!["--state-dir", state.str(), "inject"];
+    full.extend_from_slice(args);
+    AgentProcess::spawn(None, &bin(), &full)
+}
+
+/// The quota file of the cpu controller and its value meaning "no limit".
+fn quota_file(version: u8) -> &'static str {
+    if version == 2 {
+        "cpu.max"
+    } else {
+        "cpu.cfs_quota_us"
+    }
+}
+
+#[test]
+fn cpu_limit_caps_a_busy_loop_and_the_quota_comes_back() {
+    let test = "cpu_limit_caps_a_busy_loop_and_the_quota_comes_back";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let Some((version, root)) = controller_root("cpu") else {
+        // Not a feature either profile lacks: both require a cpu controller.
+        panic!("no cpu controller in /sys/fs/cgroup or /proc/self/mounts");
+    };
+    let mut cg = TestCgroup::new(&root);
+    let busy = cg.spawn("while :; do :; done");
+    let qf = quota_file(version);
+    let before = cg.file(qf);
+    let state = TempDir::new("chlim");
+    let limit = ["--cpu-limit", "0.2", "--cgroup", &cg.path];
+
+    // In force: the file says 20 ms per 100 ms, and the loop gets 0.2 CPU.
+    let mut agent = inject(&state, &[&limit[..], &["--ttl", "60s"]].concat());
+    agent.expect_injected();
+    let during = cg.file(qf);
+    assert!(during.starts_with("20000"), "{qf} = {during:?}");
+    // The first period after the write may still run free: measure from the next one.
+    std::thread::sleep(Duration::from_millis(300));
+    let used = cpu_use(busy, Duration::from_secs(3));
+    eprintln!("MEASURED busy loop under --cpu-limit 0.2 (cgroup v{version}): {used:.3} CPU");
+    assert!(
+        (used - 0.2).abs() <= 0.03,
+        "{used:.3} CPU under a 0.2 limit"
+    );
+    let throttled: u64 = cg
+        .file("cpu.stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|v| v.parse().ok())
+        .expect("nr_throttled");
+    assert!(throttled > 0, "cpu.stat shows no throttling");
+    // Stop (SIGTERM): the old value exactly, and the summary tells the throttling.
+    agent.signal(Signal::SIGTERM);
+    let (status, out, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    assert_eq!(cg.file(qf), before, "after stop");
+    let summary = out.join("\n");
+    assert!(summary.contains("cpu throttled "), "{summary}");
+    let free = cpu_use(busy, Duration::from_secs(1));
+    assert!(free > 0.5, "after the fault the loop gets {free:.2} CPU");
+
+    // TTL.
+    let agent = inject(&state, &[&limit[..], &["--ttl", "2s"]].concat());
+    let (status, out, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{out:?} {err}");
+    assert!(out.iter().any(|l| l.contains("reverted (ttl)")), "{out:?}");
+    assert_eq!(cg.file(qf), before, "after TTL");
+
+    // SIGKILL: the limit stays in the kernel until `cleanup` replays the journal.
+    let mut agent = inject(&state, &[&limit[..], &["--ttl", "60s"]].concat());
+    agent.expect_injected();
+    agent.signal(Signal::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(10));
+    assert!(
+        cg.file(qf).starts_with("20000"),
+        "a dead agent's limit stays"
+    );
+    let out = Command::new(bin())
+        .args(["cleanup", "--state-dir", state.str()])
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cg.file(qf), before, "after SIGKILL and cleanup");
+
+    // Someone else changes the quota during the fault: theirs stays.
+    let mut agent = inject(&state, &[&limit[..], &["--ttl", "60s"]].concat());
+    agent.expect_injected();
+    let theirs = if version == 2 {
+        "50000 100000"
+    } else {
+        "50000"
+    };
+    cg.write(qf, theirs);
+    agent.signal(Signal::SIGTERM);
+    let (status, _, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    assert_eq!(cg.file(qf), theirs, "their value is kept");
+    cg.write(qf, &before);
+}
+
+#[test]
+fn memory_limits_are_set_checked_against_usage_and_restored_exactly() {
+    let test = "memory_limits_are_set_checked_against_usage_and_restored_exactly";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let Some((version, root)) = controller_root("memory") else {
+        panic!("no memory controller in /sys/fs/cgroup or /proc/self/mounts");
+    };
+    let mut cg = TestCgroup::new(&root);
+    // A process holding about 16 MiB of its own (a shell variable).
+    cg.spawn("x=$(head -c 16777216 /dev/zero | tr '\\0' a); sleep 600");
+    let (max_file, usage_file) = if version == 2 {
+        ("memory.max", "memory.current")
+    } else {
+        ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    };
+    let t0 = Instant::now();
+    while cg.file(usage_file).parse::<u64>().expect("usage") < 16 << 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the shell never held 16 MiB"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = cg.file(max_file);
+    let state = TempDir::new("chlim");
+    // Below what it uses: refused, nothing written.
+    let out = Command::new(bin())
+        .args(["--state-dir", state.str(), "inject", "--memory-max", "8M"])
+        .args(["--cgroup", &cg.path, "--ttl", "10s"])
+        .output()
+        .expect("run agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("below what the target uses now"),
+        "{err}"
+    );
+    assert_eq!(cg.file(max_file), before);
+    // Above it: set (page-aligned bytes), and back exactly at the TTL.
+    let agent = inject(
+        &state,
+        &["--memory-max", "512M", "--cgroup", &cg.path, "--ttl", "2s"],
+    );
+    let mut agent = agent;
+    agent.expect_injected();
+    assert_eq!(cg.file(max_file), (512u64 << 20).to_string());
+    let (status, out, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{out:?} {err}");
+    assert_eq!(cg.file(max_file), before, "after TTL");
+    if version == 1 {
+        // memory.high has no v1 file: refused with the reason.
+        let out = Command::new(bin())
+            .args(["--state-dir", state.str(), "inject", "--memory-high", "64M"])
+            .args(["--cgroup", &cg.path, "--ttl", "10s"])
+            .output()
+            .expect("run agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("cgroup v2 only"),
+            "{err}"
+        );
+    }
+}
+
+/// cgroup v2 only (the guest): under `memory.high` a writer of 64 MiB of shmem (which no
+/// reclaim can take without swap) is throttled, not killed: `memory.events` counts `high`,
+/// its file stops growing while it stays alive, and once the fault ends it finishes.
+#[test]
+fn memory_high_throttles_a_writer_without_killing_it() {
+    let test = "memory_high_throttles_a_writer_without_killing_it";
+    if !require(test, Feature::CgroupV2) {
+        return;
+    }
+    let mut cg = TestCgroup::new(Path::new("/sys/fs/cgroup"));
+    let shm = format!("/dev/shm/{}", unique_name("chlim"));
+    let state = TempDir::new("chlim");
+    let mut agent = inject(
+        &state,
+        &["--memory-high", "16M", "--cgroup", &cg.path, "--ttl", "8s"],
+    );
+    agent.expect_injected();
+    assert_eq!(cg.file("memory.high"), (16u64 << 20).to_string());
+    let writer = cg.spawn(&format!("head -c 67108864 /dev/zero > {shm}"));
+    let size = || std::fs::metadata(&shm).map_or(0, |m| m.len());
+    // Throttled: `high` events, and the file stalls short of 64 MiB while the writer lives.
+    let t0 = Instant::now();
+    let high = || -> u64 {
+        cg.file("memory.events")
+            .lines()
+            .find_map(|l| l.strip_prefix("high "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    while high() == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "no memory.high event"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive(writer), "the writer was killed");
+    assert!(size() < 64 << 20, "the writer was never held back");
+    let oom: u64 = cg
+        .file("memory.events")
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(oom, 0, "memory.high must never kill");
+    let (status, out, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{out:?} {err}");
+    assert_eq!(cg.file("memory.high"), "max");
+    // Free again: the write completes.
+    let t1 = Instant::now();
+    while size() < 64 << 20 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "the writer never finished: {}",
+            size()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&shm);
+}
+
+#[test]
+fn limit_bad_input_is_refused_with_nothing_written() {
+    let test = "limit_bad_input_is_refused_with_nothing_written";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let (version, root) = controller_root("cpu").expect("a cpu controller");
+    let cg = TestCgroup::new(&root);
+    let qf = quota_file(version);
+    let before = cg.file(qf);
+    let state = TempDir::new("chlim");
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let too_many = (cpus + 1).to_string();
+    for (args, want) in [
+        (
+            vec!["--cpu-limit", "0.2", "--cgroup", "/chaos-no-such-cgroup"],
+            "no cgroup",
+        ),
+        (
+            vec!["--cpu-limit", "0", "--cgroup", &cg.path],
+            "at least 0.01",
+        ),
+        (
+            vec!["--cpu-limit", "-1", "--cgroup", &cg.path],
+            "--cpu-limit",
+        ),
+        (
+            vec!["--cpu-limit", "nan", "--cgroup", &cg.path],
+            "--cpu-limit",
+        ),
+        (
+            vec!["--cpu-limit", &too_many, "--cgroup", &cg.path],
+            "more than this host",
+        ),
+        (vec!["--memory-max", "0", "--cgroup", &cg.path], "below 4M"),
+        (
+            vec!["--memory-max", "1T", "--cgroup", &cg.path],
+            "more than this host's memory",
+        ),
+        (
+            vec!["--memory-max", "12Q", "--cgroup", &cg.path],
+            "unknown size unit",
+        ),
+        (vec!["--cpu-limit", "0.2"], "needs the processes to limit"),
+        (
+            vec!["--cpu-limit", "0.2", "--cgroup", "/"],
+            "root of the cpu hierarchy",
+        ),
+        (
+            vec!["--cpu-limit", "0.2", "--pid", "999999999", "--ttl", "5s"],
+            "no such process",
+        ),
+        (
+            vec!["--cpu-limit", "0.2", "--cgroup", &cg.path, "--loss", "0.1"],
+            "cannot also carry",
+        ),
+        (
+            vec!["--cpu-limit", "0.2", "--cgroup", &cg.path, "--dport", "80"],
+            "do not apply",
+        ),
+        (
+            vec![
+                "--cpu-limit",
+                "0.2",
+                "--cgroup",
+                &cg.path,
+                "--flap",
+                "1s/1s",
+            ],
+            "--flap",
+        ),
+    ] {
+        let mut full = vec!["--state-dir", state.str(), "inject"];
+        full.extend(&args);
+        if !args.contains(&"--ttl") {
+            full.extend(["--ttl", "5s"]);
+        }
+        let out = Command::new(bin()).args(&full).output().expect("run agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert_eq!(cg.file(qf), before, "{args:?} wrote");
+    }
+}
