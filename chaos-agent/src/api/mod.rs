@@ -152,9 +152,7 @@ impl From<&EngineError> for ApiError {
         match e {
             EngineError::Spec(SpecError::TtlTooLong { .. }) => Self::new(400, "ttl_too_long", msg),
             EngineError::Spec(_) => Self::new(400, "invalid_fault", msg),
-            EngineError::Sys(_) | EngineError::Refused { .. } => {
-                Self::new(400, "bad_target", msg)
-            }
+            EngineError::Sys(_) | EngineError::Refused { .. } => Self::new(400, "bad_target", msg),
             EngineError::NotFound(_) => Self::new(404, "not_found", msg),
             EngineError::Conflict { other, .. } => Self {
                 status: 409,
