@@ -298,6 +298,41 @@ pub fn run() -> Vec<Check> {
         format!("{layout}; controllers: {controllers}"),
         "cpu, memory, io pressure",
     ));
+    // What the limit and stress faults will use, found as they find it.
+    for (name, c, needed) in [
+        (
+            "cg-cpu",
+            crate::kernel::cgroup::Controller::Cpu,
+            "--cpu-limit, --cpu-stress",
+        ),
+        (
+            "cg-mem",
+            crate::kernel::cgroup::Controller::Memory,
+            "--memory-high, --memory-max, --memory-stress",
+        ),
+    ] {
+        v.push(match crate::kernel::cgroup::Hierarchy::find(c) {
+            Ok(h) => check(
+                name,
+                true,
+                format!(
+                    "{} controller: cgroup {} at {}{}",
+                    c.as_str(),
+                    h.version.as_str(),
+                    h.root.display(),
+                    if c == crate::kernel::cgroup::Controller::Memory
+                        && h.version == crate::kernel::cgroup::Version::V1
+                    {
+                        " (memory.limit_in_bytes; --memory-high needs v2)"
+                    } else {
+                        ""
+                    }
+                ),
+                needed,
+            ),
+            Err(e) => check(name, false, e.to_string(), needed),
+        });
+    }
     let psi = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
     v.push(check(
         "psi",
