@@ -162,7 +162,7 @@ pub enum SpecError {
     EdtIngress,
     /// Nothing to do.
     #[error(
-        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max"
+        "the fault does nothing: give at least one of --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --cpu-stress, --memory-stress"
     )]
     NoEffect,
     /// A domain filter that is not a DNS name.

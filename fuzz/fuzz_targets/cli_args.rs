@@ -29,12 +29,14 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
     let refuse = a.refuse.to_spec();
     let reset = a.reset.to_spec();
     let limit = a.limit.to_spec();
+    let stress = a.stress.to_spec();
     if loss.is_none()
         && shape.is_none()
         && dns.is_none()
         && refuse.is_none()
         && reset.is_none()
         && limit.is_none()
+        && stress.is_none()
     {
         return None;
     }
@@ -68,6 +70,7 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
         refuse,
         reset,
         limit,
+        stress,
         flap: a.flap,
         force: a.force,
         seed: a.seed,

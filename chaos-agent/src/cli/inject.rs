@@ -27,15 +27,17 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let refuse = a.refuse.to_spec();
     let reset = a.reset.to_spec();
     let limit = a.limit.to_spec();
+    let stress = a.stress.to_spec();
     if loss.is_none()
         && shape.is_none()
         && dns.is_none()
         && refuse.is_none()
         && reset.is_none()
         && limit.is_none()
+        && stress.is_none()
     {
         return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high or --memory-max".to_owned(),
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --cpu-stress or --memory-stress".to_owned(),
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.
@@ -79,6 +81,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         refuse,
         reset,
         limit,
+        stress,
         flap: a.flap,
         force: a.force,
         seed: a.seed,
@@ -193,10 +196,22 @@ pub fn effects_line(e: &crate::faults::Effects) -> String {
             get("cpu_throttled_seconds").unwrap_or_default()
         ));
     }
+    if let Some(s) = get("stress_cpu_seconds") {
+        parts.push(format!("stressor used {s:.2} CPU-seconds"));
+    }
+    if let Some(b) = get("stress_memory_bytes") {
+        parts.push(format!(
+            "stressor holds {}",
+            crate::faults::limit::Bytes(b as u64 & !((1 << 20) - 1))
+        ));
+    }
     for (k, what) in [
         ("cpu_pressure_some_avg10", "cpu pressure"),
         ("memory_pressure_some_avg10", "memory pressure"),
         ("io_pressure_some_avg10", "io pressure"),
+        ("host_cpu_pressure_some_avg10", "host cpu pressure"),
+        ("host_memory_pressure_some_avg10", "host memory pressure"),
+        ("host_io_pressure_some_avg10", "host io pressure"),
     ] {
         if let Some(v) = get(k) {
             parts.push(format!("{what} {v:.2}%"));
@@ -446,6 +461,7 @@ mod tests {
             refuse: None,
             reset: None,
             limit: None,
+            stress: None,
             flap: Some("2s/3s".parse().expect("flap")),
             force: false,
             seed: None,

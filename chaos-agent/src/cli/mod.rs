@@ -68,6 +68,9 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Show what this kernel supports.
     Doctor(DoctorArgs),
+    /// The stressor process of a stress fault (started by the agent in its cgroup).
+    #[command(hide = true)]
+    StressWorker(crate::faults::stress::worker::WorkerArgs),
 }
 
 /// `inject` flags.
@@ -178,6 +181,9 @@ pub struct InjectArgs {
     /// Resource limits (`faults/limit`).
     #[command(flatten)]
     pub limit: crate::faults::limit::LimitArgs,
+    /// Stressors (`faults/stress`).
+    #[command(flatten)]
+    pub stress: crate::faults::stress::StressArgs,
 }
 
 /// `run` flags (each overrides the config file).
@@ -581,6 +587,10 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => run::check_config(file),
         Command::Cleanup(args) => cleanup::run(&state_dir, args),
         Command::Doctor(args) => doctor::run(args),
+        Command::StressWorker(a) => {
+            crate::faults::stress::worker::run(a);
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -597,7 +607,11 @@ pub fn main() -> ExitCode {
                     .is_some_and(crate::api::client::ClientError::is_bad_request)
                 || matches!(
                     e.downcast_ref::<crate::engine::EngineError>(),
-                    Some(crate::engine::EngineError::Spec(_) | crate::engine::EngineError::Sys(_))
+                    Some(
+                        crate::engine::EngineError::Spec(_)
+                            | crate::engine::EngineError::Sys(_)
+                            | crate::engine::EngineError::Refused { .. }
+                    )
                 )
             {
                 ExitCode::from(2)

@@ -176,6 +176,7 @@ fn self_test(dp: &Datapath) -> Result<Vec<Case>, String> {
         refuse: None,
         reset: None,
         limit: None,
+        stress: None,
         flap: None,
         force: false,
         seed: None,

@@ -742,8 +742,9 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
     // A limit fault finds `--cgroup` and `--pid` in each controller's hierarchy itself (v1
     // hierarchies have paths of their own); `--unit` and `--container` resolve here as for
     // every scoped fault.
-    let per_hierarchy =
-        spec.limit.is_some() && spec.target.unit.is_none() && spec.target.container.is_none();
+    let per_hierarchy = (spec.limit.is_some() || spec.stress.is_some())
+        && spec.target.unit.is_none()
+        && spec.target.container.is_none();
     if spec.target.scoped() && !per_hierarchy {
         let no_interface = !spec.needs_interface();
         resolve_scope(&mut spec.target, no_interface)?;
@@ -753,6 +754,9 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
         // What only the host can tell (its CPUs and memory, the cgroup, its usage), before
         // anything is journaled; apply checks again.
         faults::limit::changes(spec).map_err(|source| EngineError::Refused { source })?;
+    }
+    if spec.stress.is_some() {
+        faults::stress::check(spec).map_err(|source| EngineError::Refused { source })?;
     }
     if !spec.needs_interface() {
         // Connect, socket and limit faults have no interface; the engine's bookkeeping names

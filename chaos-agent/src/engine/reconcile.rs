@@ -102,7 +102,8 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     | Undo::BpfSlot { .. }
                     | Undo::BpfConnect { .. }
                     | Undo::BpfSocketIngress { .. }
-                    | Undo::CgroupFile { .. } => {}
+                    | Undo::CgroupFile { .. }
+                    | Undo::StressCgroup { .. } => {}
                 }
             }
             continue;

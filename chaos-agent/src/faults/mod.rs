@@ -26,6 +26,7 @@ pub mod refuse;
 pub mod reset;
 pub mod shape;
 mod spec;
+pub mod stress;
 
 pub use spec::FaultSpec;
 
@@ -148,6 +149,9 @@ pub async fn apply(
     if spec.limit.is_some() {
         return limit::apply(spec, ctx);
     }
+    if spec.stress.is_some() {
+        return stress::apply(spec, ctx);
+    }
     // Shaping first, classifier last: packets are only steered once their class exists.
     let steering = match &spec.shape {
         Some(sh) if !sh.is_empty() => Some(shape::netem::apply(sh, spec, ctx).await?),
@@ -187,6 +191,10 @@ pub fn plan(
     }
     if spec.limit.is_some() {
         out.extend(limit::plan(spec));
+        return out;
+    }
+    if spec.stress.is_some() {
+        out.extend(stress::plan(spec));
         return out;
     }
     if let Some(sh) = spec.shape.as_ref().filter(|s| !s.is_empty()) {

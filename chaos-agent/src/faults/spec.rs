@@ -14,6 +14,7 @@ use super::loss::LossSpec;
 use super::refuse::RefuseSpec;
 use super::reset::ResetSpec;
 use super::shape::ShapeSpec;
+use super::stress::StressSpec;
 use crate::spec::{Limits, SpecError};
 use crate::target::Target;
 
@@ -45,6 +46,9 @@ pub struct FaultSpec {
     /// Resource limits written into the target's cgroup (CPU, memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitSpec>,
+    /// Stressors run for the fault's life (CPU workers, held memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stress: Option<StressSpec>,
     /// An on/off duty cycle (`2s/3s`): the fault acts for ON, rests for OFF, until its TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flap: Option<super::flap::Flap>,
@@ -144,10 +148,51 @@ impl FaultSpec {
             limit.validate()?;
             effect = true;
         }
+        if let Some(stress) = &self.stress {
+            if effect {
+                return Err(SpecError::Incompatible {
+                    what: "a stress fault runs stressors: it cannot also carry packet, connection or limit faults",
+                });
+            }
+            self.check_stress_target(stress)?;
+            stress.validate(self.ttl)?;
+            effect = true;
+        }
         if !effect {
             return Err(SpecError::NoEffect);
         }
         Ok(())
+    }
+
+    /// Stressors run in a cgroup of their own, or with `inside` below the target's.
+    fn check_stress_target(&self, s: &StressSpec) -> Result<(), SpecError> {
+        let t = &self.target;
+        let why = if s.inside && !t.scoped() {
+            Some(
+                "--inside needs the cgroup to press from within: --cgroup, --pid, --unit or --container",
+            )
+        } else if !s.inside && t.scoped() {
+            Some(
+                "stressors run in a cgroup of their own: add --inside to run them below the target's cgroup",
+            )
+        } else if t.iface.is_some()
+            || !t.src.is_empty()
+            || !t.dst.is_empty()
+            || !t.sports.is_empty()
+            || !t.dports.is_empty()
+            || !t.protocols.is_empty()
+            || t.include_protected
+            || t.direction != crate::target::Direction::Egress
+        {
+            Some(
+                "a stress fault runs processes: --iface, --src, --dest, --sport, --dport, --proto, --direction and --include-protected do not apply",
+            )
+        } else if self.flap.is_some() {
+            Some("--flap does not apply to stress faults yet: inject them one after another")
+        } else {
+            None
+        };
+        why.map_or(Ok(()), |what| Err(SpecError::Inapplicable { what }))
     }
 
     /// A limit fault names processes (a cgroup), never packets.
@@ -278,7 +323,7 @@ impl FaultSpec {
     /// Whether the fault acts on an interface's packets (and so names one).
     #[must_use]
     pub fn needs_interface(&self) -> bool {
-        !self.acts_on_sockets() && self.limit.is_none()
+        !self.acts_on_sockets() && self.limit.is_none() && self.stress.is_none()
     }
 
     /// The fault's kind, for metrics labels.
@@ -295,6 +340,9 @@ impl FaultSpec {
         }
         if self.limit.is_some() {
             return "limit";
+        }
+        if self.stress.is_some() {
+            return "stress";
         }
         match (&self.loss, &self.shape) {
             (Some(_), Some(_)) => "loss+shape",
@@ -327,6 +375,12 @@ impl FaultSpec {
         if let Some(l) = &self.limit {
             let scope = self.target.scope_name().unwrap_or_default();
             return format!("{} on {scope}", l.summary());
+        }
+        if let Some(s) = &self.stress {
+            return match self.target.scope_name() {
+                Some(scope) => format!("{} inside {scope}", s.summary()),
+                None => format!("{} in a cgroup of its own", s.summary()),
+            };
         }
         let iface = self.target.iface.as_deref().unwrap_or("<default route>");
         let flap = self
@@ -379,6 +433,7 @@ mod tests {
             refuse: None,
             reset: None,
             limit: None,
+            stress: None,
             flap: None,
             force: false,
             seed: None,

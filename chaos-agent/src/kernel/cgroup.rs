@@ -241,6 +241,75 @@ pub fn v2_dir(path: &str) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// Makes a cgroup directory (its parent must exist).
+pub fn make_dir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(CgroupError::File {
+            op: "create",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Kills every process of a cgroup and its children and removes the directories (deepest
+/// first). `cgroup.kill` (v2, Linux 5.14) kills atomically; elsewhere each pid of `cgroup.procs`
+/// gets SIGKILL until none is left (a fork in between is caught by the next read). Returns
+/// whether a directory was there to remove.
+pub fn kill_and_remove(dir: &Path) -> Result<bool, CgroupError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let children: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    for c in children {
+        kill_and_remove(&c)?;
+    }
+    let kill = dir.join("cgroup.kill");
+    if kill.exists() {
+        let _ = std::fs::write(&kill, "1");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        // A killed process leaves its cgroup once it has exited.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(CgroupError::File {
+            op: "remove",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Whether two values of one controller file say the same: the kernel may print what it was
 /// given differently (`max` and v1's page-aligned byte counts are given in that form already,
 /// so only white space differs).

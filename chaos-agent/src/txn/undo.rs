@@ -121,6 +121,13 @@ pub enum Undo {
         /// What the fault wrote.
         written: String,
     },
+    /// A cgroup the agent made for a stress fault's stressor: every process still in it is
+    /// killed, and it is removed. A dead agent's stressor died with it (`PR_SET_PDEATHSIG`);
+    /// the directory stays until this runs.
+    StressCgroup {
+        /// The cgroup's directory.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Why an undo failed.
@@ -169,6 +176,7 @@ impl Undo {
             Self::IfbLink { .. } => "ifb",
             Self::MirredFilter { .. } => "mirred_filter",
             Self::CgroupFile { .. } => "cgroup_value",
+            Self::StressCgroup { .. } => "stressor",
         }
     }
 
@@ -217,6 +225,9 @@ impl Undo {
             }
             Self::CgroupFile { path, previous, .. } => {
                 format!("{} (back to {previous:?})", path.display())
+            }
+            Self::StressCgroup { path } => {
+                format!("stressor cgroup {} (killed and removed)", path.display())
             }
         }
     }
@@ -308,6 +319,7 @@ impl Undo {
                 previous,
                 written,
             } => restore_cgroup_file(path, previous, written),
+            Self::StressCgroup { path } => Ok(crate::kernel::cgroup::kill_and_remove(path)?),
         }
     }
 }

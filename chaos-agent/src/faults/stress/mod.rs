@@ -1,0 +1,377 @@
+//! The stress fault type: stressors built into the agent (`--cpu-stress N[@LOAD%]`,
+//! `--memory-stress SIZE`), so no stress-ng is needed and none outlives its fault.
+//!
+//! The stressor is one process, the agent's own binary (`chaos-agent stress-worker`), in a
+//! cgroup the agent makes for the fault (`chaos-stress-<id>` below the hierarchy's root, or with
+//! `--inside` below the target's cgroup, to press it from within), in each hierarchy it needs
+//! (one on v2; the cpu and the memory one on v1). Before it runs, it moves itself into them,
+//! asks to be killed when the agent dies (`PR_SET_PDEATHSIG`) and sets its `oom_score_adj` to
+//! 1000, so the OOM killer takes it before the agent or a workload; its own cgroup is capped
+//! just above the memory it holds where the memory controller is there. The undo
+//! (`Undo::StressCgroup`, journaled before each directory is made) kills every process in the
+//! cgroup and removes it, for a stop, a TTL, and a dead agent's journal alike.
+
+mod args;
+mod spec;
+pub mod worker;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub use args::StressArgs;
+pub use spec::{CpuStress, StressSpec};
+
+use super::{ActiveFault, ApplyCtx, Effects, FaultError, FaultSpec};
+use crate::faults::limit::Bytes;
+use crate::kernel::bpf::Counters;
+use crate::kernel::cgroup::{self, Controller, Hierarchy, Version};
+use crate::spec::SpecError;
+use crate::txn::undo::Undo;
+
+/// Room above the held memory in the stressor's own cgroup: its binary, stacks, page tables.
+const CAP_SLACK: u64 = 32 << 20;
+
+fn bad(what: &'static str, why: String) -> FaultError {
+    FaultError::Scope(SpecError::BadLimit { what, why })
+}
+
+/// The hierarchies the stressors need: cpu for CPU workers, memory for memory.
+fn hierarchies(s: &StressSpec) -> Result<Vec<Hierarchy>, FaultError> {
+    let mut out: Vec<Hierarchy> = Vec::new();
+    let wanted = [
+        (s.cpu.is_some(), Controller::Cpu),
+        (s.memory.is_some(), Controller::Memory),
+    ];
+    for (want, c) in wanted {
+        if !want {
+            continue;
+        }
+        let h = Hierarchy::find(c).map_err(FaultError::Cgroup)?;
+        // On v2 both controllers share one hierarchy: one directory.
+        if !out.iter().any(|o| o.root == h.root) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Where the stressor cgroups of fault `id` go: `(hierarchy, directory)`.
+fn dirs(spec: &FaultSpec, id: &str) -> Result<Vec<(Hierarchy, PathBuf)>, FaultError> {
+    let Some(s) = &spec.stress else {
+        return Ok(Vec::new());
+    };
+    let name = format!("chaos-stress-{id}");
+    let mut out = Vec::new();
+    for h in hierarchies(s)? {
+        let parent = if s.inside {
+            let path = match spec.target.pid {
+                Some(pid) => {
+                    let text =
+                        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
+                            FaultError::Scope(SpecError::BadPid {
+                                pid,
+                                why: e.to_string(),
+                            })
+                        })?;
+                    h.cgroup_of(&text)
+                        .ok_or(FaultError::Scope(SpecError::BadPid {
+                            pid,
+                            why: format!(
+                                "it is in no cgroup of the {} hierarchy",
+                                h.controller.as_str()
+                            ),
+                        }))?
+                }
+                None => spec.target.cgroup.clone().unwrap_or_default(),
+            };
+            h.dir(&path).map_err(FaultError::Cgroup)?
+        } else {
+            h.root.clone()
+        };
+        out.push((h, parent.join(&name)));
+    }
+    Ok(out)
+}
+
+/// Checks what only the host can tell (its memory and CPUs, the hierarchies, the target).
+pub fn check(spec: &FaultSpec) -> Result<(), FaultError> {
+    let Some(s) = &spec.stress else {
+        return Ok(());
+    };
+    if let Some(m) = s.memory
+        && let Some(total) = host_memory()
+        && m.0 + CAP_SLACK > total
+    {
+        return Err(bad(
+            "--memory-stress",
+            format!(
+                "{m} is more than this host's memory ({}) can hold",
+                Bytes(total)
+            ),
+        ));
+    }
+    if let Some(c) = s.cpu {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        if c.workers as usize > 4 * n {
+            return Err(bad(
+                "--cpu-stress",
+                format!(
+                    "{} workers on {n} CPUs: at most {} (4 per CPU)",
+                    c.workers,
+                    4 * n
+                ),
+            ));
+        }
+    }
+    dirs(spec, "check").map(drop)
+}
+
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The running stressor.
+#[derive(Debug)]
+struct StressFault {
+    child: Option<Child>,
+    pid: u32,
+    /// The effects read as it was stopped, for the report after it.
+    last: Option<Effects>,
+    /// The target's cgroup v2 directory with `--inside`, else none: where the pressure that
+    /// matters is read (else the host's, `/proc/pressure`).
+    psi: Option<PathBuf>,
+}
+
+impl StressFault {
+    fn stop(&mut self) {
+        if self.child.is_some() {
+            self.last = Some(self.read_effects());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for StressFault {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ActiveFault for StressFault {
+    fn backend(&self) -> String {
+        "stressor".to_owned()
+    }
+
+    fn counters(&self) -> Option<Counters> {
+        None
+    }
+
+    fn effects(&self) -> Option<Effects> {
+        if self.child.is_none() {
+            return self.last.clone();
+        }
+        Some(self.read_effects())
+    }
+
+    fn set_expiry(&mut self, _expires_at_mono_ns: u64) -> Result<(), FaultError> {
+        Ok(())
+    }
+
+    fn disarm(&mut self) -> Result<(), FaultError> {
+        self.stop();
+        Ok(())
+    }
+}
+
+impl StressFault {
+    /// The stressor's CPU time and memory (`/proc`), and the pressure it causes.
+    fn read_effects(&self) -> Effects {
+        let mut e = Effects::new();
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<u64>().ok()),
+                f.get(12).and_then(|v| v.parse::<u64>().ok()),
+            ) {
+                // SAFETY: sysconf has no preconditions.
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+                e.insert("stress_cpu_seconds".to_owned(), (u + s) as f64 / hz);
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            e.insert("stress_memory_bytes".to_owned(), (kb * 1024) as f64);
+        }
+        let base = self
+            .psi
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/proc/pressure"));
+        for r in ["cpu", "memory", "io"] {
+            let (file, key) = if self.psi.is_some() {
+                (
+                    base.join(format!("{r}.pressure")),
+                    format!("{r}_pressure_some_avg10"),
+                )
+            } else {
+                (base.join(r), format!("host_{r}_pressure_some_avg10"))
+            };
+            if let Some(v) = cgroup::pressure_some_avg10(&file) {
+                e.insert(key, v);
+            }
+        }
+        e
+    }
+}
+
+/// Makes the stressor's cgroups and starts it in them.
+pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveFault>, FaultError> {
+    let Some(s) = spec.stress else {
+        return Err(FaultError::Scope(SpecError::NoEffect));
+    };
+    check(spec)?;
+    let dirs = dirs(spec, &ctx.id.to_string())?;
+    let mut procs_files = Vec::new();
+    for (h, dir) in &dirs {
+        ctx.txn.record(Undo::StressCgroup { path: dir.clone() })?;
+        cgroup::make_dir(dir).map_err(FaultError::Cgroup)?;
+        if let Some(m) = s.memory {
+            // The hard cap: the stressor, never a workload, is what this cgroup's OOM kills.
+            let cap = (m.0 + CAP_SLACK).to_string();
+            let file = match h.version {
+                Version::V2 => dir.join("memory.max"),
+                Version::V1 => dir.join("memory.limit_in_bytes"),
+            };
+            if h.controller == Controller::Memory || h.version == Version::V2 {
+                if file.exists() {
+                    cgroup::write(&file, &cap).map_err(FaultError::Cgroup)?;
+                } else {
+                    tracing::warn!(dir = %dir.display(), "no memory controller in the stressor's cgroup: no cap of its own (oom_score_adj 1000 still makes it the OOM killer's first pick)");
+                }
+            }
+        }
+        procs_files.push(
+            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                .map_err(|_| bad("--cpu-stress", "a cgroup path with a NUL byte".to_owned()))?,
+        );
+    }
+    // This very binary, even if it was replaced on disk since; named so in `ps`.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("chaos-agent").arg("stress-worker");
+    if let Some(c) = s.cpu {
+        cmd.args(["--cpu-workers", &c.workers.to_string()]);
+        cmd.args(["--cpu-load", &c.load.to_string()]);
+    }
+    if let Some(m) = s.memory {
+        cmd.args(["--memory-bytes", &m.0.to_string()]);
+    }
+    if let Some(r) = s.memory_ramp {
+        cmd.args(["--memory-ramp-ms", &r.as_millis().to_string()]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let parent = std::process::id();
+    let oom = c"/proc/self/oom_score_adj";
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, open, write,
+    // close) on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the agent. PDEATHSIG follows the thread that forked: the agent starts
+            // stressors from the runtime's own threads, which live as long as it does.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent may have died before the prctl took effect.
+            if libc::getppid() != parent as libc::pid_t {
+                libc::_exit(1);
+            }
+            for f in &procs_files {
+                let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"1000".as_ptr().cast(), 4);
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| {
+        FaultError::Cgroup(cgroup::CgroupError::File {
+            op: "start the stressor in",
+            path: dirs.first().map(|d| d.1.clone()).unwrap_or_default(),
+            source,
+        })
+    })?;
+    let pid = child.id();
+    tracing::debug!(pid, dirs = ?dirs.iter().map(|d| d.1.display().to_string()).collect::<Vec<_>>(), "stressor started");
+    let psi = s
+        .inside
+        .then(|| match spec.target.pid {
+            Some(pid) => crate::target::cgroup_of_pid(pid).ok(),
+            None => spec.target.cgroup.clone(),
+        })
+        .flatten()
+        .and_then(|p| cgroup::v2_dir(&p));
+    Ok(Box::new(StressFault {
+        child: Some(child),
+        pid,
+        last: None,
+        psi,
+    }))
+}
+
+/// The plan lines of a stress fault (`--dry-run`).
+#[must_use]
+pub fn plan(spec: &FaultSpec) -> Vec<String> {
+    let Some(s) = &spec.stress else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match check(spec).and_then(|()| dirs(spec, "<id>")) {
+        Ok(dirs) => {
+            for (h, d) in dirs {
+                out.push(format!(
+                    "create cgroup {} ({} {}){}; removed with its processes at the end",
+                    d.display(),
+                    h.controller.as_str(),
+                    h.version.as_str(),
+                    s.memory
+                        .filter(|_| h.controller == Controller::Memory || h.version == Version::V2)
+                        .map(|m| format!(", capped at {}", Bytes(m.0 + CAP_SLACK)))
+                        .unwrap_or_default()
+                ));
+            }
+            out.push(format!(
+                "start the stressor ({}) in it: oom_score_adj 1000, killed if the agent dies (PR_SET_PDEATHSIG)",
+                s.summary()
+            ));
+        }
+        Err(e) => out.push(format!("stress: {e} (the inject would fail)")),
+    }
+    out
+}

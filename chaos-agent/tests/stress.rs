@@ -1,0 +1,349 @@
+//! Stress faults, end to end: the real binary starting its stressor, judged from outside. The
+//! stressor is found as the agent's child process (`/proc/*/stat`), its CPU time read from
+//! `/proc/PID/stat`, its memory from its cgroup's own files, and after the fault no process and
+//! no cgroup of it may be left, also when the agent is killed (SIGKILL). On the host (hybrid: v1
+//! controllers) and in the 6.1 guest (cgroup v2).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos_testing::{AgentProcess, Feature, TempDir, controller_root, require, unique_name};
+use nix::sys::signal::Signal;
+
+fn bin() -> PathBuf {
+    chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+}
+
+fn inject(state: &TempDir, args: &[&str]) -> AgentProcess {
+    let mut full = vec!["--state-dir", state.str(), "inject"];
+    full.extend_from_slice(args);
+    AgentProcess::spawn(None, &bin(), &full)
+}
+
+/// Fields of `/proc/PID/stat` after the `(comm)`: state is [0], ppid [1], utime [11], stime [12].
+fn stat(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The live (not zombie) children of `parent`, from `/proc`.
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|f| f[1] == parent.to_string() && f[0] != "Z"))
+        .collect()
+}
+
+/// The stressor: the agent's one child, once it has started.
+fn stressor_of(agent: u32) -> u32 {
+    let t0 = Instant::now();
+    loop {
+        if let [pid] = children(agent)[..] {
+            return pid;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no stressor under {agent}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|f| f[0] != "Z")
+}
+
+/// Waits (bounded) until `pid` is gone.
+fn gone(pid: u32, what: &str) {
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: stressor {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cpu_use(pid: u32, window: Duration) -> f64 {
+    let ticks = || {
+        let f = stat(pid).expect("stat");
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (t0, c0) = (Instant::now(), ticks());
+    std::thread::sleep(window);
+    (ticks() - c0) as f64 / hz / t0.elapsed().as_secs_f64()
+}
+
+/// The directory of `pid`'s cgroup in the hierarchy of `controller`.
+fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
+    let (version, root) = controller_root(controller).expect("controller");
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let hit = if version == 2 {
+                id == "0"
+            } else {
+                ctrls.split(',').any(|c| c == controller)
+            };
+            hit.then(|| path.to_owned())
+        })
+        .expect("a cgroup line");
+    root.join(path.trim_start_matches('/'))
+}
+
+fn read_u64(p: &Path) -> u64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn cpu_stress_runs_at_its_duty_cycle_and_ends_with_the_fault() {
+    let test = "cpu_stress_runs_at_its_duty_cycle_and_ends_with_the_fault";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let state = TempDir::new("chst");
+    let mut agent = inject(&state, &["--cpu-stress", "1@50", "--ttl", "60s"]);
+    agent.expect_injected();
+    let pid = stressor_of(agent.pid());
+    let dir = cgroup_dir(pid, "cpu");
+    assert!(
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("chaos-stress-f-")),
+        "the stressor is in {}",
+        dir.display()
+    );
+    let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).expect("adj");
+    assert_eq!(adj.trim(), "1000", "the OOM killer's first pick");
+    let used = cpu_use(pid, Duration::from_secs(3));
+    eprintln!("MEASURED --cpu-stress 1@50: {used:.3} CPU");
+    assert!((used - 0.5).abs() <= 0.1, "{used:.3} CPU for 1@50");
+    agent.signal(Signal::SIGTERM);
+    let (status, out, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    assert!(out.iter().any(|l| l.contains("stressor used")), "{out:?}");
+    gone(pid, "after stop");
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+#[test]
+fn memory_stress_is_charged_to_its_capped_cgroup_and_removed_at_ttl() {
+    let test = "memory_stress_is_charged_to_its_capped_cgroup_and_removed_at_ttl";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let (version, _) = controller_root("memory").expect("a memory controller");
+    let (usage, cap) = if version == 2 {
+        ("memory.current", "memory.max")
+    } else {
+        ("memory.usage_in_bytes", "memory.limit_in_bytes")
+    };
+    let state = TempDir::new("chst");
+    let mut agent = inject(&state, &["--memory-stress", "256M", "--ttl", "20s"]);
+    agent.expect_injected();
+    let pid = stressor_of(agent.pid());
+    let dir = cgroup_dir(pid, "memory");
+    let t0 = Instant::now();
+    while read_u64(&dir.join(usage)) < 250 << 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never charged 250 MiB"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let charged = read_u64(&dir.join(usage));
+    eprintln!(
+        "MEASURED --memory-stress 256M: {} MiB charged to {}",
+        charged >> 20,
+        dir.display()
+    );
+    assert!(charged <= (256 + 32) << 20, "{charged} charged");
+    assert_eq!(read_u64(&dir.join(cap)), (256 + 32) << 20, "its own cap");
+    let (status, out, err) = agent.wait(Duration::from_secs(40));
+    assert!(status.success(), "{out:?} {err}");
+    gone(pid, "after TTL");
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+#[test]
+fn a_sigkilled_agent_s_stressor_dies_with_it_and_cleanup_removes_its_cgroup() {
+    let test = "a_sigkilled_agent_s_stressor_dies_with_it_and_cleanup_removes_its_cgroup";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let state = TempDir::new("chst");
+    let mut agent = inject(&state, &["--cpu-stress", "1@20", "--ttl", "60s"]);
+    agent.expect_injected();
+    let pid = stressor_of(agent.pid());
+    let dir = cgroup_dir(pid, "cpu");
+    agent.signal(Signal::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(10));
+    gone(pid, "after SIGKILL (PR_SET_PDEATHSIG)");
+    assert!(dir.exists(), "the empty cgroup stays until cleanup");
+    let out = Command::new(bin())
+        .args(["cleanup", "--state-dir", state.str()])
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.exists(), "{} left after cleanup", dir.display());
+}
+
+/// A workload of 64 MiB in a cgroup limited to 200 MiB, and a 256 MiB stressor inside it: the
+/// cgroup runs out, and the OOM killer takes the stressor (`oom_score_adj` 1000), not the
+/// workload.
+/// A test's cgroup and the workload in it, killed and removed on drop.
+struct Cleanup(PathBuf, Option<Child>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.1 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let t0 = Instant::now();
+        while std::fs::remove_dir(&self.0).is_err() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn under_memory_max_the_stressor_is_killed_before_the_workload() {
+    let test = "under_memory_max_the_stressor_is_killed_before_the_workload";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let (_, root) = controller_root("memory").expect("a memory controller");
+    let name = unique_name("chst");
+    let dir = root.join(&name);
+    std::fs::create_dir(&dir).expect("mkdir");
+    let mut guard = Cleanup(dir.clone(), None);
+    let procs = dir.join("cgroup.procs");
+    let workload = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && x=$(head -c 67108864 /dev/zero | tr '\\0' a) && sleep 600",
+            procs.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("workload");
+    let wpid = workload.id();
+    guard.1 = Some(workload);
+    let usage = if dir.join("memory.current").exists() {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    let t0 = Instant::now();
+    while read_u64(&dir.join(usage)) < 64 << 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the workload never held 64 MiB"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let path = format!("/{name}");
+    let state = TempDir::new("chst");
+    let mut limit = inject(
+        &state,
+        &["--memory-max", "200M", "--cgroup", &path, "--ttl", "60s"],
+    );
+    limit.expect_injected();
+    let mut stress = inject(
+        &state,
+        &[
+            "--memory-stress",
+            "256M",
+            "--inside",
+            "--cgroup",
+            &path,
+            "--ttl",
+            "60s",
+        ],
+    );
+    stress.expect_injected();
+    let spid = stressor_of(stress.pid());
+    gone(spid, "the OOM killer's pick");
+    assert!(alive(wpid), "the workload was killed");
+    stress.signal(Signal::SIGTERM);
+    let (status, _, err) = stress.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    limit.signal(Signal::SIGTERM);
+    let (status, _, err) = limit.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    assert!(alive(wpid), "the workload survived the faults");
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("chaos-stress-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn stress_bad_input_is_refused_with_nothing_started() {
+    let test = "stress_bad_input_is_refused_with_nothing_started";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let state = TempDir::new("chst");
+    for (args, want) in [
+        (
+            vec!["--memory-stress", "1T"],
+            "more than this host's memory",
+        ),
+        (vec!["--memory-stress", "100K"], "below 1M"),
+        (vec!["--cpu-stress", "0"], "give 1 to"),
+        (vec!["--cpu-stress", "1@0"], "load 0%"),
+        (vec!["--cpu-stress", "1@150"], "give 1 to 100"),
+        (vec!["--cpu-stress", "100000"], "--cpu-stress"),
+        (vec!["--cpu-stress", "1", "--inside"], "--inside needs"),
+        (vec!["--cpu-stress", "1", "--cgroup", "/x"], "add --inside"),
+        (
+            vec![
+                "--cpu-stress",
+                "1",
+                "--inside",
+                "--cgroup",
+                "/chaos-no-such",
+            ],
+            "no cgroup",
+        ),
+        (
+            vec!["--cpu-stress", "1", "--loss", "0.1"],
+            "cannot also carry",
+        ),
+        (
+            vec!["--memory-ramp", "1s", "--cpu-stress", "1"],
+            "--memory-stress",
+        ),
+    ] {
+        let mut full = vec!["--state-dir", state.str(), "inject", "--ttl", "5s"];
+        full.extend(&args);
+        let mut agent = AgentProcess::spawn(None, &bin(), &full);
+        let injected = agent.line_or_exit("injected ", Duration::from_secs(20));
+        assert!(injected.is_none(), "{args:?} was accepted");
+        let (status, _, err) = agent.wait(Duration::from_secs(10));
+        assert!(!status.success(), "{args:?}");
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+    }
+}
