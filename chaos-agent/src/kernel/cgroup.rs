@@ -102,14 +102,16 @@ pub enum CgroupError {
 }
 
 impl Hierarchy {
-    /// Finds the controller's hierarchy from this process's mount table.
+    /// Finds the controller's hierarchy from this process's mount table. (`ip netns exec`
+    /// gives its command a fresh `/sys` without cgroup mounts: limit and stress faults need the
+    /// agent in the host's mount namespace, and say so.)
     pub fn find(controller: Controller) -> Result<Self, CgroupError> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let v2_lists = |root: &Path| {
             std::fs::read_to_string(root.join("cgroup.controllers"))
                 .is_ok_and(|c| c.split_whitespace().any(|c| c == controller.as_str()))
         };
-        if let Some(root) = crate::sys::cgroup2_root().filter(|r| v2_lists(r)) {
+        if let Some(root) = crate::sys::cgroup2_root_in(&info).filter(|r| v2_lists(r)) {
             return Ok(Self {
                 controller,
                 version: Version::V2,
@@ -151,26 +153,21 @@ impl Hierarchy {
 /// The mount point of the v1 hierarchy that carries `controller` (its super options list it).
 fn v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|l| {
-        // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`
+        // `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`;
+        // the whole hierarchy only (ROOT `/`), not a bind mount of one of its cgroups.
         let (left, right) = l.split_once(" - ")?;
         let mut r = right.split_whitespace();
-        if r.next()? != "cgroup" {
+        if r.next()? != "cgroup" || left.split_whitespace().nth(3)? != "/" {
             return None;
         }
         let superopts = r.nth(1)?;
         if !superopts.split(',').any(|o| o == controller) {
             return None;
         }
-        Some(PathBuf::from(unescape(left.split_whitespace().nth(4)?)))
+        Some(PathBuf::from(crate::sys::unescape_mount_path(
+            left.split_whitespace().nth(4)?,
+        )))
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// A process's cgroup in one hierarchy, from the text of `/proc/PID/cgroup`: the `0::` line for

@@ -262,7 +262,7 @@ pub fn open_cgroup2_root() -> io::Result<(std::fs::File, String)> {
     ))
 }
 
-fn cgroup2_root_in(mountinfo: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn cgroup2_root_in(mountinfo: &str) -> Option<std::path::PathBuf> {
     mountinfo.lines().find_map(|l| {
         // `id parent major:minor root mountpoint options [optional...] - fstype source opts`
         let (head, tail) = l.split_once(" - ")?;
@@ -278,7 +278,7 @@ fn cgroup2_root_in(mountinfo: &str) -> Option<std::path::PathBuf> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as three octal digits.
-fn unescape_mount_path(s: &str) -> String {
+pub(crate) fn unescape_mount_path(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
