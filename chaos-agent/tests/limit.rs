@@ -396,17 +396,6 @@ fn limit_bad_input_is_refused_with_nothing_written() {
             vec!["--cpu-limit", "0.2", "--cgroup", &cg.path, "--dport", "80"],
             "do not apply",
         ),
-        (
-            vec![
-                "--cpu-limit",
-                "0.2",
-                "--cgroup",
-                &cg.path,
-                "--flap",
-                "1s/1s",
-            ],
-            "--flap",
-        ),
     ] {
         let mut full = vec!["--state-dir", state.str(), "inject"];
         full.extend(&args);
@@ -420,4 +409,55 @@ fn limit_bad_input_is_refused_with_nothing_written() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         assert_eq!(cg.file(qf), before, "{args:?} wrote");
     }
+}
+
+/// `--flap 1s/1s`: the limit is in the file during active phases and the old value during
+/// resting ones, read from outside at the middle of each phase (half a second from either edge),
+/// and the old value is back after the TTL.
+#[test]
+fn a_flapping_cpu_limit_is_lifted_and_written_at_its_phase_edges() {
+    let test = "a_flapping_cpu_limit_is_lifted_and_written_at_its_phase_edges";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let (version, root) = controller_root("cpu").expect("a cpu controller");
+    let cg = TestCgroup::new(&root);
+    let qf = quota_file(version);
+    let before = cg.file(qf);
+    let state = TempDir::new("chlim");
+    let mut agent = inject(
+        &state,
+        &[
+            "--cpu-limit",
+            "0.3",
+            "--cgroup",
+            &cg.path,
+            "--flap",
+            "1s/1s",
+            "--ttl",
+            "4s",
+        ],
+    );
+    agent.expect_injected();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    for (i, at) in [500u64, 1500, 2500, 3500].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(at).saturating_sub(t0.elapsed()));
+        let v = cg.file(qf);
+        let active = i % 2 == 0;
+        assert_eq!(
+            v.starts_with("30000"),
+            active,
+            "at {at} ms ({}): {qf} = {v:?}",
+            if active { "active" } else { "resting" }
+        );
+        seen.push(v);
+    }
+    let (status, out, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{out:?} {err}");
+    assert!(
+        out.iter().any(|l| l.contains("active phases 2/2")),
+        "{out:?}"
+    );
+    assert_eq!(cg.file(qf), before, "after the TTL: {seen:?}");
 }

@@ -347,3 +347,37 @@ fn stress_bad_input_is_refused_with_nothing_started() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
     }
 }
+
+/// `--flap 1s/1s`: a stressor runs during active phases and none during resting ones (a new
+/// process each time), seen from `/proc` at the middle of each phase; none is left after.
+#[test]
+fn a_flapping_stressor_runs_only_in_active_phases() {
+    let test = "a_flapping_stressor_runs_only_in_active_phases";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let state = TempDir::new("chst");
+    let mut agent = inject(
+        &state,
+        &["--cpu-stress", "1@20", "--flap", "1s/1s", "--ttl", "4s"],
+    );
+    agent.expect_injected();
+    let t0 = Instant::now();
+    let mut pids = Vec::new();
+    for (i, at) in [500u64, 1500, 2500, 3500].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(at).saturating_sub(t0.elapsed()));
+        let kids = children(agent.pid());
+        if i % 2 == 0 {
+            assert_eq!(kids.len(), 1, "at {at} ms (active): {kids:?}");
+            pids.push(kids[0]);
+        } else {
+            assert!(kids.is_empty(), "at {at} ms (resting): {kids:?}");
+        }
+    }
+    assert_ne!(pids[0], pids[1], "a new stressor each active phase");
+    let (status, out, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{out:?} {err}");
+    for p in pids {
+        gone(p, "after the TTL");
+    }
+}

@@ -187,8 +187,6 @@ impl FaultSpec {
             Some(
                 "a stress fault runs processes: --iface, --src, --dest, --sport, --dport, --proto, --direction and --include-protected do not apply",
             )
-        } else if self.flap.is_some() {
-            Some("--flap does not apply to stress faults yet: inject them one after another")
         } else {
             None
         };
@@ -214,8 +212,6 @@ impl FaultSpec {
             Some(
                 "a limit fault acts on a cgroup's resources: --iface, --src, --dest, --sport, --dport, --proto, --direction and --include-protected do not apply",
             )
-        } else if self.flap.is_some() {
-            Some("--flap does not apply to limit faults yet: inject them one after another")
         } else {
             None
         };

@@ -339,6 +339,9 @@ fn counts(
 #[derive(Debug)]
 struct LimitFault {
     backend: String,
+    /// With `--flap`: the task that lifts the limits at each resting phase and writes them
+    /// again at each active one.
+    flapper: Option<tokio::task::JoinHandle<()>>,
     watched: Vec<Watched>,
     /// The target's cgroup v2 directory, where its pressure (PSI) files are (also on hybrid
     /// hosts, whose unified hierarchy has them without controllers).
@@ -391,7 +394,74 @@ impl ActiveFault for LimitFault {
     }
 
     fn disarm(&mut self) -> Result<(), FaultError> {
+        // The flapper stops at an await, never between a read and its write; the undo then
+        // finds either phase's value and handles both.
+        if let Some(t) = self.flapper.take() {
+            t.abort();
+        }
         Ok(())
+    }
+}
+
+impl Drop for LimitFault {
+    fn drop(&mut self) {
+        if let Some(t) = self.flapper.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Lifts and writes back the limits at the phase edges of `flap`, counted from `start`. At
+/// each edge a file must still hold the value of the phase that ends; one someone else changed
+/// is left to them (logged, counted) and flaps no more. The journal's record covers both
+/// phases (the undo writes `previous` back only over `written`), so an edge needs no journal
+/// write: each is logged.
+async fn flap_limits(
+    flap: crate::faults::flap::Flap,
+    ttl: std::time::Duration,
+    start: tokio::time::Instant,
+    mut files: Vec<Change>,
+) {
+    let mut active = true;
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= ttl {
+            return;
+        }
+        let p = flap.phase(elapsed);
+        if p.active != active {
+            active = p.active;
+            files.retain(|c| {
+                let (was, now) = if active {
+                    (&c.previous, &c.value)
+                } else {
+                    (&c.value, &c.previous)
+                };
+                match cgroup::read(&c.file) {
+                    Ok(v) if cgroup::same_value(&v, was) => match cgroup::write(&c.file, now) {
+                        Ok(()) => {
+                            tracing::info!(event = "flap_edge", file = %c.file.display(), active, value = %now, "limit flapped");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(event = "flap_edge", error = %e, "limit flap failed; it flaps no more");
+                            false
+                        }
+                    },
+                    Ok(v) => {
+                        cgroup::KEPT_FOREIGN.inc();
+                        tracing::warn!(event = "restore_skipped", file = %c.file.display(), theirs = %v, "someone else changed a flapping limit: theirs is kept, and it flaps no more");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "flap_edge", error = %e, "limit file gone; it flaps no more");
+                        false
+                    }
+                }
+            });
+        }
+        // Just past the edge, so that the phase read on waking is the next one.
+        tokio::time::sleep(p.remaining + std::time::Duration::from_millis(1)).await;
     }
 }
 
@@ -400,6 +470,7 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
     let changes = changes(spec)?;
     let mut versions = Vec::new();
     let mut watched: Vec<Watched> = Vec::new();
+    let flapping = spec.flap.map(|_| changes.clone());
     for c in changes {
         let dir = c
             .file
@@ -431,7 +502,17 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
         Some(pid) => crate::target::cgroup_of_pid(pid).ok(),
         None => spec.target.cgroup.clone(),
     };
+    // The cycle starts now that the limits are written, as the engine counts its phases.
+    let flapper = spec.flap.zip(flapping).map(|(flap, files)| {
+        tokio::spawn(flap_limits(
+            flap,
+            spec.ttl,
+            tokio::time::Instant::now(),
+            files,
+        ))
+    });
     Ok(Box::new(LimitFault {
+        flapper,
         backend: format!("cgroup-{}", versions.join("+")),
         watched,
         // The root's pressure is the host's: not the target's effect.

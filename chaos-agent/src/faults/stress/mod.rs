@@ -142,11 +142,68 @@ fn host_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The running stressor.
+/// How to start the stressor again (`--flap` starts it at every active phase).
+#[derive(Debug, Clone)]
+struct Launch {
+    args: Vec<String>,
+    /// The `cgroup.procs` files it writes itself into, prepared before any fork.
+    procs: Vec<CString>,
+}
+
+impl Launch {
+    /// Starts the stressor in its cgroups.
+    fn spawn(&self) -> std::io::Result<Child> {
+        // This very binary, even if it was replaced on disk since; named so in `ps`.
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg0("chaos-agent")
+            .arg("stress-worker")
+            .args(&self.args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let parent = std::process::id();
+        let procs = self.procs.clone();
+        let oom = c"/proc/self/oom_score_adj";
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, open,
+        // write, close) on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Die with the agent. PDEATHSIG follows the thread that forked: stressors are
+                // started from the runtime's worker threads, which live as long as it does.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The agent may have died before the prctl took effect.
+                if libc::getppid() != parent as libc::pid_t {
+                    libc::_exit(1);
+                }
+                for f in &procs {
+                    let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"1000".as_ptr().cast(), 4);
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+/// The stressor process, shared by the fault and its flapper.
 #[derive(Debug)]
-struct StressFault {
+struct Stressor {
+    launch: Launch,
     child: Option<Child>,
     pid: u32,
+    /// CPU seconds of the stressors killed before the current one (`--flap`).
+    cpu_before: f64,
     /// The effects read as it was stopped, for the report after it.
     last: Option<Effects>,
     /// The target's cgroup v2 directory with `--inside`, else none: where the pressure that
@@ -154,55 +211,38 @@ struct StressFault {
     psi: Option<PathBuf>,
 }
 
-impl StressFault {
+impl Stressor {
     fn stop(&mut self) {
         if self.child.is_some() {
-            self.last = Some(self.read_effects());
+            let e = self.read_effects();
+            self.cpu_before = e
+                .get("stress_cpu_seconds")
+                .copied()
+                .unwrap_or(self.cpu_before);
+            self.last = Some(e);
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
-}
 
-impl Drop for StressFault {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl ActiveFault for StressFault {
-    fn backend(&self) -> String {
-        "stressor".to_owned()
-    }
-
-    fn counters(&self) -> Option<Counters> {
-        None
-    }
-
-    fn effects(&self) -> Option<Effects> {
+    fn start(&mut self) -> std::io::Result<()> {
         if self.child.is_none() {
-            return self.last.clone();
+            let c = self.launch.spawn()?;
+            self.pid = c.id();
+            self.child = Some(c);
         }
-        Some(self.read_effects())
-    }
-
-    fn set_expiry(&mut self, _expires_at_mono_ns: u64) -> Result<(), FaultError> {
         Ok(())
     }
 
-    fn disarm(&mut self) -> Result<(), FaultError> {
-        self.stop();
-        Ok(())
-    }
-}
-
-impl StressFault {
     /// The stressor's CPU time and memory (`/proc`), and the pressure it causes.
     fn read_effects(&self) -> Effects {
         let mut e = Effects::new();
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+        let mut cpu = self.cpu_before;
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            && self.child.is_some()
+        {
             let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
             let f: Vec<&str> = rest.split_whitespace().collect();
             if let (Some(u), Some(s)) = (
@@ -211,10 +251,12 @@ impl StressFault {
             ) {
                 // SAFETY: sysconf has no preconditions.
                 let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-                e.insert("stress_cpu_seconds".to_owned(), (u + s) as f64 / hz);
+                cpu += (u + s) as f64 / hz;
             }
         }
+        e.insert("stress_cpu_seconds".to_owned(), cpu);
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            && self.child.is_some()
             && let Some(kb) = status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -243,6 +285,105 @@ impl StressFault {
     }
 }
 
+type Shared = std::sync::Arc<std::sync::Mutex<Stressor>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Stressor> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The running stressor.
+#[derive(Debug)]
+struct StressFault {
+    stressor: Shared,
+    /// With `--flap`: stops the stressor at each resting phase (its memory freed) and starts
+    /// it again at each active one.
+    flapper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StressFault {
+    fn stop(&mut self) {
+        if let Some(t) = self.flapper.take() {
+            t.abort();
+        }
+        lock(&self.stressor).stop();
+    }
+}
+
+impl Drop for StressFault {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ActiveFault for StressFault {
+    fn backend(&self) -> String {
+        "stressor".to_owned()
+    }
+
+    fn counters(&self) -> Option<Counters> {
+        None
+    }
+
+    fn effects(&self) -> Option<Effects> {
+        let s = lock(&self.stressor);
+        if s.child.is_none()
+            && let Some(last) = &s.last
+        {
+            return Some(last.clone());
+        }
+        Some(s.read_effects())
+    }
+
+    fn set_expiry(&mut self, _expires_at_mono_ns: u64) -> Result<(), FaultError> {
+        Ok(())
+    }
+
+    fn disarm(&mut self) -> Result<(), FaultError> {
+        self.stop();
+        Ok(())
+    }
+}
+
+/// Stops and starts the stressor at the phase edges of `flap`, counted from `start`.
+async fn flap_stressor(
+    flap: crate::faults::flap::Flap,
+    ttl: std::time::Duration,
+    start: tokio::time::Instant,
+    stressor: Shared,
+) {
+    let mut active = true;
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= ttl {
+            return;
+        }
+        let p = flap.phase(elapsed);
+        if p.active != active {
+            active = p.active;
+            let mut s = lock(&stressor);
+            if active {
+                match s.start() {
+                    Ok(()) => {
+                        tracing::info!(
+                            event = "flap_edge",
+                            active,
+                            pid = s.pid,
+                            "stressor started"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "flap_edge", error = %e, "stressor did not start");
+                    }
+                }
+            } else {
+                s.stop();
+                tracing::info!(event = "flap_edge", active, "stressor stopped");
+            }
+        }
+        tokio::time::sleep(p.remaining + std::time::Duration::from_millis(1)).await;
+    }
+}
+
 /// Makes the stressor's cgroups and starts it in them.
 pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveFault>, FaultError> {
     let Some(s) = spec.stress else {
@@ -250,7 +391,7 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
     };
     check(spec)?;
     let dirs = dirs(spec, &ctx.id.to_string())?;
-    let mut procs_files = Vec::new();
+    let mut procs = Vec::new();
     for (h, dir) in &dirs {
         ctx.txn.record(Undo::StressCgroup { path: dir.clone() })?;
         cgroup::make_dir(dir).map_err(FaultError::Cgroup)?;
@@ -269,66 +410,22 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
                 }
             }
         }
-        procs_files.push(
+        procs.push(
             CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
                 .map_err(|_| bad("--cpu-stress", "a cgroup path with a NUL byte".to_owned()))?,
         );
     }
-    // This very binary, even if it was replaced on disk since; named so in `ps`.
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("chaos-agent").arg("stress-worker");
+    let mut args = Vec::new();
     if let Some(c) = s.cpu {
-        cmd.args(["--cpu-workers", &c.workers.to_string()]);
-        cmd.args(["--cpu-load", &c.load.to_string()]);
+        args.extend(["--cpu-workers".to_owned(), c.workers.to_string()]);
+        args.extend(["--cpu-load".to_owned(), c.load.to_string()]);
     }
     if let Some(m) = s.memory {
-        cmd.args(["--memory-bytes", &m.0.to_string()]);
+        args.extend(["--memory-bytes".to_owned(), m.0.to_string()]);
     }
     if let Some(r) = s.memory_ramp {
-        cmd.args(["--memory-ramp-ms", &r.as_millis().to_string()]);
+        args.extend(["--memory-ramp-ms".to_owned(), r.as_millis().to_string()]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let parent = std::process::id();
-    let oom = c"/proc/self/oom_score_adj";
-    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid, open, write,
-    // close) on memory prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Die with the agent. PDEATHSIG follows the thread that forked: the agent starts
-            // stressors from the runtime's own threads, which live as long as it does.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The agent may have died before the prctl took effect.
-            if libc::getppid() != parent as libc::pid_t {
-                libc::_exit(1);
-            }
-            for f in &procs_files {
-                let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-            }
-            let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"1000".as_ptr().cast(), 4);
-                libc::close(fd);
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|source| {
-        FaultError::Cgroup(cgroup::CgroupError::File {
-            op: "start the stressor in",
-            path: dirs.first().map(|d| d.1.clone()).unwrap_or_default(),
-            source,
-        })
-    })?;
-    let pid = child.id();
-    tracing::debug!(pid, dirs = ?dirs.iter().map(|d| d.1.display().to_string()).collect::<Vec<_>>(), "stressor started");
     let psi = s
         .inside
         .then(|| match spec.target.pid {
@@ -337,12 +434,32 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
         })
         .flatten()
         .and_then(|p| cgroup::v2_dir(&p));
-    Ok(Box::new(StressFault {
-        child: Some(child),
-        pid,
+    let mut stressor = Stressor {
+        launch: Launch { args, procs },
+        child: None,
+        pid: 0,
+        cpu_before: 0.0,
         last: None,
         psi,
-    }))
+    };
+    stressor.start().map_err(|source| {
+        FaultError::Cgroup(cgroup::CgroupError::File {
+            op: "start the stressor in",
+            path: dirs.first().map(|d| d.1.clone()).unwrap_or_default(),
+            source,
+        })
+    })?;
+    tracing::debug!(pid = stressor.pid, dirs = ?dirs.iter().map(|d| d.1.display().to_string()).collect::<Vec<_>>(), "stressor started");
+    let stressor: Shared = std::sync::Arc::new(std::sync::Mutex::new(stressor));
+    let flapper = spec.flap.map(|flap| {
+        tokio::spawn(flap_stressor(
+            flap,
+            spec.ttl,
+            tokio::time::Instant::now(),
+            stressor.clone(),
+        ))
+    });
+    Ok(Box::new(StressFault { stressor, flapper }))
 }
 
 /// The plan lines of a stress fault (`--dry-run`).
