@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_testing::{AgentProcess, Feature, TempDir, controller_root, require, unique_name};
+use chaos_testing::{
+    AgentProcess, Feature, TempDir, controller_root, cpu_use, require, unique_name,
+};
 use nix::sys::signal::Signal;
 
 fn bin() -> PathBuf {
@@ -85,23 +87,6 @@ impl Drop for TestCgroup {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// CPUs a process used over `window`: utime + stime from `/proc/PID/stat` (clock ticks).
-fn cpu_use(pid: u32, window: Duration) -> f64 {
-    let ticks = || -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        // After the `(comm)`: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, c0) = (Instant::now(), ticks());
-    std::thread::sleep(window);
-    let (t1, c1) = (Instant::now(), ticks());
-    (c1 - c0) as f64 / hz / (t1 - t0).as_secs_f64()
 }
 
 fn inject(state: &TempDir, args: &[&str]) -> AgentProcess {

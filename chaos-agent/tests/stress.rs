@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos_testing::{AgentProcess, Feature, TempDir, controller_root, require, unique_name};
+use chaos_testing::{
+    AgentProcess, Feature, TempDir, controller_root, cpu_use, proc_stat, require, unique_name,
+};
 use nix::sys::signal::Signal;
 
 fn bin() -> PathBuf {
@@ -21,19 +23,12 @@ fn inject(state: &TempDir, args: &[&str]) -> AgentProcess {
     AgentProcess::spawn(None, &bin(), &full)
 }
 
-/// Fields of `/proc/PID/stat` after the `(comm)`: state is [0], ppid [1], utime [11], stime [12].
-fn stat(pid: u32) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
 /// The live (not zombie) children of `parent`, from `/proc`.
 fn children(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| stat(*pid).is_some_and(|f| f[1] == parent.to_string() && f[0] != "Z"))
+        .filter(|pid| proc_stat(*pid).is_some_and(|f| f[1] == parent.to_string() && f[0] != "Z"))
         .collect()
 }
 
@@ -53,7 +48,7 @@ fn stressor_of(agent: u32) -> u32 {
 }
 
 fn alive(pid: u32) -> bool {
-    stat(pid).is_some_and(|f| f[0] != "Z")
+    proc_stat(pid).is_some_and(|f| f[0] != "Z")
 }
 
 /// Waits (bounded) until `pid` is gone.
@@ -66,18 +61,6 @@ fn gone(pid: u32, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn cpu_use(pid: u32, window: Duration) -> f64 {
-    let ticks = || {
-        let f = stat(pid).expect("stat");
-        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, c0) = (Instant::now(), ticks());
-    std::thread::sleep(window);
-    (ticks() - c0) as f64 / hz / t0.elapsed().as_secs_f64()
 }
 
 /// The directory of `pid`'s cgroup in the hierarchy of `controller`.

@@ -909,6 +909,30 @@ pub fn controller_root(controller: &str) -> Option<(u8, PathBuf)> {
     cgroup_v1_mount(controller).map(|p| (1, p))
 }
 
+/// The fields of `/proc/PID/stat` after its `(comm)`: state is `[0]`, ppid `[1]`, utime
+/// `[11]`, stime `[12]` (clock ticks).
+#[must_use]
+pub fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPUs a process used over `window`, from its utime + stime in `/proc/PID/stat`.
+#[must_use]
+pub fn cpu_use(pid: u32, window: std::time::Duration) -> f64 {
+    let ticks = || {
+        let f = proc_stat(pid).unwrap_or_else(|| panic!("no /proc/{pid}/stat"));
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (t0, c0) = (std::time::Instant::now(), ticks());
+    std::thread::sleep(window);
+    let c1 = ticks();
+    (c1 - c0) as f64 / hz / t0.elapsed().as_secs_f64()
+}
+
 /// Whether the suite runs inside the `cargo xtask vm-test` guest (set by its /init).
 #[must_use]
 pub fn in_vm() -> bool {

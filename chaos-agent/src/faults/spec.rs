@@ -175,15 +175,7 @@ impl FaultSpec {
             Some(
                 "stressors run in a cgroup of their own: add --inside to run them below the target's cgroup",
             )
-        } else if t.iface.is_some()
-            || !t.src.is_empty()
-            || !t.dst.is_empty()
-            || !t.sports.is_empty()
-            || !t.dports.is_empty()
-            || !t.protocols.is_empty()
-            || t.include_protected
-            || t.direction != crate::target::Direction::Egress
-        {
+        } else if t.names_packets() {
             Some(
                 "a stress fault runs processes: --iface, --src, --dest, --sport, --dport, --proto, --direction and --include-protected do not apply",
             )
@@ -200,15 +192,7 @@ impl FaultSpec {
             Some(
                 "a limit fault needs the processes to limit: --cgroup, --pid, --unit or --container",
             )
-        } else if t.iface.is_some()
-            || !t.src.is_empty()
-            || !t.dst.is_empty()
-            || !t.sports.is_empty()
-            || !t.dports.is_empty()
-            || !t.protocols.is_empty()
-            || t.include_protected
-            || t.direction != crate::target::Direction::Egress
-        {
+        } else if t.names_packets() {
             Some(
                 "a limit fault acts on a cgroup's resources: --iface, --src, --dest, --sport, --dport, --proto, --direction and --include-protected do not apply",
             )

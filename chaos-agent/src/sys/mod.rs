@@ -160,6 +160,21 @@ pub fn check_privileges() -> Result<(), SysError> {
     Ok(())
 }
 
+/// The host's memory (`MemTotal` of `/proc/meminfo`), bytes.
+#[must_use]
+pub fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Kernel release string (`uname -r`).
 #[must_use]
 pub fn kernel_release() -> String {

@@ -208,6 +208,63 @@ impl Target {
         self.scoped() && self.container_iface.is_none()
     }
 
+    /// Whether anything names packets (an interface, prefixes, ports, protocols, a direction
+    /// other than the default, protected ports): what faults on processes cannot take.
+    #[must_use]
+    pub fn names_packets(&self) -> bool {
+        self.iface.is_some()
+            || !self.src.is_empty()
+            || !self.dst.is_empty()
+            || !self.sports.is_empty()
+            || !self.dports.is_empty()
+            || !self.protocols.is_empty()
+            || self.include_protected
+            || self.direction != Direction::Egress
+    }
+
+    /// The cgroup of the processes this names, in one controller's hierarchy: `cgroup` as given
+    /// (or as `--unit` / `--container` resolved it), `pid`'s from its `/proc/PID/cgroup` line
+    /// for that hierarchy (v1 hierarchies have paths of their own). Never the hierarchy's root,
+    /// whose limits or stressors would press every process of the host.
+    pub fn cgroup_in(&self, h: &crate::kernel::cgroup::Hierarchy) -> Result<String, SpecError> {
+        let path = if let Some(pid) = self.pid {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
+                SpecError::BadPid {
+                    pid,
+                    why: if e.kind() == std::io::ErrorKind::NotFound {
+                        "no such process".to_owned()
+                    } else {
+                        e.to_string()
+                    },
+                }
+            })?;
+            h.cgroup_of(&text).ok_or_else(|| SpecError::BadPid {
+                pid,
+                why: format!(
+                    "it is in no cgroup of the {} hierarchy ({})",
+                    h.controller.as_str(),
+                    h.version.as_str()
+                ),
+            })?
+        } else {
+            self.cgroup.clone().ok_or(SpecError::Inapplicable {
+                what: "this fault needs the processes it acts on: --cgroup, --pid, --unit or --container",
+            })?
+        };
+        if path.trim_matches('/').is_empty() {
+            return Err(SpecError::BadLimit {
+                what: "target",
+                why: format!(
+                    "{} is the root of the {} hierarchy ({}): a limit or stressor there would press every process of the host; name the workload's own cgroup",
+                    self.scope_name().unwrap_or_default(),
+                    h.controller.as_str(),
+                    h.root.display()
+                ),
+            });
+        }
+        Ok(path)
+    }
+
     /// The scope, as a user named it (for messages and the summary).
     #[must_use]
     pub fn scope_name(&self) -> Option<String> {

@@ -39,51 +39,9 @@ pub struct Change {
     pub what: String,
 }
 
-/// The cgroup path of the target in `h`: never the hierarchy's root, whose limits would press
-/// the whole host (and which v1 refuses to limit anyway).
+/// The cgroup path of the target in `h`.
 fn target_path(spec: &FaultSpec, h: &Hierarchy) -> Result<String, FaultError> {
-    let path = target_path_any(spec, h)?;
-    if path.trim_matches('/').is_empty() {
-        return Err(bad(
-            "target",
-            format!(
-                "{} is the root of the {} hierarchy ({}): a limit there would press every process of the host; name the workload's own cgroup",
-                spec.target.scope_name().unwrap_or_default(),
-                h.controller.as_str(),
-                h.root.display()
-            ),
-        ));
-    }
-    Ok(path)
-}
-
-fn target_path_any(spec: &FaultSpec, h: &Hierarchy) -> Result<String, FaultError> {
-    let t = &spec.target;
-    if let Some(pid) = t.pid {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-            FaultError::Scope(SpecError::BadPid {
-                pid,
-                why: if e.kind() == std::io::ErrorKind::NotFound {
-                    "no such process".to_owned()
-                } else {
-                    e.to_string()
-                },
-            })
-        })?;
-        return h.cgroup_of(&text).ok_or_else(|| {
-            FaultError::Scope(SpecError::BadPid {
-                pid,
-                why: format!(
-                    "it is in no cgroup of the {} hierarchy ({})",
-                    h.controller.as_str(),
-                    h.version.as_str()
-                ),
-            })
-        });
-    }
-    t.cgroup.clone().ok_or(FaultError::Scope(SpecError::Inapplicable {
-        what: "a limit fault needs the processes to limit: --cgroup, --pid, --unit or --container",
-    }))
+    spec.target.cgroup_in(h).map_err(FaultError::Scope)
 }
 
 fn hierarchy(c: Controller) -> Result<Hierarchy, FaultError> {
@@ -102,20 +60,6 @@ fn number(file: &std::path::Path) -> Option<u64> {
 /// The host's online CPUs.
 fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
-/// The host's memory (`MemTotal`), bytes.
-fn host_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// Works out every file the fault writes on this host, and checks what only the host can tell
@@ -171,7 +115,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
         });
     }
     if l.memory_high.is_some() || l.memory_max.is_some() {
-        let total = host_memory();
+        let total = crate::sys::mem_total();
         for (what, v) in [
             ("--memory-high", l.memory_high),
             ("--memory-max", l.memory_max),

@@ -67,27 +67,8 @@ fn dirs(spec: &FaultSpec, id: &str) -> Result<Vec<(Hierarchy, PathBuf)>, FaultEr
     let mut out = Vec::new();
     for h in hierarchies(s)? {
         let parent = if s.inside {
-            let path = match spec.target.pid {
-                Some(pid) => {
-                    let text =
-                        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-                            FaultError::Scope(SpecError::BadPid {
-                                pid,
-                                why: e.to_string(),
-                            })
-                        })?;
-                    h.cgroup_of(&text)
-                        .ok_or(FaultError::Scope(SpecError::BadPid {
-                            pid,
-                            why: format!(
-                                "it is in no cgroup of the {} hierarchy",
-                                h.controller.as_str()
-                            ),
-                        }))?
-                }
-                None => spec.target.cgroup.clone().unwrap_or_default(),
-            };
-            h.dir(&path).map_err(FaultError::Cgroup)?
+            h.dir(&spec.target.cgroup_in(&h).map_err(FaultError::Scope)?)
+                .map_err(FaultError::Cgroup)?
         } else {
             h.root.clone()
         };
@@ -102,7 +83,7 @@ pub fn check(spec: &FaultSpec) -> Result<(), FaultError> {
         return Ok(());
     };
     if let Some(m) = s.memory
-        && let Some(total) = host_memory()
+        && let Some(total) = crate::sys::mem_total()
         && m.0 + CAP_SLACK > total
     {
         return Err(bad(
@@ -127,19 +108,6 @@ pub fn check(spec: &FaultSpec) -> Result<(), FaultError> {
         }
     }
     dirs(spec, "check").map(drop)
-}
-
-fn host_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// How to start the stressor again (`--flap` starts it at every active phase).
