@@ -261,7 +261,11 @@ pub fn run() -> Vec<Check> {
                 root.display()
             ),
             (Ok(()), None) => "the programs verify, but no cgroup2 is mounted here (the agent mounts one privately to attach)".to_owned(),
-            (Err(e), _) => e.to_string(),
+            // What a kernel without the helper would give: a connect program returning 0
+            // makes connect() fail with EPERM, whatever --errno says.
+            (Err(e), _) => format!(
+                "{e}: the connect programs need bpf_set_retval (Linux 5.18+); without it a refused connect() can only fail with EPERM, which --errno cannot change, so --refuse is refused on this kernel"
+            ),
         },
         "--refuse",
     ));
