@@ -457,6 +457,8 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
             "torture",
             "--kills",
             "30",
+            "--pressure-kills",
+            "10",
             "--clients",
             "50",
             "--seconds",
@@ -464,7 +466,7 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
         ]);
         c.env("CHAOS_AGENT_BIN", target_dir().join("debug/chaos-agent"));
         steps.push(run_step(
-            "torture (30 SIGKILLs, 50 clients)",
+            "torture (30 + 10 SIGKILLs, 50 clients)",
             c,
             Output::Libtest,
         ));

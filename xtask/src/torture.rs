@@ -32,6 +32,10 @@ pub struct TortureArgs {
     /// Seed of the schedule (default: from the clock; printed, to replay a failure).
     #[arg(long)]
     seed: Option<u64>,
+    /// Then this many rounds of limit and stress faults, with a daemon in the host's own
+    /// namespaces (the full run is 200; 0: none).
+    #[arg(long, default_value_t = 200)]
+    pressure_kills: u32,
     /// Then this many API clients at once (0: none), each creating, extending, listing and
     /// stopping faults for `--seconds` (the full run is 100 for 60 s).
     #[arg(long, default_value_t = 100)]
@@ -199,7 +203,13 @@ fn clients(
     if fds1 > fds0 + 2 {
         bail!("daemon fds grew from {fds0} to {fds1} (leak)");
     }
-    let now = host_state()?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut now = host_state()?;
+    // As `Arena::settled`: deleted cls_bpf filters free their programs a moment later.
+    while now != baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        now = host_state()?;
+    }
     if now != baseline {
         bail!(
             "the host is not as before after the clients:\n{}",
@@ -239,7 +249,8 @@ impl Rng {
 }
 
 /// The faults a round injects: each a complete CLI argument list after `inject`.
-fn fault_args(kind: u64) -> Vec<&'static str> {
+/// The network faults of the rounds in namespace A, by kind.
+fn fault_args(kind: u64) -> Vec<String> {
     let mut v = vec!["--ttl", "30s"];
     v.extend_from_slice(match kind {
         0 => &["--iface", IF_A, "--loss", "0.3"][..],
@@ -263,9 +274,22 @@ fn fault_args(kind: u64) -> Vec<&'static str> {
         // connect() of the whole namespace: no interface.
         _ => &["--refuse", "--dport", "9"],
     });
-    v
+    v.into_iter().map(str::to_owned).collect()
 }
 const KINDS: u64 = 7;
+
+/// The faults on processes of the pressure rounds: limits on a cgroup the run made, and
+/// stressors in cgroups of their own.
+fn pressure_args(cgroup: &str) -> Vec<Vec<String>> {
+    let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    vec![
+        own(&["--ttl", "30s", "--cpu-limit", "0.5", "--cgroup", cgroup]),
+        own(&["--ttl", "30s", "--memory-max", "512M", "--cgroup", cgroup]),
+        own(&["--ttl", "30s", "--cpu-stress", "1@10"]),
+        own(&["--ttl", "30s", "--memory-stress", "16M"]),
+        own(&["--ttl", "30s", "--cpu-stress", "1@10", "--flap", "1s/1s"]),
+    ]
+}
 
 /// The attach paths a round's daemon takes, in turn: `auto`, which is tcx links from 6.6 on
 /// (they die with the agent), and netlink `cls_bpf` filters (what kernels before 6.6 get: they
@@ -351,15 +375,15 @@ fn operate(
     rng: &mut Rng,
     agent: &Path,
     socket: &Path,
-    kinds: &[u64],
+    kinds: &[Vec<String>],
     ids: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let op = if ids.is_empty() { 0 } else { rng.below(3) };
     let out = match op {
         0 => {
-            let kind = kinds[rng.below(kinds.len() as u64) as usize];
+            let kind = &kinds[rng.below(kinds.len() as u64) as usize];
             let mut args = vec!["inject"];
-            args.extend(fault_args(kind));
+            args.extend(kind.iter().map(String::as_str));
             spawn_cli(agent, socket, &args)?.wait_with_output()?
         }
         1 => {
@@ -373,7 +397,8 @@ fn operate(
     };
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    // Two shaping faults on one interface and direction are refused, rightly: not a failure.
+    // Two shaping (or limit) faults on one interface and direction (cgroup file) are refused,
+    // rightly: not a failure.
     if !out.status.success() && op == 0 && err.contains("conflicts with active fault") {
         return Ok(());
     }
@@ -386,125 +411,354 @@ fn operate(
     Ok(())
 }
 
+/// Where a series of kill rounds runs: how its daemon starts and is cleaned up after, which
+/// faults it takes, and what of the host it must leave as it found it.
+struct Arena<'a> {
+    name: &'static str,
+    agent: &'a Path,
+    /// The demo namespace A (network faults), or the host's own namespaces (`None`: faults on
+    /// processes, which need the cgroup hierarchies `ip netns exec` hides).
+    net: Option<&'a DemoNet>,
+    /// The attach modes its rounds take in turn (two rounds each), or none to give.
+    modes: &'static [&'static str],
+    kinds: Vec<Vec<String>>,
+    state: &'a dyn Fn() -> anyhow::Result<Vec<String>>,
+}
+
+/// What a series of rounds did.
+#[derive(Debug, Default)]
+struct Tally {
+    per_mode: [u32; 2],
+    by_daemon: u32,
+    by_cleanup: u32,
+    cut_short: u32,
+    live: usize,
+    dirty: u32,
+}
+
+impl Arena<'_> {
+    fn daemon(&self, dir: &Path, run_args: &[&str]) -> anyhow::Result<Daemon> {
+        match self.net {
+            Some(net) => Daemon::start_with(net, self.agent, dir, run_args),
+            None => Daemon::start_on_host(self.agent, dir, run_args),
+        }
+    }
+
+    fn command(&self) -> Command {
+        match self.net {
+            Some(net) => net.a_command(self.agent),
+            None => Command::new(self.agent),
+        }
+    }
+
+    /// The host state once it has settled towards `baseline`: a deleted `cls_bpf` filter drops
+    /// its program only after an RCU grace period and a workqueue pass
+    /// (`cls_bpf_delete_prog_work`), and a killed stressor leaves the process table once it has
+    /// exited, so for a moment the tools may still list them. Read again for up to 2 s while
+    /// it differs; what still differs then is a leftover.
+    fn settled(&self, baseline: &[String]) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let now = (self.state)()?;
+            if now == baseline || Instant::now() > deadline {
+                return Ok(now);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Keeps only the kinds this kernel takes: each is injected once and stopped, first.
+    fn probe(&mut self, dir: &Path, baseline: &[String]) -> anyhow::Result<()> {
+        let d = self.daemon(dir, &[])?;
+        let mut kept = Vec::new();
+        for kind in std::mem::take(&mut self.kinds) {
+            let mut a = vec!["inject"];
+            a.extend(kind.iter().map(String::as_str));
+            let out = spawn_cli(self.agent, d.socket(), &a)?.wait_with_output()?;
+            if out.status.success() {
+                // Stopped at once: two shaping kinds on one interface would conflict.
+                let id = injected_id(&String::from_utf8_lossy(&out.stdout))?;
+                let stop = spawn_cli(self.agent, d.socket(), &["stop", &id])?.wait_with_output()?;
+                if !stop.status.success() {
+                    bail!("stop {id}: {}", String::from_utf8_lossy(&stop.stderr));
+                }
+                kept.push(kind);
+            } else {
+                println!(
+                    "torture ({}): leaves out `{}`: {}",
+                    self.name,
+                    kind[2..].join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        d.shutdown()?;
+        if kept.is_empty() {
+            bail!("{}: no fault could be injected", self.name);
+        }
+        self.kinds = kept;
+        let after = self.settled(baseline)?;
+        if after != baseline {
+            bail!(
+                "{}: a clean shutdown left the host changed:\n{}",
+                self.name,
+                diff(baseline, &after)
+            );
+        }
+        Ok(())
+    }
+
+    /// `rounds` deaths: a daemon does 0-3 operations, one more inject is cut short by a
+    /// SIGKILL 0-15 ms into it, the host is put right (a restarted daemon or `cleanup`, in
+    /// turn) and compared with `baseline`.
+    fn rounds(
+        &self,
+        rounds: u32,
+        rng: &mut Rng,
+        seed: u64,
+        state: &Path,
+        baseline: &[String],
+    ) -> anyhow::Result<Tally> {
+        let mut t = Tally::default();
+        for round in 0..rounds {
+            crate::check_interrupted()?;
+            let where_ = || format!("{} round {round} (seed {seed})", self.name);
+            let mut run_args = Vec::new();
+            if !self.modes.is_empty() {
+                // Two rounds per path in turn, so that each path is put right both ways.
+                let mode = (round / 2) as usize % self.modes.len();
+                t.per_mode[mode] += 1;
+                run_args.extend(["--attach-mode", self.modes[mode]]);
+            }
+            let d = self.daemon(state, &run_args)?;
+            let mut ids = Vec::new();
+            for _ in 0..rng.below(4) {
+                operate(rng, self.agent, d.socket(), &self.kinds, &mut ids).with_context(where_)?;
+            }
+            // The last operation, cut short by the kill at a random moment of it.
+            let kind = &self.kinds[rng.below(self.kinds.len() as u64) as usize];
+            let mut a = vec!["inject"];
+            a.extend(kind.iter().map(String::as_str));
+            let last = spawn_cli(self.agent, d.socket(), &a)?;
+            // An inject through the API takes 2-20 ms: the kill lands before, inside or after.
+            std::thread::sleep(Duration::from_micros(rng.below(15_000)));
+            d.sigkill()?;
+            t.live += ids.len();
+            if last.wait_with_output()?.status.success() {
+                t.live += 1;
+            } else {
+                t.cut_short += 1;
+            }
+            // What the dead agent left (tcx hooks and stressors go with it; qdiscs, cgroup links
+            // and values, empty stressor cgroups stay): proof that the comparison below sees
+            // leftovers when there are some.
+            if (self.state)()? != baseline {
+                t.dirty += 1;
+            }
+            if round % 2 == 0 {
+                self.daemon(state, &run_args)?.shutdown()?;
+                t.by_daemon += 1;
+            } else {
+                let out = self
+                    .command()
+                    .args(["cleanup", "--state-dir"])
+                    .arg(state.join("state"))
+                    .output()?;
+                if !out.status.success() {
+                    bail!(
+                        "{}: cleanup failed: {}",
+                        where_(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                t.by_cleanup += 1;
+            }
+            let now = self.settled(baseline)?;
+            if now != baseline {
+                bail!(
+                    "{}: the host is not as before:\n{}",
+                    where_(),
+                    diff(baseline, &now)
+                );
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The cgroup the pressure rounds limit, in each of the cpu and memory hierarchies (one
+/// directory on cgroup v2); removed on drop.
+struct PressureCgroup {
+    name: String,
+    dirs: Vec<PathBuf>,
+}
+
+impl PressureCgroup {
+    fn create() -> anyhow::Result<Self> {
+        let name = format!("chaos-torture-{}", std::process::id());
+        let mut dirs = Vec::new();
+        for root in controller_roots()? {
+            let d = root.join(&name);
+            std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        Ok(Self { name, dirs })
+    }
+}
+
+impl Drop for PressureCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// The roots of the cpu and memory hierarchies: the cgroup v2 root where it has them, else
+/// their v1 mounts (`/proc/self/mounts`).
+fn controller_roots() -> anyhow::Result<Vec<PathBuf>> {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut out = Vec::new();
+    for c in ["cpu", "memory"] {
+        let root = if v2.split_whitespace().any(|x| x == c) {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            mounts
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() >= 4 && f[2] == "cgroup" && f[3].split(',').any(|o| o == c))
+                        .then(|| PathBuf::from(f[1]))
+                })
+                .with_context(|| format!("no {c} controller"))?
+        };
+        if !out.contains(&root) {
+            out.push(root);
+        }
+    }
+    Ok(out)
+}
+
+/// What the pressure rounds must leave as they found it, from outside the agent: the
+/// limited cgroup's cpu and memory limit files, every `chaos-stress-*` cgroup below the
+/// hierarchies' roots and below the limited cgroup, and every stressor process
+/// (`/proc/*/cmdline` naming `stress-worker`).
+fn pressure_state(cg: &PressureCgroup) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for d in &cg.dirs {
+        for f in [
+            "cpu.max",
+            "cpu.cfs_quota_us",
+            "memory.max",
+            "memory.high",
+            "memory.limit_in_bytes",
+        ] {
+            if let Ok(v) = std::fs::read_to_string(d.join(f)) {
+                lines.push(format!("{} {f} {}", d.display(), v.trim()));
+            }
+        }
+    }
+    let mut places: Vec<PathBuf> = controller_roots()?;
+    places.extend(cg.dirs.iter().cloned());
+    for p in places {
+        for e in std::fs::read_dir(&p)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("chaos-stress-") {
+                lines.push(format!("stressor cgroup {}", p.join(n).display()));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).any(|a| a == b"stress-worker") {
+            lines.push("stressor process".to_owned());
+        }
+    }
+    lines.sort();
+    Ok(lines)
+}
+
 pub fn run(args: &TortureArgs) -> anyhow::Result<()> {
     crate::require_root("cargo xtask torture")?;
     crate::catch_interrupts()?;
     let agent = crate::demo::build_agent()?;
     let seed = args.seed.unwrap_or_else(|| crate::demo::now_ns() | 1);
     println!(
-        "torture: {} kills, seed {seed} (replay with --seed {seed})",
-        args.kills
+        "torture: {} kills of network faults and {} of faults on processes, seed {seed} (replay with --seed {seed})",
+        args.kills, args.pressure_kills
     );
     let net = DemoNet::create()?;
     let work = WorkDir::create()?;
     let work = &work.0;
-    let baseline = host_state()?;
-
-    // Only faults this kernel takes: each is tried once, to completion, first.
-    let mut kinds = Vec::new();
-    {
-        let d = Daemon::start(&net, &agent, &work.join("probe"))?;
-        for kind in 0..KINDS {
-            let mut a = vec!["inject"];
-            a.extend(fault_args(kind));
-            let out = spawn_cli(&agent, d.socket(), &a)?.wait_with_output()?;
-            if out.status.success() {
-                kinds.push(kind);
-                // Stopped at once: two shaping kinds on one interface would conflict.
-                let id = injected_id(&String::from_utf8_lossy(&out.stdout))?;
-                let stop = spawn_cli(&agent, d.socket(), &["stop", &id])?.wait_with_output()?;
-                if !stop.status.success() {
-                    bail!("stop {id}: {}", String::from_utf8_lossy(&stop.stderr));
-                }
-            } else {
-                println!(
-                    "torture: leaves out `{}`: {}",
-                    fault_args(kind)[2..].join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-        }
-        d.shutdown()?;
-    }
-    if kinds.is_empty() {
-        bail!("no fault could be injected");
-    }
-    let after_probe = host_state()?;
-    if after_probe != baseline {
-        bail!(
-            "a clean shutdown left the host changed:\n{}",
-            diff(&baseline, &after_probe)
-        );
-    }
-
     let mut rng = Rng(seed);
+
     let started = Instant::now();
-    let state = work.join("state-dir");
-    let (mut by_daemon, mut by_cleanup, mut cut_short, mut live, mut dirty) = (0, 0, 0, 0, 0);
-    let mut per_mode = [0u32; ATTACH_MODES.len()];
-    for round in 0..args.kills {
-        crate::check_interrupted()?;
-        // Two rounds per path in turn, so that each path is put right both ways.
-        let mode = (round / 2) as usize % ATTACH_MODES.len();
-        per_mode[mode] += 1;
-        let run_args = ["--attach-mode", ATTACH_MODES[mode]];
-        let d = Daemon::start_with(&net, &agent, &state, &run_args)?;
-        let mut ids = Vec::new();
-        for _ in 0..rng.below(4) {
-            operate(&mut rng, &agent, d.socket(), &kinds, &mut ids)
-                .with_context(|| format!("round {round} (seed {seed})"))?;
-        }
-        // The last operation, cut short by the kill at a random moment of it.
-        let kind = kinds[rng.below(kinds.len() as u64) as usize];
-        let mut a = vec!["inject"];
-        a.extend(fault_args(kind));
-        let last = spawn_cli(&agent, d.socket(), &a)?;
-        // An inject through the API takes 2-20 ms: the kill lands before, inside or after it.
-        std::thread::sleep(Duration::from_micros(rng.below(15_000)));
-        d.sigkill()?;
-        live += ids.len();
-        if last.wait_with_output()?.status.success() {
-            live += 1;
-        } else {
-            cut_short += 1;
-        }
-        // What the dead agent left (on tcx its eBPF hooks go with it, qdiscs and cgroup links
-        // stay): proof that the comparison below sees leftovers when there are some.
-        if host_state()? != baseline {
-            dirty += 1;
-        }
-        if round % 2 == 0 {
-            Daemon::start_with(&net, &agent, &state, &run_args)?.shutdown()?;
-            by_daemon += 1;
-        } else {
-            let out = net
-                .a_command(&agent)
-                .args(["cleanup", "--state-dir"])
-                .arg(state.join("state"))
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "round {round} (seed {seed}): cleanup failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            by_cleanup += 1;
-        }
-        let now = host_state()?;
-        if now != baseline {
-            bail!(
-                "round {round} (seed {seed}): the host is not as before:\n{}",
-                diff(&baseline, &now)
-            );
-        }
-    }
-    println!(
-        "torture: {} kills, 0 leftovers ({} with --attach-mode auto, tcx from 6.6; {} with netlink; {live} faults live at the kills, {cut_short} injects cut short, {dirty} deaths left something to remove; {by_daemon} put right by a restarted daemon, {by_cleanup} by cleanup), {:.0?}",
+    let state = || host_state();
+    let mut arena = Arena {
+        name: "network",
+        agent: &agent,
+        net: Some(&net),
+        modes: &ATTACH_MODES,
+        kinds: (0..KINDS).map(fault_args).collect(),
+        state: &state,
+    };
+    let baseline = host_state()?;
+    arena.probe(&work.join("probe"), &baseline)?;
+    let t = arena.rounds(
         args.kills,
-        per_mode[0],
-        per_mode[1],
+        &mut rng,
+        seed,
+        &work.join("state-dir"),
+        &baseline,
+    )?;
+    println!(
+        "torture: {} kills, 0 leftovers ({} with --attach-mode auto, tcx from 6.6; {} with netlink; {} faults live at the kills, {} injects cut short, {} deaths left something to remove; {} put right by a restarted daemon, {} by cleanup), {:.0?}",
+        args.kills,
+        t.per_mode[0],
+        t.per_mode[1],
+        t.live,
+        t.cut_short,
+        t.dirty,
+        t.by_daemon,
+        t.by_cleanup,
         started.elapsed()
     );
+
+    if args.pressure_kills > 0 {
+        let started = Instant::now();
+        let cg = PressureCgroup::create()?;
+        let state = || pressure_state(&cg);
+        let mut arena = Arena {
+            name: "pressure",
+            agent: &agent,
+            net: None,
+            modes: &[],
+            kinds: pressure_args(&format!("/{}", cg.name)),
+            state: &state,
+        };
+        let baseline = pressure_state(&cg)?;
+        arena.probe(&work.join("probe-pressure"), &baseline)?;
+        let t = arena.rounds(
+            args.pressure_kills,
+            &mut rng,
+            seed,
+            &work.join("state-pressure"),
+            &baseline,
+        )?;
+        println!(
+            "torture: {} kills of limit and stress faults, 0 leftovers (limit files, stressor cgroups and processes as before; {} faults live at the kills, {} injects cut short, {} deaths left something to remove; {} put right by a restarted daemon, {} by cleanup), {:.0?}",
+            args.pressure_kills,
+            t.live,
+            t.cut_short,
+            t.dirty,
+            t.by_daemon,
+            t.by_cleanup,
+            started.elapsed()
+        );
+    }
     if args.clients > 0 {
         clients(&net, &agent, &work.join("clients"), args, seed, &baseline)?;
     }

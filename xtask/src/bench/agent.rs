@@ -193,6 +193,20 @@ impl Daemon {
         dir: &Path,
         run_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(net.a_command(agent), dir, run_args)
+    }
+
+    /// `chaos-agent run` in the host's own namespaces (faults on processes need the cgroup
+    /// hierarchies, which `ip netns exec` hides behind a fresh `/sys`).
+    pub fn start_on_host(agent: &Path, dir: &Path, run_args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(std::process::Command::new(agent), dir, run_args)
+    }
+
+    fn spawn(
+        mut cmd: std::process::Command,
+        dir: &Path,
+        run_args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("agent.sock");
         let config = dir.join("config.toml");
@@ -208,8 +222,7 @@ impl Daemon {
             ),
         )?;
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = net
-            .a_command(agent)
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config)
