@@ -32,6 +32,9 @@ pub(super) struct Outcome {
     pub(super) failed_tests: BTreeSet<String>,
     /// `binary::test` -> (runs that passed, runs that failed), over every round.
     pub(super) per_test: BTreeMap<String, (u32, u32)>,
+    /// Per binary, a test whose `test NAME ... ` line ended in its own output (`MEASURED ...`):
+    /// its `ok` or `FAILED` comes on a line of its own.
+    pending: BTreeMap<String, String>,
     /// The guest's `VM-SKIP skip|part binary::test: why` lines without `VM-SKIP ` (chaos-testing's
     /// skip records), in order.
     pub(super) skip_records: Vec<String>,
@@ -135,17 +138,36 @@ impl Outcome {
                 .and_then(|r| r.split_once(" ... "))
             {
                 let name = format!("{bin}::{test}");
-                let runs = self.per_test.entry(name.clone()).or_default();
-                if outcome.starts_with("FAILED") {
-                    runs.1 += 1;
-                    self.failed_tests.insert(name);
-                } else if outcome.starts_with("ok") {
-                    runs.0 += 1;
+                self.pending.remove(bin);
+                if !self.outcome(&name, outcome) {
+                    self.pending.insert(bin.to_owned(), name);
                 }
+            } else if let Some(name) = self.pending.get(bin).cloned()
+                && self.outcome(&name, rest)
+            {
+                self.pending.remove(bin);
             }
         } else if self.kernel_fault.is_none() && is_kernel_fault(line) {
             self.kernel_fault = Some(line.trim().to_owned());
         }
+    }
+}
+
+impl Outcome {
+    /// Counts `outcome` (`ok <1.2s>`, `FAILED <1.2s>`) for test `name`; false if it is neither.
+    fn outcome(&mut self, name: &str, outcome: &str) -> bool {
+        let failed = outcome.starts_with("FAILED");
+        if !failed && !outcome.starts_with("ok") {
+            return false;
+        }
+        let runs = self.per_test.entry(name.to_owned()).or_default();
+        if failed {
+            runs.1 += 1;
+            self.failed_tests.insert(name.to_owned());
+        } else {
+            runs.0 += 1;
+        }
+        true
     }
 }
 
@@ -268,6 +290,20 @@ mod tests {
             );
             o.line("VM-TEST-BIN-END netem", Duration::ZERO);
         }
+        o.line("VM-TEST-BIN netem", Duration::ZERO);
+        o.line(
+            "netem| test edt_delay ... MEASURED median 101.0 ms",
+            Duration::ZERO,
+        );
+        o.line("netem| ok <13.0s>", Duration::ZERO);
+        o.line(
+            "netem| test edt_late ... MEASURED 2 ms late",
+            Duration::ZERO,
+        );
+        o.line("netem| FAILED <1.0s>", Duration::ZERO);
+        assert_eq!(o.per_test["netem::edt_delay"], (1, 0));
+        assert_eq!(o.per_test["netem::edt_late"], (0, 1));
+        assert!(o.failed_tests.contains("netem::edt_late"));
         assert_eq!(o.per_test["netem::delay_median"], (3, 0));
         assert_eq!(o.per_test["netem::jitter_spread"], (2, 1));
         assert!(o.failed_tests.contains("netem::jitter_spread"));
