@@ -361,7 +361,9 @@ fn foreign_filters_and_qdiscs_added_during_a_fault_are_kept_on_revert() {
     assert!(chaos_testing::tc_qdiscs(&net.a, dev).contains("clsact"));
     net.a.exec("tc", ["qdisc", "del", "dev", dev, "clsact"]);
 
-    // A shaping fault replaces the root; someone adds an ingress qdisc of their own meanwhile.
+    // A shaping fault replaces the root; someone adds an ingress qdisc of their own meanwhile,
+    // or, where the agent's classifier made a clsact (the netlink path: the guest), a filter
+    // on that clsact (the two qdiscs share handle ffff:).
     let before = chaos_testing::tc_qdiscs(&net.a, dev);
     let mut agent = AgentProcess::from_command(inject_cmd(
         &net.a,
@@ -370,16 +372,50 @@ fn foreign_filters_and_qdiscs_added_during_a_fault_are_kept_on_revert() {
         &["--rate", "20mbit", "--iface", dev, "--ttl", "60s"],
     ));
     agent.expect_injected();
-    net.a.exec(
-        "tc",
-        ["qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
-    );
+    let on_clsact = chaos_testing::tc_qdiscs(&net.a, dev).contains("\"clsact\"");
+    if on_clsact {
+        net.a.exec(
+            "tc",
+            [
+                "filter",
+                "add",
+                "dev",
+                dev,
+                "ingress",
+                "pref",
+                "7",
+                "protocol",
+                "ip",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                "10.250.0.9/32",
+                "classid",
+                "1:1",
+            ],
+        );
+    } else {
+        net.a.exec(
+            "tc",
+            ["qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
+        );
+    }
     agent.signal(Signal::SIGTERM);
     let (status, _, err) = agent.wait(Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{err}");
     let after = chaos_testing::tc_qdiscs(&net.a, dev);
-    assert!(after.contains("\"ingress\""), "theirs must stay: {after}");
-    net.a.exec("tc", ["qdisc", "del", "dev", dev, "ingress"]);
+    if on_clsact {
+        let f = tc_filters(&net.a, dev, "ingress");
+        assert!(
+            after.contains("\"clsact\"") && f.to_string().contains("u32"),
+            "theirs must stay: {after} {f}"
+        );
+        net.a.exec("tc", ["qdisc", "del", "dev", dev, "clsact"]);
+    } else {
+        assert!(after.contains("\"ingress\""), "theirs must stay: {after}");
+        net.a.exec("tc", ["qdisc", "del", "dev", dev, "ingress"]);
+    }
     assert_eq!(
         chaos_testing::tc_qdiscs(&net.a, dev),
         before,
