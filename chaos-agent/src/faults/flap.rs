@@ -152,6 +152,32 @@ impl From<Flap> for String {
     }
 }
 
+/// Calls `edge(active)` at every phase edge of `flap` until `ttl`, counting from `start` (a
+/// fault's first active phase begins at `start`, so the first call is the first rest). For the
+/// faults whose edges are user-space work (limits written and lifted, stressors stopped and
+/// started); the packet faults' phases are computed in the kernel.
+pub async fn at_edges(
+    flap: Flap,
+    ttl: Duration,
+    start: tokio::time::Instant,
+    mut edge: impl FnMut(bool),
+) {
+    let mut active = true;
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= ttl {
+            return;
+        }
+        let p = flap.phase(elapsed);
+        if p.active != active {
+            active = p.active;
+            edge(active);
+        }
+        // Just past the edge, so that the phase read on waking is the next one.
+        tokio::time::sleep(p.remaining + Duration::from_millis(1)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

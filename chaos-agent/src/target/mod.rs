@@ -228,16 +228,7 @@ impl Target {
     /// whose limits or stressors would press every process of the host.
     pub fn cgroup_in(&self, h: &crate::kernel::cgroup::Hierarchy) -> Result<String, SpecError> {
         let path = if let Some(pid) = self.pid {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-                SpecError::BadPid {
-                    pid,
-                    why: if e.kind() == std::io::ErrorKind::NotFound {
-                        "no such process".to_owned()
-                    } else {
-                        e.to_string()
-                    },
-                }
-            })?;
+            let text = proc_cgroup(pid)?;
             h.cgroup_of(&text).ok_or_else(|| SpecError::BadPid {
                 pid,
                 why: format!(
@@ -280,17 +271,21 @@ impl Target {
     }
 }
 
+/// The text of `/proc/PID/cgroup`; a missing process is "no such process".
+fn proc_cgroup(pid: u32) -> Result<String, SpecError> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| SpecError::BadPid {
+        pid,
+        why: if e.kind() == std::io::ErrorKind::NotFound {
+            "no such process".to_owned()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
 /// The cgroup v2 path of a process, from `/proc/PID/cgroup` (its `0::` line).
 pub fn cgroup_of_pid(pid: u32) -> Result<String, SpecError> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| SpecError::BadPid {
-            pid,
-            why: if e.kind() == std::io::ErrorKind::NotFound {
-                "no such process".to_owned()
-            } else {
-                e.to_string()
-            },
-        })?;
+    let text = proc_cgroup(pid)?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)

@@ -366,47 +366,37 @@ async fn flap_limits(
     start: tokio::time::Instant,
     mut files: Vec<Change>,
 ) {
-    let mut active = true;
-    loop {
-        let elapsed = start.elapsed();
-        if elapsed >= ttl {
-            return;
-        }
-        let p = flap.phase(elapsed);
-        if p.active != active {
-            active = p.active;
-            files.retain(|c| {
-                let (was, now) = if active {
-                    (&c.previous, &c.value)
-                } else {
-                    (&c.value, &c.previous)
-                };
-                match cgroup::read(&c.file) {
-                    Ok(v) if cgroup::same_value(&v, was) => match cgroup::write(&c.file, now) {
-                        Ok(()) => {
-                            tracing::info!(event = "flap_edge", file = %c.file.display(), active, value = %now, "limit flapped");
-                            true
-                        }
-                        Err(e) => {
-                            tracing::warn!(event = "flap_edge", error = %e, "limit flap failed; it flaps no more");
-                            false
-                        }
-                    },
-                    Ok(v) => {
-                        cgroup::KEPT_FOREIGN.inc();
-                        tracing::warn!(event = "restore_skipped", file = %c.file.display(), theirs = %v, "someone else changed a flapping limit: theirs is kept, and it flaps no more");
-                        false
+    crate::faults::flap::at_edges(flap, ttl, start, |active| {
+        files.retain(|c| {
+            let (was, now) = if active {
+                (&c.previous, &c.value)
+            } else {
+                (&c.value, &c.previous)
+            };
+            match cgroup::read(&c.file) {
+                Ok(v) if cgroup::same_value(&v, was) => match cgroup::write(&c.file, now) {
+                    Ok(()) => {
+                        tracing::info!(event = "flap_edge", file = %c.file.display(), active, value = %now, "limit flapped");
+                        true
                     }
                     Err(e) => {
-                        tracing::warn!(event = "flap_edge", error = %e, "limit file gone; it flaps no more");
+                        tracing::warn!(event = "flap_edge", error = %e, "limit flap failed; it flaps no more");
                         false
                     }
+                },
+                Ok(v) => {
+                    cgroup::KEPT_FOREIGN.inc();
+                    tracing::warn!(event = "restore_skipped", file = %c.file.display(), theirs = %v, "someone else changed a flapping limit: theirs is kept, and it flaps no more");
+                    false
                 }
-            });
-        }
-        // Just past the edge, so that the phase read on waking is the next one.
-        tokio::time::sleep(p.remaining + std::time::Duration::from_millis(1)).await;
-    }
+                Err(e) => {
+                    tracing::warn!(event = "flap_edge", error = %e, "limit file gone; it flaps no more");
+                    false
+                }
+            }
+        });
+    })
+    .await;
 }
 
 /// Writes the limits, each after its undo is journaled.

@@ -319,37 +319,23 @@ async fn flap_stressor(
     start: tokio::time::Instant,
     stressor: Shared,
 ) {
-    let mut active = true;
-    loop {
-        let elapsed = start.elapsed();
-        if elapsed >= ttl {
+    crate::faults::flap::at_edges(flap, ttl, start, |active| {
+        let mut s = lock(&stressor);
+        if !active {
+            s.stop();
+            tracing::info!(event = "flap_edge", active, "stressor stopped");
             return;
         }
-        let p = flap.phase(elapsed);
-        if p.active != active {
-            active = p.active;
-            let mut s = lock(&stressor);
-            if active {
-                match s.start() {
-                    Ok(()) => {
-                        tracing::info!(
-                            event = "flap_edge",
-                            active,
-                            pid = s.pid,
-                            "stressor started"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(event = "flap_edge", error = %e, "stressor did not start");
-                    }
-                }
-            } else {
-                s.stop();
-                tracing::info!(event = "flap_edge", active, "stressor stopped");
+        match s.start() {
+            Ok(()) => {
+                tracing::info!(event = "flap_edge", active, pid = s.pid, "stressor started");
+            }
+            Err(e) => {
+                tracing::warn!(event = "flap_edge", error = %e, "stressor did not start");
             }
         }
-        tokio::time::sleep(p.remaining + std::time::Duration::from_millis(1)).await;
-    }
+    })
+    .await;
 }
 
 /// Makes the stressor's cgroups and starts it in them.
