@@ -5,88 +5,17 @@
 //! and stalled. On the host (hybrid: v1 cpu and memory) and in the 6.1 guest (cgroup v2).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chaos_testing::{
-    AgentProcess, Feature, TempDir, controller_root, cpu_use, require, unique_name,
+    AgentProcess, ControllerCgroup, Feature, TempDir, controller_root, cpu_use, require,
+    unique_name,
 };
 use nix::sys::signal::Signal;
 
 fn bin() -> PathBuf {
     chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
-}
-
-/// A cgroup made by the test in one controller's hierarchy, its processes killed and the
-/// directory removed on drop.
-struct TestCgroup {
-    dir: PathBuf,
-    /// Its path below the hierarchy's root (what `--cgroup` takes).
-    path: String,
-    procs: Vec<Child>,
-}
-
-impl TestCgroup {
-    fn new(root: &Path) -> Self {
-        let name = unique_name("chlim");
-        let dir = root.join(&name);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Self {
-            dir,
-            path: format!("/{name}"),
-            procs: Vec::new(),
-        }
-    }
-
-    /// Starts `sh -c SCRIPT` inside the cgroup (it moves itself in before it runs `SCRIPT`).
-    fn spawn(&mut self, script: &str) -> u32 {
-        let procs = self.dir.join("cgroup.procs");
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("echo $$ > {} && {script}", procs.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sh");
-        let pid = child.id();
-        self.procs.push(child);
-        // In the cgroup once its cgroup.procs lists it.
-        let t0 = Instant::now();
-        while !self.file("cgroup.procs").contains(&pid.to_string()) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "pid {pid} never joined"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        pid
-    }
-
-    fn file(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name))
-            .unwrap_or_else(|e| panic!("read {name}: {e}"))
-            .trim()
-            .to_owned()
-    }
-
-    fn write(&self, name: &str, value: &str) {
-        std::fs::write(self.dir.join(name), value).unwrap_or_else(|e| panic!("write {name}: {e}"));
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for c in &mut self.procs {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // rmdir succeeds once the killed processes are gone.
-        let t0 = Instant::now();
-        while std::fs::remove_dir(&self.dir).is_err() && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 fn inject(state: &TempDir, args: &[&str]) -> AgentProcess {
@@ -114,7 +43,7 @@ fn cpu_limit_caps_a_busy_loop_and_the_quota_comes_back() {
         // Not a feature either profile lacks: both require a cpu controller.
         panic!("no cpu controller in /sys/fs/cgroup or /proc/self/mounts");
     };
-    let mut cg = TestCgroup::new(&root);
+    let mut cg = ControllerCgroup::new(&root, "chlim");
     let busy = cg.spawn("while :; do :; done");
     let qf = quota_file(version);
     let before = cg.file(qf);
@@ -203,7 +132,7 @@ fn memory_limits_are_set_checked_against_usage_and_restored_exactly() {
     let Some((version, root)) = controller_root("memory") else {
         panic!("no memory controller in /sys/fs/cgroup or /proc/self/mounts");
     };
-    let mut cg = TestCgroup::new(&root);
+    let mut cg = ControllerCgroup::new(&root, "chlim");
     // A process holding about 16 MiB of its own (a shell variable).
     cg.spawn("x=$(head -c 16777216 /dev/zero | tr '\\0' a); sleep 600");
     let (max_file, usage_file) = if version == 2 {
@@ -268,7 +197,7 @@ fn memory_high_throttles_a_writer_without_killing_it() {
     if !require(test, Feature::CgroupV2) {
         return;
     }
-    let mut cg = TestCgroup::new(Path::new("/sys/fs/cgroup"));
+    let mut cg = ControllerCgroup::new(Path::new("/sys/fs/cgroup"), "chlim");
     let shm = format!("/dev/shm/{}", unique_name("chlim"));
     let state = TempDir::new("chlim");
     let mut agent = inject(
@@ -328,7 +257,7 @@ fn limit_bad_input_is_refused_with_nothing_written() {
         return;
     }
     let (version, root) = controller_root("cpu").expect("a cpu controller");
-    let cg = TestCgroup::new(&root);
+    let cg = ControllerCgroup::new(&root, "chlim");
     let qf = quota_file(version);
     let before = cg.file(qf);
     let state = TempDir::new("chlim");
@@ -406,7 +335,7 @@ fn a_flapping_cpu_limit_is_lifted_and_written_at_its_phase_edges() {
         return;
     }
     let (version, root) = controller_root("cpu").expect("a cpu controller");
-    let cg = TestCgroup::new(&root);
+    let cg = ControllerCgroup::new(&root, "chlim");
     let qf = quota_file(version);
     let before = cg.file(qf);
     let state = TempDir::new("chlim");

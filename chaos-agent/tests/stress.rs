@@ -5,11 +5,11 @@
 //! controllers) and in the 6.1 guest (cgroup v2).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chaos_testing::{
-    AgentProcess, Feature, TempDir, controller_root, cpu_use, proc_stat, require, unique_name,
+    AgentProcess, ControllerCgroup, Feature, TempDir, controller_root, cpu_use, proc_stat, require,
 };
 use nix::sys::signal::Signal;
 
@@ -191,22 +191,6 @@ fn a_sigkilled_agent_s_stressor_dies_with_it_and_cleanup_removes_its_cgroup() {
 /// A workload of 64 MiB in a cgroup limited to 200 MiB, and a 256 MiB stressor inside it: the
 /// cgroup runs out, and the OOM killer takes the stressor (`oom_score_adj` 1000), not the
 /// workload.
-/// A test's cgroup and the workload in it, killed and removed on drop.
-struct Cleanup(PathBuf, Option<Child>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.1 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let t0 = Instant::now();
-        while std::fs::remove_dir(&self.0).is_err() && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 fn under_memory_max_the_stressor_is_killed_before_the_workload() {
     let test = "under_memory_max_the_stressor_is_killed_before_the_workload";
@@ -214,36 +198,22 @@ fn under_memory_max_the_stressor_is_killed_before_the_workload() {
         return;
     }
     let (_, root) = controller_root("memory").expect("a memory controller");
-    let name = unique_name("chst");
-    let dir = root.join(&name);
-    std::fs::create_dir(&dir).expect("mkdir");
-    let mut guard = Cleanup(dir.clone(), None);
-    let procs = dir.join("cgroup.procs");
-    let workload = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && x=$(head -c 67108864 /dev/zero | tr '\\0' a) && sleep 600",
-            procs.display()
-        ))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("workload");
-    let wpid = workload.id();
-    guard.1 = Some(workload);
-    let usage = if dir.join("memory.current").exists() {
+    let mut cg = ControllerCgroup::new(&root, "chst");
+    let wpid = cg.spawn("x=$(head -c 67108864 /dev/zero | tr '\\0' a) && sleep 600");
+    let usage = if cg.dir.join("memory.current").exists() {
         "memory.current"
     } else {
         "memory.usage_in_bytes"
     };
     let t0 = Instant::now();
-    while read_u64(&dir.join(usage)) < 64 << 20 {
+    while read_u64(&cg.dir.join(usage)) < 64 << 20 {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the workload never held 64 MiB"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let path = format!("/{name}");
+    let path = cg.path.clone();
     let state = TempDir::new("chst");
     let mut limit = inject(
         &state,
@@ -273,7 +243,7 @@ fn under_memory_max_the_stressor_is_killed_before_the_workload() {
     let (status, _, err) = limit.wait(Duration::from_secs(20));
     assert!(status.success(), "{err}");
     assert!(alive(wpid), "the workload survived the faults");
-    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+    let leftovers: Vec<String> = std::fs::read_dir(&cg.dir)
         .expect("dir")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|n| n.starts_with("chaos-stress-"))

@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod cgroup;
 pub mod dns;
 mod require;
+pub use cgroup::ControllerCgroup;
 pub mod shim;
 pub use require::{
     Feature, PROFILES, Profile, Rules, has, require, require_absent, require_all, skip, skip_part,
@@ -497,6 +499,8 @@ pub struct AgentProcess {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Closed (disconnected) once the stderr reader saw end of file.
+    stderr_eof: std::sync::mpsc::Receiver<()>,
     /// Everything read from stdout so far.
     pub stdout: Vec<String>,
 }
@@ -538,7 +542,9 @@ impl AgentProcess {
         let stderr_buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sb = stderr_buf.clone();
         let mut stderr = child.stderr.take().expect("stderr");
+        let (eof_tx, stderr_eof) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _eof = eof_tx;
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buf) {
                 if n == 0 {
@@ -553,6 +559,7 @@ impl AgentProcess {
             child,
             lines,
             stderr: stderr_buf,
+            stderr_eof,
             stdout: Vec::new(),
         }
     }
@@ -657,12 +664,19 @@ impl AgentProcess {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
+        // The process is gone but its last bytes may still sit in the pipes: read both to end
+        // of file (bounded, in case a child of the agent still holds them), or a failing
+        // command's error line is lost under load.
+        let drain = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while let Ok(l) = self
             .lines
-            .recv_timeout(std::time::Duration::from_millis(500))
+            .recv_timeout(drain.saturating_duration_since(std::time::Instant::now()))
         {
             self.stdout.push(l);
         }
+        let _ = self
+            .stderr_eof
+            .recv_timeout(drain.saturating_duration_since(std::time::Instant::now()));
         let err = self.stderr();
         (status, std::mem::take(&mut self.stdout), err)
     }
