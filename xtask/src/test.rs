@@ -231,6 +231,91 @@ fn low_disk() -> Option<String> {
 /// Runs a step, streaming its stdout (stderr is inherited) and adding up the result lines.
 /// A step that fails without reporting a failed test counts as one failure, so that a broken
 /// build can never end in "0 failed".
+/// How long a step's output may stay open after its process exited: a process still holding it
+/// then was left behind by a test (a `sh -c '...; sleep 600'` whose shell alone was killed
+/// kept the integration step waiting 600 s for EOF).
+const AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// Hands the step's output lines to `on_line` as they come, until EOF, or until
+/// [`AFTER_EXIT`] after the child exited: then the processes still holding the pipe's write end
+/// are killed and returned (`PID cmdline`), and the rest of the output is read.
+fn read_until_exit(
+    child: &mut std::process::Child,
+    stdout: std::process::ChildStdout,
+    mut on_line: impl FnMut(String),
+) -> anyhow::Result<Vec<String>> {
+    use std::os::fd::AsRawFd as _;
+    use std::sync::mpsc::RecvTimeoutError;
+    let pipe = std::fs::read_link(format!("/proc/self/fd/{}", stdout.as_raw_fd()))
+        .context("the step's pipe")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut exited: Option<Instant> = None;
+    let mut leaked = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => on_line(line.context("read child stdout")?),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if exited.is_none() && child.try_wait()?.is_some() {
+            exited = Some(Instant::now());
+        }
+        if leaked.is_empty() && exited.is_some_and(|t| t.elapsed() > AFTER_EXIT) {
+            leaked = kill_holders(&pipe);
+            if leaked.is_empty() {
+                // Nobody holds it, yet no EOF: do not wait on it for ever (the reader thread
+                // is left blocked; the process ends soon).
+                leaked.push(format!(
+                    "(no holder of {} found, yet no EOF)",
+                    pipe.display()
+                ));
+                break;
+            }
+        }
+    }
+    Ok(leaked)
+}
+
+/// Kills every other process whose stdout or stderr is `pipe` (`pipe:[INODE]`, as
+/// `/proc/PID/fd` shows it) and returns them as `PID cmdline`.
+fn kill_holders(pipe: &Path) -> Vec<String> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let holds = [1, 2]
+            .iter()
+            .any(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|l| l == pipe));
+        if holds {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            // A pid gone since the scan is ESRCH, which changes nothing.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            out.push(format!("{pid} {}", cmd.trim()));
+        }
+    }
+    out
+}
+
 fn run_step(name: impl Into<String>, mut cmd: Command, output: Output) -> Step {
     let name = name.into();
     println!("\n==> {name}: {}", display(&cmd));
@@ -245,8 +330,7 @@ fn run_step(name: impl Into<String>, mut cmd: Command, output: Output) -> Step {
         let mut tally = Tally::default();
         let mut failed = BTreeSet::new();
         let stdout = child.stdout.take().context("child stdout")?;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("read child stdout")?;
+        let leaked = read_until_exit(&mut child, stdout, |line| {
             println!("{line}");
             match output {
                 Output::Nothing => {}
@@ -263,6 +347,13 @@ fn run_step(name: impl Into<String>, mut cmd: Command, output: Output) -> Step {
                     }
                 }
             }
+        })?;
+        if !leaked.is_empty() {
+            println!("==> {name}: processes outlived it, holding its output open (killed):");
+            for l in &leaked {
+                println!("  {l}");
+            }
+            tally.failed += 1;
         }
         let status = child.wait()?;
         let (mut skips, parts) = read_skips(&log);

@@ -43,6 +43,9 @@ pub(super) struct Outcome {
     /// Binaries started and not ended, with whether they printed a `test result:` line yet.
     pub(super) running: BTreeMap<String, bool>,
     pub(super) module_failures: Vec<String>,
+    /// `BINARY PID CMDLINE` of each process a binary left behind (init.sh's `VM-LEAK`), killed
+    /// by the guest; each leaking binary counts as one failure.
+    pub(super) leaks: Vec<String>,
 }
 
 impl Outcome {
@@ -62,7 +65,12 @@ impl Outcome {
             .map(|c| unreported(c.split_whitespace().next().unwrap_or_default()).max(1))
             .sum();
         let running: u64 = self.running.keys().map(|b| unreported(b)).sum();
-        self.failed + crashed + running
+        let leaking: BTreeSet<&str> = self
+            .leaks
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        self.failed + crashed + running + leaking.len() as u64
     }
 
     /// The tests that skipped, each once (its reasons joined), leaving out a test that failed
@@ -102,6 +110,8 @@ impl Outcome {
             self.running.remove(bin.trim());
         } else if let Some(rest) = line.strip_prefix("VM-SKIP ") {
             self.skip_records.push(rest.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("VM-LEAK ") {
+            self.leaks.push(rest.trim().to_owned());
         } else if let Some(m) = line.strip_prefix("VM-MODULE-FAIL ") {
             self.module_failures.push(m.trim().to_owned());
         } else if let Some(rest) = line.strip_prefix("VM-VERDICT ") {
@@ -272,6 +282,24 @@ mod tests {
         assert_eq!(o.running.keys().collect::<Vec<_>>(), ["hung"]);
         assert_eq!(o.verdict, Some((1, 2)));
         assert_eq!(o.boot, Some(Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn a_binary_that_leaves_processes_behind_counts_once_as_failed() {
+        let mut o = Outcome::default();
+        for l in [
+            "VM-TEST-BIN stress",
+            "stress| test result: ok. 6 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "VM-LEAK stress 3101 sleep 600",
+            "VM-LEAK stress 3102 sh -c x",
+            "VM-TEST-BIN-FAIL stress rc=97",
+            "VM-TEST-BIN-END stress",
+        ] {
+            o.line(l, Duration::ZERO);
+        }
+        assert_eq!(o.passed, 6);
+        assert_eq!(o.failed_total(), 1);
+        assert_eq!(o.leaks, ["stress 3101 sleep 600", "stress 3102 sh -c x"]);
     }
 
     #[test]

@@ -64,9 +64,30 @@ cd "$CARGO_MANIFEST_DIR" 2>/dev/null || cd /tmp
 # after them, by itself. Every output
 # line of a binary carries its name ("loss| test ... ok"), whole: sed writes line by line, so
 # two lanes never mix inside a line. Lines starting with VM- are read by the host.
+# Kills every process but this shell whose stdout or stderr is this shell's stdout (the pipe to
+# sed), printing "VM-LEAK BINARY PID CMDLINE" to fd 3, and fails the binary: a test must not
+# leave processes behind. `read` is a builtin, so /proc/self is this (sub)shell.
+reap_leftovers() {
+    read -r me _ </proc/self/stat
+    pipe=$(readlink "/proc/$me/fd/1")
+    for d in /proc/[0-9]*; do
+        p=${d#/proc/}
+        [ "$p" = "$me" ] && continue
+        for fd in 1 2; do
+            if [ "$(readlink "$d/fd/$fd" 2>/dev/null)" = "$pipe" ]; then
+                echo "VM-LEAK $1 $p $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)" >&3
+                kill -9 "$p" 2>/dev/null
+                [ "$(cat "/tmp/vm-rc.$1")" = 0 ] && echo 97 >"/tmp/vm-rc.$1"
+                break
+            fi
+        done
+    done
+}
+
 run_lane() {
     lane=$1
     shift
+    exec 3>&1
     while read -r t; do
         [ -n "$t" ] || continue
         echo "VM-TEST-BIN $t"
@@ -78,7 +99,10 @@ run_lane() {
         # part of a test); they are printed as VM-SKIP lines, which the host takes off the passes.
         : >"/tmp/vm-skip.$t"
         # shellcheck disable=SC2086 # $skips splits into words on purpose (names have no spaces).
-        { CHAOS_SKIP_LOG="/tmp/vm-skip.$t" "/tests/$t" "$@" $skips </dev/null 2>&1; echo $? >"/tmp/vm-rc.$t"; } | sed "s/^/$t| /"
+        # After the binary, reap_leftovers kills what it left holding this pipe (else sed
+        # would wait for them: a stray `sleep 600` once held the whole guest to its timeout).
+        # fd 3 is the lane's own output, for the VM-LEAK lines; the binary does not get it.
+        { CHAOS_SKIP_LOG="/tmp/vm-skip.$t" "/tests/$t" "$@" $skips </dev/null 2>&1 3>&-; echo $? >"/tmp/vm-rc.$t"; reap_leftovers "$t"; } | sed "s/^/$t| /"
         sed 's/^/VM-SKIP /' "/tmp/vm-skip.$t"
         rc=$(cat "/tmp/vm-rc.$t")
         if [ "$rc" -eq 0 ]; then

@@ -168,6 +168,9 @@ fn report(o: &Outcome, total: Duration, log: &Path, host_only: usize) -> anyhow:
             o.module_failures.join(", ")
         ));
     }
+    for leak in &o.leaks {
+        problems.push(format!("a test binary left a process behind: {leak}"));
+    }
     let failed = o.failed_total();
     if o.passed + failed == 0 && o.verdict.is_some() {
         problems.push("no test ran".into());
