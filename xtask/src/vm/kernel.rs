@@ -31,7 +31,8 @@ pub(super) fn debian_kernel(cache: &Path) -> anyhow::Result<Kernel> {
             cached
         }
     };
-    let package = if cache.join(&package).join(".unpacked").exists() {
+    let marker = std::fs::read_to_string(cache.join(&package).join(".unpacked"));
+    let package = if marker.is_ok_and(|m| m == unpacked_marker()) {
         println!("vm: kernel {package} (cached)");
         package
     } else if let Err(e) = fetch_kernel(cache, &package) {
@@ -121,7 +122,7 @@ fn fetch_kernel(cache: &Path, package: &str) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))?;
     unpack(&deb, &dir)?;
     std::fs::remove_dir_all(&dl)?;
-    std::fs::write(dir.join(".unpacked"), "")?;
+    std::fs::write(dir.join(".unpacked"), unpacked_marker())?;
     // Keep one kernel.
     for old in cached_kernels(cache).into_iter().filter(|k| k != package) {
         let _ = std::fs::remove_dir_all(cache.join(old));
@@ -131,7 +132,8 @@ fn fetch_kernel(cache: &Path, package: &str) -> anyhow::Result<()> {
 
 /// What the guest needs of the package: the image, its config, the list of built-in modules and
 /// the modules `MODULES` in `modules.rs` names with their dependencies (the protocol ones under
-/// `net/`, the two devices, and `lib/` for the odd helper such as `libcrc32c`). 48 MB of the
+/// `net/`, the two network devices, virtio's block driver for the scratch disk, and `lib/` for
+/// the odd helper such as `libcrc32c`). 48 MB of the
 /// 400 MB a whole `dpkg -x` writes, which matters on a CI machine with little disk left after
 /// the build. (tar's `*` matches `/` too.)
 const UNPACK: &[&str] = &[
@@ -141,8 +143,16 @@ const UNPACK: &[&str] = &[
     "./lib/modules/*/kernel/net/*",
     "./lib/modules/*/kernel/drivers/net/veth.ko*",
     "./lib/modules/*/kernel/drivers/net/ifb.ko*",
+    "./lib/modules/*/kernel/drivers/virtio/*",
+    "./lib/modules/*/kernel/drivers/block/virtio_blk.ko*",
     "./lib/modules/*/kernel/lib/*",
 ];
+
+/// What `.unpacked` holds: the members unpacked, so that a cache unpacked with fewer is
+/// unpacked again.
+fn unpacked_marker() -> String {
+    UNPACK.join("\n")
+}
 
 /// Unpacks the members in [`UNPACK`] of `deb` into `dir` (`dpkg-deb --fsys-tarfile | tar`).
 fn unpack(deb: &Path, dir: &Path) -> anyhow::Result<()> {

@@ -27,6 +27,9 @@ const MODULES: &[&str] = &[
     "inet_diag",
     "tcp_diag",
     "udp_diag",
+    // The scratch disk QEMU attaches (the IO limit tests throttle it).
+    "virtio_pci",
+    "virtio_blk",
 ];
 
 /// Module name as the kernel spells it: file stem with `-` as `_`.

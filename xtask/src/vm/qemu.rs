@@ -11,6 +11,9 @@ use anyhow::{Context as _, anyhow, bail};
 
 use super::console::{ConsoleFilter, Outcome};
 
+/// The scratch disk's size.
+const SCRATCH_DISK: u64 = 128 << 20;
+
 /// Time the guest gets after a kernel fault marker to print the rest of the report.
 const AFTER_FAULT: Duration = Duration::from_secs(20);
 
@@ -33,6 +36,12 @@ pub(super) fn boot(
     log: &Path,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
+    // A blank scratch disk, the guest's /dev/vda: what the IO limit tests throttle (a real
+    // virtio block device, as on a cloud VM). Sparse, and made anew for every boot.
+    let disk = log.with_extension("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(SCRATCH_DISK))
+        .with_context(|| format!("create the scratch disk {}", disk.display()))?;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -46,6 +55,11 @@ pub(super) fn boot(
         "-nic",
         "none",
     ])
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=virtio,format=raw,cache=unsafe",
+        disk.display()
+    ))
     .arg("-kernel")
     .arg(vmlinuz)
     .arg("-initrd")
@@ -101,6 +115,7 @@ pub(super) fn boot(
     }
     let status = qemu.0.wait()?;
     drop(qemu);
+    let _ = std::fs::remove_file(&disk);
     let _ = reader.join();
     let errors = err_reader.join().unwrap_or_default();
     println!();
