@@ -14,9 +14,11 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod cgroup;
+mod disk;
 pub mod dns;
 mod require;
 pub use cgroup::ControllerCgroup;
+pub use disk::{TestDisk, VM_SCRATCH_DISK};
 pub mod shim;
 pub use require::{
     Feature, PROFILES, Profile, Rules, has, require, require_absent, require_all, skip, skip_part,
@@ -726,6 +728,31 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Runs `chaos-agent cleanup --state-dir STATE` (what an operator runs after a dead agent) and
+/// panics with its stderr unless it succeeds.
+pub fn run_cleanup(bin: &std::path::Path, state: &TempDir) {
+    let out = Command::new(bin)
+        .args(["cleanup", "--state-dir", state.str()])
+        .output()
+        .expect("spawn chaos-agent cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `chaos-agent ARGS...`, which must fail, and returns its stderr.
+#[must_use]
+pub fn refused(bin: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .expect("spawn chaos-agent");
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Ids of the BPF programs a process holds open, from `/proc/PID/fdinfo`.

@@ -43,6 +43,9 @@ pub enum Feature {
     CgroupV1(&'static str),
     /// Kernel BTF (`/sys/kernel/btf/vmlinux`).
     Btf,
+    /// The VM's blank scratch disk ([`crate::VM_SCRATCH_DISK`]): a block device in sysfs that
+    /// nothing has mounted.
+    ScratchDisk,
     /// A program on PATH.
     Tool(&'static str),
 }
@@ -62,6 +65,7 @@ impl Feature {
             Self::CgroupV2 => "cgroup2".into(),
             Self::CgroupV1(c) => format!("cgroup1:{c}"),
             Self::Btf => "btf".into(),
+            Self::ScratchDisk => "scratch_disk".into(),
             Self::Tool(t) => format!("tool:{t}"),
         }
     }
@@ -80,6 +84,7 @@ impl Feature {
             }
             Self::CgroupV1(c) => format!("a cgroup v1 hierarchy with the {c} controller"),
             Self::Btf => "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
+            Self::ScratchDisk => format!("an unmounted scratch disk at {}", crate::VM_SCRATCH_DISK),
             Self::Tool(t) => format!("`{t}` on PATH"),
         }
     }
@@ -101,6 +106,16 @@ impl Feature {
                 }),
             Self::CgroupV1(c) => crate::cgroup_v1_mount(c).is_some(),
             Self::Btf => std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+            Self::ScratchDisk => {
+                let name = crate::VM_SCRATCH_DISK.trim_start_matches("/dev/");
+                std::path::Path::new("/sys/class/block")
+                    .join(name)
+                    .join("dev")
+                    .exists()
+                    && !std::fs::read_to_string("/proc/mounts")
+                        .unwrap_or_default()
+                        .contains(crate::VM_SCRATCH_DISK)
+            }
             Self::Tool(t) => have_tool(t),
         };
         vec![(self, one)]
@@ -314,9 +329,12 @@ pub const PROFILES: &[Profile] = &[
             // The --container tests' runtime (`cargo xtask setup` installs both).
             Feature::Tool("podman"),
             Feature::Tool("runc"),
-            // The limit faults' v1 paths (hybrid host).
+            // The limit faults' v1 paths (hybrid host), and the loop devices --io-limit
+            // throttles there.
             Feature::CgroupV1("cpu"),
             Feature::CgroupV1("memory"),
+            Feature::CgroupV1("blkio"),
+            Feature::Tool("losetup"),
         ],
         // The refusal paths ("sch_netem is missing, nothing was changed") are proven here only.
         must_lack: &[Feature::Qdisc("netem"), Feature::Qdisc("fq")],
@@ -336,6 +354,7 @@ pub const PROFILES: &[Profile] = &[
             Feature::Qdisc("htb"),
             Feature::Qdisc("tbf"),
             Feature::CgroupV2,
+            Feature::ScratchDisk,
             Feature::Tool("ip"),
             Feature::Tool("tc"),
             Feature::Tool("ping"),
