@@ -111,7 +111,8 @@ struct Totals {
 
 /// Whether an effect is a count since the fault began (summed into a counter), not a level.
 fn is_count(measure: &str) -> bool {
-    !measure.contains("avg")
+    // Pressure averages and the memory held now are levels.
+    !measure.contains("avg") && !measure.ends_with("memory_bytes")
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
@@ -319,7 +320,7 @@ impl prometheus_client::collector::Collector for FaultCounters {
         )?;
         let mut me = encoder.encode_descriptor(
             "chaos_agent_limit_effects",
-            "What the targets of limit faults counted while the faults were active, summed over faults: cpu_throttled_periods, cpu_throttled_seconds, memory_high_events, memory_max_events, memory_oom_kills.",
+            "What the targets of limit faults counted while the faults were active, summed over faults: cpu_throttled_periods, cpu_throttled_seconds, memory_high_events, memory_max_events, memory_oom_kills, io_read_bytes, io_write_bytes, io_read_ops, io_write_ops.",
             None,
             MetricType::Counter,
         )?;
