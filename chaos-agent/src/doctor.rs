@@ -314,6 +314,7 @@ pub fn run() -> Vec<Check> {
             crate::kernel::cgroup::Controller::Memory,
             "--memory-high, --memory-max, --memory-stress",
         ),
+        ("cg-io", crate::kernel::cgroup::Controller::Io, "--io-limit"),
     ] {
         v.push(match crate::kernel::cgroup::Hierarchy::find(c) {
             Ok(h) => check(
@@ -324,12 +325,16 @@ pub fn run() -> Vec<Check> {
                     c.as_str(),
                     h.version.as_str(),
                     h.root.display(),
-                    if c == crate::kernel::cgroup::Controller::Memory
-                        && h.version == crate::kernel::cgroup::Version::V1
-                    {
-                        " (memory.limit_in_bytes; --memory-high needs v2)"
-                    } else {
-                        ""
+                    match (c, h.version) {
+                        (
+                            crate::kernel::cgroup::Controller::Memory,
+                            crate::kernel::cgroup::Version::V1,
+                        ) => " (memory.limit_in_bytes; --memory-high needs v2)",
+                        (
+                            crate::kernel::cgroup::Controller::Io,
+                            crate::kernel::cgroup::Version::V1,
+                        ) => " (blkio.throttle.*: buffered writes are not throttled on v1)",
+                        _ => "",
                     }
                 ),
                 needed,

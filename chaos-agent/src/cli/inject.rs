@@ -183,6 +183,22 @@ pub fn counters_line(c: &Counters, dns: Option<DnsAnswer>, kind: &str) -> String
     line
 }
 
+/// `5.0 MiB`, `512 B`: a byte count as read, not rounded to a unit's multiple.
+fn human_bytes(b: f64) -> String {
+    let mut v = b;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return if unit == "B" {
+                format!("{v:.0} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
+}
+
 /// The measured effects of a fault on processes, in a stable order: `cpu throttled 40 of 40
 /// periods (2.78s), cpu pressure 33.99%, memory.high events 3, ...`. Only what the kernel
 /// offered is shown.
@@ -203,6 +219,13 @@ pub fn effects_line(e: &crate::faults::Effects) -> String {
         parts.push(format!(
             "stressor holds {}",
             crate::faults::limit::Bytes(b as u64 & !((1 << 20) - 1))
+        ));
+    }
+    if let (Some(r), Some(w)) = (get("stress_io_read_bytes"), get("stress_io_write_bytes")) {
+        parts.push(format!(
+            "stressor read {}, wrote {}",
+            human_bytes(r),
+            human_bytes(w)
         ));
     }
     for (k, what) in [
@@ -228,6 +251,14 @@ pub fn effects_line(e: &crate::faults::Effects) -> String {
     }
     if let Some(v) = get("memory_bytes") {
         parts.push(format!("memory {}", crate::faults::limit::Bytes(v as u64)));
+    }
+    for (dir, bytes, ops) in [
+        ("read", "io_read_bytes", "io_read_ops"),
+        ("written", "io_write_bytes", "io_write_ops"),
+    ] {
+        if let (Some(b), Some(n)) = (get(bytes), get(ops)) {
+            parts.push(format!("io {dir} {} in {n:.0} ops", human_bytes(b)));
+        }
     }
     if parts.is_empty() {
         "no effects readable".to_owned()

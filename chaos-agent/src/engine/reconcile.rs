@@ -103,7 +103,8 @@ pub async fn run(ctx: &UndoCtx) -> Report {
                     | Undo::BpfConnect { .. }
                     | Undo::BpfSocketIngress { .. }
                     | Undo::CgroupFile { .. }
-                    | Undo::StressCgroup { .. } => {}
+                    | Undo::StressCgroup { .. }
+                    | Undo::StressFile { .. } => {}
                 }
             }
             continue;

@@ -215,12 +215,7 @@ pub fn conflict(new: &FaultSpec, active: &FaultSpec) -> Option<String> {
         return limit::files(new)
             .into_iter()
             .find(|f| theirs.contains(f))
-            .map(|f| {
-                format!(
-                    "both limit {} (one limit fault per cgroup file)",
-                    f.display()
-                )
-            });
+            .map(|f| format!("both limit {f} (one limit fault per cgroup file or line)"));
     }
     let shapes = |s: &FaultSpec| s.shape.as_ref().is_some_and(|sh| !sh.is_empty());
     if !shapes(new) || !shapes(active) || new.target.iface != active.target.iface {

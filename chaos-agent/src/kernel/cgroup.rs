@@ -23,6 +23,8 @@ pub enum Controller {
     Cpu,
     /// Memory (`memory.high`, `memory.max`; v1 `memory.limit_in_bytes`).
     Memory,
+    /// Block IO (`io.max`; v1 `blkio.throttle.*`).
+    Io,
 }
 
 impl Controller {
@@ -32,6 +34,16 @@ impl Controller {
         match self {
             Self::Cpu => "cpu",
             Self::Memory => "memory",
+            Self::Io => "io",
+        }
+    }
+
+    /// Its name on cgroup v1 (a mount's super option, a `/proc/PID/cgroup` line).
+    #[must_use]
+    pub fn v1_name(self) -> &'static str {
+        match self {
+            Self::Io => "blkio",
+            c => c.as_str(),
         }
     }
 }
@@ -118,7 +130,7 @@ impl Hierarchy {
                 root,
             });
         }
-        v1_mount(&info, controller.as_str())
+        v1_mount(&info, controller.v1_name())
             .map(|root| Self {
                 controller,
                 version: Version::V1,
@@ -146,7 +158,7 @@ impl Hierarchy {
     /// The cgroup of `pid` in this hierarchy, from `/proc/PID/cgroup`.
     #[must_use]
     pub fn cgroup_of(&self, proc_cgroup: &str) -> Option<String> {
-        cgroup_in(proc_cgroup, self.version, self.controller.as_str())
+        cgroup_in(proc_cgroup, self.version, self.controller.v1_name())
     }
 }
 
@@ -202,6 +214,36 @@ pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The line of `key` (a device's `MAJ:MIN`) in a nested-keyed limit file (`io.max`, v1
+/// `blkio.throttle.*_device`), or, when the file has none, the line that says "no limit" there
+/// (and that, written, removes one): what the undo writes back and compares with.
+pub fn read_keyed(path: &Path, key: &str) -> Result<String, CgroupError> {
+    let text = read(path)?;
+    Ok(text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .map_or_else(|| unlimited_line(path, key), |l| l.trim().to_owned()))
+}
+
+/// The line of `key` with no limit: `KEY rbps=max wbps=max riops=max wiops=max` in `io.max`,
+/// `KEY 0` in v1's throttle files.
+#[must_use]
+pub fn unlimited_line(path: &Path, key: &str) -> String {
+    if path.file_name().is_some_and(|n| n == "io.max") {
+        format!("{key} rbps=max wbps=max riops=max wiops=max")
+    } else {
+        format!("{key} 0")
+    }
+}
+
+/// A controller file's value: the whole file, or with `key` the line of that key.
+pub fn read_value(path: &Path, key: Option<&str>) -> Result<String, CgroupError> {
+    match key {
+        Some(k) => read_keyed(path, k),
+        None => read(path),
+    }
 }
 
 /// A flat-keyed file (`cpu.stat`, `memory.events`, v1 `memory.oom_control`): `key value`
@@ -344,6 +386,13 @@ mod tests {
             None
         );
         assert_eq!(v1_mount(HYBRID, "io"), None);
+        assert_eq!(
+            v1_mount(
+                &format!("{HYBRID}38 30 0:34 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio\n"),
+                Controller::Io.v1_name()
+            ),
+            Some(PathBuf::from("/sys/fs/cgroup/blkio"))
+        );
     }
 
     #[test]
@@ -384,6 +433,27 @@ mod tests {
         .expect("write");
         assert_eq!(pressure_some_avg10(&psi), Some(33.99));
         assert_eq!(pressure_some_avg10(&dir.join("none")), None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn keyed_lines_and_their_unlimited_form() {
+        let dir = std::env::temp_dir().join(format!("chaos-cg-keyed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let max = dir.join("io.max");
+        std::fs::write(&max, "8:0 rbps=max wbps=4194304 riops=max wiops=max\n").expect("write");
+        assert_eq!(
+            read_keyed(&max, "8:0").expect("read"),
+            "8:0 rbps=max wbps=4194304 riops=max wiops=max"
+        );
+        assert_eq!(
+            read_keyed(&max, "8:16").expect("read"),
+            "8:16 rbps=max wbps=max riops=max wiops=max"
+        );
+        let v1 = dir.join("blkio.throttle.write_bps_device");
+        std::fs::write(&v1, "").expect("write");
+        assert_eq!(read_keyed(&v1, "7:0").expect("read"), "7:0 0");
+        assert!(read_keyed(&dir.join("none"), "7:0").is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -1,6 +1,7 @@
 //! Facts about the host the agent runs on: interfaces, routes, clocks, bpffs, privileges.
 //! Every runtime path the agent uses is a constant in [`paths`].
 
+pub mod block;
 pub mod cgroup;
 pub mod link;
 pub mod paths;

@@ -120,12 +120,23 @@ pub enum Undo {
         previous: String,
         /// What the fault wrote.
         written: String,
+        /// In a nested-keyed file (`io.max`, v1 `blkio.throttle.*`): the line's key, a
+        /// device's `MAJ:MIN`; `previous` and `written` are that line, and the other lines
+        /// are never touched. (Journals from before keyed files have none.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A cgroup the agent made for a stress fault's stressor: every process still in it is
     /// killed, and it is removed. A dead agent's stressor died with it (`PR_SET_PDEATHSIG`);
     /// the directory stays until this runs.
     StressCgroup {
         /// The cgroup's directory.
+        path: std::path::PathBuf,
+    },
+    /// The file an IO stressor reads and writes: removed (it is ours alone: the agent made it
+    /// with `O_EXCL` under a name of the fault's id).
+    StressFile {
+        /// The file.
         path: std::path::PathBuf,
     },
 }
@@ -177,6 +188,7 @@ impl Undo {
             Self::MirredFilter { .. } => "mirred_filter",
             Self::CgroupFile { .. } => "cgroup_value",
             Self::StressCgroup { .. } => "stressor",
+            Self::StressFile { .. } => "stressor_file",
         }
     }
 
@@ -223,12 +235,22 @@ impl Undo {
             Self::MirredFilter { ifname, prio } => {
                 format!("mirred filter on {ifname} ingress prio {prio:#x}")
             }
-            Self::CgroupFile { path, previous, .. } => {
-                format!("{} (back to {previous:?})", path.display())
-            }
+            Self::CgroupFile {
+                path,
+                previous,
+                key: None,
+                ..
+            } => format!("{} (back to {previous:?})", path.display()),
+            Self::CgroupFile {
+                path,
+                previous,
+                key: Some(key),
+                ..
+            } => format!("{} line {key} (back to {previous:?})", path.display()),
             Self::StressCgroup { path } => {
                 format!("stressor cgroup {} (killed and removed)", path.display())
             }
+            Self::StressFile { path } => format!("IO stressor file {} (removed)", path.display()),
         }
     }
 
@@ -318,8 +340,19 @@ impl Undo {
                 path,
                 previous,
                 written,
-            } => restore_cgroup_file(path, previous, written),
+                key,
+            } => restore_cgroup_file(path, key.as_deref(), previous, written),
             Self::StressCgroup { path } => Ok(crate::kernel::cgroup::kill_and_remove(path)?),
+            Self::StressFile { path } => match std::fs::remove_file(path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(source) => Err(crate::kernel::cgroup::CgroupError::File {
+                    op: "remove",
+                    path: path.clone(),
+                    source,
+                }
+                .into()),
+            },
         }
     }
 }
@@ -327,11 +360,12 @@ impl Undo {
 /// Writes `previous` back into a cgroup file that still holds what the agent wrote.
 fn restore_cgroup_file(
     path: &std::path::Path,
+    key: Option<&str>,
     previous: &str,
     written: &str,
 ) -> Result<bool, UndoError> {
     use crate::kernel::cgroup;
-    let now = match cgroup::read(path) {
+    let now = match cgroup::read_value(path, key) {
         Ok(v) => v,
         // The cgroup went with its processes: nothing is left to restore.
         Err(cgroup::CgroupError::File { source, .. })
@@ -383,4 +417,37 @@ pub async fn run_reversed(undo: &[Undo], ctx: &UndoCtx) -> (Vec<&'static str>, V
         }
     }
     (removed, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal written before keyed cgroup files (no `key`) still reads, and a whole-file
+    /// record is written the same way as then.
+    #[test]
+    fn a_cgroup_file_record_from_before_keyed_lines_still_reads() {
+        let old = r#"{"op":"cgroup_file","path":"/sys/fs/cgroup/cpu/x/cpu.cfs_quota_us","previous":"-1","written":"20000"}"#;
+        let u: Undo = serde_json::from_str(old).expect("old record");
+        assert_eq!(
+            u,
+            Undo::CgroupFile {
+                path: "/sys/fs/cgroup/cpu/x/cpu.cfs_quota_us".into(),
+                previous: "-1".into(),
+                written: "20000".into(),
+                key: None,
+            }
+        );
+        assert_eq!(serde_json::to_string(&u).expect("json"), old);
+        let keyed = Undo::CgroupFile {
+            path: "/sys/fs/cgroup/x/io.max".into(),
+            previous: "8:0 rbps=max wbps=max riops=max wiops=max".into(),
+            written: "8:0 rbps=max wbps=4194304 riops=max wiops=max".into(),
+            key: Some("8:0".into()),
+        };
+        let back: Undo =
+            serde_json::from_str(&serde_json::to_string(&keyed).expect("json")).expect("reads");
+        assert_eq!(back, keyed);
+        assert!(keyed.describe().contains("line 8:0"));
+    }
 }

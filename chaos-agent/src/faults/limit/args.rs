@@ -1,6 +1,6 @@
 //! The limit fault's command-line flags (flattened into `chaos-agent inject`).
 
-use super::{Bytes, LimitSpec};
+use super::{Bytes, IoLimit, LimitSpec};
 
 /// Resource limit flags.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -23,18 +23,28 @@ pub struct LimitArgs {
     /// Allow --memory-max below what the target uses now (its processes may be killed).
     #[arg(long, requires = "memory_max")]
     pub allow_oom: bool,
+    /// Throttle the target's IO on a block device: `/dev/vdb:wbps=4M:riops=100` (keys rbps,
+    /// wbps, riops, wiops; a partition stands for its disk). `io.max`, or `blkio.throttle.*`
+    /// on cgroup v1, which does not throttle buffered writes (writeback is not charged to the
+    /// cgroup there). Repeat for more devices.
+    #[arg(long, value_name = "DEVICE[:KEY=VALUE...]", value_parser = IoLimit::parse)]
+    pub io_limit: Vec<IoLimit>,
 }
 
 impl LimitArgs {
     /// The spec section the flags ask for.
     #[must_use]
     pub fn to_spec(&self) -> Option<LimitSpec> {
-        (self.cpu_limit.is_some() || self.memory_high.is_some() || self.memory_max.is_some())
-            .then_some(LimitSpec {
-                cpu: self.cpu_limit,
-                memory_high: self.memory_high,
-                memory_max: self.memory_max,
-                allow_oom: self.allow_oom,
-            })
+        (self.cpu_limit.is_some()
+            || self.memory_high.is_some()
+            || self.memory_max.is_some()
+            || !self.io_limit.is_empty())
+        .then(|| LimitSpec {
+            cpu: self.cpu_limit,
+            memory_high: self.memory_high,
+            memory_max: self.memory_max,
+            allow_oom: self.allow_oom,
+            io: self.io_limit.clone(),
+        })
     }
 }

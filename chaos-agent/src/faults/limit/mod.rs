@@ -1,6 +1,8 @@
 //! The limit fault type: resource limits written into the target's cgroup for the fault's life
-//! (`--cpu-limit`, `--memory-high`, `--memory-max`), on cgroup v2, v1 and hybrid hosts, found
-//! per controller (`kernel::cgroup`). Each file's old value is journaled with the new one before
+//! (`--cpu-limit`, `--memory-high`, `--memory-max`, `--io-limit`), on cgroup v2, v1 and hybrid
+//! hosts, found per controller (`kernel::cgroup`). An IO limit is one line of a nested-keyed
+//! file (the disk's line of `io.max`, or of each v1 `blkio.throttle.*_device` file): only that
+//! line is read, compared and written back. Each file's old value is journaled with the new one before
 //! the write (`Undo::CgroupFile`), and written back at the end unless someone else changed the
 //! file in between: theirs is left, logged and counted.
 //!
@@ -14,7 +16,7 @@ mod spec;
 use std::path::PathBuf;
 
 pub use args::LimitArgs;
-pub use spec::{Bytes, LimitSpec};
+pub use spec::{Bytes, IoLimit, LimitSpec};
 
 use super::{ActiveFault, ApplyCtx, FaultError, FaultSpec};
 use crate::kernel::bpf::Counters;
@@ -31,6 +33,9 @@ pub struct Change {
     pub version: Version,
     /// The file.
     pub file: PathBuf,
+    /// In a nested-keyed file, the line's key (the disk's `MAJ:MIN`): `previous` and `value`
+    /// are that line.
+    pub key: Option<String>,
     /// Its value before the fault.
     pub previous: String,
     /// What the fault writes.
@@ -93,6 +98,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
                 Change {
                     controller: Controller::Cpu,
                     version: h.version,
+                    key: None,
                     value: format!("{quota} {period}"),
                     previous,
                     what: "cpu.max (cgroup v2)".to_owned(),
@@ -106,6 +112,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
                 Change {
                     controller: Controller::Cpu,
                     version: h.version,
+                    key: None,
                     value: quota_us(cpus, period).to_string(),
                     previous,
                     what: format!("cpu.cfs_quota_us (cgroup v1, period {period} us)"),
@@ -149,6 +156,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
             out.push(Change {
                 controller: Controller::Memory,
                 version: h.version,
+                key: None,
                 previous: cgroup::read(&file).map_err(FaultError::Cgroup)?,
                 value: page_aligned(b.0).to_string(),
                 what: "memory.high (cgroup v2)".to_owned(),
@@ -170,6 +178,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
             out.push(Change {
                 controller: Controller::Memory,
                 version: h.version,
+                key: None,
                 previous: cgroup::read(&file).map_err(FaultError::Cgroup)?,
                 value: page_aligned(b.0).to_string(),
                 what: format!("{max} (cgroup {})", h.version.as_str()),
@@ -177,33 +186,152 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
             });
         }
     }
+    if !l.io.is_empty() {
+        let h = hierarchy(Controller::Io)?;
+        let dir = h.dir(&target_path(spec, &h)?).map_err(FaultError::Cgroup)?;
+        let mut disks: Vec<String> = Vec::new();
+        for io in &l.io {
+            let disk = crate::sys::block::disk_of(&io.device)
+                .map_err(|e| bad("--io-limit", e.to_string()))?;
+            if disks.contains(&disk.key) {
+                return Err(bad(
+                    "--io-limit",
+                    format!(
+                        "{} is disk {} ({}) again: one --io-limit per disk",
+                        io.device, disk.name, disk.key
+                    ),
+                ));
+            }
+            disks.push(disk.key.clone());
+            out.extend(io_changes(io, &disk, &h, &dir)?);
+        }
+    }
     Ok(out)
 }
 
-/// The files the fault writes on this host (for conflicts between limit faults); reads nothing
-/// but the mount table and `/proc/PID/cgroup`, and leaves out what cannot be resolved.
+/// The v1 throttle file of an `io.max` key.
+fn v1_io_file(key: &str) -> &'static str {
+    match key {
+        "rbps" => "blkio.throttle.read_bps_device",
+        "wbps" => "blkio.throttle.write_bps_device",
+        "riops" => "blkio.throttle.read_iops_device",
+        _ => "blkio.throttle.write_iops_device",
+    }
+}
+
+/// The lines one `--io-limit` writes: the disk's `io.max` line (the keys not given keep their
+/// value), or one line in each v1 throttle file it sets.
+fn io_changes(
+    io: &IoLimit,
+    disk: &crate::sys::block::Disk,
+    h: &Hierarchy,
+    dir: &std::path::Path,
+) -> Result<Vec<Change>, FaultError> {
+    let on = match &disk.partition {
+        Some(p) => format!(" (disk {} of partition {p})", disk.name),
+        None => format!(" ({})", disk.name),
+    };
+    let read = |file: &std::path::Path| {
+        if file.exists() {
+            cgroup::read_keyed(file, &disk.key).map_err(FaultError::Cgroup)
+        } else {
+            Err(bad(
+                "--io-limit",
+                format!(
+                    "{} is missing: the cgroup has no {} controller (on cgroup v2, its parent's cgroup.subtree_control must enable io)",
+                    file.display(),
+                    h.controller.as_str()
+                ),
+            ))
+        }
+    };
+    Ok(match h.version {
+        Version::V2 => {
+            let file = dir.join("io.max");
+            let previous = read(&file)?;
+            let mut value = disk.key.clone();
+            for k in ["rbps", "wbps", "riops", "wiops"] {
+                let given = io.keys().into_iter().find(|(g, _)| *g == k);
+                let v = match given {
+                    Some((_, v)) => v.to_string(),
+                    None => previous
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                        .unwrap_or("max")
+                        .to_owned(),
+                };
+                let _ = std::fmt::Write::write_fmt(&mut value, format_args!(" {k}={v}"));
+            }
+            vec![Change {
+                controller: Controller::Io,
+                version: h.version,
+                key: Some(disk.key.clone()),
+                previous,
+                value,
+                what: format!("io.max (cgroup v2){on}"),
+                file,
+            }]
+        }
+        Version::V1 => io
+            .keys()
+            .into_iter()
+            .map(|(k, v)| {
+                let file = dir.join(v1_io_file(k));
+                Ok(Change {
+                    controller: Controller::Io,
+                    version: h.version,
+                    key: Some(disk.key.clone()),
+                    previous: read(&file)?,
+                    value: format!("{} {v}", disk.key),
+                    what: format!("{} (cgroup v1){on}", v1_io_file(k)),
+                    file,
+                })
+            })
+            .collect::<Result<_, FaultError>>()?,
+    })
+}
+
+/// The files (and, in keyed files, the lines) the fault writes on this host, for conflicts
+/// between limit faults; reads nothing but the mount table, `/proc/PID/cgroup` and the block
+/// devices, and leaves out what cannot be resolved.
 #[must_use]
-pub fn files(spec: &FaultSpec) -> Vec<PathBuf> {
+pub fn files(spec: &FaultSpec) -> Vec<String> {
     let Some(l) = &spec.limit else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let mut add = |c: Controller, v2: &str, v1: &str| {
+    let mut add = |c: Controller, v2: &str, v1: &str, key: Option<&str>| {
         if let Ok(h) = Hierarchy::find(c)
             && let Ok(path) = target_path(spec, &h)
         {
             let name = if h.version == Version::V2 { v2 } else { v1 };
-            out.push(h.root.join(path.trim_start_matches('/')).join(name));
+            let file = h.root.join(path.trim_start_matches('/')).join(name);
+            out.push(match key {
+                Some(k) => format!("{} line {k}", file.display()),
+                None => file.display().to_string(),
+            });
         }
     };
     if l.cpu.is_some() {
-        add(Controller::Cpu, "cpu.max", "cpu.cfs_quota_us");
+        add(Controller::Cpu, "cpu.max", "cpu.cfs_quota_us", None);
     }
     if l.memory_high.is_some() {
-        add(Controller::Memory, "memory.high", "memory.high");
+        add(Controller::Memory, "memory.high", "memory.high", None);
     }
     if l.memory_max.is_some() {
-        add(Controller::Memory, "memory.max", "memory.limit_in_bytes");
+        add(
+            Controller::Memory,
+            "memory.max",
+            "memory.limit_in_bytes",
+            None,
+        );
+    }
+    for io in &l.io {
+        if let Ok(d) = crate::sys::block::disk_of(&io.device) {
+            for (k, _) in io.keys() {
+                add(Controller::Io, "io.max", v1_io_file(k), Some(&d.key));
+            }
+        }
     }
     out
 }
@@ -275,8 +403,62 @@ fn counts(
                 }
             }
         },
+        Controller::Io => {
+            for (k, v) in io_counts(version, dir) {
+                m.insert(k.to_owned(), v);
+            }
+        }
     }
     m
+}
+
+/// The cgroup's IO over all its disks: bytes and operations read and written, from `io.stat`
+/// (`MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=..`) or v1's `blkio.throttle.io_service_bytes`
+/// and `io_serviced` (`MAJ:MIN Read N` lines).
+fn io_counts(version: Version, dir: &std::path::Path) -> [(&'static str, u64); 4] {
+    let mut out = [
+        ("io_read_bytes", 0),
+        ("io_write_bytes", 0),
+        ("io_read_ops", 0),
+        ("io_write_ops", 0),
+    ];
+    let text = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    match version {
+        Version::V2 => {
+            for line in text("io.stat").lines() {
+                for f in line.split_whitespace().skip(1) {
+                    let Some((k, v)) = f.split_once('=') else {
+                        continue;
+                    };
+                    let i = match k {
+                        "rbytes" => 0,
+                        "wbytes" => 1,
+                        "rios" => 2,
+                        "wios" => 3,
+                        _ => continue,
+                    };
+                    out[i].1 += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        Version::V1 => {
+            for (file, base) in [
+                ("blkio.throttle.io_service_bytes", 0),
+                ("blkio.throttle.io_serviced", 2),
+            ] {
+                for line in text(file).lines() {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let i = match f.get(1).copied() {
+                        Some("Read") => base,
+                        Some("Write") => base + 1,
+                        _ => continue,
+                    };
+                    out[i].1 += f.get(2).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The limits in force, and where their effects show.
@@ -373,7 +555,7 @@ async fn flap_limits(
             } else {
                 (&c.value, &c.previous)
             };
-            match cgroup::read(&c.file) {
+            match cgroup::read_value(&c.file, c.key.as_deref()) {
                 Ok(v) if cgroup::same_value(&v, was) => match cgroup::write(&c.file, now) {
                     Ok(()) => {
                         tracing::info!(event = "flap_edge", file = %c.file.display(), active, value = %now, "limit flapped");
@@ -423,6 +605,7 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
             path: c.file.clone(),
             previous: c.previous.clone(),
             written: c.value.clone(),
+            key: c.key.clone(),
         })?;
         cgroup::write(&c.file, &c.value).map_err(FaultError::Cgroup)?;
         tracing::debug!(file = %c.file.display(), previous = %c.previous, value = %c.value, "cgroup limit set");

@@ -70,8 +70,125 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
+/// The smallest IO bandwidth limit: one page a second. Lower would wedge every writer.
+pub const MIN_IO_BPS: u64 = 4096;
+/// The most `--io-limit` devices of one fault.
+pub const MAX_IO_DEVICES: usize = 16;
+
+/// `--io-limit DEVICE[:rbps=..][:wbps=..][:riops=..][:wiops=..]`: throttles on one block device
+/// (v2 `io.max`, v1 `blkio.throttle.*`). The keys not given keep what the cgroup has.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoLimit {
+    /// The device as given: a block device path (`/dev/vdb`, `/dev/sda1`: a partition stands
+    /// for its disk, which is what the kernel throttles) or `MAJ:MIN`.
+    pub device: String,
+    /// Read bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbps: Option<Bytes>,
+    /// Written bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wbps: Option<Bytes>,
+    /// Read operations per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub riops: Option<u64>,
+    /// Write operations per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiops: Option<u64>,
+}
+
+impl IoLimit {
+    /// Parses `/dev/vdb:wbps=4M:riops=100` (or `254:16:wbps=4M`): the segments with `=` are
+    /// limits, the others the device.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut dev = Vec::new();
+        let mut out = Self::default();
+        for part in s.trim().split(':') {
+            let Some((k, v)) = part.split_once('=') else {
+                dev.push(part);
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim());
+            let count = || {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}={v}: a number of operations per second"))
+            };
+            match k {
+                "rbps" => out.rbps = Some(Bytes::parse(v).map_err(|e| format!("{k}: {e}"))?),
+                "wbps" => out.wbps = Some(Bytes::parse(v).map_err(|e| format!("{k}: {e}"))?),
+                "riops" => out.riops = Some(count()?),
+                "wiops" => out.wiops = Some(count()?),
+                _ => {
+                    return Err(format!(
+                        "{s:?}: unknown key {k:?} (rbps, wbps, riops, wiops)"
+                    ));
+                }
+            }
+        }
+        out.device = dev.join(":");
+        if out.device.is_empty() {
+            return Err(format!(
+                "{s:?}: expected DEVICE[:rbps=..][:wbps=..][:riops=..][:wiops=..]"
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The limits given, as `(io.max key, value)`.
+    #[must_use]
+    pub fn keys(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("rbps", self.rbps.map(|b| b.0)),
+            ("wbps", self.wbps.map(|b| b.0)),
+            ("riops", self.riops),
+            ("wiops", self.wiops),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let bad = |why: String| SpecError::BadLimit {
+            what: "--io-limit",
+            why,
+        };
+        if self.keys().is_empty() {
+            return Err(bad(format!(
+                "{}: give at least one of rbps=, wbps=, riops=, wiops=",
+                self.device
+            )));
+        }
+        for (k, v) in self.keys() {
+            let min = if k.ends_with("bps") { MIN_IO_BPS } else { 1 };
+            if v < min {
+                return Err(bad(format!(
+                    "{} {k}={v}: give at least {min} (a limit of zero would stop every IO, not slow it)",
+                    self.device
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `/dev/vdb wbps=4M riops=100`.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = self.device.clone();
+        for (k, v) in self.keys() {
+            let _ = if k.ends_with("bps") {
+                write!(out, " {k}={}", Bytes(v))
+            } else {
+                write!(out, " {k}={v}")
+            };
+        }
+        out
+    }
+}
+
 /// Limits written into the target's cgroup for the fault's life, the old values restored after.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     /// CPUs the cgroup may use, fractional (`0.25`: a quarter of one CPU's time): `cpu.max`,
@@ -89,16 +206,44 @@ pub struct LimitSpec {
     /// Allow `memory_max` below what the cgroup uses now (which may kill its processes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_oom: bool,
+    /// IO throttles, one per block device (v2 `io.max`, v1 `blkio.throttle.*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub io: Vec<IoLimit>,
 }
 
 impl LimitSpec {
     /// Checks what can be checked without the host (which `apply` checks: the CPU count, the
     /// memory size, the cgroup's usage, the controllers).
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.cpu.is_none() && self.memory_high.is_none() && self.memory_max.is_none() {
+        if self.cpu.is_none()
+            && self.memory_high.is_none()
+            && self.memory_max.is_none()
+            && self.io.is_empty()
+        {
             return Err(SpecError::Inapplicable {
-                what: "a limit fault needs --cpu-limit, --memory-high or --memory-max",
+                what: "a limit fault needs --cpu-limit, --memory-high, --memory-max or --io-limit",
             });
+        }
+        if self.io.len() > MAX_IO_DEVICES {
+            return Err(SpecError::BadLimit {
+                what: "--io-limit",
+                why: format!(
+                    "{} devices: at most {MAX_IO_DEVICES} per fault",
+                    self.io.len()
+                ),
+            });
+        }
+        for (i, io) in self.io.iter().enumerate() {
+            io.validate()?;
+            if self.io[..i].iter().any(|o| o.device == io.device) {
+                return Err(SpecError::BadLimit {
+                    what: "--io-limit",
+                    why: format!(
+                        "{} is given twice: one --io-limit per device, with all its keys",
+                        io.device
+                    ),
+                });
+            }
         }
         if let Some(c) = self.cpu
             && !(c.is_finite() && c >= MIN_CPU && c <= f64::from(u16::MAX))
@@ -155,6 +300,9 @@ impl LimitSpec {
         }
         if let Some(m) = self.memory_max {
             parts.push(format!("memory.max {m}"));
+        }
+        for io in &self.io {
+            parts.push(format!("io limit {}", io.summary()));
         }
         parts.join(", ")
     }
@@ -220,5 +368,42 @@ mod tests {
         assert!(ok(mem(Some(128 << 20), Some(64 << 20), false)).is_err());
         assert!(ok(mem(Some(64 << 20), None, true)).is_err());
         assert!(ok(mem(None, Some(64 << 20), true)).is_ok());
+        let io = |s: &[&str]| LimitSpec {
+            io: s
+                .iter()
+                .map(|s| IoLimit::parse(s).expect("parses"))
+                .collect(),
+            ..LimitSpec::default()
+        };
+        assert!(ok(io(&["/dev/vdb:wbps=4M"])).is_ok());
+        assert!(ok(io(&["/dev/vdb:wbps=4M", "/dev/vdc:riops=10"])).is_ok());
+        assert!(ok(io(&["/dev/vdb"])).is_err(), "no key");
+        assert!(ok(io(&["/dev/vdb:wbps=0"])).is_err(), "zero");
+        assert!(ok(io(&["/dev/vdb:riops=0"])).is_err(), "zero");
+        assert!(ok(io(&["/dev/vdb:rbps=100"])).is_err(), "below a page");
+        assert!(ok(io(&["/dev/vdb:wbps=4M", "/dev/vdb:rbps=4M"])).is_err());
+    }
+
+    #[test]
+    fn io_limits_parse_devices_with_and_without_colons() {
+        let l = IoLimit::parse("/dev/vdb:wbps=4M:riops=100").expect("parses");
+        assert_eq!(l.device, "/dev/vdb");
+        assert_eq!(l.keys(), vec![("wbps", 4 << 20), ("riops", 100)]);
+        assert_eq!(l.summary(), "/dev/vdb wbps=4M riops=100");
+        let l = IoLimit::parse("254:16:rbps=1G:wiops=5").expect("parses");
+        assert_eq!(l.device, "254:16");
+        assert_eq!(l.keys(), vec![("rbps", 1 << 30), ("wiops", 5)]);
+        for bad in [
+            "",
+            ":wbps=1M",
+            "/dev/x:wbps=fast",
+            "/dev/x:xbps=1",
+            "/dev/x:riops=1.5",
+        ] {
+            assert!(IoLimit::parse(bad).is_err(), "{bad}");
+        }
+        let j: LimitSpec =
+            serde_json::from_str(r#"{"io":[{"device":"/dev/vdb","wbps":"4M"}]}"#).expect("json");
+        assert_eq!(j.io[0].wbps, Some(Bytes(4 << 20)));
     }
 }
