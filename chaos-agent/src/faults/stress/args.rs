@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{CpuStress, StressSpec};
+use super::{CpuStress, IoStress, StressSpec};
 use crate::faults::limit::Bytes;
 
 /// Stressor flags.
@@ -19,6 +19,12 @@ pub struct StressArgs {
     /// Spread the memory stressor's allocation over this long (e.g. `10s`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "memory_stress")]
     pub memory_ramp: Option<Duration>,
+    /// Read and write a file of the agent's in the directory PATH with direct IO (so the disk
+    /// under it, not the page cache, takes the load), at most RATE bytes a second, reads and
+    /// writes half each (`/var/tmp:8M`; default: as fast as the disk goes). The file is 64 MiB
+    /// and removed at the end.
+    #[arg(long, value_name = "PATH[:RATE]", value_parser = IoStress::parse)]
+    pub io_stress: Option<IoStress>,
     /// Run the stressors below the cgroup of --cgroup, --pid, --unit or --container, to press
     /// it from within (its limits apply to them), instead of in a cgroup of their own.
     #[arg(long)]
@@ -29,11 +35,13 @@ impl StressArgs {
     /// The spec section the flags ask for.
     #[must_use]
     pub fn to_spec(&self) -> Option<StressSpec> {
-        (self.cpu_stress.is_some() || self.memory_stress.is_some()).then_some(StressSpec {
-            cpu: self.cpu_stress,
-            memory: self.memory_stress,
-            memory_ramp: self.memory_ramp,
-            inside: self.inside,
-        })
+        (self.cpu_stress.is_some() || self.memory_stress.is_some() || self.io_stress.is_some())
+            .then(|| StressSpec {
+                cpu: self.cpu_stress,
+                memory: self.memory_stress,
+                memory_ramp: self.memory_ramp,
+                io: self.io_stress.clone(),
+                inside: self.inside,
+            })
     }
 }

@@ -1,5 +1,7 @@
 //! The stress fault type: stressors built into the agent (`--cpu-stress N[@LOAD%]`,
-//! `--memory-stress SIZE`), so no stress-ng is needed and none outlives its fault.
+//! `--memory-stress SIZE`, `--io-stress PATH[:RATE]`), so no stress-ng is needed and none
+//! outlives its fault. The IO stressor's file (`PATH/.chaos-io-stress-<id>`) is journaled
+//! before it is made (`Undo::StressFile`) and removed with the fault.
 //!
 //! The stressor is one process, the agent's own binary (`chaos-agent stress-worker`), in a
 //! cgroup the agent makes for the fault (`chaos-stress-<id>` below the hierarchy's root, or with
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 pub use args::StressArgs;
-pub use spec::{CpuStress, StressSpec};
+pub use spec::{CpuStress, IoStress, StressSpec};
 
 use super::{ActiveFault, ApplyCtx, Effects, FaultError, FaultSpec};
 use crate::faults::limit::Bytes;
@@ -44,6 +46,7 @@ fn hierarchies(s: &StressSpec) -> Result<Vec<Hierarchy>, FaultError> {
     let wanted = [
         (s.cpu.is_some(), Controller::Cpu),
         (s.memory.is_some(), Controller::Memory),
+        (s.io.is_some(), Controller::Io),
     ];
     for (want, c) in wanted {
         if !want {
@@ -94,6 +97,9 @@ pub fn check(spec: &FaultSpec) -> Result<(), FaultError> {
             ),
         ));
     }
+    if let Some(io) = &s.io {
+        check_io_dir(&io.dir)?;
+    }
     if let Some(c) = s.cpu {
         let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         if c.workers as usize > 4 * n {
@@ -110,10 +116,67 @@ pub fn check(spec: &FaultSpec) -> Result<(), FaultError> {
     dirs(spec, "check").map(drop)
 }
 
+/// Room the IO stressor leaves free on its filesystem beyond its own file.
+const IO_SPARE: u64 = 256 << 20;
+
+/// The IO stressor's directory: a directory, with room for the file and some to spare.
+fn check_io_dir(dir: &std::path::Path) -> Result<(), FaultError> {
+    let bad_dir = |why: String| bad("--io-stress", format!("{}: {why}", dir.display()));
+    if !dir.is_dir() {
+        return Err(bad_dir("not a directory".to_owned()));
+    }
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| bad_dir(e.to_string()))?;
+    let free = st.blocks_available() * st.fragment_size();
+    let need = worker::IO_FILE_SIZE + IO_SPARE;
+    if free < need {
+        return Err(bad_dir(format!(
+            "{} free, the stressor's file needs {} and leaves {} spare",
+            Bytes(free & !((1 << 20) - 1)),
+            Bytes(worker::IO_FILE_SIZE),
+            Bytes(IO_SPARE)
+        )));
+    }
+    Ok(())
+}
+
+/// The IO stressor's file of fault `id`.
+fn io_file(io: &IoStress, id: &str) -> PathBuf {
+    io.dir.join(format!(".chaos-io-stress-{id}"))
+}
+
+/// Makes the IO stressor's file (journaled before): new (`O_EXCL`), opened once with `O_DIRECT`
+/// to prove the filesystem takes direct IO, and sized.
+fn make_io_file(path: &std::path::Path, dir: &std::path::Path) -> Result<(), FaultError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                bad(
+                    "--io-stress",
+                    format!(
+                        "the filesystem of {} does not take direct IO (tmpfs before Linux 6.6 does not): give a directory on a disk",
+                        dir.display()
+                    ),
+                )
+            } else {
+                bad("--io-stress", format!("{}: {e}", path.display()))
+            }
+        })?;
+    f.set_len(worker::IO_FILE_SIZE)
+        .map_err(|e| bad("--io-stress", format!("{}: {e}", path.display())))
+}
+
 /// How to start the stressor again (`--flap` starts it at every active phase).
 #[derive(Debug, Clone)]
 struct Launch {
     args: Vec<String>,
+    /// Whether it runs the IO stressor (and has IO to report).
+    io: bool,
     /// The `cgroup.procs` files it writes itself into, prepared before any fork.
     procs: Vec<CString>,
 }
@@ -172,6 +235,8 @@ struct Stressor {
     pid: u32,
     /// CPU seconds of the stressors killed before the current one (`--flap`).
     cpu_before: f64,
+    /// Bytes read and written by the stressors killed before the current one.
+    io_before: (f64, f64),
     /// The effects read as it was stopped, for the report after it.
     last: Option<Effects>,
     /// The target's cgroup v2 directory with `--inside`, else none: where the pressure that
@@ -187,6 +252,12 @@ impl Stressor {
                 .get("stress_cpu_seconds")
                 .copied()
                 .unwrap_or(self.cpu_before);
+            if let (Some(r), Some(w)) = (
+                e.get("stress_io_read_bytes"),
+                e.get("stress_io_write_bytes"),
+            ) {
+                self.io_before = (*r, *w);
+            }
             self.last = Some(e);
         }
         if let Some(mut c) = self.child.take() {
@@ -223,6 +294,26 @@ impl Stressor {
             }
         }
         e.insert("stress_cpu_seconds".to_owned(), cpu);
+        if self.launch.io {
+            // What the disk was asked for (`/proc/PID/io`: direct IO passes no page cache).
+            let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid))
+                .ok()
+                .filter(|_| self.child.is_some())
+                .unwrap_or_default();
+            let field = |k: &str| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix(k)?.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            e.insert(
+                "stress_io_read_bytes".to_owned(),
+                self.io_before.0 + field("read_bytes:"),
+            );
+            e.insert(
+                "stress_io_write_bytes".to_owned(),
+                self.io_before.1 + field("write_bytes:"),
+            );
+        }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             && self.child.is_some()
             && let Some(kb) = status
@@ -340,11 +431,18 @@ async fn flap_stressor(
 
 /// Makes the stressor's cgroups and starts it in them.
 pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveFault>, FaultError> {
-    let Some(s) = spec.stress else {
+    let Some(s) = &spec.stress else {
         return Err(FaultError::Scope(SpecError::NoEffect));
     };
     check(spec)?;
-    let dirs = dirs(spec, &ctx.id.to_string())?;
+    let id = ctx.id.to_string();
+    let dirs = dirs(spec, &id)?;
+    // The file first: undone last, once no stressor has it open.
+    let io_path = s.io.as_ref().map(|io| io_file(io, &id));
+    if let (Some(io), Some(path)) = (&s.io, &io_path) {
+        ctx.txn.record(Undo::StressFile { path: path.clone() })?;
+        make_io_file(path, &io.dir)?;
+    }
     let mut procs = Vec::new();
     for (h, dir) in &dirs {
         ctx.txn.record(Undo::StressCgroup { path: dir.clone() })?;
@@ -380,6 +478,13 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
     if let Some(r) = s.memory_ramp {
         args.extend(["--memory-ramp-ms".to_owned(), r.as_millis().to_string()]);
     }
+    if let (Some(io), Some(path)) = (&s.io, &io_path) {
+        args.extend(["--io-file".to_owned(), path.display().to_string()]);
+        args.extend([
+            "--io-rate".to_owned(),
+            io.rate.map_or(0, |r| r.0).to_string(),
+        ]);
+    }
     let psi = s
         .inside
         .then(|| match spec.target.pid {
@@ -389,10 +494,15 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
         .flatten()
         .and_then(|p| cgroup::v2_dir(&p));
     let mut stressor = Stressor {
-        launch: Launch { args, procs },
+        launch: Launch {
+            args,
+            io: io_path.is_some(),
+            procs,
+        },
         child: None,
         pid: 0,
         cpu_before: 0.0,
+        io_before: (0.0, 0.0),
         last: None,
         psi,
     };
@@ -435,6 +545,13 @@ pub fn plan(spec: &FaultSpec) -> Vec<String> {
                         .filter(|_| h.controller == Controller::Memory || h.version == Version::V2)
                         .map(|m| format!(", capped at {}", Bytes(m.0 + CAP_SLACK)))
                         .unwrap_or_default()
+                ));
+            }
+            if let Some(io) = &s.io {
+                out.push(format!(
+                    "create {} ({}, direct IO); removed at the end",
+                    io_file(io, "<id>").display(),
+                    Bytes(worker::IO_FILE_SIZE)
                 ));
             }
             out.push(format!(

@@ -49,9 +49,57 @@ impl std::fmt::Display for CpuStress {
     }
 }
 
+/// The smallest IO stressor rate: one block a second.
+pub const MIN_IO_RATE: u64 = 1 << 16;
+
+/// `PATH[:RATE]`: direct reads and writes on a file the agent makes in the directory `PATH`
+/// (so on the filesystem, and the disk, under it), at most RATE bytes a second.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoStress {
+    /// The directory the stressor's file goes in.
+    pub dir: std::path::PathBuf,
+    /// Bytes per second, reads and writes together (half each); none: as fast as the disk goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Bytes>,
+}
+
+impl IoStress {
+    /// Parses `/var/tmp`, `/var/tmp:8M`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (dir, rate) = match s.rsplit_once(':') {
+            Some((d, r)) if !d.is_empty() => (
+                d,
+                Some(Bytes::parse(r).map_err(|e| format!("the rate: {e}"))?),
+            ),
+            _ => (s, None),
+        };
+        if !dir.starts_with('/') {
+            return Err(format!(
+                "{s:?}: expected an absolute directory, PATH[:RATE] (e.g. /var/tmp:8M)"
+            ));
+        }
+        Ok(Self {
+            dir: dir.into(),
+            rate,
+        })
+    }
+}
+
+impl std::fmt::Display for IoStress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.dir.display())?;
+        match self.rate {
+            Some(r) => write!(f, " at {r}/s"),
+            None => write!(f, " at full speed"),
+        }
+    }
+}
+
 /// Stressors the agent runs for the fault's life, in a cgroup of its own (or, with `inside`,
 /// below the target's), killed with it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StressSpec {
     /// CPU workers at a duty cycle.
@@ -67,6 +115,9 @@ pub struct StressSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub memory_ramp: Option<Duration>,
+    /// Direct reads and writes on a file of the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoStress>,
     /// Run below the target's cgroup, to press it from within (its limits and accounting
     /// apply to the stressors).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -76,9 +127,20 @@ pub struct StressSpec {
 impl StressSpec {
     /// Checks what can be checked without the host.
     pub fn validate(&self, ttl: Duration) -> Result<(), SpecError> {
-        if self.cpu.is_none() && self.memory.is_none() {
+        if self.cpu.is_none() && self.memory.is_none() && self.io.is_none() {
             return Err(SpecError::Inapplicable {
-                what: "a stress fault needs --cpu-stress or --memory-stress",
+                what: "a stress fault needs --cpu-stress, --memory-stress or --io-stress",
+            });
+        }
+        if let Some(r) = self.io.as_ref().and_then(|io| io.rate)
+            && r.0 < MIN_IO_RATE
+        {
+            return Err(SpecError::BadLimit {
+                what: "--io-stress",
+                why: format!(
+                    "{r}/s is below {}/s, one block a second",
+                    Bytes(MIN_IO_RATE)
+                ),
             });
         }
         if let Some(c) = self.cpu {
@@ -135,6 +197,9 @@ impl StressSpec {
                 None => format!("memory stress {m}"),
             });
         }
+        if let Some(io) = &self.io {
+            parts.push(format!("io stress {io}"));
+        }
         parts.join(", ")
     }
 }
@@ -181,5 +246,28 @@ mod tests {
         assert!(ok(mem(256 << 20, Some(10))));
         assert!(!ok(mem(4096, None)));
         assert!(!ok(mem(256 << 20, Some(30))));
+        let io = |s: &str| StressSpec {
+            io: Some(IoStress::parse(s).expect("parses")),
+            ..StressSpec::default()
+        };
+        assert!(ok(io("/var/tmp")));
+        assert!(ok(io("/var/tmp:8M")));
+        assert!(!ok(io("/var/tmp:4K")));
+    }
+
+    #[test]
+    fn io_stress_parses_and_prints() {
+        let s = IoStress::parse("/var/tmp:8M").expect("parses");
+        assert_eq!(
+            (s.dir.to_str(), s.rate),
+            (Some("/var/tmp"), Some(Bytes(8 << 20)))
+        );
+        assert_eq!(s.to_string(), "/var/tmp at 8M/s");
+        let s = IoStress::parse("/mnt/data").expect("parses");
+        assert_eq!(s.rate, None);
+        assert_eq!(s.to_string(), "/mnt/data at full speed");
+        for bad in ["", "relative/dir", "/var/tmp:fast", ":8M"] {
+            assert!(IoStress::parse(bad).is_err(), "{bad}");
+        }
     }
 }

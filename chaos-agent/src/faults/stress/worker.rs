@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 const PERIOD: Duration = Duration::from_millis(100);
 /// The memory stressor's allocation unit.
 const CHUNK: usize = 1 << 20;
+/// The IO stressor's file: large enough that its blocks are not all in the disk's own cache.
+pub const IO_FILE_SIZE: u64 = 64 << 20;
+/// What direct IO aligns buffers, offsets and lengths to (the largest logical block size).
+const IO_ALIGN: usize = 4096;
 
 /// What the worker does (its command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -26,6 +30,92 @@ pub struct WorkerArgs {
     /// Milliseconds over which to spread the allocation.
     #[arg(long, default_value_t = 0)]
     pub memory_ramp_ms: u64,
+    /// The file to read and write with direct IO (made by the agent).
+    #[arg(long)]
+    pub io_file: Option<std::path::PathBuf>,
+    /// Bytes per second of IO, reads and writes together; 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub io_rate: u64,
+}
+
+/// The IO block for `rate` bytes a second: about sixteen operations a second, between 64 KiB
+/// and 1 MiB, aligned; 1 MiB at full speed.
+fn io_block(rate: u64) -> usize {
+    if rate == 0 {
+        return 1 << 20;
+    }
+    let b = usize::try_from(rate / 16)
+        .unwrap_or(1 << 20)
+        .clamp(64 << 10, 1 << 20);
+    b / IO_ALIGN * IO_ALIGN
+}
+
+/// A buffer aligned for direct IO.
+struct Aligned {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len, IO_ALIGN).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        // SAFETY: `ptr` is valid for `len` bytes, just allocated.
+        unsafe { std::ptr::write_bytes(ptr, 0x5a, len) };
+        Self { ptr, layout }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: valid for the layout's size, and borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// Writes then reads back each block of `path` in turn with `O_DIRECT`, paced to `rate` bytes
+/// a second (0: unpaced). Returns only on an IO error.
+fn io_worker(path: &std::path::Path, rate: u64) -> std::io::Error {
+    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    let block = io_block(rate);
+    let mut buf = Aligned::new(block);
+    let blocks = IO_FILE_SIZE / block as u64;
+    let start = Instant::now();
+    let mut done: u64 = 0;
+    for i in (0..blocks).cycle() {
+        let off = i * block as u64;
+        if let Err(e) = file.write_all_at(buf.as_mut(), off) {
+            return e;
+        }
+        if let Err(e) = file.read_exact_at(buf.as_mut(), off) {
+            return e;
+        }
+        done += 2 * block as u64;
+        if rate > 0 {
+            let due = start + Duration::from_secs_f64(done as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+    std::io::Error::other("no blocks")
 }
 
 /// One CPU worker: busy for `busy` of every [`PERIOD`], asleep for the rest.
@@ -69,10 +159,31 @@ pub fn run(a: &WorkerArgs) {
         }
     }
     black_box(&held);
+    if let Some(path) = &a.io_file {
+        // The agent sees the exit (and the fault's effects stop growing); the message is for
+        // whoever runs the worker by hand.
+        let e = io_worker(path, a.io_rate);
+        eprintln!("chaos-agent stress-worker: {}: {e}", path.display());
+        std::process::exit(1);
+    }
     if a.cpu_workers == 0 && held.is_empty() {
         return;
     }
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_blocks_are_aligned_and_bounded() {
+        assert_eq!(io_block(0), 1 << 20);
+        assert_eq!(io_block(8 << 20), 512 << 10);
+        assert_eq!(io_block(64 << 10), 64 << 10);
+        assert_eq!(io_block(1 << 40), 1 << 20);
+        assert_eq!(io_block(3_000_000) % IO_ALIGN, 0);
     }
 }
