@@ -192,6 +192,16 @@ fn memory_high_throttles_a_writer_without_killing_it() {
     let mut cg = ControllerCgroup::new(Path::new("/sys/fs/cgroup"), "chlim");
     let shm = format!("/dev/shm/{}", unique_name("chlim"));
     let state = TempDir::new("chlim");
+    // Microseconds some task of the cgroup stalled on memory (the kernel's PSI).
+    let stalled = |cg: &ControllerCgroup| -> u64 {
+        let p = cg.file("memory.pressure");
+        p.lines()
+            .find(|l| l.starts_with("some "))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("memory.pressure: {p}"))
+    };
+    let stalled_before = stalled(&cg);
     let mut agent = inject(
         &state,
         &["--memory-high", "16M", "--cgroup", &cg.path, "--ttl", "8s"],
@@ -226,8 +236,25 @@ fn memory_high_throttles_a_writer_without_killing_it() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert_eq!(oom, 0, "memory.high must never kill");
+    // Throttled, so stalled: the cgroup's memory pressure rises.
+    let t2 = Instant::now();
+    while stalled(&cg) == stalled_before {
+        assert!(
+            t2.elapsed() < Duration::from_secs(3),
+            "memory.pressure shows no stall under memory.high"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "MEASURED memory stall under --memory-high 16M: {} us so far",
+        stalled(&cg) - stalled_before
+    );
     let (status, out, err) = agent.wait(Duration::from_secs(30));
     assert!(status.success(), "{out:?} {err}");
+    assert!(
+        out.iter().any(|l| l.contains("memory stalled ")),
+        "the summary tells the stall: {out:?}"
+    );
     assert_eq!(cg.file("memory.high"), "max");
     // Free again: the write completes.
     let t1 = Instant::now();

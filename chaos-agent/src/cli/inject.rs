@@ -240,6 +240,11 @@ pub fn effects_line(e: &crate::faults::Effects) -> String {
             parts.push(format!("{what} {v:.2}%"));
         }
     }
+    for r in ["cpu", "memory", "io"] {
+        if let Some(v) = get(&format!("{r}_stall_seconds")).filter(|v| *v > 0.0) {
+            parts.push(format!("{r} stalled {v:.2}s"));
+        }
+    }
     for (k, what) in [
         ("memory_high_events", "memory.high events"),
         ("memory_max_events", "memory.max events"),

@@ -260,6 +260,36 @@ pub fn flat_keyed(path: &Path) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// A pressure (PSI) file: `some` and `full` lines of `avg10=.. avg60=.. avg300=.. total=..`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pressure {
+    /// Percent of the last 10 s some task was stalled.
+    pub some_avg10: f64,
+    /// Percent of the last 10 s all non-idle tasks were stalled (none where the file has no
+    /// `full` line, as the host's `/proc/pressure/cpu` before 5.13).
+    pub full_avg10: Option<f64>,
+    /// Microseconds some task was stalled, since the cgroup was made.
+    pub some_total_us: u64,
+}
+
+/// Reads a pressure file.
+#[must_use]
+pub fn pressure(path: &Path) -> Option<Pressure> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let field = |line: &str, k: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    let full = text.lines().find(|l| l.starts_with("full "));
+    Some(Pressure {
+        some_avg10: field(some, "avg10")?.parse().ok()?,
+        full_avg10: full.and_then(|l| field(l, "avg10")?.parse().ok()),
+        some_total_us: field(some, "total")?.parse().ok()?,
+    })
+}
+
 /// `some avg10` of a pressure file (`cpu.pressure`, `/proc/pressure/memory`), in percent.
 #[must_use]
 pub fn pressure_some_avg10(path: &Path) -> Option<f64> {
@@ -432,6 +462,14 @@ mod tests {
         )
         .expect("write");
         assert_eq!(pressure_some_avg10(&psi), Some(33.99));
+        assert_eq!(
+            pressure(&psi),
+            Some(Pressure {
+                some_avg10: 33.99,
+                full_avg10: Some(1.0),
+                some_total_us: 123
+            })
+        );
         assert_eq!(pressure_some_avg10(&dir.join("none")), None);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -461,6 +461,9 @@ fn io_counts(version: Version, dir: &std::path::Path) -> [(&'static str, u64); 4
     out
 }
 
+/// The resources whose pressure (PSI) a limit fault reports.
+const PSI_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
+
 /// The limits in force, and where their effects show.
 #[derive(Debug)]
 struct LimitFault {
@@ -472,6 +475,8 @@ struct LimitFault {
     /// The target's cgroup v2 directory, where its pressure (PSI) files are (also on hybrid
     /// hosts, whose unified hierarchy has them without controllers).
     psi: Option<PathBuf>,
+    /// Each resource's stall time (`some total`, µs) when the fault began.
+    psi_base: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl ActiveFault for LimitFault {
@@ -505,10 +510,20 @@ impl ActiveFault for LimitFault {
             }
         }
         if let Some(dir) = &self.psi {
-            for r in ["cpu", "memory", "io"] {
-                if let Some(v) = cgroup::pressure_some_avg10(&dir.join(format!("{r}.pressure"))) {
-                    e.insert(format!("{r}_pressure_some_avg10"), v);
+            for r in PSI_RESOURCES {
+                let Some(p) = cgroup::pressure(&dir.join(format!("{r}.pressure"))) else {
+                    continue;
+                };
+                e.insert(format!("{r}_pressure_some_avg10"), p.some_avg10);
+                if let Some(f) = p.full_avg10 {
+                    e.insert(format!("{r}_pressure_full_avg10"), f);
                 }
+                // The stall the fault's time added: a count (seconds), not a level.
+                let base = self.psi_base.get(r).copied().unwrap_or(p.some_total_us);
+                e.insert(
+                    format!("{r}_stall_seconds"),
+                    p.some_total_us.saturating_sub(base) as f64 / 1e6,
+                );
             }
         }
         Some(e)
@@ -628,15 +643,28 @@ pub fn apply(spec: &FaultSpec, ctx: &mut ApplyCtx<'_>) -> Result<Box<dyn ActiveF
             files,
         ))
     });
+    // The root's pressure is the host's: not the target's effect.
+    let psi = v2_path
+        .as_deref()
+        .filter(|p| !p.trim_matches('/').is_empty())
+        .and_then(cgroup::v2_dir);
+    let psi_base = psi
+        .iter()
+        .flat_map(|dir| {
+            PSI_RESOURCES.into_iter().filter_map(|r| {
+                Some((
+                    r,
+                    cgroup::pressure(&dir.join(format!("{r}.pressure")))?.some_total_us,
+                ))
+            })
+        })
+        .collect();
     Ok(Box::new(LimitFault {
         flapper,
         backend: format!("cgroup-{}", versions.join("+")),
         watched,
-        // The root's pressure is the host's: not the target's effect.
-        psi: v2_path
-            .as_deref()
-            .filter(|p| !p.trim_matches('/').is_empty())
-            .and_then(cgroup::v2_dir),
+        psi,
+        psi_base,
     }))
 }
 
