@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod engine;
+pub mod experiment;
 pub mod faults;
 pub mod kernel;
 pub mod metrics;

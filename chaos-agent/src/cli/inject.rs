@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::target::Target;
 
 /// Builds the spec from the flags.
-pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
+pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
     let loss = a.loss.to_spec();
     let shape = a.shape.to_spec();
     let dns = a.dns.to_spec().map_err(UsageError)?;
@@ -37,7 +37,7 @@ pub(super) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         && stress.is_none()
     {
         return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --cpu-stress or --memory-stress".to_owned(),
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --io-limit, --cpu-stress, --memory-stress or --io-stress".to_owned(),
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.

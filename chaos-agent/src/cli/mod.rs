@@ -4,7 +4,8 @@
 mod cleanup;
 mod client;
 mod doctor;
-mod inject;
+mod experiment;
+pub(crate) mod inject;
 mod run;
 
 use std::path::PathBuf;
@@ -68,9 +69,48 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Show what this kernel supports.
     Doctor(DoctorArgs),
+    /// Experiments: probes, a method of faults, stop conditions, a report.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
     /// The stressor process of a stress fault (started by the agent in its cgroup).
     #[command(hide = true)]
     StressWorker(crate::faults::stress::worker::WorkerArgs),
+}
+
+/// `experiment` verbs.
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Run an experiment file in the foreground: probes before, during and after the method,
+    /// the steps at their offsets, every fault reverted at once when a stop condition trips.
+    Run(ExperimentRunArgs),
+    /// Check an experiment file (its schema, its steps against this kernel) and print its plan.
+    Validate(ExperimentFileArg),
+}
+
+/// `experiment validate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExperimentFileArg {
+    /// The experiment file (TOML).
+    pub file: PathBuf,
+}
+
+/// `experiment run` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExperimentRunArgs {
+    /// The experiment file (TOML).
+    pub file: PathBuf,
+    /// Plan every step and run the probes for the steady-state window only; inject nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where the reports go [default: `STATE_DIR/experiments`].
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The longest a step may last (the agent's maximum TTL).
+    #[arg(long, value_parser = parse_max_ttl, default_value = "1h")]
+    pub max_ttl: Duration,
 }
 
 /// `inject` flags.
@@ -587,6 +627,7 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => run::check_config(file),
         Command::Cleanup(args) => cleanup::run(&state_dir, args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Experiment(c) => experiment::run(&state_dir, c),
         Command::StressWorker(a) => {
             crate::faults::stress::worker::run(a);
             Ok(ExitCode::SUCCESS)

@@ -165,6 +165,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("scope", 30),
     ("limit", 60),
     ("stress", 40),
+    ("experiment", 40),
     ("own_faults", 20),
     ("ebpf_logic", 16),
     ("bad_input", 6),

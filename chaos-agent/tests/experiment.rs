@@ -1,0 +1,438 @@
+//! Experiments, end to end: the real binary running an experiment file against a real HTTP
+//! service in another namespace. Judged from outside the agent: the test's own connects from
+//! the agent's namespace see when a refusal begins and ends (its errno tells a refused connect
+//! from a closed port), and the report files are read as a user would read them.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chaos_testing::{AgentProcess, Feature, NetNs, TempDir, VethPair, in_vm, require, tcp_listen};
+
+fn bin() -> PathBuf {
+    chaos_testing::agent_bin(env!("CARGO_BIN_EXE_chaos-agent"))
+}
+
+/// Time under the VM's emulated clock runs about four times slower.
+fn k() -> f64 {
+    if in_vm() { 4.0 } else { 1.0 }
+}
+
+/// `ms` milliseconds, scaled for the VM, as a TOML duration string.
+fn d(ms: u64) -> String {
+    format!("{}ms", (ms as f64 * k()) as u64)
+}
+
+/// An HTTP service on `addr` in `ns` answering `200 ok` to every request, for the test's life.
+fn serve_http(ns: &NetNs, addr: &str) {
+    let listener = tcp_listen(ns, addr);
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+}
+
+/// What one connect attempt from the observer got: the time and the errno (0: connected).
+type Seen = Vec<(Instant, i32)>;
+
+/// Connects to each of `targets` from `ns` every 20 ms until `stop`, recording every outcome.
+fn observe(
+    ns: &NetNs,
+    targets: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Seen>> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let addrs: Vec<std::net::SocketAddr> =
+            targets.iter().map(|t| t.parse().expect("addr")).collect();
+        let mut seen = vec![Vec::new(); addrs.len()];
+        while !stop.load(Ordering::Relaxed) {
+            for (i, a) in addrs.iter().enumerate() {
+                let t = Instant::now();
+                let errno = match TcpStream::connect_timeout(a, Duration::from_millis(200)) {
+                    Ok(_) => 0,
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                };
+                seen[i].push((t, errno));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    })
+}
+
+/// The first and last time `errno` was seen.
+fn span(seen: &Seen, errno: i32) -> Option<(Instant, Instant)> {
+    let hits: Vec<Instant> = seen
+        .iter()
+        .filter(|(_, e)| *e == errno)
+        .map(|(t, _)| *t)
+        .collect();
+    Some((*hits.first()?, *hits.last()?))
+}
+
+fn write_file(dir: &TempDir, name: &str, text: &str) -> String {
+    let p = dir.0.join(name);
+    std::fs::write(&p, text).expect("write experiment");
+    p.to_str().expect("utf-8").to_owned()
+}
+
+/// The one JSON report in `dir`.
+fn report(dir: &std::path::Path) -> serde_json::Value {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("report dir")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].with_extension("md").exists(),
+        "no Markdown report beside {}",
+        files[0].display()
+    );
+    serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("json")
+}
+
+/// A backend that starts refusing connects breaks the API probe: the stop condition trips,
+/// every fault of the experiment is reverted at once (seen from outside: the refusals end
+/// within one window plus a probe interval and the revert, not at the step's 30 s), the probe
+/// recovers, and the report says `aborted`, why, and the time to recover.
+#[test]
+fn a_refusing_backend_trips_the_stop_condition_and_every_fault_goes_at_once() {
+    let test = "a_refusing_backend_trips_the_stop_condition_and_every_fault_goes_at_once";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let pair = VethPair::new(231);
+    let svc = format!("{}:8080", pair.b_ip);
+    serve_http(&pair.b, &svc);
+    let files = TempDir::new("chexp");
+    let reports = TempDir::new("chexp");
+    let state = TempDir::new("chexp");
+    let file = write_file(
+        &files,
+        "refuse.toml",
+        &format!(
+            r#"
+title = "the API survives its backend refusing"
+[steady]
+before = "{before}"
+after = "{after}"
+
+[[probe]]
+name = "api"
+interval = "{interval}"
+timeout = "{timeout}"
+http = {{ url = "http://{svc}/health", body_contains = "ok" }}
+
+[[step]]
+name = "backend refuses"
+duration = "30s"
+inject = ["--refuse", "--errno", "EHOSTUNREACH", "--dport", "8080"]
+
+[[step]]
+name = "unrelated loss"
+duration = "30s"
+inject = ["--loss", "0.5", "--iface", "{iface}", "--proto", "udp", "--dport", "9999"]
+
+[[stop.when]]
+probe = "api"
+min_success = 0.5
+window = "{window}"
+"#,
+            before = d(1000),
+            after = d(1500),
+            interval = d(200),
+            timeout = d(150),
+            window = d(600),
+            iface = pair.a_if,
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = observe(&pair.a, vec![svc.clone()], stop.clone());
+    let agent = AgentProcess::spawn(
+        Some(&pair.a),
+        &bin(),
+        &[
+            "--state-dir",
+            state.str(),
+            "experiment",
+            "run",
+            &file,
+            "--report-dir",
+            reports.str(),
+        ],
+    );
+    let (status, out, err) = agent.wait(Duration::from_secs(90));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().expect("observer");
+    // The run as a user sees it: the live view (stderr), then the verdict.
+    eprintln!("{err}{}", out.join("\n"));
+    assert_eq!(status.code(), Some(1), "{out:?} {err}");
+    let verdict = out.join("\n");
+    assert!(
+        verdict.contains("aborted") && verdict.contains("stop condition"),
+        "{verdict}"
+    );
+    let (first, last) =
+        span(&seen[0], libc::EHOSTUNREACH).unwrap_or_else(|| panic!("no refusal seen: {err}"));
+    let refused_for = last.duration_since(first).as_secs_f64();
+    eprintln!(
+        "MEASURED refusal seen from outside for {refused_for:.2} s before the abort reverted it"
+    );
+    // The window, a check's interval and timeout, and the revert.
+    let bound = k() * (0.6 + 0.2 + 0.15) + 1.0;
+    assert!(
+        refused_for <= bound,
+        "refused for {refused_for:.2} s (bound {bound:.2} s)"
+    );
+    let after: Vec<i32> = seen[0]
+        .iter()
+        .filter(|(t, _)| *t > last)
+        .map(|(_, e)| *e)
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|e| *e == 0),
+        "after the abort: {after:?}"
+    );
+
+    let r = report(&reports.0);
+    assert_eq!(r["outcome"], "aborted", "{r:#}");
+    let reason = r["reason"].as_str().expect("reason");
+    assert!(reason.contains("probe api passed"), "{reason}");
+    assert_eq!(r["steps"][0]["outcome"], "stopped");
+    assert_eq!(r["steps"][1]["outcome"], "stopped");
+    let p = &r["probes"][0];
+    assert_eq!(p["before"]["availability"], 1.0);
+    assert!(
+        p["during"]["availability"].as_f64().expect("during") < 0.5,
+        "{p:#}"
+    );
+    assert_eq!(p["after"]["availability"], 1.0, "{p:#}");
+    assert!(p["mttr_s"].as_f64().is_some_and(|m| m < 1.0), "{p:#}");
+}
+
+/// Two parallel steps and a third after the first: seen from outside (each step refuses its own
+/// port with EHOSTUNREACH, which a closed port never returns), the parallel ones start
+/// together and the third starts half a second after the first ended, each lasting its
+/// duration, within 100 ms (400 in the VM). The API probe never fails: the experiment passes.
+#[test]
+fn steps_run_at_their_offsets_and_an_untouched_service_passes() {
+    let test = "steps_run_at_their_offsets_and_an_untouched_service_passes";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let pair = VethPair::new(232);
+    let svc = format!("{}:8080", pair.b_ip);
+    serve_http(&pair.b, &svc);
+    let files = TempDir::new("chexp");
+    let reports = TempDir::new("chexp");
+    let state = TempDir::new("chexp");
+    let file = write_file(
+        &files,
+        "offsets.toml",
+        &format!(
+            r#"
+title = "offsets"
+[steady]
+before = "{before}"
+after = "{before}"
+
+[[probe]]
+name = "api"
+interval = "{interval}"
+timeout = "{interval}"
+http = {{ url = "http://{svc}/" }}
+
+[[step]]
+name = "one"
+duration = "{one}"
+inject = "--refuse --errno EHOSTUNREACH --dport 9001"
+
+[[step]]
+name = "two"
+duration = "{two}"
+inject = "--refuse --errno EHOSTUNREACH --dport 9002"
+
+[[step]]
+name = "three"
+after = "one"
+at = "{gap}"
+duration = "{one}"
+inject = "--refuse --errno EHOSTUNREACH --dport 9003"
+
+[[stop.when]]
+probe = "api"
+min_success = 0.9
+window = "{interval}"
+"#,
+            before = d(500),
+            interval = d(250),
+            one = d(1000),
+            two = d(1500),
+            gap = d(500),
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports: Vec<String> = [9001, 9002, 9003]
+        .iter()
+        .map(|p| format!("{}:{p}", pair.b_ip))
+        .collect();
+    let watcher = observe(&pair.a, ports, stop.clone());
+    let agent = AgentProcess::spawn(
+        Some(&pair.a),
+        &bin(),
+        &[
+            "--state-dir",
+            state.str(),
+            "experiment",
+            "run",
+            &file,
+            "--report-dir",
+            reports.str(),
+        ],
+    );
+    let (status, out, err) = agent.wait(Duration::from_secs(90));
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().expect("observer");
+    assert!(status.success(), "{out:?} {err}");
+    let spans: Vec<(Instant, Instant)> = seen
+        .iter()
+        .map(|s| span(s, libc::EHOSTUNREACH).unwrap_or_else(|| panic!("a step never acted: {err}")))
+        .collect();
+    let secs = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64();
+    let (one, two, three) = (spans[0], spans[1], spans[2]);
+    let together = secs(one.0.min(two.0), one.0.max(two.0));
+    let gap = secs(one.1, three.0);
+    let lengths = [
+        secs(one.0, one.1),
+        secs(two.0, two.1),
+        secs(three.0, three.1),
+    ];
+    eprintln!(
+        "MEASURED parallel starts {:.0} ms apart; third started {:.0} ms after the first ended; lasted {:.2}/{:.2}/{:.2} s",
+        together * 1e3,
+        gap * 1e3,
+        lengths[0],
+        lengths[1],
+        lengths[2]
+    );
+    let tol = 0.1 * k();
+    // The observer samples every ~20 ms (three connects per round): its own grain is added.
+    let grain = 0.06;
+    assert!(
+        together <= tol + grain,
+        "parallel steps {together:.3} s apart"
+    );
+    assert!((gap - 0.5 * k()).abs() <= tol + grain, "gap {gap:.3} s");
+    for (len, want) in lengths.iter().zip([1.0, 1.5, 1.0]) {
+        assert!(
+            (len - want * k()).abs() <= tol + grain,
+            "lasted {len:.3} s, planned {want} s"
+        );
+    }
+    let r = report(&reports.0);
+    assert_eq!(r["outcome"], "passed", "{r:#}");
+    assert_eq!(r["probes"][0]["during"]["availability"], 1.0);
+    assert_eq!(r["probes"][0]["mttr_s"], 0.0);
+    for s in r["steps"].as_array().expect("steps") {
+        assert_eq!(s["outcome"], "ttl", "{s:#}");
+    }
+}
+
+/// Bad files are refused before anything runs, each naming what is wrong (and, for the
+/// parser's errors, the line); the examples validate.
+#[test]
+fn bad_experiment_files_are_refused_before_anything_runs() {
+    let test = "bad_experiment_files_are_refused_before_anything_runs";
+    if !require(test, Feature::Root) {
+        return;
+    }
+    let files = TempDir::new("chexp");
+    let state = TempDir::new("chexp");
+    let good = r#"
+title = "t"
+[[probe]]
+name = "api"
+timeout = "500ms"
+tcp = { address = "127.0.0.1:1" }
+[[step]]
+name = "s"
+duration = "20s"
+inject = "--loss 0.1 --iface lo"
+"#;
+    let cases = [
+        (good.replace("title", "colour = 1\ntitle"), "unknown field"),
+        (good.replace("timeout = \"500ms\"\n", ""), "timeout"),
+        (
+            good.replace("--iface lo", "--iface chaos-none0"),
+            "step \"s\"",
+        ),
+        (good.replace("--loss 0.1", "--loss 7"), "step \"s\""),
+        (
+            format!(
+                "{}\n[stop]\nmax_duration = \"3h\"\n",
+                good.replace("20s", "2h")
+            ),
+            "step \"s\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let file = write_file(&files, "bad.toml", &text);
+        let out = std::process::Command::new(bin())
+            .args(["--state-dir", state.str(), "experiment", "run", &file])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{want}: {err}");
+        assert!(err.contains(want), "wanted {want:?} in {err}");
+        assert!(
+            !state.0.join("experiments").exists(),
+            "a refused file wrote a report"
+        );
+    }
+    let unknown = write_file(
+        &files,
+        "bad.toml",
+        &good.replace("title", "colour = 1\ntitle"),
+    );
+    let out = std::process::Command::new(bin())
+        .args(["experiment", "validate", &unknown])
+        .output()
+        .expect("validate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2"), "the parser names the line: {err}");
+
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/experiments");
+    let mut n = 0;
+    for e in std::fs::read_dir(&examples).expect("examples/experiments") {
+        let path = e.expect("entry").path();
+        let out = std::process::Command::new(bin())
+            .args(["--state-dir", state.str(), "experiment", "validate"])
+            .arg(&path)
+            .output()
+            .expect("validate");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n += 1;
+    }
+    assert!(n >= 2, "{n} examples");
+}
