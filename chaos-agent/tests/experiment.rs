@@ -417,6 +417,42 @@ inject = "--loss 0.1 --iface lo"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2"), "the parser names the line: {err}");
 
+    // A steady state that does not hold: nothing is injected, and no recovery is waited for.
+    let ns = NetNs::new("chexp");
+    let reports = TempDir::new("chexp");
+    let file = write_file(&files, "red.toml", good);
+    let t0 = Instant::now();
+    let agent = AgentProcess::spawn(
+        Some(&ns),
+        &bin(),
+        &[
+            "--state-dir",
+            state.str(),
+            "experiment",
+            "run",
+            &file,
+            "--report-dir",
+            reports.str(),
+        ],
+    );
+    let (status, out, err) = agent.wait(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(1), "{out:?} {err}");
+    let r = report(&reports.0);
+    assert_eq!(r["outcome"], "aborted");
+    assert!(
+        r["reason"].as_str().is_some_and(
+            |w| w.contains("steady state not met") && w.contains("nothing was injected")
+        ),
+        "{r:#}"
+    );
+    assert_eq!(r["steps"][0]["outcome"], "not started");
+    assert!(r["steps"][0]["fault"].is_null());
+    assert!(!err.contains("probing the recovery"), "{err}");
+    if !in_vm() {
+        // The 2 s steady window and start-up, not the 5 s recovery window too.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/experiments");
     let mut n = 0;
     for e in std::fs::read_dir(&examples).expect("examples/experiments") {

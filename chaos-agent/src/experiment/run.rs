@@ -315,7 +315,8 @@ pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) ->
     let method_t0 = tokio::time::Instant::now();
     let method_start = t0.elapsed().as_secs_f64();
     let mut step_reports: Vec<Option<StepReport>> = vec![None; steps.len()];
-    if outcome.is_none() {
+    let method_ran = outcome.is_none();
+    if method_ran {
         phase.store(1, Ordering::Release);
         live(
             t0,
@@ -396,9 +397,9 @@ pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) ->
     }
     let faults_end = t0.elapsed();
 
-    // After: recovery, unless a signal asked to end now.
+    // After: recovery, unless a signal asked to end now or nothing was injected.
     phase.store(2, Ordering::Release);
-    if !matches!(outcome, Some((Outcome::Interrupted, _))) {
+    if method_ran && !matches!(outcome, Some((Outcome::Interrupted, _))) {
         live(t0, Phase::After, "probing the recovery");
         let after_end = tokio::time::Instant::now() + spec.steady.after;
         loop {
