@@ -35,6 +35,17 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct ProbeLabels {
+    probe: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
 struct PacketLabels {
     interface: String,
     direction: String,
@@ -385,6 +396,9 @@ pub struct Metrics {
     apply_seconds: Histogram,
     revert_seconds: Histogram,
     ttl_lateness_seconds: Histogram,
+    experiments: Family<OutcomeLabels, Counter>,
+    probe_checks: Family<ProbeLabels, Counter>,
+    probe_seconds: Histogram,
     faults: Arc<FaultCounters>,
 }
 
@@ -412,6 +426,10 @@ impl Metrics {
             revert_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             // 50 us .. ~0.8 s: the target is < 20 ms at p99.
             ttl_lateness_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
+            experiments: Family::default(),
+            probe_checks: Family::default(),
+            // 100 us .. ~13 s: a probe's timeout is at most its interval.
+            probe_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             faults: Arc::new(FaultCounters::default()),
         };
         r.register(
@@ -458,6 +476,21 @@ impl Metrics {
             "chaos_agent_ttl_revert_lateness_seconds",
             "Delay between a fault's deadline and its revert",
             m.ttl_lateness_seconds.clone(),
+        );
+        r.register(
+            "chaos_agent_experiments",
+            "Experiments ended, by outcome (passed, failed, aborted, interrupted)",
+            m.experiments.clone(),
+        );
+        r.register(
+            "chaos_agent_probe_checks",
+            "Experiment probe checks, by probe and result (pass, fail)",
+            m.probe_checks.clone(),
+        );
+        r.register(
+            "chaos_agent_probe_duration_seconds",
+            "Time an experiment probe check took",
+            m.probe_seconds.clone(),
         );
         let labels: Vec<(String, String)> = info
             .iter()
@@ -541,6 +574,24 @@ impl Metrics {
     /// A revert left something behind.
     pub fn revert_failure(&self, kind: &str) {
         self.revert_failures.get_or_create(&Self::kind(kind)).inc();
+    }
+    /// An experiment ended.
+    pub fn experiment_ended(&self, outcome: &str) {
+        self.experiments
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+    /// An experiment probe's check.
+    pub fn probe_checked(&self, probe: &str, ok: bool, took: Duration) {
+        self.probe_checks
+            .get_or_create(&ProbeLabels {
+                probe: probe.to_owned(),
+                result: if ok { "pass" } else { "fail" }.to_owned(),
+            })
+            .inc();
+        self.probe_seconds.observe(took.as_secs_f64());
     }
     /// Leftovers removed.
     pub fn leftovers_removed(&self, kind: &str, n: u64) {

@@ -1524,3 +1524,177 @@ fn after_sigkill_each_fault_stops_at_its_own_kernel_deadline() {
     assert_eq!(received(6101), 100);
     assert_eq!(agent.journal_files(), 0);
 }
+
+/// An HTTP service answering `200 ok` on `addr` in `ns`, for the test's life.
+fn serve_http(ns: &testing::NetNs, addr: &str) {
+    use std::io::{Read as _, Write as _};
+    let listener = testing::tcp_listen(ns, addr);
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+}
+
+/// Experiments through the daemon: `experiment run --detach` starts one (its fault in the
+/// agent's list), a second is refused while it runs, and it ends `interrupted` with its faults
+/// gone (the namespace's tc filters) when stopped through the API, when the agent is paused,
+/// and when the agent is killed (SIGKILL) mid-experiment and restarted; the metrics count them.
+#[test]
+fn experiments_through_the_daemon_end_cleanly_however_they_are_stopped() {
+    require_root!("experiments_through_the_daemon_end_cleanly_however_they_are_stopped");
+    let net = VethPair::new(233);
+    let svc = format!("{}:8080", net.b_ip);
+    serve_http(&net.b, &svc);
+    let dir = TempDir::new();
+    let mut agent = Agent::start(&net, &dir.0, "", NETLINK);
+    let file = dir.0.join("exp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+title = "through the daemon"
+[steady]
+before = "500ms"
+after = "500ms"
+[[probe]]
+name = "api"
+interval = "300ms"
+timeout = "250ms"
+http = {{ url = "http://{svc}/" }}
+[[step]]
+name = "loss elsewhere"
+duration = "5m"
+inject = ["--loss", "0.1", "--iface", "{iface}", "--proto", "udp", "--dport", "9999"]
+"#,
+            iface = net.a_if
+        ),
+    )
+    .expect("write experiment");
+    let file = file.to_str().expect("utf-8");
+    let start = |agent: &Agent<'_>| -> String {
+        let out = agent.cli_ok(&["experiment", "run", file, "--detach"]);
+        let id = out
+            .strip_prefix("started ")
+            .and_then(|s| s.split(':').next())
+            .unwrap_or_else(|| panic!("unexpected output {out:?}"))
+            .to_owned();
+        // Its fault is in once the steady window has passed.
+        let t0 = Instant::now();
+        while agent.list_ids().is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the step never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            agent.our_filters(),
+            1,
+            "the step's fault is in the kernel (egress)"
+        );
+        id
+    };
+    let state_of = |agent: &Agent<'_>, id: &str| -> Value {
+        let (code, v) = agent.curl("GET", &format!("/v1/experiments/{id}"), None);
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+
+    // Stopped through the API.
+    let id = start(&agent);
+    assert_eq!(state_of(&agent, &id)["state"], "running");
+    let listed = agent.cli_json(&["experiment", "list"]);
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed[0]["state"], "running");
+    // One at a time.
+    let toml = std::fs::read_to_string(file).expect("read");
+    let (code, busy) = agent.curl("POST", "/v1/experiments", Some(&toml));
+    assert_eq!(code, 409, "{busy}");
+    assert_eq!(busy["error"]["code"], "experiment_running");
+    let out = agent.cli(&["experiment", "stop", &id, "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report json");
+    assert_eq!(report["outcome"], "interrupted", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stopped through the API by uid 0")),
+        "{report}"
+    );
+    assert_eq!(report["steps"][0]["outcome"], "stopped");
+    assert!(agent.list_ids().is_empty());
+    assert_eq!(
+        agent.our_filters(),
+        0,
+        "the stopped experiment's fault is gone"
+    );
+
+    // Paused.
+    let id = start(&agent);
+    agent.cli_ok(&["pause"]);
+    assert_eq!(agent.our_filters(), 0);
+    let report = state_of(&agent, &id);
+    assert_eq!(report["outcome"], "interrupted", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("paused")),
+        "{report}"
+    );
+    let (code, v) = agent.curl("POST", "/v1/experiments", Some(&toml));
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (409, &Value::from("paused")),
+        "{v}"
+    );
+    agent.cli_ok(&["resume"]);
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains("chaos_agent_experiments_total{outcome=\"interrupted\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chaos_agent_probe_checks_total{probe=\"api\",result=\"pass\"}"),
+        "{metrics}"
+    );
+
+    // SIGKILLed mid-experiment: the restarted agent removes the fault and records the run.
+    let id = start(&agent);
+    agent.sigkill();
+    assert_eq!(
+        agent.our_filters(),
+        1,
+        "netlink filters outlive a killed agent"
+    );
+    agent.spawn();
+    assert_eq!(
+        agent.our_filters(),
+        0,
+        "start-up reconcile removed the fault"
+    );
+    let report = state_of(&agent, &id);
+    assert_eq!(report["outcome"], "interrupted", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("died mid-experiment")),
+        "{report}"
+    );
+    let listed = agent.cli_json(&["experiment", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r["state"] == "interrupted"),
+        "{listed}"
+    );
+}

@@ -212,4 +212,43 @@ impl Client {
     pub async fn resume(&self) -> Result<PauseState, ClientError> {
         self.call(Method::POST, "/v1/resume", None).await
     }
+
+    /// `POST /v1/experiments` (the body is the experiment file).
+    pub async fn experiment_start(
+        &self,
+        toml: &str,
+    ) -> Result<crate::experiment::daemon::RunSummary, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/experiments",
+            Some(toml.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    /// `GET /v1/experiments`.
+    pub async fn experiments(
+        &self,
+    ) -> Result<Vec<crate::experiment::daemon::RunSummary>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            experiments: Vec<crate::experiment::daemon::RunSummary>,
+        }
+        Ok(self
+            .call::<List>(Method::GET, "/v1/experiments", None)
+            .await?
+            .experiments)
+    }
+
+    /// `GET /v1/experiments/{id}`: the report, or the summary of a run still running.
+    pub async fn experiment(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, &format!("/v1/experiments/{id}"), None)
+            .await
+    }
+
+    /// `DELETE /v1/experiments/{id}`: stops it; its report.
+    pub async fn experiment_stop(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/experiments/{id}"), None)
+            .await
+    }
 }

@@ -184,6 +184,8 @@ pub struct ApiState {
     pub leftovers_at_start: usize,
     /// The metrics address, for status.
     pub metrics_addr: Option<SocketAddr>,
+    /// The experiments the daemon runs.
+    pub experiments: Arc<crate::experiment::daemon::Experiments>,
 }
 
 impl IntoResponse for ApiError {
@@ -511,7 +513,15 @@ async fn pause(
     axum::Extension(who): Who,
 ) -> Result<Json<PauseState>, ApiError> {
     let engine = st.engine.clone();
-    let reverted = detached(async move { engine.pause(who).await }).await?;
+    let experiments = st.experiments.clone();
+    let reverted = detached(async move {
+        // Experiments first: each reverts its own faults and records itself as interrupted.
+        experiments
+            .stop_all(&format!("the agent was paused by uid {}", who.uid))
+            .await;
+        engine.pause(who).await
+    })
+    .await?;
     Ok(axum::Json(PauseState {
         paused: true,
         reverted,
@@ -524,6 +534,74 @@ async fn resume(State(st): State<Arc<ApiState>>, axum::Extension(who): Who) -> J
         paused: false,
         reverted: Vec::new(),
     })
+}
+
+async fn experiment_start(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(who): Who,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<crate::experiment::daemon::RunSummary>), ApiError> {
+    use crate::experiment::daemon::StartError;
+    let body = body.map_err(|e| body_error(&e))?;
+    let toml = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("the experiment file is not UTF-8"))?;
+    let cfg = st.engine.config();
+    match st.experiments.start(toml, &cfg, who) {
+        Ok(s) => Ok((StatusCode::CREATED, axum::Json(s))),
+        Err(e @ StartError::Invalid(_)) => {
+            Err(ApiError::new(400, "invalid_experiment", e.to_string()))
+        }
+        Err(e @ StartError::Busy(_)) => {
+            Err(ApiError::new(409, "experiment_running", e.to_string()))
+        }
+        Err(e @ StartError::Paused) => Err(ApiError::new(409, "paused", e.to_string())),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ExperimentList {
+    experiments: Vec<crate::experiment::daemon::RunSummary>,
+}
+
+async fn experiment_list(State(st): State<Arc<ApiState>>) -> Json<ExperimentList> {
+    axum::Json(ExperimentList {
+        experiments: st.experiments.list(),
+    })
+}
+
+fn no_experiment(id: &str) -> ApiError {
+    ApiError::new(404, "no_such_experiment", format!("no experiment {id}"))
+}
+
+async fn experiment_show(
+    State(st): State<Arc<ApiState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let v = match st.experiments.get(&id).ok_or_else(|| no_experiment(&id))? {
+        Ok(report) => serde_json::to_value(report),
+        Err(running) => serde_json::to_value(running),
+    };
+    v.map(axum::Json)
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+async fn experiment_stop(
+    State(st): State<Arc<ApiState>>,
+    axum::Extension(who): Who,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let experiments = st.experiments.clone();
+    let why = format!("stopped through the API by uid {}", who.uid);
+    let id2 = id.clone();
+    let stopped = detached(async move { experiments.stop(&id2, &why).await }).await?;
+    if !stopped {
+        return Err(ApiError::new(
+            404,
+            "no_such_experiment",
+            format!("no running experiment {id}"),
+        ));
+    }
+    experiment_show(State(st), UrlPath(id)).await
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -558,6 +636,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
+        .route(
+            "/v1/experiments",
+            post(experiment_start).get(experiment_list),
+        )
+        .route(
+            "/v1/experiments/{id}",
+            get(experiment_show).delete(experiment_stop),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

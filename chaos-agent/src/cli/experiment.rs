@@ -1,7 +1,7 @@
 //! `chaos-agent experiment run|validate FILE`: an experiment in the foreground, its report in
 //! the state directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use super::{ExperimentCommand, ExperimentRunArgs, UsageError};
 use crate::engine::Engine;
-use crate::experiment::{self, ExperimentSpec, Outcome, Report};
+use crate::experiment::{self, ExperimentSpec, Outcome};
 use crate::kernel::bpf::AttachMode;
 use crate::metrics::Metrics;
 
@@ -59,8 +59,43 @@ fn print_plan(spec: &ExperimentSpec, plans: &Plans) {
     }
 }
 
-pub(super) fn run(state_dir: &Path, c: &ExperimentCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(
+    state_dir: &Path,
+    socket: &Path,
+    c: &ExperimentCommand,
+) -> anyhow::Result<ExitCode> {
+    let client = crate::api::client::Client::new(socket);
     match c {
+        ExperimentCommand::List(o) => {
+            let rt = super::runtime()?;
+            let runs = rt.block_on(client.experiments())?;
+            if o.json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if runs.is_empty() {
+                println!("no experiments");
+            } else {
+                for r in runs {
+                    println!(
+                        "{}  {:<11} {}{}",
+                        r.id,
+                        r.state,
+                        r.title,
+                        r.reason.map(|w| format!(" ({w})")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ExperimentCommand::Show(a) => {
+            let rt = super::runtime()?;
+            let v = rt.block_on(client.experiment(&a.id))?;
+            print_remote(&v, a.json)
+        }
+        ExperimentCommand::Stop(a) => {
+            let rt = super::runtime()?;
+            let v = rt.block_on(client.experiment_stop(&a.id))?;
+            print_remote(&v, a.json)
+        }
         ExperimentCommand::Validate(a) => {
             let cfg = super::engine_config(
                 state_dir.to_owned(),
@@ -72,12 +107,77 @@ pub(super) fn run(state_dir: &Path, c: &ExperimentCommand) -> anyhow::Result<Exi
             println!("ok: {}", a.file.display());
             Ok(ExitCode::SUCCESS)
         }
-        ExperimentCommand::Run(a) => run_file(state_dir, a),
+        ExperimentCommand::Run(a) => run_file(state_dir, &client, a),
     }
 }
 
-fn run_file(state_dir: &Path, a: &ExperimentRunArgs) -> anyhow::Result<ExitCode> {
+/// Prints what the agent answered for a run: its verdict line (or the JSON), and exits as a
+/// foreground run would.
+fn print_remote(v: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    }
+    if v.get("state").is_some_and(|s| s == "running") {
+        if !json {
+            println!("{}: running", v["id"].as_str().unwrap_or("?"));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report: experiment::Report =
+        serde_json::from_value(v.clone()).context("the agent's report")?;
+    if !json {
+        println!("experiment {:?}: {}", report.title, report.verdict());
+        print!("{}", report.markdown());
+    }
+    Ok(if report.outcome == Outcome::Passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Runs the file through the agent: starts it, then (unless `--detach`) follows it to its end;
+/// Ctrl-C stops it.
+fn run_remote(
+    client: &crate::api::client::Client,
+    a: &ExperimentRunArgs,
+) -> anyhow::Result<ExitCode> {
+    let toml =
+        std::fs::read_to_string(&a.file).with_context(|| format!("read {}", a.file.display()))?;
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let run = client.experiment_start(&toml).await?;
+        println!("started {}: {}", run.id, run.title);
+        if a.detach {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let v = client.experiment(&run.id).await?;
+                    if v.get("state").is_none_or(|s| s != "running") {
+                        return print_remote(&v, a.json);
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    let v = client.experiment_stop(&run.id).await?;
+                    return print_remote(&v, a.json);
+                }
+            }
+        }
+    })
+}
+
+fn run_file(
+    state_dir: &Path,
+    client: &crate::api::client::Client,
+    a: &ExperimentRunArgs,
+) -> anyhow::Result<ExitCode> {
     let cfg = super::engine_config(state_dir.to_owned(), AttachMode::Auto, a.max_ttl);
+    if !a.foreground && !a.dry_run && client.agent_present() {
+        return run_remote(client, a);
+    }
     let (spec, plans) = load(&a.file, &cfg)?;
     if a.dry_run {
         print_plan(&spec, &plans);
@@ -90,6 +190,10 @@ fn run_file(state_dir: &Path, a: &ExperimentRunArgs) -> anyhow::Result<ExitCode>
         });
     }
     super::preflight()?;
+    let dir = a
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("experiments"));
     let rt = super::runtime()?;
     let report = rt.block_on(async {
         let (engine, leftovers) = Engine::start(cfg, Arc::new(Metrics::default()))
@@ -101,56 +205,29 @@ fn run_file(state_dir: &Path, a: &ExperimentRunArgs) -> anyhow::Result<ExitCode>
                 leftovers.removed()
             );
         }
+        for id in experiment::store::recover(&dir) {
+            eprintln!("recorded a dead agent's experiment {id} as interrupted");
+        }
         let steps = plans.into_iter().map(|(p, _)| p).collect();
-        let report = experiment::run::run(&spec, steps, &engine).await;
+        let stop = experiment::StopHandle::default();
+        stop.on_signals();
+        let run = experiment::run::run_recorded(&spec, steps, &engine, &stop, &dir).await;
         engine.shutdown().await;
-        anyhow::Ok(report)
+        anyhow::Ok(run)
     })?;
-    let dir = a
-        .report_dir
-        .clone()
-        .unwrap_or_else(|| state_dir.join("experiments"));
-    let path = write_report(&dir, &report)?;
+    let (_, report, path) = report;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     println!("experiment {:?}: {}", report.title, report.verdict());
-    println!("report: {}.json, {}.md", path.display(), path.display());
+    if let Some(path) = path {
+        println!("report: {}.json, {}.md", path.display(), path.display());
+    }
     Ok(if report.outcome == Outcome::Passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
-}
-
-/// `DIR/<start>-<title>` (without the extension) of the JSON and Markdown reports.
-fn write_report(dir: &Path, r: &Report) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let slug: String = r
-        .title
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .split('-')
-        .filter(|s| !s.is_empty())
-        .take(8)
-        .collect::<Vec<_>>()
-        .join("-");
-    let base = dir.join(format!("{}-{slug}", r.started_unix_ms));
-    std::fs::write(
-        base.with_extension("json"),
-        serde_json::to_string_pretty(r)?,
-    )
-    .with_context(|| format!("write {}.json", base.display()))?;
-    std::fs::write(base.with_extension("md"), r.markdown())
-        .with_context(|| format!("write {}.md", base.display()))?;
-    Ok(base)
 }
 
 /// The probes over the steady-state window, nothing injected: whether all passed.

@@ -85,6 +85,22 @@ pub enum ExperimentCommand {
     Run(ExperimentRunArgs),
     /// Check an experiment file (its schema, its steps against this kernel) and print its plan.
     Validate(ExperimentFileArg),
+    /// The agent's experiments: running ones, then the reports it keeps, newest first.
+    List(OutputArgs),
+    /// One experiment of the agent: its report, or its state while it runs.
+    Show(ExperimentIdArg),
+    /// Stop a running experiment of the agent: its faults reverted, recorded `interrupted`.
+    Stop(ExperimentIdArg),
+}
+
+/// An experiment's id.
+#[derive(Debug, clap::Args)]
+pub struct ExperimentIdArg {
+    /// The run's id (`experiment list` shows them).
+    pub id: String,
+    /// Print JSON (the report's documented shape).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `experiment validate` arguments.
@@ -96,6 +112,10 @@ pub struct ExperimentFileArg {
 
 /// `experiment run` arguments.
 #[derive(Debug, clap::Args)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line switches"
+)]
 pub struct ExperimentRunArgs {
     /// The experiment file (TOML).
     pub file: PathBuf,
@@ -108,6 +128,12 @@ pub struct ExperimentRunArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Run it in this process even when an agent is running (else the agent runs it).
+    #[arg(long)]
+    pub foreground: bool,
+    /// With an agent: print the run's id and return at once, instead of waiting for its end.
+    #[arg(long, conflicts_with = "foreground")]
+    pub detach: bool,
     /// The longest a step may last (the agent's maximum TTL).
     #[arg(long, value_parser = parse_max_ttl, default_value = "1h")]
     pub max_ttl: Duration,
@@ -627,7 +653,7 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => run::check_config(file),
         Command::Cleanup(args) => cleanup::run(&state_dir, args),
         Command::Doctor(args) => doctor::run(args),
-        Command::Experiment(c) => experiment::run(&state_dir, c),
+        Command::Experiment(c) => experiment::run(&state_dir, &socket, c),
         Command::StressWorker(a) => {
             crate::faults::stress::worker::run(a);
             Ok(ExitCode::SUCCESS)

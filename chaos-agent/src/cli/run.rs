@@ -172,6 +172,10 @@ async fn daemon(
         started: Instant::now(),
         leftovers_at_start: report.removed(),
         metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        experiments: Arc::new(crate::experiment::daemon::Experiments::new(
+            engine.clone(),
+            cfg.state_dir.join("experiments"),
+        )),
     });
     let api_stop = CancellationToken::new();
     let metrics_stop = CancellationToken::new();
@@ -210,6 +214,17 @@ async fn daemon(
         "stopping: API closed, reverting every fault"
     );
     api_stop.cancel();
+    let stopped = state
+        .experiments
+        .stop_all(&format!("the agent is shutting down ({signal_name})"))
+        .await;
+    if stopped > 0 {
+        tracing::info!(
+            event = "shutdown",
+            experiments = stopped,
+            "experiments stopped"
+        );
+    }
     let reports = engine.shutdown().await;
     let errors: usize = reports.iter().map(|r| r.errors.len()).sum();
     // In-flight requests (e.g. `inject --wait`) get their answer; idle connections are closed.

@@ -9,13 +9,15 @@
 //! - [`report`]: availability, latency percentiles and time to recover per phase, the steps'
 //!   faults, the verdict; JSON and Markdown.
 
+pub mod daemon;
 pub mod probe;
 pub mod report;
 pub mod run;
 pub mod spec;
+pub mod store;
 
 pub use report::{Outcome, Report};
-pub use run::Planned;
+pub use run::{Planned, StopHandle};
 pub use spec::{ExperimentError, ExperimentSpec};
 
 use clap::Parser as _;

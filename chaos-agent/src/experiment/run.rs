@@ -18,6 +18,60 @@ use super::spec::{ExperimentSpec, Slot};
 use crate::engine::{Engine, Requester, RevertReason};
 use crate::faults::FaultSpec;
 
+/// Asks a run to end now (a signal, the API's stop, `pause`, the daemon's shutdown): every
+/// fault it injected is reverted and it ends `interrupted`, with the first reason given.
+#[derive(Clone, Debug, Default)]
+pub struct StopHandle {
+    token: CancellationToken,
+    why: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl StopHandle {
+    /// Ends the run, for `why` (the first reason given is kept).
+    pub fn stop(&self, why: &str) {
+        let mut w = self
+            .why
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.is_none() {
+            *w = Some(why.to_owned());
+        }
+        self.token.cancel();
+    }
+
+    /// Whether it was asked to.
+    #[must_use]
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    fn reason(&self) -> String {
+        self.why
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "stopped".to_owned())
+    }
+
+    /// Stops the run at SIGINT or SIGTERM (a foreground run).
+    pub fn on_signals(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            me.stop(&format!("{name} received"));
+        });
+    }
+}
+
 /// A step ready to run: its name, its place in time and its fault.
 #[derive(Clone, Debug)]
 pub struct Planned {
@@ -229,6 +283,10 @@ fn breach(
         })
 }
 
+fn ms(v: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64((v / 1e3).max(0.0))
+}
+
 /// Prints a line of the live view (stderr: stdout is for the verdict).
 fn live(t0: Instant, phase: Phase, msg: &str) {
     eprintln!(
@@ -238,15 +296,80 @@ fn live(t0: Instant, phase: Phase, msg: &str) {
     );
 }
 
-/// Runs the experiment; every fault it injected is reverted when this returns.
-pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) -> Report {
+/// Runs the experiment and keeps it in `dir`: the marker before anything is injected, the
+/// reports after (`store`). Returns the run's id, its report, and the reports' path without
+/// extension (none if they could not be written: the error is logged).
+pub async fn run_recorded(
+    spec: &ExperimentSpec,
+    steps: Vec<Planned>,
+    engine: &Engine,
+    stop: &StopHandle,
+    dir: &std::path::Path,
+) -> (String, Report, Option<std::path::PathBuf>) {
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let id = super::store::run_id(started_unix_ms, &spec.title);
+    run_recorded_as(spec, steps, engine, stop, dir, &id, started_unix_ms).await
+}
+
+/// [`run_recorded`] under an id and start time the caller chose (the daemon answers with the
+/// id before the run starts).
+pub async fn run_recorded_as(
+    spec: &ExperimentSpec,
+    steps: Vec<Planned>,
+    engine: &Engine,
+    stop: &StopHandle,
+    dir: &std::path::Path,
+    id: &str,
+    started_unix_ms: u64,
+) -> (String, Report, Option<std::path::PathBuf>) {
+    let id = id.to_owned();
+    let marker = super::store::Running {
+        id: id.clone(),
+        title: spec.title.clone(),
+        started_unix_ms,
+        pid: std::process::id(),
+    };
+    if let Err(e) = super::store::begin(dir, &marker) {
+        // Without the marker a killed run would leave no trace of itself: refuse to start.
+        let r = Report {
+            title: spec.title.clone(),
+            description: spec.description.clone(),
+            started_unix_ms,
+            outcome: Outcome::Aborted,
+            reason: Some(format!(
+                "cannot record the run in {}: {e}; nothing was injected",
+                dir.display()
+            )),
+            method_start_s: 0.0,
+            faults_end_s: 0.0,
+            end_s: 0.0,
+            probes: Vec::new(),
+            steps: Vec::new(),
+        };
+        return (id, r, None);
+    }
+    let report = run(spec, steps, engine, stop, started_unix_ms).await;
+    match super::store::finish(dir, &id, &report) {
+        Ok(path) => (id, report, Some(path)),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "experiment report not written");
+            (id, report, None)
+        }
+    }
+}
+
+/// Runs the experiment; every fault it injected is reverted when this returns.
+pub async fn run(
+    spec: &ExperimentSpec,
+    steps: Vec<Planned>,
+    engine: &Engine,
+    stop: &StopHandle,
+    started_unix_ms: u64,
+) -> Report {
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + spec.stop.max_duration;
-    let mut sigint = signal(SignalKind::interrupt()).ok();
-    let mut sigterm = signal(SignalKind::terminate()).ok();
     let phase = Arc::new(AtomicU8::new(0));
     let stop_probes = CancellationToken::new();
     let (ptx, mut prx) = mpsc::unbounded_channel();
@@ -264,27 +387,18 @@ pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) ->
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); spec.probes.len()];
     let mut outcome: Option<(Outcome, String)> = None;
 
-    // A signal: `Some(())` once one arrived.
-    macro_rules! signalled {
-        () => {
-            async {
-                tokio::select! {
-                    Some(()) = async { match sigint.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => (),
-                    Some(()) = async { match sigterm.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => (),
-                }
-            }
-        };
-    }
-
     // Before: the steady state must hold, every probe passing.
     live(t0, Phase::Before, "probing the steady state");
     let before_end = tokio::time::Instant::now() + spec.steady.before;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(before_end) => break,
-            Some((i, s)) = prx.recv() => samples[i].push(s),
-            () = signalled!() => {
-                outcome = Some((Outcome::Interrupted, "a signal before the method".to_owned()));
+            Some((i, s)) = prx.recv() => {
+                engine.metrics().probe_checked(&spec.probes[i].name, s.ok, ms(s.latency_ms));
+                samples[i].push(s);
+            }
+            () = stop.token.cancelled() => {
+                outcome = Some((Outcome::Interrupted, stop.reason()));
                 break;
             }
         }
@@ -362,6 +476,7 @@ pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) ->
                 },
                 Some((i, s)) = prx.recv() => {
                     let (ok, now) = (s.ok, s.t + s.latency_ms / 1e3);
+                    engine.metrics().probe_checked(&spec.probes[i].name, ok, ms(s.latency_ms));
                     if !ok {
                         live(t0, Phase::During, &format!("probe {} failed: {}", spec.probes[i].name, s.error.as_deref().unwrap_or("")));
                     }
@@ -375,8 +490,8 @@ pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) ->
                 () = tokio::time::sleep_until(deadline), if outcome.is_none() => {
                     outcome = Some((Outcome::Aborted, format!("stop.max_duration {} reached", humantime::format_duration(spec.stop.max_duration))));
                 }
-                () = signalled!(), if outcome.is_none() => {
-                    outcome = Some((Outcome::Interrupted, "a signal during the method".to_owned()));
+                () = stop.token.cancelled(), if outcome.is_none() => {
+                    outcome = Some((Outcome::Interrupted, stop.reason()));
                 }
             }
             if outcome.is_some() && !aborting {
@@ -405,9 +520,12 @@ pub async fn run(spec: &ExperimentSpec, steps: Vec<Planned>, engine: &Engine) ->
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(after_end) => break,
-                Some((i, s)) = prx.recv() => samples[i].push(s),
-                () = signalled!() => {
-                    outcome = Some((Outcome::Interrupted, "a signal after the method".to_owned()));
+                Some((i, s)) = prx.recv() => {
+                engine.metrics().probe_checked(&spec.probes[i].name, s.ok, ms(s.latency_ms));
+                samples[i].push(s);
+            }
+                () = stop.token.cancelled() => {
+                    outcome = Some((Outcome::Interrupted, stop.reason()));
                     break;
                 }
             }

@@ -265,6 +265,9 @@ pub struct Safety {
     /// The most faults active at once, as planned.
     #[serde(default = "default_max_faults")]
     pub max_concurrent_faults: usize,
+    /// Whether the daemon may run this experiment while another one that also allows it runs.
+    #[serde(default)]
+    pub allow_concurrent_experiments: bool,
 }
 
 fn default_max_faults() -> usize {
@@ -275,6 +278,7 @@ impl Default for Safety {
     fn default() -> Self {
         Self {
             max_concurrent_faults: default_max_faults(),
+            allow_concurrent_experiments: false,
         }
     }
 }
