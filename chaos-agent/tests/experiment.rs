@@ -103,6 +103,8 @@ fn report(dir: &std::path::Path) -> serde_json::Value {
         "no Markdown report beside {}",
         files[0].display()
     );
+    let svg = std::fs::read_to_string(files[0].with_extension("svg")).expect("the timeline");
+    assert!(svg.starts_with("<svg ") && svg.contains("<circle"), "{svg}");
     serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("json")
 }
 
@@ -224,6 +226,14 @@ window = "{window}"
     );
     assert_eq!(p["after"]["availability"], 1.0, "{p:#}");
     assert!(p["mttr_s"].as_f64().is_some_and(|m| m < 1.0), "{p:#}");
+    // The timeline shows the failed checks, and the faults behind them.
+    let svg = std::fs::read_dir(&reports.0)
+        .expect("dir")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "svg"))
+        .map(|p| std::fs::read_to_string(p).expect("svg"))
+        .expect("an SVG timeline");
+    assert!(svg.contains("class=\"fail\"") && svg.matches("class=\"fault\"").count() == 2);
 }
 
 /// Two parallel steps and a third after the first: seen from outside (each step refuses its own

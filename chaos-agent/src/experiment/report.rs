@@ -220,6 +220,7 @@ impl Report {
             let _ = writeln!(m, "{d}\n");
         }
         let _ = writeln!(m, "**{}**\n", self.verdict());
+        let _ = writeln!(m, "![timeline](timeline.svg)\n");
         let _ = writeln!(
             m,
             "Method from {:.1}s; faults over at {:.1}s; end {:.1}s.\n",
@@ -280,6 +281,123 @@ impl Report {
     }
 }
 
+/// The timeline as SVG: per probe, its checks over time (green passed, red failed) on a line of
+/// their latency; the steps' faults shaded behind, named; the phases' bounds marked.
+impl Report {
+    /// The SVG document.
+    #[must_use]
+    #[allow(
+        clippy::many_single_char_names,
+        reason = "x, y, h and w are the drawing's coordinates"
+    )]
+    pub fn svg(&self) -> String {
+        use std::fmt::Write as _;
+        const W: f64 = 960.0;
+        const LEFT: f64 = 150.0;
+        const RIGHT: f64 = 20.0;
+        const TOP: f64 = 40.0;
+        const LANE: f64 = 70.0;
+        const STEP: f64 = 16.0;
+        let end = self.end_s.max(0.001);
+        let x = |t: f64| LEFT + (t / end).clamp(0.0, 1.0) * (W - LEFT - RIGHT);
+        let steps_h = STEP * self.steps.len() as f64;
+        let h = TOP + steps_h + LANE * self.probes.len().max(1) as f64 + 30.0;
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut o = String::new();
+        let _ = write!(
+            o,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = write!(
+            o,
+            r#"<rect width="{W}" height="{h}" fill="white"/><text x="10" y="18" font-size="14" font-weight="bold">{} — {}</text>"#,
+            esc(&self.title),
+            esc(self.outcome.as_str())
+        );
+        // The steps' faults: a band each, and shading over the probe lanes.
+        let lanes_top = TOP + steps_h;
+        let lanes_h = LANE * self.probes.len().max(1) as f64;
+        for (i, st) in self.steps.iter().enumerate() {
+            let (Some(a), Some(b)) = (st.started_s, st.ended_s) else {
+                continue;
+            };
+            let (xa, xb) = (x(self.method_start_s + a), x(self.method_start_s + b));
+            let y = TOP + STEP * i as f64;
+            let _ = write!(
+                o,
+                r##"<rect class="fault" x="{xa:.1}" y="{lanes_top}" width="{:.1}" height="{lanes_h}" fill="#f5a623" fill-opacity="0.12"/><rect x="{xa:.1}" y="{y}" width="{:.1}" height="{}" fill="#f5a623" fill-opacity="0.6"/><text x="10" y="{:.1}">{}</text>"##,
+                (xb - xa).max(1.0),
+                (xb - xa).max(1.0),
+                STEP - 3.0,
+                y + STEP - 5.0,
+                esc(&st.name)
+            );
+        }
+        for t in [self.method_start_s, self.faults_end_s] {
+            let _ = write!(
+                o,
+                r##"<line x1="{0:.1}" x2="{0:.1}" y1="{TOP}" y2="{1}" stroke="#888" stroke-dasharray="3,3"/>"##,
+                x(t),
+                lanes_top + lanes_h
+            );
+        }
+        for (i, p) in self.probes.iter().enumerate() {
+            let y0 = lanes_top + LANE * i as f64;
+            let max = p
+                .samples
+                .iter()
+                .map(|s| s.latency_ms)
+                .fold(1.0_f64, f64::max);
+            let y = |ms: f64| y0 + LANE - 8.0 - (ms / max) * (LANE - 20.0);
+            let _ = write!(
+                o,
+                r##"<text x="10" y="{:.1}">{} ({})</text><text x="10" y="{:.1}" fill="#666">max {max:.0} ms</text><line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                y0 + 24.0,
+                esc(&p.name),
+                esc(&p.kind),
+                y0 + 38.0,
+                W - RIGHT,
+                y0 + LANE - 8.0,
+                y0 + LANE - 8.0
+            );
+            let points: Vec<String> = p
+                .samples
+                .iter()
+                .map(|s| format!("{:.1},{:.1}", x(s.t), y(s.latency_ms)))
+                .collect();
+            let _ = write!(
+                o,
+                r##"<polyline fill="none" stroke="#4a90d9" points="{}"/>"##,
+                points.join(" ")
+            );
+            for s in &p.samples {
+                let _ = write!(
+                    o,
+                    r#"<circle class="{}" cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
+                    if s.ok { "pass" } else { "fail" },
+                    x(s.t),
+                    y(s.latency_ms),
+                    if s.ok { "#2e9e44" } else { "#d0021b" }
+                );
+            }
+        }
+        let _ = write!(
+            o,
+            r##"<text x="{LEFT}" y="{:.1}" fill="#666">0 s</text><text x="{:.1}" y="{:.1}" fill="#666" text-anchor="end">{end:.1} s</text></svg>"##,
+            h - 10.0,
+            W - RIGHT,
+            h - 10.0
+        );
+        o.push('\n');
+        o
+    }
+}
+
 /// Builds a probe's report from its samples.
 #[must_use]
 pub fn probe_report(
@@ -325,6 +443,43 @@ mod tests {
         assert_eq!((d.p50_ms, d.p95_ms, d.p99_ms), (50.0, 95.0, 99.0));
         let a = Stats::of(&samples, Phase::After);
         assert_eq!((a.checks, a.availability), (0, 1.0));
+    }
+
+    #[test]
+    fn the_timeline_draws_every_check_and_every_fault() {
+        let samples = vec![
+            s(0.5, Phase::Before, true, 2.0),
+            s(1.5, Phase::During, false, 150.0),
+            s(2.5, Phase::After, true, 3.0),
+        ];
+        let r = Report {
+            title: "a <b> & c".to_owned(),
+            description: None,
+            started_unix_ms: 0,
+            outcome: Outcome::Aborted,
+            reason: Some("x".to_owned()),
+            method_start_s: 1.0,
+            faults_end_s: 2.0,
+            end_s: 3.0,
+            probes: vec![probe_report("api", "http", samples, Duration::from_secs(2))],
+            steps: vec![StepReport {
+                name: "refuse".to_owned(),
+                planned_s: 0.0,
+                started_s: Some(0.1),
+                ended_s: Some(0.9),
+                fault: Some("f-1".to_owned()),
+                summary: None,
+                outcome: "stopped".to_owned(),
+                effects: None,
+            }],
+        };
+        let svg = r.svg();
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle class=\"pass\"").count(), 2);
+        assert_eq!(svg.matches("<circle class=\"fail\"").count(), 1);
+        assert_eq!(svg.matches("class=\"fault\"").count(), 1);
+        assert!(svg.contains("a &lt;b&gt; &amp; c"), "escaped");
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
     }
 
     #[test]

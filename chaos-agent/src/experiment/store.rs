@@ -58,7 +58,13 @@ pub fn finish(dir: &Path, id: &str, report: &Report) -> std::io::Result<PathBuf>
     let base = dir.join(id);
     let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(base.with_extension("json"), json)?;
-    std::fs::write(base.with_extension("md"), report.markdown())?;
+    std::fs::write(
+        base.with_extension("md"),
+        report
+            .markdown()
+            .replace("](timeline.svg)", &format!("]({id}.svg)")),
+    )?;
+    std::fs::write(base.with_extension("svg"), report.svg())?;
     match std::fs::remove_file(dir.join(format!("{id}.running"))) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
