@@ -482,3 +482,121 @@ inject = "--loss 0.1 --iface lo"
     }
     assert!(n >= 2, "{n} examples");
 }
+
+/// Kills a child process on drop.
+struct Kill<'a>(&'a mut std::process::Child);
+
+impl Drop for Kill<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 of `ns`.
+fn free_port(ns: &NetNs) -> u16 {
+    tcp_listen(ns, "127.0.0.1:0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `promql` probe against a real Prometheus (no scrape needed: `vector(N)` is a constant):
+/// within its bounds it passes, outside them the steady state does not hold and the dry run
+/// says why.
+#[test]
+fn a_promql_probe_asks_a_real_prometheus() {
+    let test = "a_promql_probe_asks_a_real_prometheus";
+    if !chaos_testing::require_all(test, &[Feature::Root, Feature::Tool("prometheus")]) {
+        return;
+    }
+    let ns = NetNs::new("chexp");
+    let port = free_port(&ns);
+    let dir = TempDir::new("chexp");
+    std::fs::create_dir_all(dir.0.join("data")).expect("mkdir");
+    std::fs::write(
+        dir.0.join("prometheus.yml"),
+        "global:\n  scrape_interval: 1m\n",
+    )
+    .expect("write");
+    let mut prom = ns
+        .command("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.0.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.0.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus");
+    let _prom = Kill(&mut prom);
+    let ready = || {
+        ns.command("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/-/ready")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "prometheus never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let file = |query: &str| {
+        write_file(
+            &dir,
+            "promql.toml",
+            &format!(
+                r#"
+title = "promql"
+[steady]
+before = "1s"
+[[probe]]
+name = "errors"
+interval = "300ms"
+timeout = "250ms"
+promql = {{ url = "http://127.0.0.1:{port}", query = '{query}', min = 0.5, max = 2 }}
+[[step]]
+name = "s"
+duration = "5s"
+inject = "--loss 0.1 --iface lo"
+"#
+            ),
+        )
+    };
+    let dry = |f: &str| {
+        ns.command(bin().to_str().expect("utf-8"))
+            .args(["experiment", "run", f, "--dry-run"])
+            .output()
+            .expect("run")
+    };
+    let green = dry(&file("vector(1)"));
+    let out = String::from_utf8_lossy(&green.stdout);
+    assert!(
+        green.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&green.stderr)
+    );
+    assert!(
+        out.contains("probe errors (promql)") && out.contains("steady state holds"),
+        "{out}"
+    );
+    let red = dry(&file("vector(3) * on() group_left() vector(1)"));
+    let out = String::from_utf8_lossy(&red.stdout);
+    assert_eq!(red.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("above 2") && out.contains("does NOT hold"),
+        "{out}"
+    );
+    let none = dry(&file("absent(vector(1))"));
+    let out = String::from_utf8_lossy(&none.stdout);
+    assert_eq!(none.status.code(), Some(1), "{out}");
+    assert!(out.contains("no series"), "{out}");
+}

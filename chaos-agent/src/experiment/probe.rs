@@ -99,6 +99,9 @@ async fn run(p: &ProbeSpec) -> Result<(), String> {
     if let Some(d) = &p.dns {
         return dns(&d.name, d.server).await;
     }
+    if let Some(q) = &p.promql {
+        return promql(q).await;
+    }
     if let Some(c) = &p.command {
         let status = tokio::process::Command::new(&c.argv[0])
             .args(&c.argv[1..])
@@ -138,14 +141,14 @@ async fn run(p: &ProbeSpec) -> Result<(), String> {
     Err("no probe kind".to_owned())
 }
 
-async fn http(h: &HttpProbe) -> Result<(), String> {
-    let (host, port, path) = parse_http_url(&h.url)?;
+/// One HTTP/1.1 request (`Connection: close`): the status and the body (de-chunked).
+async fn fetch(method: &str, url: &str) -> Result<(u16, String), String> {
+    let (host, port, path) = parse_http_url(url)?;
     let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("connect {host}:{port}: {e}"))?;
     let req = format!(
-        "{} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chaos-agent-probe\r\nConnection: close\r\n\r\n",
-        h.method
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chaos-agent-probe\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
         .await
@@ -157,20 +160,121 @@ async fn http(h: &HttpProbe) -> Result<(), String> {
         .await
         .map_err(|e| format!("receive: {e}"))?;
     let text = String::from_utf8_lossy(&buf);
-    let status: u16 = text
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| "no HTTP status line".to_owned())?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .replace(' ', "")
+            .starts_with("transfer-encoding:chunked")
+    });
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+/// The body of a `Transfer-Encoding: chunked` message.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+async fn http(h: &HttpProbe) -> Result<(), String> {
+    let (status, body) = fetch(&h.method, &h.url).await?;
     if status != h.status {
         return Err(format!("status {status}, wanted {}", h.status));
     }
-    if let Some(want) = &h.body_contains {
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        if !body.contains(want.as_str()) {
-            return Err(format!("the body lacks {want:?}"));
+    if let Some(want) = &h.body_contains
+        && !body.contains(want.as_str())
+    {
+        return Err(format!("the body lacks {want:?}"));
+    }
+    Ok(())
+}
+
+/// `%XX` for every byte but the unreserved ones (RFC 3986).
+fn urlencode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
         }
+    }
+    out
+}
+
+/// The value of an instant query's answer: the first series of a vector, or a scalar.
+fn promql_value(body: &str) -> Result<f64, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("not a Prometheus answer: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!(
+            "Prometheus: {}",
+            v["error"].as_str().unwrap_or("not a success")
+        ));
+    }
+    let data = &v["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("vector") => data["result"]
+            .as_array()
+            .and_then(|r| r.first())
+            .map(|s| &s["value"])
+            .ok_or_else(|| "the query returned no series".to_owned())?,
+        Some("scalar") => &data["result"],
+        other => {
+            return Err(format!(
+                "a {other:?} result: give an instant vector or a scalar"
+            ));
+        }
+    };
+    sample[1]
+        .as_str()
+        .and_then(|x| x.parse().ok())
+        .ok_or_else(|| format!("no value in {sample}"))
+}
+
+async fn promql(q: &super::spec::PromqlProbe) -> Result<(), String> {
+    let url = format!(
+        "{}/api/v1/query?query={}",
+        q.url.trim_end_matches('/'),
+        urlencode(&q.query)
+    );
+    let (status, body) = fetch("GET", &url).await?;
+    if status != 200 {
+        return Err(format!("Prometheus answered {status}: {}", body.trim()));
+    }
+    let v = promql_value(&body)?;
+    if let Some(min) = q.min
+        && v < min
+    {
+        return Err(format!("{} = {v}, below {min}", q.query));
+    }
+    if let Some(max) = q.max
+        && v > max
+    {
+        return Err(format!("{} = {v}, above {max}", q.query));
     }
     Ok(())
 }
@@ -260,6 +364,23 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_answers_and_http_bodies() {
+        assert_eq!(
+            urlencode("sum(x{a=\"b\"}) > 1"),
+            "sum%28x%7Ba%3D%22b%22%7D%29%20%3E%201"
+        );
+        let vector = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"0.25"]}]}}"#;
+        assert_eq!(promql_value(vector), Ok(0.25));
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"3"]}}"#;
+        assert_eq!(promql_value(scalar), Ok(3.0));
+        let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(promql_value(empty).is_err_and(|e| e.contains("no series")));
+        let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert!(promql_value(bad).is_err_and(|e| e.contains("parse error")));
+        assert_eq!(dechunk("4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"), "Wikipedia");
+    }
+
+    #[test]
     fn dns_queries_are_well_formed() {
         let q = query(0x1234, "example.com.").expect("query");
         assert_eq!(&q[..4], &[0x12, 0x34, 0x01, 0x00]);
@@ -292,6 +413,7 @@ mod tests {
             dns: None,
             command: None,
             psi: None,
+            promql: None,
         };
         let http = |body: &str, status| HttpProbe {
             url: format!("http://{addr}/health"),

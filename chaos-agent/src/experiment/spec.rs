@@ -73,7 +73,7 @@ impl Default for Steady {
     }
 }
 
-/// One steady-state probe: exactly one of `http`, `tcp`, `dns`, `command`, `psi`.
+/// One steady-state probe: exactly one of `http`, `tcp`, `dns`, `command`, `psi`, `promql`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
@@ -107,6 +107,9 @@ pub struct ProbeSpec {
     /// A pressure (PSI) file below a threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub psi: Option<PsiProbe>,
+    /// A Prometheus query whose value must stay within bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promql: Option<PromqlProbe>,
 }
 
 fn default_interval() -> Duration {
@@ -175,6 +178,23 @@ pub struct PsiProbe {
     /// Read the `full` line, not `some`.
     #[serde(default)]
     pub full: bool,
+}
+
+/// An instant query against a Prometheus server (`GET URL/api/v1/query`): its first series'
+/// value must lie within `[min, max]` (either may be left out); no series fails.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromqlProbe {
+    /// The server, `http://127.0.0.1:9090`.
+    pub url: String,
+    /// The query, `sum(rate(http_requests_total{code=~"5.."}[30s]))`.
+    pub query: String,
+    /// The least value that passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// The greatest value that passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 /// One fault of the method.
@@ -323,8 +343,10 @@ impl ProbeSpec {
             "dns"
         } else if self.command.is_some() {
             "command"
-        } else {
+        } else if self.psi.is_some() {
             "psi"
+        } else {
+            "promql"
         }
     }
 
@@ -335,6 +357,7 @@ impl ProbeSpec {
             self.dns.is_some(),
             self.command.is_some(),
             self.psi.is_some(),
+            self.promql.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -342,7 +365,7 @@ impl ProbeSpec {
         let name = &self.name;
         if n != 1 {
             return Err(invalid(format!(
-                "probe {name:?}: give exactly one of http, tcp, dns, command, psi ({n} given)"
+                "probe {name:?}: give exactly one of http, tcp, dns, command, psi, promql ({n} given)"
             )));
         }
         if self.interval < MIN_INTERVAL {
@@ -362,6 +385,15 @@ impl ProbeSpec {
         if let Some(h) = &self.http {
             super::probe::parse_http_url(&h.url)
                 .map_err(|e| invalid(format!("probe {name:?}: {e}")))?;
+        }
+        if let Some(q) = &self.promql {
+            super::probe::parse_http_url(&q.url)
+                .map_err(|e| invalid(format!("probe {name:?}: {e}")))?;
+            if q.min.is_none() && q.max.is_none() {
+                return Err(invalid(format!(
+                    "probe {name:?}: promql needs min, max or both"
+                )));
+            }
         }
         if let Some(c) = &self.command
             && c.argv.is_empty()
