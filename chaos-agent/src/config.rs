@@ -81,6 +81,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Limits on what may be injected.
     pub limits: LimitsConfig,
+    /// Experiments the daemon starts by itself: schedules and monkey mode.
+    pub experiments: crate::experiment::schedule::ExperimentsConfig,
 }
 
 /// `[api]`.
@@ -138,6 +140,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
+            experiments: crate::experiment::schedule::ExperimentsConfig::default(),
         }
     }
 }
@@ -245,6 +248,9 @@ impl Config {
                 l.protected_ports.len(),
                 crate::target::MAX_PORT_RANGES - 2
             ));
+        }
+        if let Err(why) = self.experiments.check() {
+            return bad(format!("experiments: {why}"));
         }
         if self.api.tcp_listen.is_some() && self.api.tcp_token_file.is_none() {
             return bad("api.tcp_listen needs api.tcp_token_file: the TCP API always requires a bearer token".to_owned());

@@ -1698,3 +1698,126 @@ inject = ["--loss", "0.1", "--iface", "{iface}", "--proto", "udp", "--dport", "9
         "{listed}"
     );
 }
+
+/// `HH:MM` (UTC) `delta` minutes from now.
+fn utc_hhmm(delta: i64) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let m = ((secs / 60 + delta) % 1440 + 1440) % 1440;
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// Experiments the daemon starts by itself: the monkey does nothing in a window that has just
+/// closed, nor in an open one under a blackout, and starts one within its tick in an open
+/// one; a cron schedule with seconds starts one within its period.
+#[test]
+fn schedules_and_the_monkey_start_experiments_only_when_allowed() {
+    require_root!("schedules_and_the_monkey_start_experiments_only_when_allowed");
+    let net = VethPair::new(234);
+    let dir = TempDir::new();
+    let file = dir.0.join("exp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+title = "scheduled"
+[steady]
+before = "100ms"
+after = "100ms"
+[[step]]
+name = "loss elsewhere"
+duration = "1s"
+inject = ["--loss", "0.1", "--iface", "{}", "--proto", "udp", "--dport", "9999"]
+"#,
+            net.a_if
+        ),
+    )
+    .expect("write experiment");
+    let file = file.display().to_string();
+    let monkey = |windows: &str, blackouts: &str| {
+        format!(
+            "[experiments.monkey]\npool = [{file:?}]\nprobability = 1.0\ntick = \"1s\"\n\
+             windows = [{windows}]\nblackouts = [{blackouts}]\n"
+        )
+    };
+    let window = |from: i64, to: i64| {
+        format!(
+            "{{ from = \"{}\", to = \"{}\", tz = \"UTC\" }}",
+            utc_hhmm(from),
+            utc_hhmm(to)
+        )
+    };
+    let runs = |agent: &Agent<'_>| -> usize {
+        agent
+            .cli_json(&["experiment", "list"])
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let waits_for_one = |agent: &Agent<'_>, within: Duration| -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if runs(agent) > 0 {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+
+    // A window that closed a minute ago: nothing in three ticks.
+    let mut agent = Agent::start(&net, &dir.0, &monkey(&window(-3, -1), ""), NETLINK);
+    assert_eq!(waits_for_one(&agent, Duration::from_millis(3500)), None);
+    assert!(agent.list_ids().is_empty());
+    agent.sigterm();
+
+    // Open, but under a blackout: nothing either.
+    std::fs::write(agent.config(), monkey(&window(-1, 10), &window(-2, 5))).expect("config");
+    agent.spawn();
+    assert_eq!(waits_for_one(&agent, Duration::from_millis(3500)), None);
+    agent.sigterm();
+
+    // Open: one within its tick (plus start-up).
+    std::fs::write(agent.config(), monkey(&window(-1, 10), "")).expect("config");
+    agent.spawn();
+    let took = waits_for_one(&agent, Duration::from_secs(3)).expect("the monkey started none");
+    eprintln!(
+        "MEASURED monkey started an experiment {} ms after the agent answered",
+        took.as_millis()
+    );
+    agent.sigterm();
+    // The run the shutdown cut is recorded; it left no filter.
+    assert_eq!(agent.our_filters(), 0);
+    let (_, listed) = agent.curl("GET", "/v1/experiments", None);
+    assert!(listed.is_null(), "the agent is down");
+
+    // A cron schedule with seconds: one within its period.
+    std::fs::write(
+        agent.config(),
+        format!("[[experiments.schedule]]\nfile = {file:?}\ncron = \"*/2 * * * * *\"\n"),
+    )
+    .expect("config");
+    agent.spawn();
+    let before = runs(&agent);
+    let t0 = Instant::now();
+    while runs(&agent) == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "the schedule started none"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let newest = agent.cli_json(&["experiment", "list"]);
+    assert_eq!(newest[0]["title"], "scheduled", "{newest}");
+
+    // A bad schedule is refused at start-up, naming it.
+    std::fs::write(
+        agent.config(),
+        format!("[[experiments.schedule]]\nfile = {file:?}\ncron = \"61 * * * *\"\n"),
+    )
+    .expect("config");
+    let check = agent.cli(&["config", "check", agent.config().to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success() && err.contains("cron"), "{err}");
+}

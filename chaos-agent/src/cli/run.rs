@@ -177,6 +177,22 @@ async fn daemon(
             cfg.state_dir.join("experiments"),
         )),
     });
+    let schedules_stop = CancellationToken::new();
+    if !cfg.experiments.is_empty() {
+        let e = engine.clone();
+        tokio::spawn(crate::experiment::schedule::run(
+            cfg.experiments.clone(),
+            state.experiments.clone(),
+            move || e.config(),
+            schedules_stop.clone(),
+        ));
+        tracing::info!(
+            event = "schedules",
+            schedules = cfg.experiments.schedule.len(),
+            monkey = cfg.experiments.monkey.is_some(),
+            "experiment schedules running"
+        );
+    }
     let api_stop = CancellationToken::new();
     let metrics_stop = CancellationToken::new();
     let api = tokio::spawn(server::serve(state.clone(), unix, tcp, api_stop.clone()));
@@ -214,6 +230,7 @@ async fn daemon(
         "stopping: API closed, reverting every fault"
     );
     api_stop.cancel();
+    schedules_stop.cancel();
     let stopped = state
         .experiments
         .stop_all(&format!("the agent is shutting down ({signal_name})"))

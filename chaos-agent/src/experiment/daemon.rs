@@ -175,6 +175,15 @@ impl Experiments {
         })
     }
 
+    /// How many runs are running.
+    #[must_use]
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|l| !l.task.is_finished())
+            .count()
+    }
+
     /// Running and finished runs, newest first.
     #[must_use]
     pub fn list(&self) -> Vec<RunSummary> {

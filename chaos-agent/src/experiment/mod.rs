@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod spec;
 pub mod store;
 
