@@ -1580,6 +1580,7 @@ inject = ["--loss", "0.1", "--iface", "{iface}", "--proto", "udp", "--dport", "9
     .expect("write experiment");
     let file = file.to_str().expect("utf-8");
     let start = |agent: &Agent<'_>| -> String {
+        let n0 = agent.list_ids().len();
         let out = agent.cli_ok(&["experiment", "run", file, "--detach"]);
         let id = out
             .strip_prefix("started ")
@@ -1588,7 +1589,7 @@ inject = ["--loss", "0.1", "--iface", "{iface}", "--proto", "udp", "--dport", "9
             .to_owned();
         // Its fault is in once the steady window has passed.
         let t0 = Instant::now();
-        while agent.list_ids().is_empty() {
+        while agent.list_ids().len() == n0 {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "the step never started"
@@ -1655,9 +1656,23 @@ inject = ["--loss", "0.1", "--iface", "{iface}", "--proto", "udp", "--dport", "9
         "{v}"
     );
     agent.cli_ok(&["resume"]);
+
+    // Stopping an experiment ends its own faults, not another client's.
+    let theirs = agent.inject(&["--loss", "0.05", "--proto", "icmp", "--ttl", "5m"]);
+    let id = start(&agent);
+    assert_eq!(agent.list_ids().len(), 2);
+    agent.cli_ok(&["experiment", "stop", &id]);
+    assert_eq!(
+        agent.list_ids(),
+        vec![theirs.clone()],
+        "the other client's fault stays"
+    );
+    agent.cli_ok(&["stop", &theirs]);
+    assert_eq!(agent.our_filters(), 0);
+
     let metrics = agent.metrics();
     assert!(
-        metrics.contains("chaos_agent_experiments_total{outcome=\"interrupted\"} 2"),
+        metrics.contains("chaos_agent_experiments_total{outcome=\"interrupted\"} 3"),
         "{metrics}"
     );
     assert!(
@@ -1688,7 +1703,7 @@ inject = ["--loss", "0.1", "--iface", "{iface}", "--proto", "udp", "--dport", "9
         "{report}"
     );
     let listed = agent.cli_json(&["experiment", "list"]);
-    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
     assert!(
         listed
             .as_array()

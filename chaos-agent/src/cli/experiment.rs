@@ -86,15 +86,16 @@ pub(super) fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        // Showing or stopping a run succeeds whatever its outcome; `run` exits by it.
         ExperimentCommand::Show(a) => {
             let rt = super::runtime()?;
             let v = rt.block_on(client.experiment(&a.id))?;
-            print_remote(&v, a.json)
+            print_remote(&v, a.json).map(|_| ExitCode::SUCCESS)
         }
         ExperimentCommand::Stop(a) => {
             let rt = super::runtime()?;
             let v = rt.block_on(client.experiment_stop(&a.id))?;
-            print_remote(&v, a.json)
+            print_remote(&v, a.json).map(|_| ExitCode::SUCCESS)
         }
         ExperimentCommand::Validate(a) => {
             let cfg = super::engine_config(
@@ -127,7 +128,14 @@ fn print_remote(v: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
         serde_json::from_value(v.clone()).context("the agent's report")?;
     if !json {
         println!("experiment {:?}: {}", report.title, report.verdict());
-        print!("{}", report.markdown());
+        // The timeline is an SVG file beside the report: no use on a terminal.
+        for line in report
+            .markdown()
+            .lines()
+            .filter(|l| !l.starts_with("![timeline]"))
+        {
+            println!("{line}");
+        }
     }
     Ok(if report.outcome == Outcome::Passed {
         ExitCode::SUCCESS

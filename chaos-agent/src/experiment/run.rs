@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::probe;
 use super::report::{self, Outcome, Phase, Report, Sample, StepReport};
 use super::spec::{ExperimentSpec, Slot};
-use crate::engine::{Engine, Requester, RevertReason};
+use crate::engine::{Engine, Requester};
 use crate::faults::FaultSpec;
 
 /// Asks a run to end now (a signal, the API's stop, `pause`, the daemon's shutdown): every
@@ -96,7 +96,7 @@ fn phase_of(v: u8) -> Phase {
 
 /// What a step task reports.
 enum StepEvent {
-    Started(usize, String),
+    Started(usize, crate::engine::FaultId),
     Refused(usize, String),
     Done(usize, StepReport),
 }
@@ -211,7 +211,12 @@ fn spawn_step(
         rep.started_s = Some(since(Instant::now()));
         rep.fault = Some(info.id.to_string());
         rep.summary = Some(info.summary.clone());
-        let _ = tx.tx.send(StepEvent::Started(i, info.id.to_string()));
+        let _ = tx.tx.send(StepEvent::Started(i, info.id));
+        // The run was aborted while this inject was under way: the abort's stop may have come
+        // before the fault existed.
+        if cancel.is_cancelled() {
+            let _ = engine.stop(info.id, Requester::me()).await;
+        }
         if let Some(mut done) = engine.watch(info.id).await {
             loop {
                 if let Some(r) = done.borrow().clone() {
@@ -360,7 +365,7 @@ pub async fn run_recorded_as(
     }
 }
 
-/// Runs the experiment; every fault it injected is reverted when this returns.
+/// Runs the experiment; every fault it injected is reverted when this returns, and no other.
 pub async fn run(
     spec: &ExperimentSpec,
     steps: Vec<Planned>,
@@ -458,10 +463,17 @@ pub async fn run(
         drop(stx);
         let mut done = 0;
         let mut aborting = false;
+        let mut ours: Vec<crate::engine::FaultId> = Vec::new();
         while done < steps.len() {
             tokio::select! {
                 ev = srx.recv() => match ev {
-                    Some(StepEvent::Started(i, id)) => live(t0, Phase::During, &format!("step {}: fault {id} in", steps[i].name)),
+                    Some(StepEvent::Started(i, id)) => {
+                        live(t0, Phase::During, &format!("step {}: fault {id} in", steps[i].name));
+                        if aborting {
+                            let _ = engine.stop(id, Requester::me()).await;
+                        }
+                        ours.push(id);
+                    }
                     Some(StepEvent::Refused(i, e)) => {
                         if outcome.is_none() {
                             outcome = Some((Outcome::Aborted, format!("step {} was refused: {e}", steps[i].name)));
@@ -503,10 +515,12 @@ pub async fn run(
                         &format!("{}: {why}; reverting every fault", o.as_str()),
                     );
                 }
+                // This experiment's faults only: the daemon may hold others' (API clients,
+                // other experiments), which are not ours to end.
                 cancel.cancel();
-                engine
-                    .stop_all(RevertReason::Stopped, Requester::me())
-                    .await;
+                for id in &ours {
+                    let _ = engine.stop(*id, Requester::me()).await;
+                }
             }
         }
     }
