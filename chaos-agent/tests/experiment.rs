@@ -605,3 +605,55 @@ inject = "--loss 0.1 --iface lo"
     assert_eq!(none.status.code(), Some(1), "{out}");
     assert!(out.contains("no series"), "{out}");
 }
+
+/// The published JSON Schema, checked by an independent validator (Python's `jsonschema`,
+/// the reference implementation editors' tooling follows): every example is valid, an unknown
+/// key and a probe without its timeout are not.
+#[test]
+fn the_json_schema_accepts_the_examples_and_refuses_what_the_agent_refuses() {
+    let test = "the_json_schema_accepts_the_examples_and_refuses_what_the_agent_refuses";
+    let has_validator = std::process::Command::new("python3")
+        .args(["-c", "import jsonschema, tomllib"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_validator {
+        chaos_testing::skip(
+            test,
+            "python3 with jsonschema and tomllib (3.11+) is not installed",
+        );
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = r#"
+import glob, json, sys, tomllib, jsonschema
+schema = json.load(open(sys.argv[1] + "/docs/experiment.schema.json"))
+for f in sorted(glob.glob(sys.argv[1] + "/examples/experiments/*.toml")):
+    jsonschema.validate(tomllib.load(open(f, "rb")), schema)
+    print("valid", f)
+for bad in ['title = "x"\ncolour = 1\n',
+            'title = "x"\n[[probe]]\nname = "a"\ntcp = { address = "1.2.3.4:1" }\n']:
+    try:
+        jsonschema.validate(tomllib.loads(bad), schema)
+        print("ACCEPTED", repr(bad))
+    except jsonschema.ValidationError as e:
+        print("refused", e.message)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&root)
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.matches("valid ").count() >= 3, "{said}");
+    assert!(!said.contains("ACCEPTED"), "{said}");
+    assert!(
+        said.contains("'colour' was unexpected")
+            && said.contains("'timeout' is a required property"),
+        "{said}"
+    );
+}

@@ -109,6 +109,10 @@ pub(super) fn run(
             Ok(ExitCode::SUCCESS)
         }
         ExperimentCommand::Run(a) => run_file(state_dir, &client, a),
+        ExperimentCommand::Schema => {
+            print!("{}", experiment::spec::json_schema());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

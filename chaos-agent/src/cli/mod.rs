@@ -91,6 +91,8 @@ pub enum ExperimentCommand {
     Show(ExperimentIdArg),
     /// Stop a running experiment of the agent: its faults reverted, recorded `interrupted`.
     Stop(ExperimentIdArg),
+    /// Print the experiment file's JSON Schema (for editors).
+    Schema,
 }
 
 /// An experiment's id.

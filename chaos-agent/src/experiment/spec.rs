@@ -19,7 +19,7 @@ pub const MAX_STEPS: usize = 64;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// An experiment file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
     /// What is tested, in a line (the report's title).
@@ -45,14 +45,16 @@ pub struct ExperimentSpec {
 }
 
 /// The phases without faults before and after the method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Steady {
     /// Probes run this long before the first fault and must all pass (pre-flight).
     #[serde(default = "default_before", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub before: Duration,
     /// Probes run this long after the last fault ended: recovery (MTTR) is measured here.
     #[serde(default = "default_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub after: Duration,
 }
 
@@ -74,16 +76,18 @@ impl Default for Steady {
 }
 
 /// One steady-state probe: exactly one of `http`, `tcp`, `dns`, `command`, `psi`, `promql`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
     /// Its name (stop conditions and the report refer to it).
     pub name: String,
     /// Time between the starts of two checks.
     #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Duration,
     /// A check that takes longer fails. Required: a probe without one could hang the run.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// A check slower than this fails, though it got its answer.
     #[serde(
@@ -91,6 +95,7 @@ pub struct ProbeSpec {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub latency_budget: Option<Duration>,
     /// An HTTP request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +122,7 @@ fn default_interval() -> Duration {
 }
 
 /// `GET http://HOST:PORT/PATH` (plain HTTP/1.1: a health endpoint on the node's network).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbe {
     /// `http://10.0.0.2:8080/health` (an IP address or a name the resolver knows).
@@ -142,7 +147,7 @@ fn default_status() -> u16 {
 }
 
 /// A TCP connect that must complete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProbe {
     /// `10.0.0.2:5432`.
@@ -150,7 +155,7 @@ pub struct TcpProbe {
 }
 
 /// A DNS query (UDP, type A) that must get NOERROR with an answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsProbe {
     /// The name asked for.
@@ -160,7 +165,7 @@ pub struct DnsProbe {
 }
 
 /// A command that must exit 0.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandProbe {
     /// The program and its arguments (no shell).
@@ -168,7 +173,7 @@ pub struct CommandProbe {
 }
 
 /// A pressure file whose `avg10` must stay below a threshold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PsiProbe {
     /// `/proc/pressure/cpu`, or a cgroup's `cpu.pressure`.
@@ -182,7 +187,7 @@ pub struct PsiProbe {
 
 /// An instant query against a Prometheus server (`GET URL/api/v1/query`): its first series'
 /// value must lie within `[min, max]` (either may be left out); no series fails.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromqlProbe {
     /// The server, `http://127.0.0.1:9090`.
@@ -198,19 +203,21 @@ pub struct PromqlProbe {
 }
 
 /// One fault of the method.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     /// Its name.
     pub name: String,
     /// When it starts: from the method's start, or with `after` from that step's end.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub at: Duration,
     /// Start `at` after this (earlier) step has ended: a sequence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// How long the fault lasts: its TTL.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub duration: Duration,
     /// The fault, as `chaos-agent inject` flags (`["--loss", "0.1", "--dest", "10.0.0.2"]`,
     /// or one string split at white space), without `--ttl`.
@@ -218,7 +225,7 @@ pub struct StepSpec {
 }
 
 /// `inject` flags: a list, or one string split at white space.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Flags {
     /// `["--loss", "0.1"]`.
@@ -239,11 +246,12 @@ impl Flags {
 }
 
 /// When to abort: on any condition, every fault of the experiment is reverted at once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stop {
     /// The whole run's limit, steady windows included.
     #[serde(default = "default_max_duration", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_duration: Duration,
     /// Probe conditions, checked at each result while faults are on.
     #[serde(default, rename = "when")]
@@ -265,7 +273,7 @@ impl Default for Stop {
 
 /// Abort when the probe's share of passing checks over the last `window` falls below
 /// `min_success`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopCondition {
     /// The probe.
@@ -275,11 +283,12 @@ pub struct StopCondition {
     pub min_success: f64,
     /// Over this long (at least one check: the condition waits for a full window).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub window: Duration,
 }
 
 /// The blast radius.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Safety {
     /// The most faults active at once, as planned.
@@ -410,6 +419,16 @@ impl ProbeSpec {
         }
         Ok(())
     }
+}
+
+/// The experiment file's JSON Schema (`docs/experiment.schema.json`, for editors: TOML
+/// language servers such as Taplo and Even Better TOML read it).
+#[must_use]
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(ExperimentSpec);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
 /// A step's place in time, from the method's start.
@@ -618,6 +637,26 @@ window = "1s"
         assert_eq!(s["then"].start, Duration::from_secs(4));
         assert_eq!(s["then"].end, Duration::from_secs(6));
         assert_eq!(most_at_once(&s), 2);
+    }
+
+    #[test]
+    fn the_published_schema_is_the_one_the_code_defines() {
+        let published = include_str!("../../../docs/experiment.schema.json");
+        assert!(
+            published == json_schema(),
+            "docs/experiment.schema.json is stale: `chaos-agent experiment schema > docs/experiment.schema.json`"
+        );
+        let v: serde_json::Value = serde_json::from_str(published).expect("json");
+        // The rules an editor can check: unknown keys, the required ones.
+        assert_eq!(v["additionalProperties"], false);
+        assert_eq!(v["required"], serde_json::json!(["title"]));
+        let probe = &v["$defs"]["ProbeSpec"];
+        assert_eq!(probe["additionalProperties"], false);
+        assert!(
+            probe["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&"timeout".into()))
+        );
     }
 
     fn refused(text: &str) -> String {
