@@ -365,6 +365,29 @@ pub async fn run_recorded_as(
     }
 }
 
+/// A steady-state window (before or after the method): the probes' results recorded for
+/// `len`, or the stop's reason if the run was stopped meanwhile.
+async fn steady_window(
+    spec: &ExperimentSpec,
+    engine: &Engine,
+    stop: &StopHandle,
+    prx: &mut mpsc::UnboundedReceiver<(usize, Sample)>,
+    samples: &mut [Vec<Sample>],
+    len: std::time::Duration,
+) -> Option<String> {
+    let end = tokio::time::Instant::now() + len;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(end) => return None,
+            Some((i, s)) = prx.recv() => {
+                engine.metrics().probe_checked(&spec.probes[i].name, s.ok, ms(s.latency_ms));
+                samples[i].push(s);
+            }
+            () = stop.token.cancelled() => return Some(stop.reason()),
+        }
+    }
+}
+
 /// Runs the experiment; every fault it injected is reverted when this returns, and no other.
 pub async fn run(
     spec: &ExperimentSpec,
@@ -394,20 +417,19 @@ pub async fn run(
 
     // Before: the steady state must hold, every probe passing.
     live(t0, Phase::Before, "probing the steady state");
-    let before_end = tokio::time::Instant::now() + spec.steady.before;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(before_end) => break,
-            Some((i, s)) = prx.recv() => {
-                engine.metrics().probe_checked(&spec.probes[i].name, s.ok, ms(s.latency_ms));
-                samples[i].push(s);
-            }
-            () = stop.token.cancelled() => {
-                outcome = Some((Outcome::Interrupted, stop.reason()));
-                break;
-            }
-        }
+    if let Some(why) = steady_window(
+        spec,
+        engine,
+        stop,
+        &mut prx,
+        &mut samples,
+        spec.steady.before,
+    )
+    .await
+    {
+        outcome = Some((Outcome::Interrupted, why));
     }
+
     if outcome.is_none() {
         for (p, ss) in spec.probes.iter().zip(&samples) {
             let bad = ss.iter().filter(|s| !s.ok).count();
@@ -530,19 +552,17 @@ pub async fn run(
     phase.store(2, Ordering::Release);
     if method_ran && !matches!(outcome, Some((Outcome::Interrupted, _))) {
         live(t0, Phase::After, "probing the recovery");
-        let after_end = tokio::time::Instant::now() + spec.steady.after;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(after_end) => break,
-                Some((i, s)) = prx.recv() => {
-                engine.metrics().probe_checked(&spec.probes[i].name, s.ok, ms(s.latency_ms));
-                samples[i].push(s);
-            }
-                () = stop.token.cancelled() => {
-                    outcome = Some((Outcome::Interrupted, stop.reason()));
-                    break;
-                }
-            }
+        if let Some(why) = steady_window(
+            spec,
+            engine,
+            stop,
+            &mut prx,
+            &mut samples,
+            spec.steady.after,
+        )
+        .await
+        {
+            outcome = Some((Outcome::Interrupted, why));
         }
     }
     stop_probes.cancel();
