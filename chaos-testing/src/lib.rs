@@ -1070,6 +1070,25 @@ pub fn tcp_listen(ns: &NetNs, addr: &str) -> std::net::TcpListener {
     })
 }
 
+/// An HTTP service on `addr` in `ns` answering `200 ok` to every request, for the test's life
+/// (the experiment tests' probe target).
+pub fn serve_http(ns: &NetNs, addr: &str) {
+    use std::io::{Read as _, Write as _};
+    let listener = tcp_listen(ns, addr);
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+}
+
 /// A client process holding a TCP connection (`client`, e.g. `busybox nc ADDR PORT`, whose
 /// connection lives while its stdin is open) and the server's end of it, accepted from
 /// `listener` with a 10 s read timeout. The client is killed on drop.
