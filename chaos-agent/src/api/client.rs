@@ -65,6 +65,12 @@ impl ClientError {
             }
         )
     }
+
+    /// Whether the agent answered 404: no such fault (it may have ended since it was listed).
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Api { status: 404, .. })
+    }
 }
 
 /// A client of one agent.

@@ -114,16 +114,30 @@ pub(super) fn show(socket: &Path, a: &ShowArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn stop(socket: &Path, a: &StopArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(socket);
-    let reports = match a.id {
-        Some(id) => vec![block_on(client.stop(id))??],
-        None => block_on(client.stop_all())??,
+    let reports = match (a.id, &a.label) {
+        (Some(id), _) => vec![block_on(client.stop(id))??],
+        (None, Some(label)) => block_on(async {
+            let mut reports = Vec::new();
+            for f in client.list().await? {
+                if f.spec.label.as_deref() == Some(label.as_str()) {
+                    match client.stop(f.id).await {
+                        Ok(r) => reports.push(r),
+                        // Ended on its own (TTL, target gone) since the list: nothing to stop.
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok::<_, crate::api::client::ClientError>(reports)
+        })??,
+        (None, None) => block_on(client.stop_all())??,
     };
     if a.json {
         print_json(&crate::api::Reverted {
             reverted: reports.clone(),
         })?;
     } else {
-        if a.all {
+        if a.all || a.label.is_some() {
             println!("stopped {} fault(s)", reports.len());
         }
         for r in &reports {

@@ -293,11 +293,15 @@ pub struct ShowArgs {
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
     /// The fault id (`f-XXXXXXXX`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present_any = ["all", "label"], conflicts_with_all = ["all", "label"])]
     pub id: Option<FaultId>,
     /// Stop every fault.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "label")]
     pub all: bool,
+    /// Stop every fault injected with this `--label` (what an outside orchestrator's rollback
+    /// uses: its own faults only, whatever their ids).
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
