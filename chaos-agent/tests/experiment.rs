@@ -3,7 +3,6 @@
 //! the agent's namespace see when a refusal begins and ends (its errno tells a refused connect
 //! from a closed port), and the report files are read as a user would read them.
 
-use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,23 +23,6 @@ fn k() -> f64 {
 /// `ms` milliseconds, scaled for the VM, as a TOML duration string.
 fn d(ms: u64) -> String {
     format!("{}ms", (ms as f64 * k()) as u64)
-}
-
-/// An HTTP service on `addr` in `ns` answering `200 ok` to every request, for the test's life.
-fn serve_http(ns: &NetNs, addr: &str) {
-    let listener = tcp_listen(ns, addr);
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
 }
 
 /// What one connect attempt from the observer got: the time and the errno (0: connected).
@@ -122,7 +104,7 @@ fn a_refusing_backend_trips_the_stop_condition_and_every_fault_goes_at_once() {
     }
     let pair = VethPair::new(231);
     let svc = format!("{}:8080", pair.b_ip);
-    serve_http(&pair.b, &svc);
+    chaos_testing::serve_http(&pair.b, &svc);
     let files = TempDir::new("chexp");
     let reports = TempDir::new("chexp");
     let state = TempDir::new("chexp");
@@ -258,7 +240,7 @@ fn steps_run_at_their_offsets_and_an_untouched_service_passes() {
     }
     let pair = VethPair::new(232);
     let svc = format!("{}:8080", pair.b_ip);
-    serve_http(&pair.b, &svc);
+    chaos_testing::serve_http(&pair.b, &svc);
     let files = TempDir::new("chexp");
     let reports = TempDir::new("chexp");
     let state = TempDir::new("chexp");
@@ -375,7 +357,7 @@ window = "{interval}"
 }
 
 /// Bad files are refused before anything runs, each naming what is wrong (and, for the
-/// parser's errors, the line); the examples validate.
+/// parser's errors, the line).
 #[test]
 fn bad_experiment_files_are_refused_before_anything_runs() {
     let test = "bad_experiment_files_are_refused_before_anything_runs";
@@ -472,25 +454,146 @@ inject = "--loss 0.1 --iface lo"
         // The 2 s steady window and start-up, not the 5 s recovery window too.
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
+}
+
+/// Every example under `examples/experiments/` validates and dry-runs, in a namespace of its own
+/// where the test stands in for the services the examples name (an HTTP service on
+/// 127.0.0.1:8080, a resolver on 127.0.0.1:53 that knows `example.test`): every step is planned,
+/// every probe is checked over the steady window, and nothing is injected (no program on the
+/// namespace's `lo`). The probes of those services must be green; a PSI probe's verdict depends on
+/// the machine's load, so only its being checked is asserted. A kernel without netem and fq
+/// (decided by tc) must refuse the latency example, naming the module, and change nothing.
+#[test]
+fn every_example_validates_and_dry_runs_against_its_services() {
+    let test = "every_example_validates_and_dry_runs_against_its_services";
+    if !require(test, Feature::Root) || !require(test, Feature::Tool("dnsmasq")) {
+        return;
+    }
+    let ns = NetNs::new("chexd");
+    chaos_testing::serve_http(&ns, "127.0.0.1:8080");
+    let zone = chaos_testing::dns::Zone::new("example.test").address("example.test", "192.0.2.10");
+    let _dns = chaos_testing::dns::Dnsmasq::start(&ns, &["127.0.0.1"], 53, &zone);
+    let can_delay = chaos_testing::have_qdisc("netem") || chaos_testing::have_qdisc("fq");
+    let state = TempDir::new("chexd");
 
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/experiments");
-    let mut n = 0;
-    for e in std::fs::read_dir(&examples).expect("examples/experiments") {
-        let path = e.expect("entry").path();
-        let out = std::process::Command::new(bin())
-            .args(["--state-dir", state.str(), "experiment", "validate"])
-            .arg(&path)
-            .output()
-            .expect("validate");
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        n += 1;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .expect("examples/experiments")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for want in [
+        "latency-budget",
+        "dns-flapping",
+        "refusing-dependency",
+        "cpu-pressure",
+    ] {
+        assert!(names.iter().any(|n| n == want), "example {want}: {names:?}");
     }
-    assert!(n >= 2, "{n} examples");
+
+    // All at once (each dry run lasts its steady window), each from a thread in the namespace:
+    // `ip netns exec` would hide the cgroup mounts the stress and refuse steps plan against.
+    let runs: Vec<_> = files
+        .iter()
+        .map(|file| {
+            let (bin, state, file) = (bin(), state.0.clone(), file.clone());
+            chaos_testing::in_netns(&ns, move || {
+                let validate = std::process::Command::new(&bin)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(["experiment", "validate"])
+                    .arg(&file)
+                    .output()
+                    .expect("validate");
+                let dry = std::process::Command::new(&bin)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(["experiment", "run", "--dry-run"])
+                    .arg(&file)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("dry run");
+                (file, validate, dry)
+            })
+        })
+        .collect();
+    for (file, validate, dry) in runs {
+        let dry = dry.wait_with_output().expect("dry run");
+        let name = file.file_stem().unwrap_or_default().to_string_lossy();
+        let (out, err) = (
+            String::from_utf8_lossy(&dry.stdout),
+            String::from_utf8_lossy(&dry.stderr),
+        );
+        let verr = String::from_utf8_lossy(&validate.stderr);
+        if name == "latency-budget" && !can_delay {
+            for (what, o, e) in [("validate", &validate, &verr), ("dry run", &dry, &err)] {
+                assert_eq!(o.status.code(), Some(2), "{name} {what}: {e}");
+                assert!(
+                    e.contains("sch_netem") && e.contains("nothing was changed"),
+                    "{name} {what}: {e}"
+                );
+            }
+            continue;
+        }
+        assert!(validate.status.success(), "{name} validate: {verr}");
+        assert!(
+            out.contains("dry run: nothing injected"),
+            "{name}: {out}{err}"
+        );
+        let spec: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&file).expect("read")).expect("toml");
+        for step in spec["step"].as_array().expect("steps") {
+            let step = step["name"].as_str().expect("step name");
+            assert!(out.contains(&format!("step {step} at +")), "{name}: {out}");
+        }
+        for probe in spec["probe"].as_array().expect("probes") {
+            let pname = probe["name"].as_str().expect("probe name");
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("probe {pname} (")))
+                .unwrap_or_else(|| panic!("{name}: probe {pname} not checked: {out}"));
+            let (ok, n) = checks(line);
+            assert!(n >= 1, "{name}: {line}");
+            if probe.get("psi").is_none() {
+                assert_eq!(ok, n, "{name}: the stand-in service failed a check: {line}");
+            }
+        }
+        let green = out.contains("the steady state holds");
+        assert_eq!(dry.status.success(), green, "{name}: {out}");
+    }
+    // Nothing was injected: no program on the namespace's loopback, and no fault journaled.
+    assert!(
+        chaos_testing::attached_programs(&ns, "lo").is_empty(),
+        "{:?}",
+        chaos_testing::attached_programs(&ns, "lo")
+    );
+    let journaled = std::fs::read_dir(state.0.join("faults")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    });
+    assert_eq!(journaled, 0, "journal files in {}", state.str());
+}
+
+/// `N of M` from a dry run's `probe NAME (KIND): N of M checks passed` line.
+fn checks(line: &str) -> (usize, usize) {
+    let rest = line.split("): ").nth(1).unwrap_or_default();
+    let mut words = rest.split_whitespace();
+    let ok = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let n = words.nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+    (ok, n)
 }
 
 /// Kills a child process on drop.
