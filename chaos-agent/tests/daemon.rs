@@ -1525,24 +1525,6 @@ fn after_sigkill_each_fault_stops_at_its_own_kernel_deadline() {
     assert_eq!(agent.journal_files(), 0);
 }
 
-/// An HTTP service answering `200 ok` on `addr` in `ns`, for the test's life.
-fn serve_http(ns: &testing::NetNs, addr: &str) {
-    use std::io::{Read as _, Write as _};
-    let listener = testing::tcp_listen(ns, addr);
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-}
-
 /// Experiments through the daemon: `experiment run --detach` starts one (its fault in the
 /// agent's list), a second is refused while it runs, and it ends `interrupted` with its faults
 /// gone (the namespace's tc filters) when stopped through the API, when the agent is paused,
@@ -1552,7 +1534,7 @@ fn experiments_through_the_daemon_end_cleanly_however_they_are_stopped() {
     require_root!("experiments_through_the_daemon_end_cleanly_however_they_are_stopped");
     let net = VethPair::new(233);
     let svc = format!("{}:8080", net.b_ip);
-    serve_http(&net.b, &svc);
+    testing::serve_http(&net.b, &svc);
     let dir = TempDir::new();
     let mut agent = Agent::start(&net, &dir.0, "", NETLINK);
     let file = dir.0.join("exp.toml");
@@ -1835,4 +1817,138 @@ inject = ["--loss", "0.1", "--iface", "{}", "--proto", "udp", "--dport", "9999"]
     let check = agent.cli(&["config", "check", agent.config().to_str().expect("utf-8")]);
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(!check.status.success() && err.contains("cron"), "{err}");
+}
+
+/// The Chaos Toolkit drives the agent (issue 12's "work with what users already run"): the
+/// shipped `examples/chaostoolkit/loss-with-rollback.json`, run by `chaos run` (installed with
+/// pip by `cargo xtask setup`) in the agent's namespace, injects a labelled loss fault through
+/// the daemon, its method probe (ping, judged by ping's own exit code in the toolkit's journal)
+/// sees the peer go silent, the steady-state hypothesis (the agent answers) holds after the
+/// method, and the rollback (`stop --label`) ends the experiment's fault, and only it: a fault
+/// injected beside it with another label stays. Judged afterwards from outside: ping reaches
+/// the peer again and the remaining fault is the only one left.
+#[test]
+fn the_chaos_toolkit_runs_a_fault_and_its_rollback() {
+    let test = "the_chaos_toolkit_runs_a_fault_and_its_rollback";
+    if !testing::require(test, testing::Feature::Root)
+        || !testing::require(test, testing::Feature::Tool("chaos"))
+    {
+        return;
+    }
+    let net = VethPair::new(245);
+    let dir = TempDir::new();
+    let agent = Agent::start(&net, &dir.0, "", &[]);
+    // Another tool's fault on the same interface, which the rollback must not touch.
+    let other = agent.cli_ok(&[
+        "inject",
+        "--iface",
+        &net.a_if,
+        "--proto",
+        "udp",
+        "--dport",
+        "9999",
+        "--loss",
+        "0.5",
+        "--ttl",
+        "2m",
+        "--label",
+        "someone-else",
+    ]);
+    assert!(other.contains("injected"), "{other}");
+
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/chaostoolkit/loss-with-rollback.json"
+    );
+    let journal = dir.0.join("journal.json");
+    let path = format!(
+        "{}:{}",
+        bin().parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = net
+        .a
+        .command("chaos")
+        .args(["--no-version-check", "--log-file"])
+        .arg(dir.0.join("chaostoolkit.log"))
+        .arg("run")
+        .arg("--journal-path")
+        .arg(&journal)
+        .arg(example)
+        .env("CHAOS_AGENT_SOCKET", agent.socket())
+        // The toolkit looks the process provider's path up on PATH before it substitutes
+        // anything, so the binary under test goes first on PATH (an installed one is there).
+        .env("PATH", path)
+        .env("CHAOS_IFACE", &net.a_if)
+        .env("CHAOS_PEER", &net.b_ip)
+        .env("CHAOS_LABEL", "game-day-7")
+        .output()
+        .expect("run chaos");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&journal).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the toolkit's journal: {e}: {said}"));
+    assert_eq!(j["status"], "completed", "{said}");
+    assert!(out.status.success(), "{said}");
+    let activity = |runs: &Value, name: &str| -> Value {
+        runs.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["activity"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in the journal: {j}"))
+    };
+    let inject = activity(&j["run"], "drop-everything-to-the-peer");
+    assert_eq!(inject["status"], "succeeded", "{inject}");
+    assert_eq!(inject["output"]["status"], 0, "{inject}");
+    assert!(
+        inject["output"]["stdout"]
+            .as_str()
+            .is_some_and(|s| s.contains("injected")),
+        "{inject}"
+    );
+    // ping exits 1 when no reply came: the fault acted on the wire while the method ran.
+    let silent = activity(&j["run"], "peer-is-silent");
+    assert_eq!(silent["output"]["status"], 1, "{silent}");
+    assert!(
+        silent["output"]["stdout"]
+            .as_str()
+            .is_some_and(|s| s.contains("100% packet loss")),
+        "{silent}"
+    );
+    let rollback = activity(&j["rollbacks"], "stop-the-experiment-s-faults");
+    assert_eq!(rollback["output"]["status"], 0, "{rollback}");
+    assert!(
+        rollback["output"]["stdout"]
+            .as_str()
+            .is_some_and(|s| s.contains("stopped 1 fault(s)")),
+        "{rollback}"
+    );
+    assert_eq!(
+        j["steady_states"]["after"]["steady_state_met"], true,
+        "{}",
+        j["steady_states"]
+    );
+
+    // From outside: the peer answers again, and only the other tool's fault is left.
+    let ping = net.a.sh(&format!(
+        "ping -c 3 -i 0.2 -W 1 {} >/dev/null; echo $?",
+        net.b_ip
+    ));
+    assert_eq!(
+        ping.trim(),
+        "0",
+        "the peer is still unreachable after the rollback"
+    );
+    let left = agent.cli_json(&["list"]);
+    let labels: Vec<&str> = left["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["spec"]["label"].as_str())
+        .collect();
+    assert_eq!(labels, ["someone-else"], "{left}");
 }

@@ -326,6 +326,8 @@ pub const PROFILES: &[Profile] = &[
             // `cargo xtask setup` installs them (the metrics test).
             Feature::Tool("promtool"),
             Feature::Tool("prometheus"),
+            // The Chaos Toolkit test (`cargo xtask setup` installs it with pip).
+            Feature::Tool("chaos"),
             // The --container tests' runtime (`cargo xtask setup` installs both).
             Feature::Tool("podman"),
             Feature::Tool("runc"),

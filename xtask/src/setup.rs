@@ -57,6 +57,21 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Packages from the Python package index: (item, a shell check that succeeds when it is there, the pip requirement).
+/// Pinned, so that a new release cannot change a test's verdict under a green CI.
+const PIP_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "chaostoolkit 1.19.0 (pip)",
+        "chaos --version 2>/dev/null | grep -q 'version 1.19.0'",
+        "chaostoolkit==1.19.0",
+    ),
+    (
+        "jsonschema (pip)",
+        "python3 -c 'import jsonschema'",
+        "jsonschema==4.26.0",
+    ),
+];
+
 /// The bpf-linker release we build: pinned so that a new release cannot change the toolchain
 /// under a green CI.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -177,6 +192,29 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     };
     if note(&item, state) && !args.check {
         crate::fuzz::install_cargo_fuzz()?;
+    }
+
+    // Python tools from PyPI, into the machine's python3: the Chaos Toolkit (the test that
+    // drives the agent from it) and jsonschema (the experiment schema's independent check).
+    for (item, present, spec) in PIP_PACKAGES {
+        let state = if capture(&mut cmd("sh", ["-c", present])).is_ok() {
+            State::Present
+        } else {
+            State::Missing("not installed".into())
+        };
+        if note(item, state) && !args.check {
+            exec(&mut cmd(
+                "python3",
+                [
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    spec,
+                ],
+            ))?;
+        }
     }
 
     // bpffs: not mounted on a fresh machine; the agent pins nothing without it.
