@@ -86,6 +86,8 @@ impl Slot {
             counters,
             effects: with_fault(&self.active, |f| f.effects()),
             phase: self.phase(now),
+            created_unix_ms: self.info.created_unix_ms,
+            expires_unix_ms: self.info.expires_unix_ms,
         }
     }
 }
@@ -169,6 +171,7 @@ impl Engine {
         for _ in 0..report.journals_replayed {
             metrics.fault_reverted("unknown", RevertReason::Leftover);
         }
+        metrics.set_max_ttl(cfg.limits.effective_max_ttl());
         let engine = Self {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(cfg),
@@ -204,6 +207,9 @@ impl Engine {
 
     /// Replaces the configuration (SIGHUP). Active faults keep their settings.
     pub fn reload(&self, cfg: EngineConfig) {
+        self.inner
+            .metrics
+            .set_max_ttl(cfg.limits.effective_max_ttl());
         if let Ok(mut c) = self.inner.cfg.write() {
             *c = cfg;
         }
