@@ -2,11 +2,12 @@
 //! on the exposition before, during and after faults; `promtool check rules` and `promtool test
 //! rules` on the alerting rules in `deploy/prometheus/`; and a real Prometheus scraping a daemon
 //! with faults active, asked through its HTTP API for every target of the Grafana dashboard in
-//! `deploy/grafana/` and for the alerts the rules raise.
+//! `deploy/grafana/` and for the alerts the rules raise. And scrapes while the API keeps the
+//! registry busy: every one lists every active fault, and the counters never go down.
 //!
 //! Needs root, promtool and prometheus (`cargo xtask setup` installs Debian's); run with
 //! `cargo test -p chaos-agent --test prometheus -- --test-threads=1`. Host only: the VM guest
-//! has neither tool (`xtask/src/vm/lanes.rs`).
+//! has neither tool, and the rest is user space (`xtask/src/vm/lanes.rs`).
 #![allow(
     clippy::missing_panics_doc,
     reason = "test helpers panic with context by design"
@@ -691,4 +692,97 @@ fn dashboard_and_alerts_work_on_a_real_prometheus() {
         "{exposition}"
     );
     eprintln!("MEASURED the scenario took {:?}", t_start.elapsed());
+}
+
+/// One HTTP/1.0 GET over a fresh connection; returns the body.
+fn http_get(stream: impl std::io::Read + std::io::Write, path: &str) -> String {
+    let mut s = stream;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of each sample line of `name` (any labels), summed.
+fn sum_of(text: &str, name: &str) -> (usize, f64) {
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (samples.len(), samples.iter().sum())
+}
+
+#[test]
+fn scrapes_during_busy_api_keep_every_series_and_counters_monotonic() {
+    let test = "scrapes_during_busy_api_keep_every_series_and_counters_monotonic";
+    if !testing::require(test, Feature::Root) {
+        return;
+    }
+    let net = VethPair::new(236);
+    let dir = TempDir::new("chprom");
+    let mport = free_port_in(&net.a);
+    let agent = Daemon::start(&net, &dir, mport);
+    let faults = 4;
+    for i in 0..faults {
+        agent.inject(&[
+            "--iface",
+            &net.a_if,
+            "--loss",
+            "0.2",
+            "--proto",
+            "icmp",
+            "--dest",
+            &format!("{}/32", net.b_ip),
+            "--ttl",
+            &format!("{}m", 10 + i),
+        ]);
+    }
+    let ping = net
+        .a
+        .command("ping")
+        .args(["-q", "-i", "0.01", "-w", "120", &net.b_ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ping");
+    let _ping = KillOnDrop(ping);
+    // Two clients listing the faults as fast as the API answers: each list holds the
+    // registry while it reads every fault's counters.
+    let mut load = Traffic::new();
+    for _ in 0..2 {
+        let socket = agent.socket();
+        load.every(Duration::ZERO, move || {
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) {
+                let _ = http_get(s, "/v1/faults");
+            }
+        });
+    }
+    let scrapes = 400;
+    let texts: Vec<String> = testing::in_netns(&net.a, move || {
+        (0..scrapes)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(("127.0.0.1", mport)).expect("connect");
+                http_get(s, "/metrics")
+            })
+            .collect()
+    });
+    drop(load);
+    let mut last_seen = 0.0;
+    for (i, text) in texts.iter().enumerate() {
+        let (n, _) = sum_of(text, "chaos_agent_fault_start_time_seconds");
+        assert_eq!(n, faults, "scrape {i} lists {n} faults:\n{text}");
+        let (_, seen) = sum_of(text, "chaos_agent_packets_seen_total");
+        assert!(
+            seen >= last_seen,
+            "scrape {i}: packets seen went down from {last_seen} to {seen}"
+        );
+        last_seen = seen;
+    }
+    assert!(last_seen > 0.0, "no packet was seen");
+    eprintln!(
+        "MEASURED {scrapes} scrapes during API load: every one listed {faults} faults, packets seen monotonic up to {last_seen}"
+    );
 }
