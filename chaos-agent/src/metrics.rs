@@ -2,6 +2,7 @@
 //! counters; the eBPF packet counters are read from the kernel at scrape time.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -64,6 +65,12 @@ struct ErrnoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct FaultLabels {
+    fault: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
 struct FlapLabels {
     fault: String,
     kind: String,
@@ -92,6 +99,10 @@ pub struct FaultSample {
     pub effects: Option<crate::faults::Effects>,
     /// For a fault with `--flap`, where its duty cycle is.
     pub phase: Option<FlapPhase>,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When its TTL ends (moved by `extend`), in milliseconds since the Unix epoch.
+    pub expires_unix_ms: u64,
 }
 
 /// A source of live samples (the engine), read at scrape time.
@@ -379,6 +390,44 @@ impl prometheus_client::collector::Collector for FaultCounters {
         for (labels, active) in &flapping {
             ConstGauge::new(i64::from(*active)).encode(me.encode_family(labels)?)?;
         }
+        // One series per active fault (at most `limits.max_faults`), gone when it ends: what
+        // the alerts on faults that outlive their TTL compare with `time()`.
+        let mut by_fault: Vec<(FaultLabels, u64, u64)> = live
+            .iter()
+            .map(|s| {
+                (
+                    FaultLabels {
+                        fault: s.id.clone(),
+                        kind: s.kind.clone(),
+                    },
+                    s.created_unix_ms,
+                    s.expires_unix_ms,
+                )
+            })
+            .collect();
+        by_fault.sort();
+        for (name, help, pick) in [
+            (
+                "chaos_agent_fault_start_time_seconds",
+                "When an active fault started, in seconds since the Unix epoch.",
+                (|c, _| c) as fn(u64, u64) -> u64,
+            ),
+            (
+                "chaos_agent_fault_expiry_time_seconds",
+                "When an active fault's TTL ends (extend moves it), in seconds since the Unix epoch.",
+                |_, e| e,
+            ),
+        ] {
+            let mut me = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, created, expires) in &by_fault {
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "milliseconds since 1970 are far below 2^53"
+                )]
+                let secs = pick(*created, *expires) as f64 / 1000.0;
+                ConstGauge::new(secs).encode(me.encode_family(labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -399,8 +448,26 @@ pub struct Metrics {
     experiments: Family<OutcomeLabels, Counter>,
     probe_checks: Family<ProbeLabels, Counter>,
     probe_seconds: Histogram,
+    max_ttl_seconds: Gauge<f64, AtomicU64>,
     faults: Arc<FaultCounters>,
 }
+
+/// Every value of `FaultSpec::kind`, whose series start at 0 so that a dashboard shows every
+/// kind and `increase()` sees the first event of each (a series born at 1 has no increase).
+const FAULT_KINDS: &[&str] = &[
+    "loss",
+    "loss+shape",
+    "netem",
+    "rate",
+    "dns",
+    "refuse",
+    "reset",
+    "limit",
+    "stress",
+];
+
+/// Every outcome an experiment ends with (`chaos_agent_experiments_total`), started at 0.
+const EXPERIMENT_OUTCOMES: &[&str] = &["passed", "failed", "aborted", "interrupted"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -430,8 +497,26 @@ impl Metrics {
             probe_checks: Family::default(),
             // 100 us .. ~13 s: a probe's timeout is at most its interval.
             probe_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            max_ttl_seconds: Gauge::default(),
             faults: Arc::new(FaultCounters::default()),
         };
+        // `get_or_create` makes the series (at 0); the guard it returns is not needed.
+        for kind in FAULT_KINDS {
+            let k = Self::kind(kind);
+            drop(m.injected.get_or_create(&k));
+            drop(m.active.get_or_create(&k));
+            drop(m.revert_failures.get_or_create(&k));
+        }
+        for outcome in EXPERIMENT_OUTCOMES {
+            drop(m.experiments.get_or_create(&OutcomeLabels {
+                outcome: (*outcome).to_owned(),
+            }));
+        }
+        m.max_ttl_seconds.set(
+            crate::spec::Limits::default()
+                .effective_max_ttl()
+                .as_secs_f64(),
+        );
         r.register(
             "chaos_agent_faults_injected",
             "Faults injected, by kind",
@@ -509,6 +594,24 @@ impl Metrics {
             "chaos_agent_limits_kept_foreign",
             "Limit restores skipped because someone else changed the cgroup file during the fault (their value is kept)",
             crate::kernel::cgroup::KEPT_FOREIGN.clone(),
+        );
+        r.register(
+            "chaos_agent_max_ttl_seconds",
+            "The longest a fault may live, extensions included (limits.max_ttl); a fault older than this has escaped its TTL",
+            m.max_ttl_seconds.clone(),
+        );
+        // Like process_start_time_seconds, which prometheus-client does not export: the
+        // alert on leftovers found at start looks at the first hour after it.
+        let started: Gauge<f64, AtomicU64> = Gauge::default();
+        started.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        r.register(
+            "chaos_agent_start_time_seconds",
+            "When this agent process started, in seconds since the Unix epoch",
+            started,
         );
         r.register_collector(Box::new(m.faults.clone()));
         if let Ok(mut reg) = m.registry.lock() {
@@ -609,6 +712,10 @@ impl Metrics {
     pub fn ttl_lateness(&self, d: Duration) {
         self.ttl_lateness_seconds.observe(d.as_secs_f64());
     }
+    /// The configured maximum TTL (at start and at each reload).
+    pub fn set_max_ttl(&self, max: Duration) {
+        self.max_ttl_seconds.set(max.as_secs_f64());
+    }
     /// Folds a reverted fault's final counters and phases into the monotonic totals.
     pub fn retire(&self, s: &FaultSample) {
         if let Ok(mut m) = self.faults.retired.lock() {
@@ -706,6 +813,9 @@ mod tests {
                 total_active_phases: 9,
                 remaining_ms: 100,
             }),
+
+            created_unix_ms: 1_796_643_673_574,
+            expires_unix_ms: 1_796_643_733_574,
         }
     }
 
@@ -764,7 +874,10 @@ mod tests {
             &om,
             "chaos_agent_fault_flap_active{fault=\"f-00000003\",kind=\"loss\",interface=\"lo\"} 0",
         );
-        assert!(!om.contains("fault=\"f-00000004\""), "{om}");
+        assert!(
+            !om.contains("chaos_agent_fault_flap_active{fault=\"f-00000004\""),
+            "{om}"
+        );
     }
 
     #[test]
@@ -827,6 +940,41 @@ mod tests {
         let after = m.encode();
         assert_eq!(counters(&during), counters(&after));
         assert!(during.contains("fault_flap_active{") && !after.contains("fault_flap_active{"));
+    }
+
+    #[test]
+    fn alerts_have_their_series() {
+        let m = Metrics::default();
+        m.set_max_ttl(Duration::from_mins(30));
+        let text = m.encode_prometheus_text();
+        // Known label values start at 0.
+        has(&text, "chaos_agent_revert_failures_total{kind=\"loss\"} 0");
+        has(&text, "chaos_agent_faults_active{kind=\"limit\"} 0");
+        has(
+            &text,
+            "chaos_agent_faults_injected_total{kind=\"refuse\"} 0",
+        );
+        has(&text, "chaos_agent_experiments_total{outcome=\"failed\"} 0");
+        has(&text, "chaos_agent_max_ttl_seconds 1800.0");
+        assert!(
+            text.contains("\nchaos_agent_start_time_seconds 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("chaos_agent_fault_start_time_seconds{"),
+            "{text}"
+        );
+        let live = vec![sample("f-0000000a", "loss", None, None)];
+        m.set_live_counters(Box::new(move || live.clone()));
+        let text = m.encode_prometheus_text();
+        has(
+            &text,
+            "chaos_agent_fault_start_time_seconds{fault=\"f-0000000a\",kind=\"loss\"} 1796643673.574",
+        );
+        has(
+            &text,
+            "chaos_agent_fault_expiry_time_seconds{fault=\"f-0000000a\",kind=\"loss\"} 1796643733.574",
+        );
     }
 
     #[test]

@@ -1212,9 +1212,14 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
         "metrics port protected: {status}"
     );
 
-    // Content type and promtool.
+    // Content type and promtool: curl's `*/*` gets the classic text, a client that prefers
+    // OpenMetrics (as Prometheus does) gets OpenMetrics.
     let ct = net.a.sh(&format!(
         "curl -sf -o /dev/null -w '%{{content_type}}' http://127.0.0.1:{mport}/metrics"
+    ));
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    let ct = net.a.sh(&format!(
+        "curl -sf -H 'Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5' -o /dev/null -w '%{{content_type}}' http://127.0.0.1:{mport}/metrics"
     ));
     assert_eq!(
         ct,
@@ -1225,10 +1230,10 @@ fn metrics_pass_promtool_and_prometheus_sees_drops() {
     assert!(text.contains("chaos_agent_info{"), "{text}");
     assert!(text.contains("backends=\"ebpf/"), "{text}");
     assert!(text.contains("kernel=\""), "{text}");
-    // promtool 2.x lints the classic text format, which the endpoint serves to clients that ask
-    // for text/plain only; the content is the same registry.
+    // promtool 2.x lints the classic text format, the endpoint's default; OpenMetrics is the
+    // same registry.
     let check = net.a.sh(&format!(
-        "curl -sf -H 'Accept: text/plain;version=0.0.4' http://127.0.0.1:{mport}/metrics | promtool check metrics 2>&1; echo rc=$?"
+        "curl -sf http://127.0.0.1:{mport}/metrics | promtool check metrics 2>&1; echo rc=$?"
     ));
     assert!(check.trim_end().ends_with("rc=0"), "promtool: {check}");
     let ct = net.a.sh(&format!("curl -sf -H 'Accept: text/plain;version=0.0.4' -o /dev/null -w '%{{content_type}}' http://127.0.0.1:{mport}/metrics"));

@@ -323,9 +323,10 @@ pub const PROFILES: &[Profile] = &[
             Feature::Tool("ss"),
             Feature::Tool("iperf3"),
             Feature::Tool("bpftool"),
-            // `cargo xtask setup` installs them (the metrics test).
+            // `cargo xtask setup` installs them (the metrics tests, tests/prometheus.rs).
             Feature::Tool("promtool"),
             Feature::Tool("prometheus"),
+            Feature::Tool("dnsmasq"),
             // The Chaos Toolkit test (`cargo xtask setup` installs it with pip).
             Feature::Tool("chaos"),
             // The --container tests' runtime (`cargo xtask setup` installs both).

@@ -732,19 +732,80 @@ pub async fn serve(
 /// Content type of the classic Prometheus text format.
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Whether a scraper asked for the classic text format only (`Accept: text/plain...` without
-/// `OpenMetrics`). Everyone else, Prometheus included, gets `OpenMetrics`.
-fn wants_classic_text(headers: &axum::http::HeaderMap) -> bool {
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+/// The exposition formats `/metrics` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exposition {
+    /// The classic Prometheus text format 0.0.4: the default.
+    PrometheusText,
+    /// `OpenMetrics` 1.0 text, only for a client that prefers it.
+    OpenMetrics,
 }
 
-/// Serves `GET /metrics` (`OpenMetrics` text) until `stop` is cancelled.
+/// One media range of an `Accept` header: `type/subtype`, lower-cased, its `version`
+/// parameter and its weight (`q`, 1 when absent).
+fn media_ranges<'a>(accept: impl Iterator<Item = &'a str>) -> Vec<(String, Option<String>, f32)> {
+    let mut out = Vec::new();
+    for range in accept.flat_map(|v| v.split(',')) {
+        let mut parts = range.split(';').map(str::trim);
+        let Some(media) = parts.next().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        let mut version = None;
+        let mut q = Some(1.0_f32);
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                // RFC 9110 12.4.2: 0 to 1 with at most three decimals; a weight we cannot
+                // read makes the range unusable rather than preferred.
+                "q" => q = v.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)),
+                "version" => version = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        if let Some(q) = q {
+            out.push((media.to_ascii_lowercase(), version, q));
+        }
+    }
+    out
+}
+
+/// Picks the exposition for an `Accept` header (RFC 9110 content negotiation, section 12.5.1).
+/// Classic text unless the client weighs `OpenMetrics` 1.0 strictly higher than anything that
+/// covers `text/plain`: Prometheus 2.x and 3.x list `OpenMetrics` first (q 1 or 0.6 over
+/// text's 0.5 or 0.4) and get it; curl's `*/*`, no header, `text/plain` alone, a client that
+/// ranks them equal or one that accepts neither get the text format, which every Prometheus
+/// parser and promtool read.
+fn negotiate<'a>(accept: impl Iterator<Item = &'a str>) -> Exposition {
+    let ranges = media_ranges(accept);
+    let max_q = |pred: &dyn Fn(&str, Option<&str>) -> bool| {
+        ranges
+            .iter()
+            .filter(|(m, v, _)| pred(m, v.as_deref()))
+            .map(|(_, _, q)| *q)
+            .reduce(f32::max)
+    };
+    // Only an explicit OpenMetrics range counts (not `*/*` or `application/*`): the version we
+    // encode is 1.0.0, so a client that asks for 0.0.1 only is served text.
+    let om = max_q(&|m, v| m == "application/openmetrics-text" && v.is_none_or(|v| v == "1.0.0"))
+        .unwrap_or(0.0);
+    // The most specific range that covers text/plain decides its weight: text 0.0.4 (and
+    // 1.0.0, of which 0.0.4 with legacy names is a subset), then `text/*`, then `*/*`.
+    let text = max_q(&|m, v| m == "text/plain" && v.is_none_or(|v| v == "0.0.4" || v == "1.0.0"))
+        .or_else(|| max_q(&|m, _| m == "text/*"))
+        .or_else(|| max_q(&|m, _| m == "*/*"))
+        .unwrap_or(0.0);
+    if om > 0.0 && om > text {
+        Exposition::OpenMetrics
+    } else {
+        Exposition::PrometheusText
+    }
+}
+
+/// Serves `GET /metrics` (classic text, or `OpenMetrics` for clients that prefer it) until
+/// `stop` is cancelled.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<crate::metrics::Metrics>,
@@ -755,16 +816,25 @@ pub async fn serve_metrics(
         get(move |headers: axum::http::HeaderMap| {
             let m = metrics.clone();
             async move {
-                if wants_classic_text(&headers) {
-                    (
-                        [(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)],
-                        m.encode_prometheus_text(),
-                    )
-                } else {
-                    (
-                        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+                let accept = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
+                match negotiate(accept) {
+                    Exposition::OpenMetrics => (
+                        [
+                            (header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE),
+                            (header::VARY, "Accept"),
+                        ],
                         m.encode(),
-                    )
+                    ),
+                    Exposition::PrometheusText => (
+                        [
+                            (header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE),
+                            (header::VARY, "Accept"),
+                        ],
+                        m.encode_prometheus_text(),
+                    ),
                 }
             }
         }),
@@ -834,5 +904,97 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    fn served(accept: &[&str]) -> Exposition {
+        negotiate(accept.iter().copied())
+    }
+
+    #[test]
+    fn metrics_default_to_classic_text() {
+        use Exposition::{OpenMetrics, PrometheusText};
+        // What each scraper sends (captured from Debian's Prometheus 2.42 with a listening
+        // socket; 2.45 sends the same; 2.49+ derives it from `scrape_protocols`).
+        let prometheus_2_42 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let prometheus_2_45_native_histograms = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let prometheus_2_53 = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let prometheus_3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        // `scrape_protocols: [PrometheusText0.0.4, OpenMetricsText1.0.0]` on 3.x.
+        let prometheus_3_text_first = "text/plain;version=0.0.4;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,*/*;q=0.4";
+        for (accept, want) in [
+            (vec![prometheus_2_42], OpenMetrics),
+            (vec![prometheus_2_45_native_histograms], OpenMetrics),
+            (vec![prometheus_2_53], OpenMetrics),
+            (vec![prometheus_3], OpenMetrics),
+            (vec![prometheus_3_text_first], PrometheusText),
+            // curl, a browser, no header at all.
+            (vec!["*/*"], PrometheusText),
+            (
+                vec!["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"],
+                PrometheusText,
+            ),
+            (vec![], PrometheusText),
+            (vec![""], PrometheusText),
+            // Explicit asks, either way; parameters and case do not matter.
+            (vec!["text/plain;version=0.0.4"], PrometheusText),
+            (vec!["application/openmetrics-text"], OpenMetrics),
+            (
+                vec!["Application/OpenMetrics-Text; Version=1.0.0; charset=utf-8"],
+                OpenMetrics,
+            ),
+            (
+                vec!["application/openmetrics-text; version=\"1.0.0\""],
+                OpenMetrics,
+            ),
+            // The weights decide, not the order; a tie is the server's choice (text).
+            (
+                vec!["application/openmetrics-text;q=0.5,text/plain;q=0.9"],
+                PrometheusText,
+            ),
+            (
+                vec!["text/plain;q=0.2,application/openmetrics-text;q=0.3"],
+                OpenMetrics,
+            ),
+            (
+                vec!["application/openmetrics-text;q=0.5,text/plain;q=0.5"],
+                PrometheusText,
+            ),
+            (
+                vec!["application/openmetrics-text;q=0.5,*/*;q=0.5"],
+                PrometheusText,
+            ),
+            (
+                vec!["application/openmetrics-text;q=0.5,text/*;q=0.4"],
+                OpenMetrics,
+            ),
+            // The most specific range wins: text/plain;q=0 refuses text even under */*;q=1.
+            (
+                vec!["text/plain;q=0,*/*,application/openmetrics-text;q=0.1"],
+                OpenMetrics,
+            ),
+            // q=0 is "not acceptable"; an unreadable weight makes the range unusable.
+            (vec!["application/openmetrics-text;q=0"], PrometheusText),
+            (vec!["application/openmetrics-text;q=high"], PrometheusText),
+            (vec!["application/openmetrics-text;q=2"], PrometheusText),
+            // Only the version we encode.
+            (
+                vec!["application/openmetrics-text;version=0.0.1"],
+                PrometheusText,
+            ),
+            (
+                vec!["application/openmetrics-text;version=2.0.0,text/plain;q=0.1"],
+                PrometheusText,
+            ),
+            // Wildcards never select OpenMetrics.
+            (vec!["application/*"], PrometheusText),
+            // Several Accept headers are one list.
+            (
+                vec!["text/plain;q=0.1", "application/openmetrics-text"],
+                OpenMetrics,
+            ),
+            (vec!["application/json"], PrometheusText),
+        ] {
+            assert_eq!(served(&accept), want, "Accept: {accept:?}");
+        }
     }
 }

@@ -86,6 +86,8 @@ impl Slot {
             counters,
             effects: with_fault(&self.active, |f| f.effects()),
             phase: self.phase(now),
+            created_unix_ms: self.info.created_unix_ms,
+            expires_unix_ms: self.info.expires_unix_ms,
         }
     }
 }
@@ -124,6 +126,8 @@ struct Inner {
     paused: AtomicBool,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    /// What the last scrape read of the active faults, answered when the registry is busy.
+    last_samples: std::sync::Mutex<Vec<FaultSample>>,
     /// The watcher of scoped faults' cgroups (`target-gone`), made at the first one.
     targets: std::sync::OnceLock<Arc<targets::Targets>>,
 }
@@ -169,6 +173,7 @@ impl Engine {
         for _ in 0..report.journals_replayed {
             metrics.fault_reverted("unknown", RevertReason::Leftover);
         }
+        metrics.set_max_ttl(cfg.limits.effective_max_ttl());
         let engine = Self {
             inner: Arc::new(Inner {
                 cfg: RwLock::new(cfg),
@@ -183,6 +188,7 @@ impl Engine {
                 paused: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 metrics,
+                last_samples: std::sync::Mutex::new(Vec::new()),
                 targets: std::sync::OnceLock::new(),
             }),
         };
@@ -204,6 +210,9 @@ impl Engine {
 
     /// Replaces the configuration (SIGHUP). Active faults keep their settings.
     pub fn reload(&self, cfg: EngineConfig) {
+        self.inner
+            .metrics
+            .set_max_ttl(cfg.limits.effective_max_ttl());
         if let Ok(mut c) = self.inner.cfg.write() {
             *c = cfg;
         }
@@ -523,6 +532,16 @@ impl Engine {
         // Read after the fault left the registry, so never behind what a scrape saw of it (the
         // metrics' totals stay monotonic); a TTL revert's phase is clamped to the deadline.
         let sample = slot.sample(counters, Instant::now());
+        // Into the totals now, not after the undo (which may wait for the kernel lock): until
+        // then a scrape would find the fault neither live nor retired. Out of the samples kept
+        // for busy scrapes first, so that none counts it twice.
+        let sample_id = sample.id.clone();
+        self.inner
+            .last_samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|s| s.id != sample_id);
+        self.inner.metrics.retire(&sample);
         let kernel = self.inner.kernel.lock().await;
         drop(slot.active);
         let (removed, undo_errors) = slot.txn.rollback(&self.undo_ctx()).await;
@@ -547,7 +566,6 @@ impl Engine {
         if let Some(l) = lateness {
             m.ttl_lateness(l);
         }
-        m.retire(&sample);
         if report.errors.is_empty() {
             tracing::info!(event = "revert", id = %id, reason = reason.as_str(), removed = ?report.removed, lateness_us = report.lateness_us, picked_late_us = (reason == RevertReason::Ttl).then(|| started.saturating_duration_since(slot.deadline).as_micros() as u64), "fault reverted");
         } else {
@@ -662,17 +680,24 @@ impl Engine {
     /// Live counters and duty-cycle phases of every active fault, for metrics.
     #[must_use]
     pub fn counters_now(&self) -> Vec<FaultSample> {
-        // try_lock: a scrape must never wait behind a slow apply; it reports the rest next time.
+        // try_lock: a scrape must never wait behind a slow apply. When the registry is busy it
+        // gets the previous scrape's samples: an empty answer would drop the active faults'
+        // counts from the totals (Prometheus reads a decrease as a counter reset) and their
+        // per-fault gauges for one scrape (which restarts the `for:` of an alert on them).
         let now = Instant::now();
-        self.inner.state.try_lock().map_or_else(
-            |_| Vec::new(),
-            |s| {
-                s.faults
-                    .values()
-                    .map(|f| f.sample(with_fault(&f.active, |a| a.counters()), now))
-                    .collect()
-            },
-        )
+        let mut last = self
+            .inner
+            .last_samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Ok(s) = self.inner.state.try_lock() {
+            *last = s
+                .faults
+                .values()
+                .map(|f| f.sample(with_fault(&f.active, |a| a.counters()), now))
+                .collect();
+        }
+        last.clone()
     }
 
     /// The safety lever: stop every fault and refuse new ones until [`Engine::resume`].

@@ -71,6 +71,21 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
         "promtool and Prometheus are not in the guest; the counters are the loss suite's",
     ),
     (
+        "prometheus",
+        "deploy_rules_pass_promtool_check_and_unit_tests",
+        "promtool is not in the guest; the rules are YAML and PromQL, no kernel involved",
+    ),
+    (
+        "prometheus",
+        "dashboard_and_alerts_work_on_a_real_prometheus",
+        "promtool and Prometheus are not in the guest; the counters behind each panel are the loss, dns, refuse and limit suites'",
+    ),
+    (
+        "prometheus",
+        "scrapes_during_busy_api_keep_every_series_and_counters_monotonic",
+        "the registry's lock and the scrape path are user space, the same on both kernels",
+    ),
+    (
         "daemon",
         "parallel_clients_leave_nothing",
         "a load test: under TCG it would measure the emulator",
@@ -178,6 +193,8 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("sock_diag", 5),
     ("lib-chaos_agent", 5),
     ("ebpf_datapath", 0),
+    // Every test of it is host-only (above).
+    ("prometheus", 0),
     ("bin-chaos-agent", 0),
 ];
 
