@@ -83,6 +83,18 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Experiments the daemon starts by itself: schedules and monkey mode.
     pub experiments: crate::experiment::schedule::ExperimentsConfig,
+    /// The eBPF datapath.
+    pub datapath: DatapathConfig,
+}
+
+/// `[datapath]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatapathConfig {
+    /// Interfaces whose classifiers (both directions) are attached at start and stay attached
+    /// until the agent exits, with or without faults: the first fault there then acts after a
+    /// few map writes instead of the kernel's attach (an RCU grace period). tcx only.
+    pub keep_attached: Vec<String>,
 }
 
 /// `[api]`.
@@ -141,6 +153,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
             experiments: crate::experiment::schedule::ExperimentsConfig::default(),
+            datapath: DatapathConfig::default(),
         }
     }
 }
@@ -241,6 +254,22 @@ impl Config {
                 chaos_common::MAX_FAULTS,
                 l.max_faults
             ));
+        }
+        let mut kept = std::collections::BTreeSet::new();
+        for name in &self.datapath.keep_attached {
+            // IFNAMSIZ is 16 with the terminating NUL; '/' and whitespace are never in names.
+            let valid = !name.is_empty()
+                && name.len() < 16
+                && !name.contains(['/', ':'])
+                && !name.chars().any(char::is_whitespace);
+            if !valid {
+                return bad(format!(
+                    "datapath.keep_attached: {name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+                ));
+            }
+            if !kept.insert(name) {
+                return bad(format!("datapath.keep_attached lists {name:?} twice"));
+            }
         }
         if l.protected_ports.len() + 2 > crate::target::MAX_PORT_RANGES {
             return bad(format!(
@@ -345,6 +374,31 @@ mod tests {
             Config::default(),
             "deploy/config.example.toml must document the defaults"
         );
+    }
+
+    #[test]
+    fn kept_interfaces_must_be_names_and_listed_once() {
+        let ok = Config::parse(
+            "[datapath]\nkeep_attached = [\"eth0\", \"bond0.100\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.datapath.keep_attached, ["eth0", "bond0.100"]);
+        for (text, want) in [
+            ("keep_attached = [\"\"]", "not an interface name"),
+            (
+                "keep_attached = [\"a-very-long-name0\"]",
+                "not an interface name",
+            ),
+            ("keep_attached = [\"eth 0\"]", "not an interface name"),
+            ("keep_attached = [\"eth0\", \"eth0\"]", "twice"),
+            ("keep = [\"eth0\"]", "keep"),
+        ] {
+            let e = Config::parse(&format!("[datapath]\n{text}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -1957,3 +1957,106 @@ fn the_chaos_toolkit_runs_a_fault_and_its_rollback() {
         .collect();
     assert_eq!(labels, ["someone-else"], "{left}");
 }
+
+/// `datapath.keep_attached` (issue 8's first-attach latency): the classifiers are on the
+/// interface from the start with no fault there (the agent's programs among the kernel's tcx
+/// links, per bpftool), packets still pass (ping), a fault there acts (ping sees every echo
+/// lost) and its stop leaves the programs attached with the traffic flowing again; a SIGKILL
+/// takes them off (tcx links close with the agent's fds). Where the kernel has no tcx (decided
+/// by a link of the test's own), the daemon refuses to start, naming tcx, with nothing attached;
+/// an interface that does not exist is refused at start too.
+#[test]
+fn kept_hooks_stay_attached_without_faults_and_go_with_the_agent() {
+    let test = "kept_hooks_stay_attached_without_faults_and_go_with_the_agent";
+    require_root!(test);
+    let net = VethPair::new(250);
+    let dir = TempDir::new();
+    let config = format!("[datapath]\nkeep_attached = [\"{}\"]\n", net.a_if);
+    let ping_ok = |n: u32| {
+        net.a
+            .sh(&format!(
+                "ping -c {n} -i 0.2 -W 1 {} >/dev/null 2>&1; echo $?",
+                net.b_ip
+            ))
+            .trim()
+            == "0"
+    };
+    let refused = |config: &str| -> (Option<i32>, String) {
+        let d = TempDir::new();
+        std::fs::write(d.0.join("config.toml"), config).expect("write config");
+        let out = net
+            .a
+            .command(bin().to_str().expect("utf-8"))
+            .arg("--state-dir")
+            .arg(d.0.join("state"))
+            .arg("--socket")
+            .arg(d.0.join("agent.sock"))
+            .arg("run")
+            .arg("--config")
+            .arg(d.0.join("config.toml"))
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = refused("[datapath]\nkeep_attached = [\"chaos-none0\"]\n");
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("chaos-none0") && err.contains("nothing was changed"),
+        "{err}"
+    );
+
+    if !testing::has(testing::Feature::Tcx) {
+        let (code, err) = refused(&config);
+        assert_ne!(code, Some(0), "{err}");
+        assert!(err.contains("needs tcx"), "{err}");
+        assert!(
+            testing::attached_programs(&net.a, &net.a_if).is_empty(),
+            "{:?}",
+            testing::attached_programs(&net.a, &net.a_if)
+        );
+        return;
+    }
+
+    let mut agent = Agent::start(&net, &dir.0, &config, &[]);
+    let ours = agent.prog_ids();
+    assert_eq!(
+        agent.attached_progs().len(),
+        2,
+        "both classifiers attached at start, with no fault: {:?} of {ours:?}",
+        agent.attached_progs()
+    );
+    assert!(
+        ping_ok(3),
+        "a kept hook with no fault must pass every packet"
+    );
+
+    let id = agent.inject(&["--proto", "icmp", "--loss", "1", "--ttl", "1m"]);
+    assert!(
+        !ping_ok(3),
+        "the fault on the kept hook did not drop the echoes"
+    );
+    agent.cli_ok(&["stop", &id]);
+    assert_eq!(
+        agent.attached_progs().len(),
+        2,
+        "the stop of the last fault detached a kept hook"
+    );
+    assert!(ping_ok(3), "traffic did not flow again after the stop");
+
+    agent.sigkill();
+    let links: Value =
+        serde_json::from_str(&net.a.sh("bpftool -j link show")).unwrap_or(Value::Array(Vec::new()));
+    let left: Vec<u64> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["prog_id"].as_u64())
+        .filter(|id| ours.contains(&(*id as u32)))
+        .collect();
+    assert!(left.is_empty(), "links of the killed agent: {left:?}");
+    assert!(ping_ok(2));
+}

@@ -18,6 +18,8 @@ use super::{Cli, RunArgs};
 use crate::api::server::{self, ApiState, Auth};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::kernel::bpf::AttachMode;
+use crate::kernel::tc::Hook;
 use crate::metrics::Metrics;
 use crate::sys::paths;
 
@@ -114,6 +116,8 @@ async fn daemon(
     let mut sighup = signal(SignalKind::hangup())?;
     let token = cfg.tcp_token()?;
     let auth = Auth::from_config(&cfg, token)?;
+    // Refused before anything is bound or changed: kept hooks need tcx and their interfaces.
+    let kept = kept_interfaces(&cfg)?;
     // Listeners first: a second agent must fail here, before it reconciles or changes anything.
     let unix = server::bind_unix(&cfg.api.socket, auth.allowed_group.as_ref().map(|g| g.1))?;
     let tcp = match cfg.api.tcp_listen {
@@ -161,6 +165,20 @@ async fn daemon(
         Err(e) => {
             tracing::error!(event = "preload", error = %e, "the eBPF datapath does not load on this kernel");
         }
+    }
+    for (ifindex, ifname) in &kept {
+        for hook in [Hook::Ingress, Hook::Egress] {
+            engine
+                .datapath()
+                .keep_hook(*ifindex, ifname, hook)
+                .with_context(|| {
+                    format!(
+                        "datapath.keep_attached: attach {} on {ifname}",
+                        hook.program()
+                    )
+                })?;
+        }
+        tracing::info!(event = "keep_attached", iface = %ifname, "classifiers kept attached until exit");
     }
     {
         let e = engine.clone();
@@ -270,6 +288,32 @@ async fn daemon(
     })
 }
 
+/// The interfaces of `datapath.keep_attached` with their indexes, or why the daemon must not
+/// start: a kept hook needs tcx links, which the kernel detaches when the agent dies (a
+/// `cls_bpf` filter would stay with no fault journaled to remove it), and an interface that
+/// exists.
+fn kept_interfaces(cfg: &Config) -> anyhow::Result<Vec<(u32, String)>> {
+    let names = &cfg.datapath.keep_attached;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mode = cfg.attach_mode.resolve();
+    if mode != AttachMode::Tcx {
+        anyhow::bail!(
+            "datapath.keep_attached needs tcx links (Linux 6.6 or later, attach_mode auto or tcx); the attach mode here is {}, whose filters would outlive the agent; nothing was changed",
+            mode.as_str()
+        );
+    }
+    names
+        .iter()
+        .map(|n| {
+            crate::sys::ifindex(n).map(|i| (i, n.clone())).map_err(|e| {
+                anyhow::anyhow!("datapath.keep_attached: interface {n:?}: {e}; nothing was changed")
+            })
+        })
+        .collect()
+}
+
 /// SIGHUP: re-read the file; on any error keep the running configuration.
 fn reload(
     path: &Path,
@@ -300,6 +344,7 @@ fn reload(
                 || (cfg.metrics.listen != running.metrics.listen && cfg.metrics.listen.port() != 0),
         ),
         ("state_dir", cfg.state_dir != running.state_dir),
+        ("datapath.keep_attached", cfg.datapath != running.datapath),
     ] {
         if changed {
             tracing::warn!(
@@ -313,6 +358,7 @@ fn reload(
     cfg.api.tcp_listen = running.api.tcp_listen;
     cfg.metrics = running.metrics.clone();
     cfg.state_dir.clone_from(&running.state_dir);
+    cfg.datapath.clone_from(&running.datapath);
     let auth = match cfg
         .tcp_token()
         .map_err(anyhow::Error::from)

@@ -156,6 +156,10 @@ struct HookState {
     hook: Hook,
     entry: HookEntry,
     link: Option<(AttachMode, SchedClassifierLinkId)>,
+    /// Kept attached with no fault on it (`datapath.keep_attached`): the last fault leaving
+    /// takes the hook's entry out of the map (packets pass at the first lookup) but not the
+    /// program, so the next fault there is map writes only.
+    kept: bool,
 }
 
 /// A slot in use.
@@ -495,6 +499,7 @@ impl Datapath {
                             stats,
                         },
                         link: None,
+                        kept: false,
                     },
                 );
             }
@@ -525,6 +530,49 @@ impl Datapath {
                     }
                 };
                 h.link = Some((mode, id));
+            }
+            Ok(())
+        })
+    }
+
+    /// Attaches a hook's program with no fault on it, and keeps it attached until the datapath
+    /// is dropped (`datapath.keep_attached`): a fault joining it later writes maps only, where
+    /// the first fault on a hook would wait for the attach's RCU grace period. The hook has no
+    /// entry in the hooks map while no fault is on it, so packets pass at the program's first
+    /// lookup. tcx only: a `cls_bpf` filter would outlive the agent with nothing journaled.
+    pub fn keep_hook(&self, ifindex: u32, ifname: &str, hook: Hook) -> Result<(), EbpfError> {
+        self.with(|l| {
+            let key = (ifindex, hook);
+            if !l.hooks.contains_key(&key) {
+                let stats = alloc_stats(l)?;
+                l.hooks.insert(
+                    key,
+                    HookState {
+                        ifname: ifname.to_owned(),
+                        hook,
+                        entry: HookEntry {
+                            faults: Bitmap::EMPTY,
+                            flags: if crate::sys::is_l3_device(ifname) {
+                                HOOK_L3_DEVICE
+                            } else {
+                                0
+                            },
+                            stats,
+                        },
+                        link: None,
+                        kept: true,
+                    },
+                );
+            }
+            let h = l.hooks.get_mut(&key).ok_or(EbpfError::Missing("hook"))?;
+            h.kept = true;
+            if h.link.is_none() {
+                let prog = program::<SchedClassifier>(&mut l.ebpf, hook.program())?;
+                let id = super::attach::attach_tcx(prog, ifname, hook)?;
+                l.hooks
+                    .get_mut(&key)
+                    .ok_or(EbpfError::Missing("hook"))?
+                    .link = Some((AttachMode::Tcx, id));
             }
             Ok(())
         })
@@ -1150,8 +1198,12 @@ fn leave_hook(l: &mut Loaded, slot: u32, key: HookKey) -> Result<bool, EbpfError
             .map(|()| false)
             .map_err(map_error("write", names::MAP_HOOKS));
     }
-    // Last fault gone: the entry first (packets pass at the first lookup), then the program.
+    // Last fault gone: the entry first (packets pass at the first lookup), then the program,
+    // unless the hook is kept attached.
     absent_ok(l.hooks_map.remove(&k)).map_err(map_error("delete", names::MAP_HOOKS))?;
+    if h.kept {
+        return Ok(false);
+    }
     if let Some((_, id)) = h.link.take() {
         let prog = program::<SchedClassifier>(&mut l.ebpf, key.1.program())?;
         if let Err(source) = prog.detach(id) {
