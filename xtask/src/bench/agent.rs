@@ -193,19 +193,35 @@ impl Daemon {
         dir: &Path,
         run_args: &[&str],
     ) -> anyhow::Result<Self> {
-        Self::spawn(net.a_command(agent), dir, run_args)
+        Self::spawn(net.a_command(agent), dir, run_args, "")
+    }
+
+    /// [`Daemon::start`] with `iface`'s classifiers kept attached (`datapath.keep_attached`).
+    pub fn start_kept(
+        net: &DemoNet,
+        agent: &Path,
+        dir: &Path,
+        iface: &str,
+    ) -> anyhow::Result<Self> {
+        Self::spawn(
+            net.a_command(agent),
+            dir,
+            &[],
+            &format!("[datapath]\nkeep_attached = [\"{iface}\"]\n"),
+        )
     }
 
     /// `chaos-agent run` in the host's own namespaces (faults on processes need the cgroup
     /// hierarchies, which `ip netns exec` hides behind a fresh `/sys`).
     pub fn start_on_host(agent: &Path, dir: &Path, run_args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(std::process::Command::new(agent), dir, run_args)
+        Self::spawn(std::process::Command::new(agent), dir, run_args, "")
     }
 
     fn spawn(
         mut cmd: std::process::Command,
         dir: &Path,
         run_args: &[&str],
+        more_config: &str,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("agent.sock");
@@ -216,7 +232,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {}\n[api]\nsocket = {}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n[limits]\nmax_faults = 256\nmax_ttl = \"1h\"\n",
+                "state_dir = {}\n[api]\nsocket = {}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n[limits]\nmax_faults = 256\nmax_ttl = \"1h\"\n{more_config}",
                 toml_str(&dir.join("state")),
                 toml_str(&socket)
             ),

@@ -156,6 +156,44 @@ pub(super) fn latency(r: &mut Results, d: &Daemon, agent: &Path, n: u32) -> anyh
     Ok(())
 }
 
+/// Inject and stop through the API of a daemon that keeps the hook attached with no fault
+/// (`datapath.keep_attached`): what the first fault on an interface costs when the attach's RCU
+/// grace period is paid once, at start.
+pub(super) fn kept(r: &mut Results, d: &Daemon, n: u32) -> anyhow::Result<()> {
+    let max = Duration::from_secs(30) + Duration::from_millis(800) * n;
+    let Some(probe) = attempt(r, "start the probe stream", || {
+        Probe::start(PROBE_INTERVAL, max)
+    })?
+    else {
+        return Ok(());
+    };
+    let port = PROBE_PORT.to_string();
+    let spec = loss_spec(1.0, std::slice::from_ref(&port), &[], "30s");
+    let label = "API, interface kept attached (keep_attached)";
+    if let Some(row) = attempt(r, &format!("latency: {label}"), || {
+        run_method(
+            &probe,
+            "api_kept",
+            label,
+            n,
+            || {
+                let t0 = Instant::now();
+                let id = d.api.inject(&spec)?;
+                Ok((t0, Instant::now(), id))
+            },
+            |id| {
+                let t0 = Instant::now();
+                d.api.stop(&id)?;
+                Ok((t0, Instant::now()))
+            },
+        )
+    })? {
+        r.latency.push(row);
+    }
+    attempt(r, "stop the probe stream", || probe.finish())?;
+    Ok(())
+}
+
 /// `chaos-agent inject --foreground --loss 1.0 --ttl 3s` with no daemon: the time from the spawn
 /// to the first dropped probe packet (load, verify, attach) and to the last (the kernel-side
 /// deadline).

@@ -217,6 +217,13 @@ fn measure(
     attempt(r, "daemon shutdown (reverts everything)", || {
         daemon.shutdown()
     })?;
+    // A second daemon, which keeps A's hooks attached from its start.
+    if let Some(kept) = attempt(r, "start the daemon with keep_attached", || {
+        Daemon::start_kept(net, agent, &work.join("daemon-kept"), crate::demo::IF_A)
+    })? {
+        latency::kept(r, &kept, args.iterations)?;
+        attempt(r, "keep_attached daemon shutdown", || kept.shutdown())?;
+    }
     Ok(())
 }
 

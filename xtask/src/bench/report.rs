@@ -242,6 +242,20 @@ impl Results {
                 20.0,
                 false,
             ),
+            t(
+                "inject via API -> first drop, p50 (first fault, kept attached)",
+                self.latency_pct("api_kept", 50.0),
+                "ms",
+                5.0,
+                false,
+            ),
+            t(
+                "inject via API -> first drop, p99 (first fault, kept attached)",
+                self.latency_pct("api_kept", 99.0),
+                "ms",
+                20.0,
+                false,
+            ),
             t("daemon RSS with 64 faults", rss, "MB", 25.0, false),
         ]
     }
