@@ -53,20 +53,6 @@ pub enum ClientError {
     },
 }
 
-impl ClientError {
-    /// Whether the agent refused the request as invalid (a 4xx other than 404/409/429).
-    #[must_use]
-    pub fn is_bad_request(&self) -> bool {
-        matches!(
-            self,
-            Self::Api {
-                status: 400 | 422,
-                ..
-            }
-        )
-    }
-}
-
 /// A client of one agent.
 #[derive(Clone, Debug)]
 pub struct Client {

@@ -55,6 +55,6 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }

@@ -30,7 +30,7 @@ fn exit_for(reports: &[RevertReport]) -> ExitCode {
     if reports.iter().all(|r| r.errors.is_empty()) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     }
 }
 

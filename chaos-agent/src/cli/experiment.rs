@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::{ExperimentCommand, ExperimentRunArgs, UsageError};
+use super::{CliError, ExperimentCommand, ExperimentRunArgs};
 use crate::engine::Engine;
 use crate::experiment::{self, ExperimentSpec, Outcome};
 use crate::kernel::bpf::AttachMode;
@@ -19,9 +19,9 @@ type Plans = Vec<(experiment::Planned, Vec<String>)>;
 
 /// A file that parses, whose steps all plan on this host: the spec, its steps and their plans.
 fn load(file: &Path, cfg: &crate::engine::EngineConfig) -> anyhow::Result<(ExperimentSpec, Plans)> {
-    let spec = ExperimentSpec::from_file(file).map_err(|e| UsageError(e.to_string()))?;
-    let plans =
-        experiment::plan(&spec, cfg).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
+    let spec = ExperimentSpec::from_file(file).map_err(|e| CliError::bad_input(e.to_string()))?;
+    let plans = experiment::plan(&spec, cfg)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", file.display())))?;
     Ok((spec, plans))
 }
 
@@ -144,7 +144,7 @@ fn print_remote(v: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     Ok(if report.outcome == Outcome::Passed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 
@@ -198,7 +198,7 @@ fn run_file(
         return Ok(if green {
             ExitCode::SUCCESS
         } else {
-            ExitCode::from(1)
+            super::Exit::Failed.into()
         });
     }
     super::preflight()?;
@@ -238,7 +238,7 @@ fn run_file(
     Ok(if report.outcome == Outcome::Passed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{InjectArgs, UsageError};
+use super::{CliError, InjectArgs};
 use crate::engine::{self, Engine, FaultInfo, Requester, RevertReason, RevertReport};
 use crate::faults::FaultSpec;
 use crate::faults::dns::DnsAnswer;
@@ -20,10 +20,10 @@ use crate::metrics::Metrics;
 use crate::target::Target;
 
 /// Builds the spec from the flags.
-pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
+pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, CliError> {
     let loss = a.loss.to_spec();
     let shape = a.shape.to_spec();
-    let dns = a.dns.to_spec().map_err(UsageError)?;
+    let dns = a.dns.to_spec().map_err(CliError::bad_input)?;
     let refuse = a.refuse.to_spec();
     let reset = a.reset.to_spec();
     let limit = a.limit.to_spec();
@@ -36,8 +36,8 @@ pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         && limit.is_none()
         && stress.is_none()
     {
-        return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --io-limit, --cpu-stress, --memory-stress or --io-stress".to_owned(),
+        return Err(CliError::usage(
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --io-limit, --cpu-stress, --memory-stress or --io-stress",
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.
@@ -300,9 +300,8 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
         return super::client::inject(&client, &spec, a);
     }
     if a.ttl.is_none() {
-        return Err(UsageError(
-            "--ttl is required when no agent is running (the fault runs in the foreground)"
-                .to_owned(),
+        return Err(CliError::usage(
+            "--ttl is required when no agent is running (the fault runs in the foreground)",
         )
         .into());
     }

@@ -4,6 +4,7 @@
 mod cleanup;
 mod client;
 mod doctor;
+pub mod exit;
 mod experiment;
 pub(crate) mod inject;
 mod run;
@@ -19,6 +20,7 @@ use crate::engine::{EngineConfig, FaultId};
 use crate::kernel::bpf::AttachMode;
 use crate::sys::paths;
 use crate::target::{Direction, PortRange, Proto};
+pub use exit::{CliError, Exit};
 
 /// chaos-agent: inject real, self-expiring faults into this host.
 #[derive(Debug, Parser)]
@@ -390,22 +392,25 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 /// Parses a prefix list: one CIDR (or bare address) per line; `#` starts a comment; blank
 /// lines are skipped. An error names `origin` and the line.
-pub fn parse_prefix_list(text: &str, origin: &str) -> Result<Vec<IpNet>, UsageError> {
+pub fn parse_prefix_list(text: &str, origin: &str) -> Result<Vec<IpNet>, CliError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or_default().trim();
         if entry.is_empty() {
             continue;
         }
-        out.push(parse_cidr(entry).map_err(|e| UsageError(format!("{origin}:{}: {e}", i + 1)))?);
+        out.push(
+            parse_cidr(entry)
+                .map_err(|e| CliError::bad_input(format!("{origin}:{}: {e}", i + 1)))?,
+        );
     }
     Ok(out)
 }
 
 /// Reads a `--dest-file` / `--src-file`.
-pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, UsageError> {
+pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, CliError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
     parse_prefix_list(&text, &path.display().to_string())
 }
 
@@ -483,10 +488,10 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli,
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = e.print();
-        return Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+        return Err(Exit::of_clap(e.kind()).into());
     }
     eprintln!("{}", usage_error_line(&e, &args));
-    Err(ExitCode::from(2))
+    Err(Exit::of_clap(e.kind()).into())
 }
 
 /// `--loss-model` parses any numbers; its ranges are checked with the whole spec, which the
@@ -506,7 +511,7 @@ fn check_loss_model(cli: &Cli) -> Result<(), ExitCode> {
     };
     spec.validate().map_err(|e| {
         eprintln!("error: invalid value for '--loss-model <MODEL>': {e}");
-        ExitCode::from(2)
+        Exit::Refused.into()
     })
 }
 
@@ -582,11 +587,6 @@ fn invalid_utf8_line(args: &[std::ffi::OsString]) -> String {
         _ => format!("error: argument {i} is not valid UTF-8: \"{escaped}\""),
     }
 }
-
-/// Errors the CLI maps to exit code 2 (the request was wrong; nothing was changed).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 fn init_logging(filter: Option<&str>, default: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
@@ -669,24 +669,7 @@ pub fn main() -> ExitCode {
                 Some(engine_err) => eprintln!("error: {engine_err}"),
                 None => eprintln!("error: {e:#}"),
             }
-            if e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<crate::spec::SpecError>().is_some()
-                || e.downcast_ref::<crate::config::ConfigError>().is_some()
-                || e.downcast_ref::<crate::api::client::ClientError>()
-                    .is_some_and(crate::api::client::ClientError::is_bad_request)
-                || matches!(
-                    e.downcast_ref::<crate::engine::EngineError>(),
-                    Some(
-                        crate::engine::EngineError::Spec(_)
-                            | crate::engine::EngineError::Sys(_)
-                            | crate::engine::EngineError::Refused { .. }
-                    )
-                )
-            {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            Exit::of(&e).into()
         }
     }
 }
@@ -723,7 +706,7 @@ mod tests {
             .collect();
         assert_eq!(nets, want);
         let err = parse_prefix_list("10.0.0.0/8\n10.0.0/33\n", "list.txt").expect_err("bad line");
-        assert!(err.0.starts_with("list.txt:2: "), "{err}");
+        assert!(err.message.starts_with("list.txt:2: "), "{err}");
     }
 
     fn usage_error(args: &[&str]) -> String {
