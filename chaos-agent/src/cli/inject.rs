@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::output::{DryRun, InjectSummary, OutputArgs, print_json};
 use super::{CliError, InjectArgs};
 use crate::engine::{self, Engine, FaultInfo, Requester, RevertReason, RevertReport};
 use crate::faults::FaultSpec;
@@ -309,6 +310,13 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
     if a.dry_run {
         // No engine: a dry run must not even open the journal.
         let (spec, plan) = engine::plan(&cfg, spec)?;
+        if a.output.is_json() {
+            print_json(&DryRun {
+                spec: &spec,
+                plan: &plan,
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "dry run: {} for {} (nothing changed)",
             spec.summary(),
@@ -323,7 +331,7 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
     engine::plan(&cfg, spec.clone())?;
     super::preflight()?;
     let rt = super::runtime()?;
-    rt.block_on(foreground(cfg, spec, a.json))
+    rt.block_on(foreground(cfg, spec, a.output))
 }
 
 /// The foreground's live line: `f-0000002a 5s left | active 2/5 (1.2s left) | ...`.
@@ -340,7 +348,7 @@ pub fn countdown_line(live: &FaultInfo) -> String {
 async fn foreground(
     cfg: engine::EngineConfig,
     spec: FaultSpec,
-    json: bool,
+    output: OutputArgs,
 ) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     let (engine, leftovers) = Engine::start(cfg, metrics).await.context("start engine")?;
@@ -355,7 +363,7 @@ async fn foreground(
     let info = engine.inject(spec, Requester::me()).await?;
     // From the fault's start, not the command's: loading the programs comes first.
     let started = Instant::now();
-    println!("{}", injected_line(&info));
+    output.say(&injected_line(&info));
     let _ = std::io::stdout().flush();
     let mut done = engine
         .watch(info.id)
@@ -393,14 +401,30 @@ async fn foreground(
     }
     engine.shutdown().await;
     let elapsed = started.elapsed();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    summarise(output, &info, &report, elapsed)
+}
+
+/// The end of an inject that waited for its fault (foreground or `--wait`): the `summary:` line
+/// (on stderr with `--output json`, where stdout gets the [`InjectSummary`]); exit 1 if the
+/// revert left errors.
+pub(super) fn summarise(
+    output: OutputArgs,
+    fault: &FaultInfo,
+    report: &RevertReport,
+    elapsed: Duration,
+) -> anyhow::Result<ExitCode> {
+    if output.is_json() {
+        print_json(&InjectSummary {
+            fault,
+            report,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        })?;
     }
-    println!("summary: {}", report_line(&report, Some(elapsed)));
+    output.say(&format!("summary: {}", report_line(report, Some(elapsed))));
     Ok(if report.errors.is_empty() {
-        ExitCode::SUCCESS
+        super::Exit::Ok.into()
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 

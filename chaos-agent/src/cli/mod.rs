@@ -7,6 +7,7 @@ mod doctor;
 pub mod exit;
 mod experiment;
 pub(crate) mod inject;
+pub mod output;
 mod run;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::kernel::bpf::AttachMode;
 use crate::sys::paths;
 use crate::target::{Direction, PortRange, Proto};
 pub use exit::{CliError, Exit};
+pub use output::OutputArgs;
 
 /// chaos-agent: inject real, self-expiring faults into this host.
 #[derive(Debug, Parser)]
@@ -102,9 +104,9 @@ pub enum ExperimentCommand {
 pub struct ExperimentIdArg {
     /// The run's id (`experiment list` shows them).
     pub id: String,
-    /// Print JSON (the report's documented shape).
-    #[arg(long)]
-    pub json: bool,
+    /// The report's documented shape (docs/experiments.md) with `--output json`.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `experiment validate` arguments.
@@ -129,9 +131,9 @@ pub struct ExperimentRunArgs {
     /// Where the reports go [default: `STATE_DIR/experiments`].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON on stdout with `--output json`.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Run it in this process even when an agent is running (else the agent runs it).
     #[arg(long)]
     pub foreground: bool,
@@ -224,15 +226,16 @@ pub struct InjectArgs {
     /// A label for the experiment (shown in list and logs).
     #[arg(long)]
     pub label: Option<String>,
-    /// Print the final report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// With an agent: block until the fault ends and print its summary (Ctrl-C stops it).
     #[arg(long)]
     pub wait: bool,
     /// Run in the foreground even if an agent is running.
     #[arg(long)]
     pub foreground: bool,
+    /// With `--output json`: the fault (`--wait` or the foreground: the summary at its end, the
+    /// dry run's plan) as one JSON object on stdout.
+    #[command(flatten)]
+    pub output: OutputArgs,
     // One group per fault type, each defined in its room under `faults/` and listed last so
     // that `--help` shows the general options first and each type under its own heading.
     /// Loss (`faults/loss`).
@@ -273,22 +276,14 @@ pub struct RunArgs {
     pub log_format: Option<crate::config::LogFormat>,
 }
 
-/// Output flags of the client verbs.
-#[derive(Debug, clap::Args)]
-pub struct OutputArgs {
-    /// Print the agent's JSON answer.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `show` flags.
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// The fault id (`f-XXXXXXXX`).
     pub id: FaultId,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `stop` flags.
@@ -300,9 +295,9 @@ pub struct StopArgs {
     /// Stop every fault.
     #[arg(long)]
     pub all: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `extend` flags.
@@ -313,9 +308,9 @@ pub struct ExtendArgs {
     /// How much longer (e.g. `30s`).
     #[arg(long, value_parser = parse_extension)]
     pub by: Duration,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `config` subcommands.
@@ -331,17 +326,17 @@ pub enum ConfigCommand {
 /// `cleanup` flags.
 #[derive(Debug, clap::Args)]
 pub struct CleanupArgs {
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `doctor` flags.
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// clap value parser of `--max-ttl`: a duration in (0, 7 days].
@@ -645,13 +640,13 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inject(args) => inject::run(&state_dir, &socket, args),
         Command::Run(args) => run::run(&cli, args),
-        Command::List(o) => client::list(&socket, o),
+        Command::List(o) => client::list(&socket, *o),
         Command::Show(a) => client::show(&socket, a),
         Command::Stop(a) => client::stop(&socket, a),
         Command::Extend(a) => client::extend(&socket, a),
-        Command::Status(o) => client::status(&socket, o),
-        Command::Pause(o) => client::pause(&socket, o),
-        Command::Resume(o) => client::resume(&socket, o),
+        Command::Status(o) => client::status(&socket, *o),
+        Command::Pause(o) => client::pause(&socket, *o),
+        Command::Resume(o) => client::resume(&socket, *o),
         Command::Config(ConfigCommand::Check { file }) => run::check_config(file),
         Command::Cleanup(args) => cleanup::run(&state_dir, args),
         Command::Doctor(args) => doctor::run(args),
