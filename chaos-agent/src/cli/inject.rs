@@ -376,6 +376,9 @@ async fn foreground(
         Duration::from_secs(5)
     });
     tick.tick().await;
+    // The live line is redrawn over itself with a carriage return, padded with spaces to the
+    // last one's width: no escape sequence, so NO_COLOR and dumb terminals see plain text too.
+    let mut shown = 0_usize;
     let report: RevertReport = loop {
         tokio::select! {
             r = done.changed() => {
@@ -391,7 +394,13 @@ async fn foreground(
             _ = tick.tick() => {
                 if let Some(live) = engine.get(info.id).await {
                     let line = countdown_line(&live);
-                    if tty { eprint!("\r\x1b[2K{line}"); } else { eprintln!("{line}"); }
+                    if tty {
+                        let width = line.chars().count();
+                        eprint!("\r{line}{:pad$}", "", pad = shown.saturating_sub(width));
+                        shown = width;
+                    } else {
+                        eprintln!("{line}");
+                    }
                 }
             }
         }

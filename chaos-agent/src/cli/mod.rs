@@ -24,20 +24,23 @@ use crate::target::{Direction, PortRange, Proto};
 pub use exit::{CliError, Exit};
 pub use output::OutputArgs;
 
+/// The help heading of the options every verb takes.
+pub const GLOBAL: &str = "Global options";
+
 /// chaos-agent: inject real, self-expiring faults into this host.
 #[derive(Debug, Parser)]
 #[command(name = "chaos-agent", version, about, long_about = None)]
 pub struct Cli {
     /// Directory holding the crash journal of active faults [default: /var/lib/chaos-agent, or
     /// `state_dir` from the config file for `run`].
-    #[arg(long, global = true, env = "CHAOS_AGENT_STATE_DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CHAOS_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The agent's control socket [default: /run/chaos-agent/agent.sock, or `api.socket` from
     /// the config file for `run`].
-    #[arg(long, global = true, env = "CHAOS_AGENT_SOCKET")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CHAOS_AGENT_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `chaos_agent=debug`.
-    #[arg(long, global = true, env = "CHAOS_AGENT_LOG")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CHAOS_AGENT_LOG")]
     pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
@@ -409,9 +412,14 @@ pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, CliError> 
     parse_prefix_list(&text, &path.display().to_string())
 }
 
-/// The clap command.
-fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command()
+/// The clap command, as `--help` shows it: every verb with the exit codes in its footer. (Man
+/// pages and completions should start from it too.)
+#[must_use]
+pub fn command() -> clap::Command {
+    fn footer(cmd: clap::Command) -> clap::Command {
+        cmd.after_help(exit::HELP_FOOTER).mut_subcommands(footer)
+    }
+    footer(<Cli as clap::CommandFactory>::command())
 }
 
 /// Long names of the options that take a value, in every subcommand.
@@ -466,13 +474,26 @@ pub fn join_negative_values(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     out
 }
 
-/// Parses the command line. A usage error is printed as one `error:` line (clap's own rendering
-/// adds a usage block and a `--help` hint below it) and gives exit code 2; `--help` and
-/// `--version` print as usual.
+/// Parses the command line. A clap error is printed as one `error:` line (clap's own rendering
+/// adds a usage block and a `--help` hint below it) and exits as [`Exit::of_clap`] says:
+/// [`Exit::Refused`] for a value its parser refused, [`Exit::Usage`] for the rest; `--help` and
+/// `--version` print as usual, in colour only where [`output::colour`] allows it.
 fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, ExitCode> {
+    use clap::FromArgMatches as _;
     use clap::error::ErrorKind;
     let args = join_negative_values(args.into_iter().collect());
-    let e = match Cli::try_parse_from(&args) {
+    // Help goes to stdout (clap prints help it was not asked for, `chaos-agent experiment`, to
+    // stderr, plain when stderr is not a terminal either).
+    let colour = if output::colour(&std::io::stdout()) && output::colour(&std::io::stderr()) {
+        clap::ColorChoice::Always
+    } else {
+        clap::ColorChoice::Never
+    };
+    let e = match command()
+        .color(colour)
+        .try_get_matches_from(&args)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m))
+    {
         Ok(cli) => return check_loss_model(&cli).map(|()| cli),
         Err(e) => e,
     };
@@ -586,8 +607,8 @@ fn invalid_utf8_line(args: &[std::ffi::OsString]) -> String {
 fn init_logging(filter: Option<&str>, default: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only on a terminal: journald and log shippers get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only on a terminal and without NO_COLOR: journald and log shippers get plain text.
+    let ansi = output::colour(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
