@@ -8,7 +8,9 @@
 //! the wrong types, empty and oversized bodies, DNS names with a 64-byte label, unknown DNS
 //! types, `--flap` cycles longer than the TTL or with a zero phase, and a zero TTL:
 //! - the command line: `chaos-agent inject` in the foreground, and as the client of a running
-//!   `chaos-agent run`; each refusal is exit code 2 and one `error:` line on stderr;
+//!   `chaos-agent run`; each refusal is exit code 2 (64 where the command line is malformed
+//!   rather than a value wrong: an unknown flag, no verb, nothing to inject, no `--ttl`) and one
+//!   `error:` line on stderr;
 //! - the daemon's API: raw HTTP/1.1 on its Unix socket; each refusal is a 4xx with a JSON
 //!   `{"error": {"code", "message"}}`, the message one line;
 //! - the configuration file: `chaos-agent config check` and `chaos-agent run --config`.
@@ -84,17 +86,22 @@ fn cli(ns: &NetNs, socket: &Path, args: &[OsString]) -> Outcome {
     }
 }
 
-/// A refusal: exit code 2, nothing on stdout, exactly one line on stderr, `error: ` first and
-/// `want` in it.
+/// The cases whose command line is malformed rather than a value refused: they exit 64
+/// (usage), every other refusal 2 (docs/cli.md).
+const USAGE_CASES: [&str; 4] = ["no ttl", "no fault", "unknown flag", "no verb"];
+
+/// A refusal: exit code 2 (64 for [`USAGE_CASES`]), nothing on stdout, exactly one line on
+/// stderr, `error: ` first and `want` in it.
 fn assert_refused(o: &Outcome, want: &str, case: &str) {
     let line = o.stderr.strip_suffix('\n').unwrap_or(&o.stderr);
+    let code = if USAGE_CASES.contains(&case) { 64 } else { 2 };
     assert!(
-        o.status.code() == Some(2)
+        o.status.code() == Some(code)
             && o.stdout.is_empty()
             && !line.contains('\n')
             && line.starts_with("error: ")
             && line.contains(want),
-        "{case}: want exit 2 and one line with {want:?}; got {} with stdout {:?} and stderr {:?}",
+        "{case}: want exit {code} and one line with {want:?}; got {} with stdout {:?} and stderr {:?}",
         o.status,
         o.stdout,
         o.stderr

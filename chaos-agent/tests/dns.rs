@@ -112,11 +112,12 @@ struct Ended {
 }
 
 fn inject(ns: &NetNs, state: &TempDir, args: &[&str]) -> Fault {
-    let mut full = vec!["--state-dir", state.str(), "inject", "--json"];
+    let mut full = vec!["--state-dir", state.str(), "inject", "--output", "json"];
     full.extend_from_slice(args);
     let spawned_at = Instant::now();
-    let mut agent = AgentProcess::spawn(Some(ns), &bin(), &full);
-    let _id = agent.expect_injected();
+    let agent = AgentProcess::spawn(Some(ns), &bin(), &full);
+    // With `--output json` the lines for people go to stderr; stdout is the summary's JSON.
+    let _id = agent.expect_injected_on_stderr();
     let injected_at = Instant::now();
     Fault {
         agent,
@@ -131,22 +132,15 @@ impl Fault {
             self.agent.signal(s);
         }
         let (status, out, stderr) = self.agent.wait(timeout);
-        let summary = out
-            .iter()
+        let summary = stderr
+            .lines()
             .find(|l| l.starts_with("summary:"))
-            .cloned()
-            .unwrap_or_else(|| panic!("no summary line: {out:?}\n{stderr}"));
-        // The pretty JSON report: from the first line that is `{` to the summary.
-        let json: String = out
-            .iter()
-            .skip_while(|l| l.trim() != "{")
-            .take_while(|l| !l.starts_with("summary:"))
-            .fold(String::new(), |mut acc, l| {
-                acc.push_str(l);
-                acc.push('\n');
-                acc
-            });
-        let report = serde_json::from_str(&json).unwrap_or(serde_json::Value::Null);
+            .unwrap_or_else(|| panic!("no summary line: {out:?}\n{stderr}"))
+            .to_owned();
+        // stdout is one JSON object (docs/cli.md): the fault, its report, the time it took.
+        let report = serde_json::from_str::<serde_json::Value>(&out.join("\n"))
+            .unwrap_or_else(|e| panic!("stdout is not the summary's JSON ({e}): {out:?}"))["report"]
+            .clone();
         eprintln!("{summary}");
         Ended {
             status,

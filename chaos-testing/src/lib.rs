@@ -614,10 +614,47 @@ impl AgentProcess {
         }
     }
 
+    /// Waits for a stderr line starting with `prefix` and returns it (panics after `timeout` or
+    /// if the process closed its stderr first). With `--output json` the agent's lines for people
+    /// (`injected ...`, the countdown, `summary: ...`) go there, stdout holds the JSON.
+    #[must_use]
+    pub fn expect_stderr_line(&self, prefix: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // Read the end-of-file mark before the text: text read after it is complete.
+            let closed = matches!(
+                self.stderr_eof.try_recv(),
+                Err(std::sync::mpsc::TryRecvError::Disconnected)
+            );
+            if let Some(line) = self.stderr().lines().find(|l| l.starts_with(prefix)) {
+                return line.to_owned();
+            }
+            assert!(
+                !closed && std::time::Instant::now() < deadline,
+                "no stderr line starting with {prefix:?} within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the `injected f-XXXXXXXX: ...` line on stderr (`inject --output json`) and
+    /// returns the fault id, as [`AgentProcess::expect_injected`] does.
+    #[must_use]
+    pub fn expect_injected_on_stderr(&self) -> String {
+        let line = self.expect_stderr_line("injected ", std::time::Duration::from_secs(30));
+        self.injected(&line)
+    }
+
     /// Waits for the `injected f-XXXXXXXX: ...` line and returns the fault id.
     /// Also records the programs the agent holds, for [`agent_programs_still_loaded`].
     pub fn expect_injected(&mut self) -> String {
         let line = self.expect_line("injected ", std::time::Duration::from_secs(30));
+        self.injected(&line)
+    }
+
+    /// The id of an `injected` line; records the programs the agent holds.
+    fn injected(&self, line: &str) -> String {
         AGENT_PROGS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

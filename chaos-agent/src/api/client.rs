@@ -54,18 +54,6 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the agent refused the request as invalid (a 4xx other than 404/409/429).
-    #[must_use]
-    pub fn is_bad_request(&self) -> bool {
-        matches!(
-            self,
-            Self::Api {
-                status: 400 | 422,
-                ..
-            }
-        )
-    }
-
     /// Whether the agent answered 404: no such fault (it may have ended since it was listed).
     #[must_use]
     pub fn is_not_found(&self) -> bool {

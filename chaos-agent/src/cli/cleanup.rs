@@ -23,8 +23,8 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
             .await,
         )
     })?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if args.output.is_json() {
+        super::output::print_json(&report)?;
     } else {
         let kinds: Vec<String> = report
             .removed_by_kind
@@ -55,6 +55,6 @@ pub(super) fn run(state_dir: &Path, args: &CleanupArgs) -> anyhow::Result<ExitCo
     Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }

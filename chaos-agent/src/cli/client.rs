@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::inject::{live_line, report_line};
+use super::output::print_json;
 use super::{ExtendArgs, InjectArgs, OutputArgs, ShowArgs, StopArgs};
 use crate::api::client::Client;
 use crate::engine::{FaultInfo, RevertReport};
@@ -21,21 +22,17 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .block_on(f))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 fn exit_for(reports: &[RevertReport]) -> ExitCode {
     if reports.iter().all(|r| r.errors.is_empty()) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     }
 }
 
-/// `inject` when an agent is running: send the spec, print the id; with `--wait`, block until the
-/// fault ends (Ctrl-C or SIGTERM stop it, as in the foreground) and print the summary.
+/// `inject` when an agent is running: send the spec, print the id (with `--output json`, the
+/// fault); with `--wait`, block until the fault ends (Ctrl-C or SIGTERM stop it, as in the
+/// foreground) and print the summary, in the foreground's shape.
 pub(super) fn inject(
     client: &Client,
     spec: &FaultSpec,
@@ -44,14 +41,15 @@ pub(super) fn inject(
     block_on(async {
         let started = Instant::now();
         let info = client.inject(spec).await?;
-        if a.json && !a.wait {
-            print_json(&info)?;
-        } else {
-            println!("{}", super::inject::injected_line(&info));
-        }
         if !a.wait {
+            if a.output.is_json() {
+                print_json(&info)?;
+            } else {
+                println!("{}", super::inject::injected_line(&info));
+            }
             return Ok(ExitCode::SUCCESS);
         }
+        a.output.say(&super::inject::injected_line(&info));
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let report = tokio::select! {
@@ -59,11 +57,7 @@ pub(super) fn inject(
             _ = sigint.recv() => client.stop(info.id).await?,
             _ = sigterm.recv() => client.stop(info.id).await?,
         };
-        if a.json {
-            print_json(&report)?;
-        }
-        println!("summary: {}", report_line(&report, Some(started.elapsed())));
-        Ok(exit_for(std::slice::from_ref(&report)))
+        super::inject::summarise(a.output, &info, &report, started.elapsed())
     })?
 }
 
@@ -89,9 +83,9 @@ fn fault_table(faults: &[FaultInfo]) {
     }
 }
 
-pub(super) fn list(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn list(socket: &Path, o: OutputArgs) -> anyhow::Result<ExitCode> {
     let faults = block_on(Client::new(socket).list())??;
-    if o.json {
+    if o.is_json() {
         print_json(&crate::api::FaultList { faults })?;
     } else if faults.is_empty() {
         println!("no active faults");
@@ -103,7 +97,7 @@ pub(super) fn list(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn show(socket: &Path, a: &ShowArgs) -> anyhow::Result<ExitCode> {
     let f = block_on(Client::new(socket).show(a.id))??;
-    if a.json {
+    if a.output.is_json() {
         print_json(&f)?;
     } else {
         fault_table(std::slice::from_ref(&f));
@@ -132,7 +126,7 @@ pub(super) fn stop(socket: &Path, a: &StopArgs) -> anyhow::Result<ExitCode> {
         })??,
         (None, None) => block_on(client.stop_all())??,
     };
-    if a.json {
+    if a.output.is_json() {
         print_json(&crate::api::Reverted {
             reverted: reports.clone(),
         })?;
@@ -149,7 +143,7 @@ pub(super) fn stop(socket: &Path, a: &StopArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn extend(socket: &Path, a: &ExtendArgs) -> anyhow::Result<ExitCode> {
     let f = block_on(Client::new(socket).extend(a.id, a.by))??;
-    if a.json {
+    if a.output.is_json() {
         print_json(&f)?;
     } else {
         println!(
@@ -162,9 +156,9 @@ pub(super) fn extend(socket: &Path, a: &ExtendArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn status(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn status(socket: &Path, o: OutputArgs) -> anyhow::Result<ExitCode> {
     let s = block_on(Client::new(socket).status())??;
-    if o.json {
+    if o.is_json() {
         print_json(&s)?;
     } else {
         println!(
@@ -205,9 +199,9 @@ pub(super) fn status(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn pause(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn pause(socket: &Path, o: OutputArgs) -> anyhow::Result<ExitCode> {
     let p = block_on(Client::new(socket).pause())??;
-    if o.json {
+    if o.is_json() {
         print_json(&p)?;
     } else {
         println!(
@@ -221,9 +215,9 @@ pub(super) fn pause(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_for(&p.reverted))
 }
 
-pub(super) fn resume(socket: &Path, o: &OutputArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn resume(socket: &Path, o: OutputArgs) -> anyhow::Result<ExitCode> {
     let p = block_on(Client::new(socket).resume())??;
-    if o.json {
+    if o.is_json() {
         print_json(&p)?;
     } else {
         println!("resumed: new faults are accepted");

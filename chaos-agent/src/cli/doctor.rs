@@ -7,8 +7,8 @@ use super::DoctorArgs;
 pub(super) fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     crate::sys::raise_memlock();
     let checks = crate::doctor::run();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+    if args.output.is_json() {
+        super::output::print_json(&super::output::Doctor { checks: &checks })?;
     } else {
         println!("{:<8} {:<4} {:<44} DETAIL", "CHECK", "OK", "NEEDED FOR");
         for c in &checks {

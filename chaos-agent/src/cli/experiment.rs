@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::{ExperimentCommand, ExperimentRunArgs, UsageError};
+use super::{CliError, ExperimentCommand, ExperimentRunArgs};
 use crate::engine::Engine;
 use crate::experiment::{self, ExperimentSpec, Outcome};
 use crate::kernel::bpf::AttachMode;
@@ -19,9 +19,9 @@ type Plans = Vec<(experiment::Planned, Vec<String>)>;
 
 /// A file that parses, whose steps all plan on this host: the spec, its steps and their plans.
 fn load(file: &Path, cfg: &crate::engine::EngineConfig) -> anyhow::Result<(ExperimentSpec, Plans)> {
-    let spec = ExperimentSpec::from_file(file).map_err(|e| UsageError(e.to_string()))?;
-    let plans =
-        experiment::plan(&spec, cfg).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
+    let spec = ExperimentSpec::from_file(file).map_err(|e| CliError::bad_input(e.to_string()))?;
+    let plans = experiment::plan(&spec, cfg)
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", file.display())))?;
     Ok((spec, plans))
 }
 
@@ -69,8 +69,8 @@ pub(super) fn run(
         ExperimentCommand::List(o) => {
             let rt = super::runtime()?;
             let runs = rt.block_on(client.experiments())?;
-            if o.json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+            if o.is_json() {
+                super::output::print_json(&runs)?;
             } else if runs.is_empty() {
                 println!("no experiments");
             } else {
@@ -90,12 +90,12 @@ pub(super) fn run(
         ExperimentCommand::Show(a) => {
             let rt = super::runtime()?;
             let v = rt.block_on(client.experiment(&a.id))?;
-            print_remote(&v, a.json).map(|_| ExitCode::SUCCESS)
+            print_remote(&v, a.output.is_json()).map(|_| ExitCode::SUCCESS)
         }
         ExperimentCommand::Stop(a) => {
             let rt = super::runtime()?;
             let v = rt.block_on(client.experiment_stop(&a.id))?;
-            print_remote(&v, a.json).map(|_| ExitCode::SUCCESS)
+            print_remote(&v, a.output.is_json()).map(|_| ExitCode::SUCCESS)
         }
         ExperimentCommand::Validate(a) => {
             let cfg = super::engine_config(
@@ -120,7 +120,7 @@ pub(super) fn run(
 /// foreground run would.
 fn print_remote(v: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        super::output::print_json(v)?;
     }
     if v.get("state").is_some_and(|s| s == "running") {
         if !json {
@@ -144,7 +144,7 @@ fn print_remote(v: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
     Ok(if report.outcome == Outcome::Passed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 
@@ -159,7 +159,7 @@ fn run_remote(
     let rt = super::runtime()?;
     rt.block_on(async {
         let run = client.experiment_start(&toml).await?;
-        println!("started {}: {}", run.id, run.title);
+        a.output.say(&format!("started {}: {}", run.id, run.title));
         if a.detach {
             return Ok(ExitCode::SUCCESS);
         }
@@ -169,12 +169,12 @@ fn run_remote(
                 _ = tick.tick() => {
                     let v = client.experiment(&run.id).await?;
                     if v.get("state").is_none_or(|s| s != "running") {
-                        return print_remote(&v, a.json);
+                        return print_remote(&v, a.output.is_json());
                     }
                 }
                 _ = tokio::signal::ctrl_c() => {
                     let v = client.experiment_stop(&run.id).await?;
-                    return print_remote(&v, a.json);
+                    return print_remote(&v, a.output.is_json());
                 }
             }
         }
@@ -198,7 +198,7 @@ fn run_file(
         return Ok(if green {
             ExitCode::SUCCESS
         } else {
-            ExitCode::from(1)
+            super::Exit::Failed.into()
         });
     }
     super::preflight()?;
@@ -228,17 +228,25 @@ fn run_file(
         anyhow::Ok(run)
     })?;
     let (_, report, path) = report;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if a.output.is_json() {
+        super::output::print_json(&report)?;
     }
-    println!("experiment {:?}: {}", report.title, report.verdict());
+    a.output.say(&format!(
+        "experiment {:?}: {}",
+        report.title,
+        report.verdict()
+    ));
     if let Some(path) = path {
-        println!("report: {}.json, {}.md", path.display(), path.display());
+        a.output.say(&format!(
+            "report: {}.json, {}.md",
+            path.display(),
+            path.display()
+        ));
     }
     Ok(if report.outcome == Outcome::Passed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 

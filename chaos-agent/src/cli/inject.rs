@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{InjectArgs, UsageError};
+use super::output::{DryRun, InjectSummary, OutputArgs, print_json};
+use super::{CliError, InjectArgs};
 use crate::engine::{self, Engine, FaultInfo, Requester, RevertReason, RevertReport};
 use crate::faults::FaultSpec;
 use crate::faults::dns::DnsAnswer;
@@ -20,10 +21,10 @@ use crate::metrics::Metrics;
 use crate::target::Target;
 
 /// Builds the spec from the flags.
-pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
+pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, CliError> {
     let loss = a.loss.to_spec();
     let shape = a.shape.to_spec();
-    let dns = a.dns.to_spec().map_err(UsageError)?;
+    let dns = a.dns.to_spec().map_err(CliError::bad_input)?;
     let refuse = a.refuse.to_spec();
     let reset = a.reset.to_spec();
     let limit = a.limit.to_spec();
@@ -36,8 +37,8 @@ pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, UsageError> {
         && limit.is_none()
         && stress.is_none()
     {
-        return Err(UsageError(
-            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --io-limit, --cpu-stress, --memory-stress or --io-stress".to_owned(),
+        return Err(CliError::usage(
+            "nothing to inject: give --loss, --loss-model, --delay, --rate, --corrupt, --duplicate, --reorder, --dns, --refuse, --reset, --cpu-limit, --memory-high, --memory-max, --io-limit, --cpu-stress, --memory-stress or --io-stress",
         ));
     }
     // Answers arrive (ingress) where resolvers are; other faults default to egress.
@@ -300,9 +301,8 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
         return super::client::inject(&client, &spec, a);
     }
     if a.ttl.is_none() {
-        return Err(UsageError(
-            "--ttl is required when no agent is running (the fault runs in the foreground)"
-                .to_owned(),
+        return Err(CliError::usage(
+            "--ttl is required when no agent is running (the fault runs in the foreground)",
         )
         .into());
     }
@@ -310,6 +310,13 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
     if a.dry_run {
         // No engine: a dry run must not even open the journal.
         let (spec, plan) = engine::plan(&cfg, spec)?;
+        if a.output.is_json() {
+            print_json(&DryRun {
+                spec: &spec,
+                plan: &plan,
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "dry run: {} for {} (nothing changed)",
             spec.summary(),
@@ -324,7 +331,7 @@ pub(super) fn run(state_dir: &Path, socket: &Path, a: &InjectArgs) -> anyhow::Re
     engine::plan(&cfg, spec.clone())?;
     super::preflight()?;
     let rt = super::runtime()?;
-    rt.block_on(foreground(cfg, spec, a.json))
+    rt.block_on(foreground(cfg, spec, a.output))
 }
 
 /// The foreground's live line: `f-0000002a 5s left | active 2/5 (1.2s left) | ...`.
@@ -341,7 +348,7 @@ pub fn countdown_line(live: &FaultInfo) -> String {
 async fn foreground(
     cfg: engine::EngineConfig,
     spec: FaultSpec,
-    json: bool,
+    output: OutputArgs,
 ) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     let (engine, leftovers) = Engine::start(cfg, metrics).await.context("start engine")?;
@@ -356,7 +363,7 @@ async fn foreground(
     let info = engine.inject(spec, Requester::me()).await?;
     // From the fault's start, not the command's: loading the programs comes first.
     let started = Instant::now();
-    println!("{}", injected_line(&info));
+    output.say(&injected_line(&info));
     let _ = std::io::stdout().flush();
     let mut done = engine
         .watch(info.id)
@@ -369,6 +376,9 @@ async fn foreground(
         Duration::from_secs(5)
     });
     tick.tick().await;
+    // The live line is redrawn over itself with a carriage return, padded with spaces to the
+    // last one's width: no escape sequence, so NO_COLOR and dumb terminals see plain text too.
+    let mut shown = 0_usize;
     let report: RevertReport = loop {
         tokio::select! {
             r = done.changed() => {
@@ -384,7 +394,13 @@ async fn foreground(
             _ = tick.tick() => {
                 if let Some(live) = engine.get(info.id).await {
                     let line = countdown_line(&live);
-                    if tty { eprint!("\r\x1b[2K{line}"); } else { eprintln!("{line}"); }
+                    if tty {
+                        let width = line.chars().count();
+                        eprint!("\r{line}{:pad$}", "", pad = shown.saturating_sub(width));
+                        shown = width;
+                    } else {
+                        eprintln!("{line}");
+                    }
                 }
             }
         }
@@ -394,14 +410,30 @@ async fn foreground(
     }
     engine.shutdown().await;
     let elapsed = started.elapsed();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    summarise(output, &info, &report, elapsed)
+}
+
+/// The end of an inject that waited for its fault (foreground or `--wait`): the `summary:` line
+/// (on stderr with `--output json`, where stdout gets the [`InjectSummary`]); exit 1 if the
+/// revert left errors.
+pub(super) fn summarise(
+    output: OutputArgs,
+    fault: &FaultInfo,
+    report: &RevertReport,
+    elapsed: Duration,
+) -> anyhow::Result<ExitCode> {
+    if output.is_json() {
+        print_json(&InjectSummary {
+            fault,
+            report,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        })?;
     }
-    println!("summary: {}", report_line(&report, Some(elapsed)));
+    output.say(&format!("summary: {}", report_line(report, Some(elapsed))));
     Ok(if report.errors.is_empty() {
-        ExitCode::SUCCESS
+        super::Exit::Ok.into()
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 

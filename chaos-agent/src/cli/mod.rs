@@ -4,8 +4,10 @@
 mod cleanup;
 mod client;
 mod doctor;
+pub mod exit;
 mod experiment;
 pub(crate) mod inject;
+pub mod output;
 mod run;
 
 use std::path::PathBuf;
@@ -19,6 +21,11 @@ use crate::engine::{EngineConfig, FaultId};
 use crate::kernel::bpf::AttachMode;
 use crate::sys::paths;
 use crate::target::{Direction, PortRange, Proto};
+pub use exit::{CliError, Exit};
+pub use output::OutputArgs;
+
+/// The help heading of the options every verb takes.
+pub const GLOBAL: &str = "Global options";
 
 /// chaos-agent: inject real, self-expiring faults into this host.
 #[derive(Debug, Parser)]
@@ -26,14 +33,14 @@ use crate::target::{Direction, PortRange, Proto};
 pub struct Cli {
     /// Directory holding the crash journal of active faults [default: /var/lib/chaos-agent, or
     /// `state_dir` from the config file for `run`].
-    #[arg(long, global = true, env = "CHAOS_AGENT_STATE_DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CHAOS_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// The agent's control socket [default: /run/chaos-agent/agent.sock, or `api.socket` from
     /// the config file for `run`].
-    #[arg(long, global = true, env = "CHAOS_AGENT_SOCKET")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CHAOS_AGENT_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `chaos_agent=debug`.
-    #[arg(long, global = true, env = "CHAOS_AGENT_LOG")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "CHAOS_AGENT_LOG")]
     pub log: Option<String>,
     /// What to do.
     #[command(subcommand)]
@@ -100,9 +107,9 @@ pub enum ExperimentCommand {
 pub struct ExperimentIdArg {
     /// The run's id (`experiment list` shows them).
     pub id: String,
-    /// Print JSON (the report's documented shape).
-    #[arg(long)]
-    pub json: bool,
+    /// The report's documented shape (docs/experiments.md) with `--output json`.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `experiment validate` arguments.
@@ -127,9 +134,9 @@ pub struct ExperimentRunArgs {
     /// Where the reports go [default: `STATE_DIR/experiments`].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON on stdout with `--output json`.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Run it in this process even when an agent is running (else the agent runs it).
     #[arg(long)]
     pub foreground: bool,
@@ -222,15 +229,16 @@ pub struct InjectArgs {
     /// A label for the experiment (shown in list and logs).
     #[arg(long)]
     pub label: Option<String>,
-    /// Print the final report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// With an agent: block until the fault ends and print its summary (Ctrl-C stops it).
     #[arg(long)]
     pub wait: bool,
     /// Run in the foreground even if an agent is running.
     #[arg(long)]
     pub foreground: bool,
+    /// With `--output json`: the fault (`--wait` or the foreground: the summary at its end, the
+    /// dry run's plan) as one JSON object on stdout.
+    #[command(flatten)]
+    pub output: OutputArgs,
     // One group per fault type, each defined in its room under `faults/` and listed last so
     // that `--help` shows the general options first and each type under its own heading.
     /// Loss (`faults/loss`).
@@ -271,22 +279,14 @@ pub struct RunArgs {
     pub log_format: Option<crate::config::LogFormat>,
 }
 
-/// Output flags of the client verbs.
-#[derive(Debug, clap::Args)]
-pub struct OutputArgs {
-    /// Print the agent's JSON answer.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `show` flags.
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// The fault id (`f-XXXXXXXX`).
     pub id: FaultId,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `stop` flags.
@@ -302,9 +302,9 @@ pub struct StopArgs {
     /// uses: its own faults only, whatever their ids).
     #[arg(long, value_name = "LABEL")]
     pub label: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `extend` flags.
@@ -315,9 +315,9 @@ pub struct ExtendArgs {
     /// How much longer (e.g. `30s`).
     #[arg(long, value_parser = parse_extension)]
     pub by: Duration,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `config` subcommands.
@@ -333,17 +333,17 @@ pub enum ConfigCommand {
 /// `cleanup` flags.
 #[derive(Debug, clap::Args)]
 pub struct CleanupArgs {
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `doctor` flags.
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// clap value parser of `--max-ttl`: a duration in (0, 7 days].
@@ -394,28 +394,36 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 /// Parses a prefix list: one CIDR (or bare address) per line; `#` starts a comment; blank
 /// lines are skipped. An error names `origin` and the line.
-pub fn parse_prefix_list(text: &str, origin: &str) -> Result<Vec<IpNet>, UsageError> {
+pub fn parse_prefix_list(text: &str, origin: &str) -> Result<Vec<IpNet>, CliError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or_default().trim();
         if entry.is_empty() {
             continue;
         }
-        out.push(parse_cidr(entry).map_err(|e| UsageError(format!("{origin}:{}: {e}", i + 1)))?);
+        out.push(
+            parse_cidr(entry)
+                .map_err(|e| CliError::bad_input(format!("{origin}:{}: {e}", i + 1)))?,
+        );
     }
     Ok(out)
 }
 
 /// Reads a `--dest-file` / `--src-file`.
-pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, UsageError> {
+pub fn read_prefix_file(path: &std::path::Path) -> Result<Vec<IpNet>, CliError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display())))?;
     parse_prefix_list(&text, &path.display().to_string())
 }
 
-/// The clap command.
-fn command() -> clap::Command {
-    <Cli as clap::CommandFactory>::command()
+/// The clap command, as `--help` shows it: every verb with the exit codes in its footer. (Man
+/// pages and completions should start from it too.)
+#[must_use]
+pub fn command() -> clap::Command {
+    fn footer(cmd: clap::Command) -> clap::Command {
+        cmd.after_help(exit::HELP_FOOTER).mut_subcommands(footer)
+    }
+    footer(<Cli as clap::CommandFactory>::command())
 }
 
 /// Long names of the options that take a value, in every subcommand.
@@ -470,13 +478,26 @@ pub fn join_negative_values(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     out
 }
 
-/// Parses the command line. A usage error is printed as one `error:` line (clap's own rendering
-/// adds a usage block and a `--help` hint below it) and gives exit code 2; `--help` and
-/// `--version` print as usual.
+/// Parses the command line. A clap error is printed as one `error:` line (clap's own rendering
+/// adds a usage block and a `--help` hint below it) and exits as [`Exit::of_clap`] says:
+/// [`Exit::Refused`] for a value its parser refused, [`Exit::Usage`] for the rest; `--help` and
+/// `--version` print as usual, in colour only where [`output::colour`] allows it.
 fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, ExitCode> {
+    use clap::FromArgMatches as _;
     use clap::error::ErrorKind;
     let args = join_negative_values(args.into_iter().collect());
-    let e = match Cli::try_parse_from(&args) {
+    // Help goes to stdout (clap prints help it was not asked for, `chaos-agent experiment`, to
+    // stderr, plain when stderr is not a terminal either).
+    let colour = if output::colour(&std::io::stdout()) && output::colour(&std::io::stderr()) {
+        clap::ColorChoice::Always
+    } else {
+        clap::ColorChoice::Never
+    };
+    let e = match command()
+        .color(colour)
+        .try_get_matches_from(&args)
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m))
+    {
         Ok(cli) => return check_loss_model(&cli).map(|()| cli),
         Err(e) => e,
     };
@@ -487,10 +508,10 @@ fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli,
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = e.print();
-        return Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+        return Err(Exit::of_clap(e.kind()).into());
     }
     eprintln!("{}", usage_error_line(&e, &args));
-    Err(ExitCode::from(2))
+    Err(Exit::of_clap(e.kind()).into())
 }
 
 /// `--loss-model` parses any numbers; its ranges are checked with the whole spec, which the
@@ -510,7 +531,7 @@ fn check_loss_model(cli: &Cli) -> Result<(), ExitCode> {
     };
     spec.validate().map_err(|e| {
         eprintln!("error: invalid value for '--loss-model <MODEL>': {e}");
-        ExitCode::from(2)
+        Exit::Refused.into()
     })
 }
 
@@ -587,16 +608,11 @@ fn invalid_utf8_line(args: &[std::ffi::OsString]) -> String {
     }
 }
 
-/// Errors the CLI maps to exit code 2 (the request was wrong; nothing was changed).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 fn init_logging(filter: Option<&str>, default: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only on a terminal: journald and log shippers get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only on a terminal and without NO_COLOR: journald and log shippers get plain text.
+    let ansi = output::colour(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -649,13 +665,13 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Inject(args) => inject::run(&state_dir, &socket, args),
         Command::Run(args) => run::run(&cli, args),
-        Command::List(o) => client::list(&socket, o),
+        Command::List(o) => client::list(&socket, *o),
         Command::Show(a) => client::show(&socket, a),
         Command::Stop(a) => client::stop(&socket, a),
         Command::Extend(a) => client::extend(&socket, a),
-        Command::Status(o) => client::status(&socket, o),
-        Command::Pause(o) => client::pause(&socket, o),
-        Command::Resume(o) => client::resume(&socket, o),
+        Command::Status(o) => client::status(&socket, *o),
+        Command::Pause(o) => client::pause(&socket, *o),
+        Command::Resume(o) => client::resume(&socket, *o),
         Command::Config(ConfigCommand::Check { file }) => run::check_config(file),
         Command::Cleanup(args) => cleanup::run(&state_dir, args),
         Command::Doctor(args) => doctor::run(args),
@@ -673,24 +689,7 @@ pub fn main() -> ExitCode {
                 Some(engine_err) => eprintln!("error: {engine_err}"),
                 None => eprintln!("error: {e:#}"),
             }
-            if e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<crate::spec::SpecError>().is_some()
-                || e.downcast_ref::<crate::config::ConfigError>().is_some()
-                || e.downcast_ref::<crate::api::client::ClientError>()
-                    .is_some_and(crate::api::client::ClientError::is_bad_request)
-                || matches!(
-                    e.downcast_ref::<crate::engine::EngineError>(),
-                    Some(
-                        crate::engine::EngineError::Spec(_)
-                            | crate::engine::EngineError::Sys(_)
-                            | crate::engine::EngineError::Refused { .. }
-                    )
-                )
-            {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            Exit::of(&e).into()
         }
     }
 }
@@ -727,7 +726,7 @@ mod tests {
             .collect();
         assert_eq!(nets, want);
         let err = parse_prefix_list("10.0.0.0/8\n10.0.0/33\n", "list.txt").expect_err("bad line");
-        assert!(err.0.starts_with("list.txt:2: "), "{err}");
+        assert!(err.message.starts_with("list.txt:2: "), "{err}");
     }
 
     fn usage_error(args: &[&str]) -> String {

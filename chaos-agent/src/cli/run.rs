@@ -284,7 +284,7 @@ async fn daemon(
     Ok(if errors == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        super::Exit::Failed.into()
     })
 }
 

@@ -50,7 +50,7 @@ pub fn plan(
                 bad(text.trim().trim_start_matches("error: ").to_owned())
             })?;
             let mut fault =
-                crate::cli::inject::spec_from_args(&flags.inject).map_err(|e| bad(e.0))?;
+                crate::cli::inject::spec_from_args(&flags.inject).map_err(|e| bad(e.message))?;
             fault.ttl = s.duration;
             if fault.label.is_none() {
                 fault.label = Some(format!("experiment: {}", s.name));

@@ -170,6 +170,21 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
         "config_files_are_refused_with_one_line_and_start_nothing",
         "parses TOML; no kernel involved",
     ),
+    (
+        "cli",
+        "colour_only_on_a_terminal_and_never_with_no_color",
+        "isatty and NO_COLOR are user space; the guest's busybox has no util-linux `script` for a terminal",
+    ),
+    (
+        "cli",
+        "global_options_have_their_own_heading_in_every_help",
+        "clap's help text; no kernel involved",
+    ),
+    (
+        "cli",
+        "exit_codes_without_an_agent",
+        "argument parsing and a socket nobody listens on; the guest has sch_netem, so its kernel part would skip",
+    ),
 ];
 
 /// Guest seconds of each test binary in a calm run (every run prints the per-test times), used
@@ -186,6 +201,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("limit", 60),
     ("stress", 40),
     ("experiment", 55),
+    ("cli", 30),
     ("own_faults", 20),
     ("ebpf_logic", 16),
     ("bad_input", 6),
