@@ -137,6 +137,15 @@ impl<'a> Agent<'a> {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGHUP: the agent re-reads its configuration file.
+    fn sighup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("hup");
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
@@ -1813,6 +1822,37 @@ inject = ["--loss", "0.1", "--iface", "{}", "--proto", "udp", "--dport", "9999"]
     let newest = agent.cli_json(&["experiment", "list"]);
     assert_eq!(newest[0]["title"], "scheduled", "{newest}");
 
+    // SIGHUP with the schedule gone: no new run (the one in progress may end); with it back:
+    // one within its period again.
+    std::fs::write(agent.config(), "").expect("config");
+    agent.sighup();
+    wait_log(&agent, "experiment schedules replaced", 1);
+    let stopped_at = runs(&agent);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            runs(&agent),
+            stopped_at,
+            "a run started after its schedule was removed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(
+        agent.config(),
+        format!("[[experiments.schedule]]\nfile = {file:?}\ncron = \"*/2 * * * * *\"\n"),
+    )
+    .expect("config");
+    agent.sighup();
+    wait_log(&agent, "experiment schedules replaced", 2);
+    let t0 = Instant::now();
+    while runs(&agent) == stopped_at {
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "the schedule SIGHUP brought back started none"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A bad schedule is refused at start-up, naming it.
     std::fs::write(
         agent.config(),
@@ -1822,6 +1862,19 @@ inject = ["--loss", "0.1", "--iface", "{}", "--proto", "udp", "--dport", "9999"]
     let check = agent.cli(&["config", "check", agent.config().to_str().expect("utf-8")]);
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(!check.status.success() && err.contains("cron"), "{err}");
+}
+
+/// Waits (up to 5 s) until the agent's log holds `needle` at least `n` times.
+fn wait_log(agent: &Agent<'_>, needle: &str, n: usize) {
+    let t0 = Instant::now();
+    while agent.log_text().matches(needle).count() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no {needle:?} (x{n}) in the log: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The Chaos Toolkit drives the agent (issue 12's "work with what users already run"): the

@@ -195,22 +195,7 @@ async fn daemon(
             cfg.state_dir.join("experiments"),
         )),
     });
-    let schedules_stop = CancellationToken::new();
-    if !cfg.experiments.is_empty() {
-        let e = engine.clone();
-        tokio::spawn(crate::experiment::schedule::run(
-            cfg.experiments.clone(),
-            state.experiments.clone(),
-            move || e.config(),
-            schedules_stop.clone(),
-        ));
-        tracing::info!(
-            event = "schedules",
-            schedules = cfg.experiments.schedule.len(),
-            monkey = cfg.experiments.monkey.is_some(),
-            "experiment schedules running"
-        );
-    }
+    let mut schedules_stop = spawn_schedules(&cfg.experiments, &state, &engine);
     let api_stop = CancellationToken::new();
     let metrics_stop = CancellationToken::new();
     let api = tokio::spawn(server::serve(state.clone(), unix, tcp, api_stop.clone()));
@@ -236,7 +221,19 @@ async fn daemon(
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => reload(&path, explicit, &overrides, &cfg, &engine, &state),
+            _ = sighup.recv() => {
+                let Some(experiments) = reload(&path, explicit, &overrides, &cfg, &engine, &state) else {
+                    continue;
+                };
+                // Schedules and the monkey restart with the file's: a run in progress goes on
+                // (it belongs to the experiments, not to the schedule that started it).
+                if experiments != cfg.experiments {
+                    schedules_stop.cancel();
+                    cfg.experiments = experiments;
+                    schedules_stop = spawn_schedules(&cfg.experiments, &state, &engine);
+                    tracing::info!(event = "reload", key = "experiments", "experiment schedules replaced");
+                }
+            }
         }
     };
 
@@ -288,6 +285,32 @@ async fn daemon(
     })
 }
 
+/// Starts the schedules and the monkey of `conf` (nothing if it has none); cancel the token to
+/// stop them.
+fn spawn_schedules(
+    conf: &crate::experiment::schedule::ExperimentsConfig,
+    state: &Arc<ApiState>,
+    engine: &Engine,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    if !conf.is_empty() {
+        let e = engine.clone();
+        tokio::spawn(crate::experiment::schedule::run(
+            conf.clone(),
+            state.experiments.clone(),
+            move || e.config(),
+            stop.clone(),
+        ));
+        tracing::info!(
+            event = "schedules",
+            schedules = conf.schedule.len(),
+            monkey = conf.monkey.is_some(),
+            "experiment schedules running"
+        );
+    }
+    stop
+}
+
 /// The interfaces of `datapath.keep_attached` with their indexes, or why the daemon must not
 /// start: a kept hook needs tcx links, which the kernel detaches when the agent dies (a
 /// `cls_bpf` filter would stay with no fault journaled to remove it), and an interface that
@@ -314,7 +337,8 @@ fn kept_interfaces(cfg: &Config) -> anyhow::Result<Vec<(u32, String)>> {
         .collect()
 }
 
-/// SIGHUP: re-read the file; on any error keep the running configuration.
+/// SIGHUP: re-read the file; on any error keep the running configuration. Returns the file's
+/// experiments section when it was taken, for the caller to restart the schedules with.
 fn reload(
     path: &Path,
     explicit: bool,
@@ -322,12 +346,12 @@ fn reload(
     running: &Config,
     engine: &Engine,
     state: &ApiState,
-) {
+) -> Option<crate::experiment::schedule::ExperimentsConfig> {
     let mut cfg = match Config::load_or_default(path, explicit) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(event = "reload", error = %e, "config reload failed; keeping the running configuration");
-            return;
+            return None;
         }
     };
     overrides.apply(&mut cfg);
@@ -367,7 +391,7 @@ fn reload(
         Ok(a) => a,
         Err(e) => {
             tracing::error!(event = "reload", error = %e, "config reload failed; keeping the running configuration");
-            return;
+            return None;
         }
     };
     if let Ok(mut a) = state.auth.write() {
@@ -375,4 +399,5 @@ fn reload(
     }
     engine.reload(cfg.engine_config());
     tracing::info!(event = "reload", max_ttl = %humantime::format_duration(cfg.limits.max_ttl), max_faults = cfg.limits.max_faults, "configuration reloaded");
+    Some(cfg.experiments)
 }
