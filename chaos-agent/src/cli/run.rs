@@ -320,6 +320,14 @@ fn kept_interfaces(cfg: &Config) -> anyhow::Result<Vec<(u32, String)>> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
+    let kept = names
+        .iter()
+        .map(|n| {
+            crate::sys::ifindex(n).map(|i| (i, n.clone())).map_err(|e| {
+                anyhow::anyhow!("datapath.keep_attached: interface {n:?}: {e}; nothing was changed")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mode = cfg.attach_mode.resolve();
     if mode != AttachMode::Tcx {
         anyhow::bail!(
@@ -327,14 +335,7 @@ fn kept_interfaces(cfg: &Config) -> anyhow::Result<Vec<(u32, String)>> {
             mode.as_str()
         );
     }
-    names
-        .iter()
-        .map(|n| {
-            crate::sys::ifindex(n).map(|i| (i, n.clone())).map_err(|e| {
-                anyhow::anyhow!("datapath.keep_attached: interface {n:?}: {e}; nothing was changed")
-            })
-        })
-        .collect()
+    Ok(kept)
 }
 
 /// SIGHUP: re-read the file; on any error keep the running configuration. Returns the file's
