@@ -7,6 +7,8 @@
 //!   loss fault in a network namespace the test made, with the `DaemonSet`'s capabilities and
 //!   nothing more, judged by ping at the other end, and leaves nothing (tc, bpftool, the journal
 //!   directory). Tests never build: without the archive they skip (fail in CI).
+//! - containerd (a daemon of the test's own) imports the same archive with `ctr image import`
+//!   under the name the kubelet looks for, and runs the agent from it.
 //! - The manifests: kustomize (kubectl's) renders them as `kubectl apply -k` would; the
 //!   Kubernetes objects pass the Kubernetes schemas (kubernetes-validate, strict: an unknown
 //!   field fails) of the oldest and newest versions we support, the monitoring objects the
@@ -264,6 +266,121 @@ fn the_agent_runs_from_the_image_version_and_doctor() {
     assert!(
         report.to_string().contains(&release),
         "doctor in the container reports this kernel ({release}): {report}"
+    );
+}
+
+/// A containerd of the test's own (root, state and socket in a temporary directory), killed and
+/// removed on drop: the machine's runtime, if any, is not used.
+struct Containerd {
+    dir: TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let dir = TempDir::new("ctrd");
+        let d = &dir.0;
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 [grpc]\naddress = \"{0}/containerd.sock\"\n",
+                d.display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("log")).expect("log"))
+            .spawn()
+            .expect("containerd");
+        let me = Self { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !me.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer: {}",
+                std::fs::read_to_string(me.dir.0.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    /// `ctr` against this containerd, in the namespace the kubelet uses.
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.0.join("containerd.sock"))
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        // Snapshots are overlay mounts below its root: none may outlive the directory.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+            if m.starts_with(self.dir.str()) {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+#[test]
+fn ctr_imports_the_archive_and_runs_the_agent_from_it() {
+    let test = "ctr_imports_the_archive_and_runs_the_agent_from_it";
+    if !require_all(
+        test,
+        &[
+            Feature::Tool("containerd"),
+            Feature::Tool("ctr"),
+            Feature::Tool("runc"),
+            Feature::EnvFile(IMAGE_ENV),
+        ],
+    ) {
+        return;
+    }
+    let archive = std::env::var(IMAGE_ENV).expect("checked above");
+    let ctd = Containerd::start();
+    let out = ctd.ctr(&["image", "import", &archive]);
+    assert!(out.status.success(), "ctr image import: {}", text(&out));
+    // Named as a pod spec's `chaos-agent:<version>` means to the kubelet.
+    let ls = ctd.ctr(&["image", "ls", "-q"]);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout)
+            .lines()
+            .any(|l| l == reference()),
+        "{}",
+        text(&ls)
+    );
+    let name = chaos_testing::unique_name("ctr");
+    let run = ctd.ctr(&[
+        "run",
+        "--rm",
+        &reference(),
+        &name,
+        "/usr/bin/chaos-agent",
+        "--version",
+    ]);
+    assert!(run.status.success(), "ctr run: {}", text(&run));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        format!("chaos-agent {}", env!("CARGO_PKG_VERSION"))
     );
 }
 

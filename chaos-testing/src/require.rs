@@ -344,8 +344,11 @@ pub const PROFILES: &[Profile] = &[
             // The --container tests' runtime (`cargo xtask setup` installs both).
             Feature::Tool("podman"),
             Feature::Tool("runc"),
-            // The image tests: the archive `cargo xtask test` builds before them.
+            // The image tests: the archive `cargo xtask test` builds before them, and
+            // containerd (`cargo xtask setup` installs it) beside podman.
             Feature::EnvFile(crate::IMAGE_ENV),
+            Feature::Tool("containerd"),
+            Feature::Tool("ctr"),
             // The manifest tests: kustomize (kubectl's), the Kubernetes schemas (pip) and the
             // prometheus-operator's (npm), and Node.js to run the latter's validators.
             Feature::Tool("kubectl"),

@@ -55,6 +55,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "runc",
         "podman's runtime in the tests: crun refuses this host's hybrid cgroups",
     ),
+    (
+        "containerd",
+        "the image test imports the agent's image as a Kubernetes node would (ctr image import)",
+    ),
 ];
 
 /// Packages from the Python package index: (item, a shell check that succeeds when it is there, the pip requirement).

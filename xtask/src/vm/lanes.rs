@@ -162,6 +162,11 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     ),
     (
         "image",
+        "ctr_imports_the_archive_and_runs_the_agent_from_it",
+        "the guest has no container runtime (containerd); the image is the same for every kernel",
+    ),
+    (
+        "image",
         "the_agent_runs_from_the_image_version_and_doctor",
         "the guest has no container runtime; doctor on 6.1 is the kernel_features suite's",
     ),
