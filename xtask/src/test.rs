@@ -519,12 +519,15 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
         let c = xtask(&["fuzz", "--replay"]);
         steps.push(run_step("fuzz replay", c, Output::Libtest));
 
-        // The agent's OCI image, which the image tests load and run (tests never build): the
-        // release binary for musl, then the archive. A failed build fails this step, and the
-        // image tests then fail too in CI (their archive is required there) or skip elsewhere.
+        // The agent's OCI image, which the image tests load and run (tests never build). From
+        // the debug musl binary: vm-test builds that very binary later (so it costs nothing
+        // there), where the release build took 12 minutes of a busy 2-core machine, and the
+        // tests judge the image and its manifests, not the optimiser. A failed build fails
+        // this step, and the image tests then fail too in CI (their archive is required
+        // there) or skip elsewhere.
         let image_step = run_step(
-            "image (cargo xtask image)",
-            xtask(&["image"]),
+            "image (cargo xtask image --debug)",
+            xtask(&["image", "--debug"]),
             Output::Nothing,
         );
         let image = image_step.ok.then(crate::image::archive_path);

@@ -35,8 +35,13 @@ pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, clap::Args)]
 pub struct ImageArgs {
     /// Pack this static executable instead of building the release binary for musl.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "debug")]
     binary: Option<PathBuf>,
+    /// Pack the debug (dev profile) build instead of the release one: what the suite tests,
+    /// because `vm-test` builds that very binary anyway, where a release build would add
+    /// minutes. The image is the same but for the binary's speed.
+    #[arg(long)]
+    debug: bool,
 }
 
 /// cargo's target directory.
@@ -61,7 +66,7 @@ pub(crate) fn build(args: &ImageArgs) -> anyhow::Result<PathBuf> {
     let started = Instant::now();
     let binary = match &args.binary {
         Some(b) => b.clone(),
-        None => build_release_musl()?,
+        None => build_musl(args.debug)?,
     };
     let built = started.elapsed();
     let data = stripped(&binary)?;
@@ -101,11 +106,15 @@ pub(crate) fn build(args: &ImageArgs) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// `cargo build --release` of the agent for musl; returns the executable.
-fn build_release_musl() -> anyhow::Result<PathBuf> {
-    exec(cargo().args([
-        "build",
-        "--release",
+/// `cargo build` of the agent for musl (`--release` unless `debug`; the debug build is the
+/// one `vm-test` makes, with the same arguments, so the two share it); returns the executable.
+fn build_musl(debug: bool) -> anyhow::Result<PathBuf> {
+    let mut build = cargo();
+    build.arg("build");
+    if !debug {
+        build.arg("--release");
+    }
+    exec(build.args([
         "--target",
         MUSL,
         "-p",
@@ -113,7 +122,8 @@ fn build_release_musl() -> anyhow::Result<PathBuf> {
         "--bin",
         "chaos-agent",
     ]))?;
-    let exe = target_dir().join(MUSL).join("release").join("chaos-agent");
+    let profile = if debug { "debug" } else { "release" };
+    let exe = target_dir().join(MUSL).join(profile).join("chaos-agent");
     if !exe.is_file() {
         bail!(
             "cargo build reported success but {} is missing",
