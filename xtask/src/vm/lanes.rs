@@ -172,6 +172,11 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
     ),
     (
         "image",
+        "the_daemon_from_the_image_answers_the_daemonset_s_probes_and_a_wedged_one_does_not",
+        "the guest has no container runtime; the daemon on 6.1 is the daemon suite's",
+    ),
+    (
+        "image",
         "one_fault_from_the_image_drops_at_the_receiver_and_leaves_nothing",
         "the guest has no container runtime; loss on 6.1 is the loss suite's",
     ),
