@@ -263,6 +263,15 @@ impl VethPair {
     }
 }
 
+/// The environment variable that names the agent's OCI image archive for the image tests
+/// (`cargo xtask test` builds it with `cargo xtask image` and sets it).
+pub const IMAGE_ENV: &str = "CHAOS_AGENT_IMAGE";
+
+/// Where `cargo xtask setup` installs the prometheus-operator's models and their validators
+/// (npm `@kubernetes-models/prometheus-operator`), which judge the manifests' monitoring objects.
+pub const MONITORING_MODELS: &str =
+    "/usr/local/lib/chaos-testing/node/node_modules/@kubernetes-models/prometheus-operator";
+
 /// Path of the agent binary under test: `CHAOS_AGENT_BIN` (set in the VM guest), else the one
 /// cargo built next to the test (`CARGO_BIN_EXE_chaos-agent` is only known to integration tests,
 /// so they pass it in).

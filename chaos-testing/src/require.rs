@@ -48,6 +48,11 @@ pub enum Feature {
     ScratchDisk,
     /// A program on PATH.
     Tool(&'static str),
+    /// A file or directory at this path (a package `cargo xtask setup` installs outside PATH).
+    File(&'static str),
+    /// A file at the path this environment variable names (an artifact `cargo xtask test`
+    /// builds and hands to the tests, such as the image archive).
+    EnvFile(&'static str),
 }
 
 impl Feature {
@@ -67,6 +72,8 @@ impl Feature {
             Self::Btf => "btf".into(),
             Self::ScratchDisk => "scratch_disk".into(),
             Self::Tool(t) => format!("tool:{t}"),
+            Self::File(p) => format!("file:{p}"),
+            Self::EnvFile(v) => format!("env:{v}"),
         }
     }
 
@@ -86,6 +93,8 @@ impl Feature {
             Self::Btf => "kernel BTF (/sys/kernel/btf/vmlinux)".into(),
             Self::ScratchDisk => format!("an unmounted scratch disk at {}", crate::VM_SCRATCH_DISK),
             Self::Tool(t) => format!("`{t}` on PATH"),
+            Self::File(p) => (*p).to_owned(),
+            Self::EnvFile(v) => format!("a file named by ${v}"),
         }
     }
 
@@ -117,6 +126,10 @@ impl Feature {
                         .contains(crate::VM_SCRATCH_DISK)
             }
             Self::Tool(t) => have_tool(t),
+            Self::File(p) => std::path::Path::new(p).exists(),
+            Self::EnvFile(v) => {
+                std::env::var_os(v).is_some_and(|p| std::path::Path::new(&p).is_file())
+            }
         };
         vec![(self, one)]
     }
@@ -332,6 +345,17 @@ pub const PROFILES: &[Profile] = &[
             // The --container tests' runtime (`cargo xtask setup` installs both).
             Feature::Tool("podman"),
             Feature::Tool("runc"),
+            // The image tests: the archive `cargo xtask test` builds before them, and
+            // containerd (`cargo xtask setup` installs it) beside podman.
+            Feature::EnvFile(crate::IMAGE_ENV),
+            Feature::Tool("containerd"),
+            Feature::Tool("ctr"),
+            // The manifest tests: kustomize (kubectl's), the Kubernetes schemas (pip) and the
+            // prometheus-operator's (npm), and Node.js to run the latter's validators.
+            Feature::Tool("kubectl"),
+            Feature::Tool("kubernetes-validate"),
+            Feature::Tool("node"),
+            Feature::File(crate::MONITORING_MODELS),
             // The limit faults' v1 paths (hybrid host), and the loop devices --io-limit
             // throttles there.
             Feature::CgroupV1("cpu"),

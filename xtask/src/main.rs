@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod image;
 mod setup;
 mod test;
 mod torture;
@@ -45,6 +46,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// SIGKILL the agent at random moments of its work and check the host is left as it was.
     Torture(torture::TortureArgs),
+    /// Build the agent's OCI image offline (target/image/chaos-agent-<version>.oci.tar), for
+    /// `podman load -i` or `ctr image import` and the manifests in `deploy/kubernetes/`.
+    Image(image::ImageArgs),
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),
     /// Fuzz every parser of outside input (cargo-fuzz, nightly), or `--replay` the corpus.
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Torture(args) => torture::run(&args),
+        Cmd::Image(args) => image::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::UdpSend(args) => demo::udp_send(&args),

@@ -55,6 +55,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "runc",
         "podman's runtime in the tests: crun refuses this host's hybrid cgroups",
     ),
+    (
+        "containerd",
+        "the image test imports the agent's image as a Kubernetes node would (ctr image import)",
+    ),
 ];
 
 /// Packages from the Python package index: (item, a shell check that succeeds when it is there, the pip requirement).
@@ -70,7 +74,23 @@ const PIP_PACKAGES: &[(&str, &str, &str)] = &[
         "python3 -c 'import jsonschema'",
         "jsonschema==4.26.0",
     ),
+    (
+        "kubernetes-validate 1.37.0 (pip)",
+        "kubernetes-validate --version 2>/dev/null | grep -q '1.37.0'",
+        "kubernetes-validate==1.37.0",
+    ),
 ];
+
+/// npm packages, installed under [`NPM_PREFIX`] (not globally: only the tests use them), pinned:
+/// (item, package directory that shows it is there, the npm spec).
+const NPM_PACKAGES: &[(&str, &str, &str)] = &[(
+    "@kubernetes-models/prometheus-operator 6.0.0 (npm)",
+    "@kubernetes-models/prometheus-operator",
+    "@kubernetes-models/prometheus-operator@6.0.0",
+)];
+
+/// The npm prefix of [`NPM_PACKAGES`]: chaos-testing's `MONITORING_MODELS` points below it.
+const NPM_PREFIX: &str = "/usr/local/lib/chaos-testing/node";
 
 /// The bpf-linker release we build: pinned so that a new release cannot change the toolchain
 /// under a green CI.
@@ -195,7 +215,8 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     }
 
     // Python tools from PyPI, into the machine's python3: the Chaos Toolkit (the test that
-    // drives the agent from it) and jsonschema (the experiment schema's independent check).
+    // drives the agent from it), jsonschema (the experiment schema's independent check) and
+    // kubernetes-validate (the Kubernetes schemas the manifests are checked against, offline).
     for (item, present, spec) in PIP_PACKAGES {
         let state = if capture(&mut cmd("sh", ["-c", present])).is_ok() {
             State::Present
@@ -215,6 +236,44 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
                 ],
             ))?;
         }
+    }
+
+    // npm packages: the prometheus-operator's models, whose validators judge the monitoring
+    // objects of deploy/kubernetes/ (the manifest tests), run by the machine's Node.js.
+    for (item, dir, spec) in NPM_PACKAGES {
+        let manifest = PathBuf::from(NPM_PREFIX)
+            .join("node_modules")
+            .join(dir)
+            .join("package.json");
+        let state = if manifest.is_file() {
+            State::Present
+        } else {
+            State::Missing("not installed".into())
+        };
+        if note(item, state) && !args.check {
+            exec(&mut cmd(
+                "npm",
+                [
+                    "install",
+                    "--prefix",
+                    NPM_PREFIX,
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    spec,
+                ],
+            ))?;
+        }
+    }
+
+    // kubectl (for its built-in kustomize, which renders deploy/kubernetes/ in the manifest
+    // tests) comes with the machine image; Debian's kubernetes-client (1.20) is too old for the
+    // kustomization's fields, so it is not installed from there. Reported, not installed.
+    if capture(&mut cmd("sh", ["-c", "command -v kubectl"])).is_err() {
+        println!(
+            "warning: kubectl is not on PATH: the manifest tests need its kustomize (v5; \
+             kubectl >= 1.27), and fail without it in CI"
+        );
     }
 
     // bpffs: not mounted on a fresh machine; the agent pins nothing without it.

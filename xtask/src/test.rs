@@ -441,6 +441,10 @@ fn integration_tests() -> anyhow::Result<Vec<(String, Vec<String>)>> {
     Ok(found)
 }
 
+/// The variable that hands the image archive to the image tests (chaos-testing's `IMAGE_ENV`;
+/// xtask depends on no workspace crate, so it is spelled here too).
+const IMAGE_ENV: &str = "CHAOS_AGENT_IMAGE";
+
 /// chaos-ebpf builds only for bpfel-unknown-none (chaos-agent's build.rs builds it), so every
 /// host cargo command leaves it out.
 const EXCLUDE_EBPF: [&str; 3] = ["--workspace", "--exclude", "chaos-ebpf"];
@@ -515,6 +519,20 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
         let c = xtask(&["fuzz", "--replay"]);
         steps.push(run_step("fuzz replay", c, Output::Libtest));
 
+        // The agent's OCI image, which the image tests load and run (tests never build). From
+        // the debug musl binary: vm-test builds that very binary later (so it costs nothing
+        // there), where the release build took 12 minutes of a busy 2-core machine, and the
+        // tests judge the image and its manifests, not the optimiser. A failed build fails
+        // this step, and the image tests then fail too in CI (their archive is required
+        // there) or skip elsewhere.
+        let image_step = run_step(
+            "image (cargo xtask image --debug)",
+            xtask(&["image", "--debug"]),
+            Output::Nothing,
+        );
+        let image = image_step.ok.then(crate::image::archive_path);
+        steps.push(image_step);
+
         // Integration tests are privileged: they attach programs, add qdiscs and create
         // namespaces on the one kernel they all share, so one test at a time. One invocation
         // over the workspace (not `-p chaos-agent`), so that features unify as in the build above
@@ -530,6 +548,9 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
                     }
                 }
                 c.args(["--", "--test-threads=1"]);
+                if let Some(path) = &image {
+                    c.env(IMAGE_ENV, path);
+                }
                 if let Some(rules) = rules {
                     c.env("CHAOS_REQUIRE", rules);
                 }

@@ -185,6 +185,41 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
         "exit_codes_without_an_agent",
         "argument parsing and a socket nobody listens on; the guest has sch_netem, so its kernel part would skip",
     ),
+    (
+        "image",
+        "the_image_loads_with_its_labels_entrypoint_and_one_layer",
+        "the guest has no container runtime (podman) and no image archive; the image is the same for every kernel",
+    ),
+    (
+        "image",
+        "ctr_imports_the_archive_and_runs_the_agent_from_it",
+        "the guest has no container runtime (containerd); the image is the same for every kernel",
+    ),
+    (
+        "image",
+        "the_agent_runs_from_the_image_version_and_doctor",
+        "the guest has no container runtime; doctor on 6.1 is the kernel_features suite's",
+    ),
+    (
+        "image",
+        "the_daemon_from_the_image_answers_the_daemonset_s_probes_and_a_wedged_one_does_not",
+        "the guest has no container runtime; the daemon on 6.1 is the daemon suite's",
+    ),
+    (
+        "image",
+        "one_fault_from_the_image_drops_at_the_receiver_and_leaves_nothing",
+        "the guest has no container runtime; loss on 6.1 is the loss suite's",
+    ),
+    (
+        "image",
+        "the_manifests_pass_the_kubernetes_and_monitoring_schemas",
+        "the guest has no kubectl, Python or Node.js; no kernel involved",
+    ),
+    (
+        "image",
+        "the_manifests_fit_together_and_the_config_is_the_agent_s",
+        "the guest has no kubectl or Python; no kernel involved",
+    ),
 ];
 
 /// Guest seconds of each test binary in a calm run (every run prints the per-test times), used
@@ -212,6 +247,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     // Every test of it is host-only (above).
     ("prometheus", 0),
     ("bin-chaos-agent", 0),
+    ("image", 0),
 ];
 
 /// Test binaries run at once in the guest, one per vCPU (QEMU's TCG runs each vCPU on its own
