@@ -756,8 +756,23 @@ fn the_manifests_pass_the_kubernetes_and_monitoring_schemas() {
         "a numeric interval is refused: {}",
         text(&bad)
     );
-    // The alerting rules, as Prometheus would load them.
+    // The alerting rules, as Prometheus would load them, and the very groups of the rules file
+    // for a plain Prometheus (whose promtool unit tests cover every alert).
     let rule = find(&docs, "PrometheusRule");
+    let plain = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(repo_root().join("deploy/prometheus/chaos-agent.rules.yml"))
+        .output()
+        .expect("python3");
+    assert!(plain.status.success(), "PyYAML: {}", text(&plain));
+    let plain: Value = serde_json::from_slice(&plain.stdout).expect("JSON");
+    assert_eq!(
+        rule["spec"]["groups"], plain["groups"],
+        "deploy/kubernetes/prometheusrule.yaml must carry deploy/prometheus/chaos-agent.rules.yml's groups"
+    );
     let rules = dir.0.join("rules.json");
     std::fs::write(
         &rules,
