@@ -473,6 +473,9 @@ fn every_example_validates_and_dry_runs_against_its_services() {
     chaos_testing::serve_http(&ns, "127.0.0.1:8080");
     let zone = chaos_testing::dns::Zone::new("example.test").address("example.test", "192.0.2.10");
     let _dns = chaos_testing::dns::Dnsmasq::start(&ns, &["127.0.0.1"], 53, &zone);
+    // The CPU example's `payments.service`: its cgroup where systemd would make it, in the v2
+    // tree (where `--unit` finds units) and in a v1 cpu hierarchy if the host has one.
+    let _unit = UnitCgroup::new("system.slice/payments.service");
     let can_delay = chaos_testing::have_qdisc("netem") || chaos_testing::have_qdisc("fq");
     let state = TempDir::new("chexd");
 
@@ -585,6 +588,40 @@ fn every_example_validates_and_dry_runs_against_its_services() {
             .count()
     });
     assert_eq!(journaled, 0, "journal files in {}", state.str());
+}
+
+/// A unit's cgroup laid out as systemd lays it out (no systemd runs here), in the v2 tree and
+/// in the v1 cpu hierarchy when there is one; what it made is removed on drop, deepest first.
+struct UnitCgroup(Vec<PathBuf>);
+
+impl UnitCgroup {
+    fn new(rel: &str) -> Self {
+        let mut made = Vec::new();
+        let roots = [
+            Some(PathBuf::from(chaos_testing::cgroup2_root())),
+            chaos_testing::cgroup_v1_mount("cpu"),
+        ];
+        for root in roots.into_iter().flatten() {
+            let mut dir = root;
+            for part in rel.split('/') {
+                dir.push(part);
+                if !dir.exists() {
+                    std::fs::create_dir(&dir)
+                        .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                    made.push(dir.clone());
+                }
+            }
+        }
+        Self(made)
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// `N of M` from a dry run's `probe NAME (KIND): N of M checks passed` line.
