@@ -603,12 +603,26 @@ impl UnitCgroup {
         ];
         for root in roots.into_iter().flatten() {
             let mut dir = root;
-            for part in rel.split('/') {
+            let parts: Vec<&str> = rel.split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
                 dir.push(part);
                 if !dir.exists() {
                     std::fs::create_dir(&dir)
                         .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
                     made.push(dir.clone());
+                    // As systemd does for a slice: its children get the controllers it has
+                    // (v2 only; a v1 hierarchy has no such file).
+                    let controllers = dir.join("cgroup.controllers");
+                    if i + 1 < parts.len()
+                        && let Ok(have) = std::fs::read_to_string(&controllers)
+                    {
+                        let enable: Vec<String> =
+                            have.split_whitespace().map(|c| format!("+{c}")).collect();
+                        std::fs::write(dir.join("cgroup.subtree_control"), enable.join(" "))
+                            .unwrap_or_else(|e| {
+                                panic!("enable {enable:?} in {}: {e}", dir.display())
+                            });
+                    }
                 }
             }
         }

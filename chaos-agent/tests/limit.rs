@@ -342,6 +342,25 @@ fn limit_bad_input_is_refused_with_nothing_written() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         assert_eq!(cg.file(qf), before, "{args:?} wrote");
     }
+    // v2: a cgroup whose parent does not hand it the cpu controller has no cpu.max; the refusal
+    // says so (and what turns it on) instead of "no such file".
+    if version == 2 {
+        let inner = root.join(cg.path.trim_start_matches('/')).join("no-cpu");
+        std::fs::create_dir(&inner).expect("mkdir");
+        let rel = format!("{}/no-cpu", cg.path);
+        let out = Command::new(bin())
+            .args(["--state-dir", state.str(), "inject", "--ttl", "5s"])
+            .args(["--cpu-limit", "0.2", "--cgroup", &rel])
+            .output()
+            .expect("run agent");
+        let _ = std::fs::remove_dir(&inner);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("cpu controller is not enabled") && err.contains("CPUAccounting"),
+            "{err}"
+        );
+    }
 }
 
 /// `--flap 1s/1s`: the limit is in the file during active phases and the old value during

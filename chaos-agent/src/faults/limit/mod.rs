@@ -57,6 +57,37 @@ fn bad(what: &'static str, why: String) -> FaultError {
     FaultError::Scope(SpecError::BadLimit { what, why })
 }
 
+/// The current value of a v2 controller file of the target's cgroup. A cgroup whose parent
+/// does not hand it the controller (`cgroup.subtree_control`) has no such file: that is said
+/// so, with what turns it on, rather than as a bare "no such file".
+fn read_v2(
+    file: &std::path::Path,
+    c: Controller,
+    flag: &'static str,
+) -> Result<String, FaultError> {
+    let dir = file.parent().unwrap_or(file);
+    if !file.exists() && dir.is_dir() {
+        let has = cgroup::read(&dir.join("cgroup.controllers"))
+            .is_ok_and(|l| l.split_whitespace().any(|x| x == c.as_str()));
+        if !has {
+            return Err(bad(
+                flag,
+                format!(
+                    "the {} controller is not enabled for cgroup {}: its parent's cgroup.subtree_control does not list it (systemd enables it with {}=yes or Delegate=yes on the unit)",
+                    c.as_str(),
+                    dir.display(),
+                    match c {
+                        Controller::Cpu => "CPUAccounting",
+                        Controller::Memory => "MemoryAccounting",
+                        Controller::Io => "IOAccounting",
+                    }
+                ),
+            ));
+        }
+    }
+    cgroup::read(file).map_err(FaultError::Cgroup)
+}
+
 /// The number from a `cpu.stat`-like or plain numeric file, if any.
 fn number(file: &std::path::Path) -> Option<u64> {
     cgroup::read(file).ok()?.parse().ok()
@@ -87,7 +118,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
         out.push(match h.version {
             Version::V2 => {
                 let file = dir.join("cpu.max");
-                let previous = cgroup::read(&file).map_err(FaultError::Cgroup)?;
+                let previous = read_v2(&file, Controller::Cpu, "--cpu-limit")?;
                 // `QUOTA PERIOD`: the cgroup's own period stays.
                 let period: u64 = previous
                     .split_whitespace()
@@ -157,7 +188,7 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
                 controller: Controller::Memory,
                 version: h.version,
                 key: None,
-                previous: cgroup::read(&file).map_err(FaultError::Cgroup)?,
+                previous: read_v2(&file, Controller::Memory, "--memory-high")?,
                 value: page_aligned(b.0).to_string(),
                 what: "memory.high (cgroup v2)".to_owned(),
                 file,
@@ -179,7 +210,10 @@ pub fn changes(spec: &FaultSpec) -> Result<Vec<Change>, FaultError> {
                 controller: Controller::Memory,
                 version: h.version,
                 key: None,
-                previous: cgroup::read(&file).map_err(FaultError::Cgroup)?,
+                previous: match h.version {
+                    Version::V2 => read_v2(&file, Controller::Memory, "--memory-max")?,
+                    Version::V1 => cgroup::read(&file).map_err(FaultError::Cgroup)?,
+                },
                 value: page_aligned(b.0).to_string(),
                 what: format!("{max} (cgroup {})", h.version.as_str()),
                 file,
