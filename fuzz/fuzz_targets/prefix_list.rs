@@ -26,9 +26,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(parse_prefix_list(&shown, "again").ok(), Some(nets));
         }
         Err(e) => {
-            let line =
-                e.0.strip_prefix("list.txt:")
-                    .expect("the error names the file");
+            let line = e
+                .message
+                .strip_prefix("list.txt:")
+                .expect("the error names the file");
             let (n, _) = line.split_once(": ").expect("and the line");
             let n: usize = n.parse().expect("a line number");
             assert!(n >= 1 && n <= text.lines().count(), "line {n}");
