@@ -48,6 +48,17 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the VM guest's userland"),
     ("cpio", "packs the VM guest's initramfs"),
     (
+        "bash",
+        "the completions test loads the bash script into bash",
+    ),
+    ("zsh", "the completions test drives zsh's completion system"),
+    ("fish", "the completions test asks fish's complete -C"),
+    (
+        "man-db",
+        "the completions test renders a generated man page",
+    ),
+    ("groff-base", "man-db's formatter"),
+    (
         "podman",
         "--container tests run a real container from a locally built image",
     ),
