@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 mod torture;
@@ -47,6 +48,9 @@ enum Cmd {
     Torture(torture::TortureArgs),
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),
+    /// Build the Debian package (cargo-deb: binary, unit, conffile, man pages, completions,
+    /// docs) into target/debian/ and check it with lintian.
+    Package(package::PackageArgs),
     /// Fuzz every parser of outside input (cargo-fuzz, nightly), or `--replay` the corpus.
     Fuzz(fuzz::FuzzArgs),
     /// (internal) Send sequence-numbered UDP datagrams until stdin closes.
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Torture(args) => torture::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Package(args) => package::run(&args),
         Cmd::UdpSend(args) => demo::udp_send(&args),
         Cmd::UdpRecv(args) => demo::udp_recv(&args),
     }?;

@@ -58,6 +58,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the completions test renders a generated man page",
     ),
     ("groff-base", "man-db's formatter"),
+    ("lintian", "cargo xtask package checks the .deb"),
     (
         "podman",
         "--container tests run a real container from a locally built image",
@@ -188,6 +189,17 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     };
     if note(&item, state) && !args.check {
         crate::fuzz::install_cargo_fuzz()?;
+    }
+
+    // cargo-deb: `cargo xtask package` and the systemd VM test's package.
+    let item = format!("cargo-deb {}", crate::package::CARGO_DEB_VERSION);
+    let state = if crate::package::cargo_deb_installed() {
+        State::Present
+    } else {
+        State::Missing("not installed".into())
+    };
+    if note(&item, state) && !args.check {
+        crate::package::install_cargo_deb()?;
     }
 
     // bpffs: not mounted on a fresh machine; the agent pins nothing without it.

@@ -234,7 +234,8 @@ fn report(o: &Outcome, total: Duration, log: &Path, host_only: usize) -> anyhow:
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn target_dir(root: &Path) -> PathBuf {
+/// cargo's target directory (`CARGO_TARGET_DIR`, else `<root>/target`).
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
