@@ -93,7 +93,12 @@ pub fn build(dev: bool) -> anyhow::Result<PathBuf> {
     let agent = out.join("chaos-agent");
     generate_assets(&agent, &out.join("package"))?;
 
-    let out_dir = crate::vm::target_dir(&crate::workspace_root()).join("debian");
+    // A test package never takes the release package's place (same name, same version).
+    let out_dir = crate::vm::target_dir(&crate::workspace_root()).join(if dev {
+        "debian-dev"
+    } else {
+        "debian"
+    });
     std::fs::create_dir_all(&out_dir)?;
     // cargo-deb warns that the dev profile is unsupported: it is, for a test package.
     let stdout = capture(

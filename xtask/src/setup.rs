@@ -60,6 +60,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("groff-base", "man-db's formatter"),
     ("lintian", "cargo xtask package checks the .deb"),
     (
+        "mmdebstrap",
+        "vm-systemd builds its Debian userland (systemd as PID 1)",
+    ),
+    (
         "podman",
         "--container tests run a real container from a locally built image",
     ),

@@ -24,6 +24,7 @@ mod kernel;
 mod lanes;
 mod modules;
 mod qemu;
+pub mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,6 +115,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         &initramfs,
         &log,
         Duration::from_secs(args.timeout.saturating_mul(u64::from(args.repeat))),
+        "",
     );
     if !args.keep {
         let _ = std::fs::remove_file(&initramfs);
