@@ -31,14 +31,33 @@ wait_for() {
 step() { echo "VMSD-STEP $* (at $(cut -d' ' -f1 /proc/uptime) s)"; }
 
 IF=vsd0
+IF2=vsd1
 VICTIM=chaos-victim.service
 CG=/sys/fs/cgroup/system.slice/$VICTIM
+# filters DEV ingress|egress: the filters tc lists there. Where no clsact was ever added, 6.1's
+# tc prints an error and no JSON, or empty objects, depending on the modules loaded: both are
+# "no filter" ([]); any real filter is a non-empty object.
+filters() {
+    local f
+    f=$(tc -j filter show dev "$1" "$2" 2>/dev/null | jq -c 'map(select(length > 0))' 2>/dev/null)
+    echo "${f:-[]}"
+}
+# The agent's IFBs by name (ifb0 and ifb1 are the ones the ifb module makes when it is loaded).
+# Before the module is loaded `ip link show type ifb` prints nothing: none either.
+agent_ifbs() {
+    local l
+    l=$(ip -j link show type ifb 2>/dev/null | jq -c '[.[].ifname | select(test("^ifb[0-9]+$") | not)]' 2>/dev/null)
+    echo "${l:-[]}"
+}
 # What the host looks like where faults go: the veth's qdiscs and filters, the victim's
 # cpu.max, the journal files in the state dir; `tc -j` output compared verbatim.
 host_state() {
     tc -j qdisc show dev "$IF"
-    tc -j filter show dev "$IF" ingress
-    tc -j filter show dev "$IF" egress
+    filters "$IF" ingress
+    filters "$IF" egress
+    tc -j qdisc show dev "$IF2"
+    filters "$IF2" ingress
+    agent_ifbs
     cat "$CG/cpu.max"
     find /var/lib/chaos-agent -type f -not -path '*/experiments/*' 2>/dev/null | sort
 }
@@ -65,9 +84,17 @@ up() {
     [ "$(systemctl is-active chaos-agent.service)" = active ] && [ -S /run/chaos-agent/agent.sock ] &&
         curl -sf http://127.0.0.1:9464/metrics | grep -q '^chaos_'
 }
+# Three mechanisms: an eBPF loss fault (a cls_bpf filter on 6.1), netem delay both ways (an IFB
+# and a mirred redirect for ingress: sch_netem, ifb and act_mirred are loaded by the kernel's
+# own module requests, past the unit's ProtectKernelModules=), a cgroup limit.
 inject() {
     chaos-agent inject --iface "$IF" --loss 0.5 --ttl 10m >/tmp/id.loss &&
+        chaos-agent inject --iface "$IF2" --delay 20ms --direction both --ttl 10m >/tmp/id.delay &&
         chaos-agent inject --unit chaos-victim --cpu-limit 0.5 --ttl 10m >/tmp/id.limit
+}
+has_netem() {
+    tc -j qdisc show dev "$IF2" | jq -e 'map(select(.kind == "netem")) | length > 0' &&
+        [ "$(agent_ifbs)" != "[]" ]
 }
 
 step "the fault targets"
@@ -106,6 +133,7 @@ step "faults through the CLI"
 check inject inject
 check fault-in-tc wait_for 10 has_chaos_filter
 check fault-in-cgroup limited
+check fault-netem-and-ifb has_netem
 check programs-loaded sh -c 'bpftool -j prog show | jq -e "map(select(.name // \"\" | startswith(\"chaos\"))) | length > 0"'
 
 step "systemctl stop reverts"
