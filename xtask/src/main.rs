@@ -49,7 +49,7 @@ enum Cmd {
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),
     /// Build the Debian package (cargo-deb: binary, unit, conffile, man pages, completions,
-    /// docs) into target/debian/ and check it with lintian.
+    /// docs) into target/deb/ and check it with lintian.
     Package(package::PackageArgs),
     /// Boot a Debian 12 userland with systemd as PID 1 under QEMU, install the package there and
     /// test the unit (start, faults, stop, SIGKILL + `ExecStopPost`, restart, journald,

@@ -93,12 +93,11 @@ pub fn build(dev: bool) -> anyhow::Result<PathBuf> {
     let agent = out.join("chaos-agent");
     generate_assets(&agent, &out.join("package"))?;
 
-    // A test package never takes the release package's place (same name, same version).
-    let out_dir = crate::vm::target_dir(&crate::workspace_root()).join(if dev {
-        "debian-dev"
-    } else {
-        "debian"
-    });
+    // Not cargo-deb's target/debian: every cargo-deb run deletes the package's .debs there,
+    // whatever --output says, so a test package would delete the release one. And a test
+    // package never takes the release package's place (same name, same version).
+    let out_dir =
+        crate::vm::target_dir(&crate::workspace_root()).join(if dev { "deb-dev" } else { "deb" });
     std::fs::create_dir_all(&out_dir)?;
     // cargo-deb warns that the dev profile is unsupported: it is, for a test package.
     let stdout = capture(
