@@ -188,7 +188,25 @@ exposure=$(systemd-analyze security --no-pager chaos-agent.service 2>/dev/null |
 echo "VMSD-EXPOSURE ${exposure:-none}"
 check exposure-below-5.5 awk -v e="${exposure:-99}" 'BEGIN { exit !(e < 5.5) }'
 
-step "apt-get purge with a fault active"
+step "apt-get remove with faults active"
+# prerm stops the unit (its ExecStopPost reverts); the configuration stays until purge.
+check remove env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q chaos-agent
+check remove-reverted same_as_before
+check remove-not-running sh -c '! pgrep -x chaos-agent'
+check remove-keeps-conffile test -f /etc/chaos-agent/config.toml
+check remove-state sh -c '[ "$(dpkg-query -W -f="\${db:Status-Status}" chaos-agent)" = config-files ]'
+
+step "a foreground fault killed, then apt-get purge"
+# Reinstalled, not started: a foreground `inject` (no socket, so it applies the fault itself)
+# is SIGKILLed, leaving a cls_bpf filter and its journal that no unit stop will revert (the unit
+# is not running). Only prerm's `chaos-agent cleanup` can: that is what purge must do.
+check reinstall dpkg -i /root/chaos-agent.deb
+chaos-agent inject --iface "$IF" --loss 0.5 --ttl 10m >/tmp/fg.out 2>&1 &
+fg=$!
+check foreground-fault wait_for 60 has_chaos_filter
+kill -9 "$fg"
+wait "$fg" 2>/dev/null
+check foreground-leftover has_chaos_filter
 check purge env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q chaos-agent
 check purge-reverted same_as_before
 check purge-not-running sh -c '! pgrep -x chaos-agent'
