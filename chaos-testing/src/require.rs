@@ -362,6 +362,11 @@ pub const PROFILES: &[Profile] = &[
             Feature::CgroupV1("memory"),
             Feature::CgroupV1("blkio"),
             Feature::Tool("losetup"),
+            // The completions test's judges (`cargo xtask setup` installs them).
+            Feature::Tool("bash"),
+            Feature::Tool("zsh"),
+            Feature::Tool("fish"),
+            Feature::Tool("man"),
         ],
         // The refusal paths ("sch_netem is missing, nothing was changed") are proven here only.
         must_lack: &[Feature::Qdisc("netem"), Feature::Qdisc("fq")],

@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod image;
+mod package;
 mod setup;
 mod test;
 mod torture;
@@ -51,6 +52,13 @@ enum Cmd {
     Image(image::ImageArgs),
     /// Boot a distro kernel under QEMU and run the test binaries there.
     VmTest(vm::VmArgs),
+    /// Build the Debian package (cargo-deb: binary, unit, conffile, man pages, completions,
+    /// docs) into target/deb/ and check it with lintian.
+    Package(package::PackageArgs),
+    /// Boot a Debian 12 userland with systemd as PID 1 under QEMU, install the package there and
+    /// test the unit (start, faults, stop, SIGKILL + `ExecStopPost`, restart, journald,
+    /// `systemd-analyze security`, purge).
+    VmSystemd(vm::systemd::SystemdArgs),
     /// Fuzz every parser of outside input (cargo-fuzz, nightly), or `--replay` the corpus.
     Fuzz(fuzz::FuzzArgs),
     /// (internal) Send sequence-numbered UDP datagrams until stdin closes.
@@ -74,6 +82,8 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Image(args) => image::run(&args),
         Cmd::VmTest(args) => vm::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Package(args) => package::run(&args),
+        Cmd::VmSystemd(args) => vm::systemd::run(&args),
         Cmd::UdpSend(args) => demo::udp_send(&args),
         Cmd::UdpRecv(args) => demo::udp_recv(&args),
     }?;

@@ -48,6 +48,22 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the VM guest's userland"),
     ("cpio", "packs the VM guest's initramfs"),
     (
+        "bash",
+        "the completions test loads the bash script into bash",
+    ),
+    ("zsh", "the completions test drives zsh's completion system"),
+    ("fish", "the completions test asks fish's complete -C"),
+    (
+        "man-db",
+        "the completions test renders a generated man page",
+    ),
+    ("groff-base", "man-db's formatter"),
+    ("lintian", "cargo xtask package checks the .deb"),
+    (
+        "mmdebstrap",
+        "vm-systemd builds its Debian userland (systemd as PID 1)",
+    ),
+    (
         "podman",
         "--container tests run a real container from a locally built image",
     ),
@@ -274,6 +290,17 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
             "warning: kubectl is not on PATH: the manifest tests need its kustomize (v5; \
              kubectl >= 1.27), and fail without it in CI"
         );
+    }
+
+    // cargo-deb: `cargo xtask package` and the systemd VM test's package.
+    let item = format!("cargo-deb {}", crate::package::CARGO_DEB_VERSION);
+    let state = if crate::package::cargo_deb_installed() {
+        State::Present
+    } else {
+        State::Missing("not installed".into())
+    };
+    if note(&item, state) && !args.check {
+        crate::package::install_cargo_deb()?;
     }
 
     // bpffs: not mounted on a fresh machine; the agent pins nothing without it.

@@ -23,7 +23,7 @@ use crate::{capture, cargo, display};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// Skip the QEMU tests (`cargo xtask vm-test`).
+    /// Skip the QEMU tests (`cargo xtask vm-test` and `cargo xtask vm-systemd`).
     #[arg(long)]
     no_vm: bool,
     /// Skip `cargo xtask setup` (the machine is known to be ready).
@@ -586,6 +586,16 @@ fn run_steps(args: &TestArgs, rules: Option<&str>) -> Vec<Step> {
         if !args.no_vm {
             let c = xtask(&["vm-test"]);
             steps.push(run_step("vm tests (QEMU)", c, Output::Vm));
+        }
+
+        // The Debian package, linted, then (with the VM) installed and driven under a real
+        // systemd. Both package the dev-profile musl build the VM tests just made: a release
+        // build would add minutes of compiling to the suite (cargo-deb strips it either way).
+        let c = xtask(&["package", "--dev"]);
+        steps.push(run_step("package (cargo-deb, lintian)", c, Output::Nothing));
+        if !args.no_vm {
+            let c = xtask(&["vm-systemd", "--dev"]);
+            steps.push(run_step("vm systemd (package + unit)", c, Output::Vm));
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod cleanup;
 mod client;
+mod completions;
 mod doctor;
 pub mod exit;
 mod experiment;
@@ -79,6 +80,11 @@ pub enum Command {
     /// Experiments: probes, a method of faults, stop conditions, a report.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
+    /// Print a shell completion script (bash: `source <(chaos-agent completions bash)`).
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages, one per subcommand, into a directory (for packaging).
+    #[command(hide = true)]
+    Manpages(completions::ManpagesArgs),
     /// The stressor process of a stress fault (started by the agent in its cgroup).
     #[command(hide = true)]
     StressWorker(crate::faults::stress::worker::WorkerArgs),
@@ -676,6 +682,8 @@ pub fn main() -> ExitCode {
         Command::Cleanup(args) => cleanup::run(&state_dir, args),
         Command::Doctor(args) => doctor::run(args),
         Command::Experiment(c) => experiment::run(&state_dir, &socket, c),
+        Command::Completions(a) => completions::completions(a),
+        Command::Manpages(a) => completions::manpages(a),
         Command::StressWorker(a) => {
             crate::faults::stress::worker::run(a);
             Ok(ExitCode::SUCCESS)

@@ -12,10 +12,17 @@ use anyhow::{Context as _, bail};
 
 #[derive(Debug)]
 enum Node {
-    Dir,
-    File { data: Vec<u8>, mode: u32 },
+    /// A directory and its permission bits (0o755 unless given, e.g. 0o1777 for `/tmp`).
+    Dir(u32),
+    File {
+        data: Vec<u8>,
+        mode: u32,
+    },
     Symlink(String),
-    CharDev { major: u32, minor: u32 },
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// The archive's tree, keyed by path without the leading `/`; a `BTreeMap` so that every directory
@@ -37,15 +44,15 @@ impl Archive {
             let key = p.to_string_lossy().into_owned();
             match self.nodes.get(&key) {
                 None => {
-                    self.nodes.insert(key, Node::Dir);
+                    self.nodes.insert(key, Node::Dir(0o755));
                 }
-                Some(Node::Dir) => {}
+                Some(Node::Dir(_)) => {}
                 Some(_) => bail!("{key} is not a directory in the initramfs (needed for {path})"),
             }
             parent = p.parent();
         }
         if let Some(old) = self.nodes.get(&path)
-            && !matches!((old, &node), (Node::Dir, Node::Dir))
+            && !matches!((old, &node), (Node::Dir(_), Node::Dir(_)))
         {
             // The same library reached through two tools is fine; two different things are not.
             if let (Node::File { data: a, .. }, Node::File { data: b, .. }) = (old, &node)
@@ -60,7 +67,13 @@ impl Archive {
     }
 
     pub fn dir(&mut self, path: &str) -> anyhow::Result<()> {
-        self.insert(path, Node::Dir)
+        self.insert(path, Node::Dir(0o755))
+    }
+
+    /// A directory with these permission bits (a directory made before keeps its place and
+    /// takes the mode).
+    pub fn dir_mode(&mut self, path: &str, mode: u32) -> anyhow::Result<()> {
+        self.insert(path, Node::Dir(mode))
     }
 
     pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> anyhow::Result<()> {
@@ -75,6 +88,11 @@ impl Archive {
         self.file(path, data, mode)
     }
 
+    /// Drops an entry (and, for a directory, nothing below it: callers replace files).
+    pub fn remove(&mut self, path: &str) {
+        self.nodes.remove(path.trim_start_matches('/'));
+    }
+
     pub fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
         self.insert(path, Node::Symlink(target.to_owned()))
     }
@@ -87,12 +105,12 @@ impl Archive {
     pub fn write(&self, out: &mut impl Write) -> anyhow::Result<()> {
         for (ino, (path, node)) in (1u32..).zip(&self.nodes) {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
-                Node::Dir => (0o040_755, &[], (0, 0)),
+                Node::Dir(mode) => (0o040_000 | mode, &[], (0, 0)),
                 Node::File { data, mode } => (0o100_000 | mode, data, (0, 0)),
                 Node::Symlink(target) => (0o120_777, target.as_bytes(), (0, 0)),
                 Node::CharDev { major, minor } => (0o020_600, &[], (*major, *minor)),
             };
-            let nlink = if matches!(node, Node::Dir) { 2 } else { 1 };
+            let nlink = if matches!(node, Node::Dir(_)) { 2 } else { 1 };
             write_entry(out, ino, mode, nlink, path, data, rdev)?;
         }
         write_entry(out, 0, 0, 1, "TRAILER!!!", &[], (0, 0))

@@ -15,6 +15,26 @@ pub(super) const HOST_ONLY: &[(&str, &str, &str)] = &[
         "the guest has no python3 for the Chaos Toolkit; the fault and its stop are the daemon suite's",
     ),
     (
+        "completions",
+        "bash_completion_completes_subcommands_and_flags",
+        "shells and man-db judge the scripts and pages; no kernel involved, and the guest has neither",
+    ),
+    (
+        "completions",
+        "zsh_completion_completes_subcommands_and_flags",
+        "shells and man-db judge the scripts and pages; no kernel involved, and the guest has neither",
+    ),
+    (
+        "completions",
+        "fish_completion_completes_subcommands_and_flags",
+        "shells and man-db judge the scripts and pages; no kernel involved, and the guest has neither",
+    ),
+    (
+        "completions",
+        "man_renders_the_generated_pages",
+        "shells and man-db judge the scripts and pages; no kernel involved, and the guest has neither",
+    ),
+    (
         "container",
         "refuse_in_a_container_fails_its_connects_and_no_one_else_s",
         "the guest has no container runtime; the kernel side is the scope and refuse suites'",
@@ -248,6 +268,7 @@ const GUEST_SECONDS: &[(&str, u32)] = &[
     ("prometheus", 0),
     ("bin-chaos-agent", 0),
     ("image", 0),
+    ("completions", 0),
 ];
 
 /// Test binaries run at once in the guest, one per vCPU (QEMU's TCG runs each vCPU on its own

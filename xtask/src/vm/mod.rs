@@ -24,6 +24,7 @@ mod kernel;
 mod lanes;
 mod modules;
 mod qemu;
+pub mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,6 +115,7 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         &initramfs,
         &log,
         Duration::from_secs(args.timeout.saturating_mul(u64::from(args.repeat))),
+        "",
     );
     if !args.keep {
         let _ = std::fs::remove_file(&initramfs);
@@ -234,7 +236,8 @@ fn report(o: &Outcome, total: Duration, log: &Path, host_only: usize) -> anyhow:
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn target_dir(root: &Path) -> PathBuf {
+/// cargo's target directory (`CARGO_TARGET_DIR`, else `<root>/target`).
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 

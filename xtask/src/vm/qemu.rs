@@ -30,11 +30,14 @@ impl Drop for Qemu {
     }
 }
 
+/// Boots `vmlinuz` with `initramfs` and the kernel command line `console=ttyS0 panic=-1 quiet`
+/// followed by `append` (empty for the test suite's busybox guest).
 pub(super) fn boot(
     vmlinuz: &Path,
     initramfs: &Path,
     log: &Path,
     timeout: Duration,
+    append: &str,
 ) -> anyhow::Result<Outcome> {
     // A blank scratch disk, the guest's /dev/vda: what the IO limit tests throttle (a real
     // virtio block device, as on a cloud VM). Sparse, and made anew for every boot.
@@ -64,7 +67,8 @@ pub(super) fn boot(
     .arg(vmlinuz)
     .arg("-initrd")
     .arg(initramfs)
-    .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    .arg("-append")
+    .arg(format!("console=ttyS0 panic=-1 quiet {append}").trim_end())
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
