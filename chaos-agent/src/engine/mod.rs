@@ -335,6 +335,17 @@ impl Engine {
                 done,
             },
         );
+        // A scrape that finds the registry busy answers the previous scrape's samples: the new
+        // fault goes into them now, or such scrapes would not list it until one got the lock
+        // (the first scrape after an inject, under API load, listed no fault at all).
+        if let Some(slot) = state.faults.get(&id) {
+            let sample = slot.sample(with_fault(&slot.active, |a| a.counters()), Instant::now());
+            self.inner
+                .last_samples
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(sample);
+        }
         drop(state);
         self.inner.wake.notify_one();
         self.watch_target(id, &spec.target);
