@@ -73,7 +73,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "containerd",
-        "the image test imports the agent's image as a Kubernetes node would (ctr image import)",
+        "the image test imports the agent's image as a Kubernetes node would (ctr image import); the pod tests run pods through its CRI plugin",
+    ),
+    (
+        "containernetworking-plugins",
+        "the pod tests' containerd wires pods with the CNI bridge, host-local and loopback plugins",
+    ),
+    (
+        "protobuf-compiler",
+        "protoc: the CRI client (k8s-cri) generates its gRPC code from the CRI protos at build time",
     ),
 ];
 
