@@ -85,6 +85,18 @@ pub struct Config {
     pub experiments: crate::experiment::schedule::ExperimentsConfig,
     /// The eBPF datapath.
     pub datapath: DatapathConfig,
+    /// The node's container runtime, for faults on pods (`--pod`).
+    pub cri: CriConfig,
+}
+
+/// `[cri]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriConfig {
+    /// The runtime's CRI socket, `unix:///run/containerd/containerd.sock`; unset:
+    /// `$CONTAINER_RUNTIME_ENDPOINT`, else the first of containerd's, cri-o's and
+    /// cri-dockerd's default sockets that exists.
+    pub endpoint: Option<String>,
 }
 
 /// `[datapath]`.
@@ -154,6 +166,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             experiments: crate::experiment::schedule::ExperimentsConfig::default(),
             datapath: DatapathConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }
@@ -278,6 +291,11 @@ impl Config {
                 crate::target::MAX_PORT_RANGES - 2
             ));
         }
+        if let Some(e) = &self.cri.endpoint
+            && let Err(why) = crate::target::pod::endpoint(Some(e))
+        {
+            return bad(format!("cri.endpoint: {why}"));
+        }
         if let Err(why) = self.experiments.check() {
             return bad(format!("experiments: {why}"));
         }
@@ -329,6 +347,7 @@ impl Config {
             attach_mode: self.attach_mode,
             protected_ports: self.protected_ports(),
             max_faults: self.limits.max_faults,
+            cri_endpoint: self.cri.endpoint.clone(),
         }
     }
 

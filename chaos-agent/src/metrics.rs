@@ -70,6 +70,57 @@ struct FaultLabels {
     kind: String,
 }
 
+/// What a scoped fault acts on, as labels to join its other series with (an info metric):
+/// empty where the fault does not name it.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+pub struct TargetLabels {
+    /// The pod's namespace (`--pod`).
+    pub namespace: String,
+    /// The pod's name (`--pod`).
+    pub pod: String,
+    /// The container: its name in the pod (`--pod-container`) or its id (`--container`).
+    pub container: String,
+    /// The systemd unit (`--unit`).
+    pub unit: String,
+    /// The cgroup the fault is scoped to.
+    pub cgroup: String,
+}
+
+impl TargetLabels {
+    /// The labels of `t`, if it names processes.
+    #[must_use]
+    pub fn of(t: &crate::target::Target) -> Option<Self> {
+        if !t.scoped() {
+            return None;
+        }
+        let (namespace, pod) = t
+            .pod
+            .as_deref()
+            .and_then(|p| p.split_once('/'))
+            .map(|(n, p)| (n.to_owned(), p.to_owned()))
+            .unwrap_or_default();
+        Some(Self {
+            namespace,
+            pod,
+            container: t
+                .pod_container
+                .clone()
+                .or_else(|| t.container.clone())
+                .unwrap_or_default(),
+            unit: t.unit.clone().unwrap_or_default(),
+            cgroup: t.cgroup.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
+struct TargetInfoLabels {
+    fault: String,
+    kind: String,
+    #[prometheus(flatten)]
+    target: TargetLabels,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, PartialOrd, Ord)]
 struct FlapLabels {
     fault: String,
@@ -103,6 +154,8 @@ pub struct FaultSample {
     pub created_unix_ms: u64,
     /// When its TTL ends (moved by `extend`), in milliseconds since the Unix epoch.
     pub expires_unix_ms: u64,
+    /// What it acts on, for a fault on processes (`--pod`, `--container`, `--unit`, ...).
+    pub target: Option<TargetLabels>,
 }
 
 /// A source of live samples (the engine), read at scrape time.
@@ -427,6 +480,26 @@ impl prometheus_client::collector::Collector for FaultCounters {
                 let secs = pick(*created, *expires) as f64 / 1000.0;
                 ConstGauge::new(secs).encode(me.encode_family(labels)?)?;
             }
+        }
+        let mut targets: Vec<TargetInfoLabels> = live
+            .iter()
+            .filter_map(|s| {
+                Some(TargetInfoLabels {
+                    fault: s.id.clone(),
+                    kind: s.kind.clone(),
+                    target: s.target.clone()?,
+                })
+            })
+            .collect();
+        targets.sort();
+        let mut me = encoder.encode_descriptor(
+            "chaos_agent_fault_target_info",
+            "What an active fault on processes acts on (pod, container, unit, cgroup): 1 per fault, to join its other series with.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for labels in &targets {
+            ConstGauge::new(1_i64).encode(me.encode_family(labels)?)?;
         }
         Ok(())
     }
@@ -796,6 +869,7 @@ mod tests {
             dns_answer: dns,
             refuse: None,
             effects: None,
+            target: None,
             counters: Some(Counters {
                 ingress: DirCounters {
                     seen: 40,
@@ -974,6 +1048,35 @@ mod tests {
         has(
             &text,
             "chaos_agent_fault_expiry_time_seconds{fault=\"f-0000000a\",kind=\"loss\"} 1796643733.574",
+        );
+    }
+
+    #[test]
+    fn a_fault_on_a_pod_names_it() {
+        let m = Metrics::default();
+        let t = crate::target::Target {
+            pod: Some("shop/web-0".to_owned()),
+            pod_container: Some("app".to_owned()),
+            cgroup: Some("/kubepods/besteffort/pod1/abc".to_owned()),
+            ..crate::target::Target::default()
+        };
+        let live = vec![
+            FaultSample {
+                target: TargetLabels::of(&t),
+                ..sample("f-0000000b", "loss", None, None)
+            },
+            sample("f-0000000c", "loss", None, None),
+        ];
+        m.set_live_counters(Box::new(move || live.clone()));
+        let text = m.encode_prometheus_text();
+        has(
+            &text,
+            "chaos_agent_fault_target_info{fault=\"f-0000000b\",kind=\"loss\",namespace=\"shop\",pod=\"web-0\",container=\"app\",unit=\"\",cgroup=\"/kubepods/besteffort/pod1/abc\"} 1",
+        );
+        // A fault on no processes has no target series.
+        assert!(
+            !text.contains("fault=\"f-0000000c\",kind=\"loss\",namespace"),
+            "{text}"
         );
     }
 

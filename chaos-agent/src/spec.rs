@@ -234,6 +234,15 @@ pub enum SpecError {
         /// Why.
         why: String,
     },
+    /// The pod to scope to was not found through the node's CRI socket, or has no cgroup of
+    /// its own to scope to.
+    #[error("cannot scope to pod {}: {why}", shown(pod))]
+    BadPod {
+        /// `NAMESPACE/NAME` as given.
+        pod: String,
+        /// Why.
+        why: String,
+    },
     /// The process to scope to does not exist or is in no cgroup v2.
     #[error("cannot scope to pid {pid}: {why}")]
     BadPid {

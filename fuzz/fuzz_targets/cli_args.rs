@@ -60,9 +60,7 @@ fn spec_from_args(a: &chaos_agent::cli::InjectArgs) -> Option<FaultSpec> {
             pid: a.pid,
             unit: None,
             container: None,
-            cgroup_id: None,
-            netns: None,
-            container_iface: None,
+            ..Default::default()
         },
         loss,
         shape,

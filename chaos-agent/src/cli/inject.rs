@@ -72,9 +72,9 @@ pub(crate) fn spec_from_args(a: &InjectArgs) -> Result<FaultSpec, CliError> {
             pid: a.pid,
             unit: a.unit.clone(),
             container: a.container.clone(),
-            cgroup_id: None,
-            netns: None,
-            container_iface: None,
+            pod: a.pod.clone(),
+            pod_container: a.pod_container.clone(),
+            ..Target::default()
         },
         loss,
         shape,

@@ -209,20 +209,30 @@ pub struct InjectArgs {
     pub include_protected: bool,
     /// Only the traffic (egress), connects and connections of processes in this cgroup v2 or
     /// below it: its path in the hierarchy, e.g. `/system.slice/nginx.service`.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "unit", "container"])]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "unit", "container", "pod"])]
     pub cgroup: Option<String>,
     /// Only those of the processes in this process's cgroup.
-    #[arg(long, value_name = "PID", conflicts_with_all = ["unit", "container"])]
+    #[arg(long, value_name = "PID", conflicts_with_all = ["unit", "container", "pod"])]
     pub pid: Option<u32>,
     /// Only those of this systemd unit's processes (`NAME` means `NAME.service`), found by the
     /// cgroup systemd names after the unit.
-    #[arg(long, value_name = "NAME", conflicts_with = "container")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["container", "pod"])]
     pub unit: Option<String>,
     /// Only those of this container (docker, containerd, cri-o, podman: any runtime that names
     /// it in its cgroup), by id or unique prefix. In a container with a network namespace of
     /// its own, --reset and --refuse act inside it.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "pod")]
     pub container: Option<String>,
+    /// Only those of this Kubernetes pod on this node, `NAMESPACE/NAME`, found through the
+    /// container runtime's CRI socket (containerd, cri-o): packet faults act in the pod's
+    /// network namespace, limits and stressors on the pod's cgroup. The fault ends when the
+    /// pod is deleted. The socket is `[cri] endpoint` of the config, else
+    /// `$CONTAINER_RUNTIME_ENDPOINT`, else the runtimes' defaults.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
+    /// With --pod: only this container of the pod, by its name in the pod spec.
+    #[arg(long, value_name = "NAME", requires = "pod")]
+    pub pod_container: Option<String>,
     /// Validate and print the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,

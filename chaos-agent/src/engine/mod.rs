@@ -88,6 +88,7 @@ impl Slot {
             phase: self.phase(now),
             created_unix_ms: self.info.created_unix_ms,
             expires_unix_ms: self.info.expires_unix_ms,
+            target: crate::metrics::TargetLabels::of(&self.info.spec.target),
         }
     }
 }
@@ -774,16 +775,19 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
     spec.target.cgroup_id = None;
     spec.target.netns = None;
     spec.target.container_iface = None;
+    spec.target.pod_sandbox = None;
+    spec.target.sandbox_cgroup = None;
     spec.validate(&cfg.limits)?;
     // A limit fault finds `--cgroup` and `--pid` in each controller's hierarchy itself (v1
-    // hierarchies have paths of their own); `--unit` and `--container` resolve here as for
-    // every scoped fault.
+    // hierarchies have paths of their own); `--unit`, `--container` and `--pod` resolve here
+    // as for every scoped fault.
     let per_hierarchy = (spec.limit.is_some() || spec.stress.is_some())
         && spec.target.unit.is_none()
-        && spec.target.container.is_none();
+        && spec.target.container.is_none()
+        && spec.target.pod.is_none();
     if spec.target.scoped() && !per_hierarchy {
         let no_interface = !spec.needs_interface();
-        resolve_scope(&mut spec.target, no_interface)?;
+        resolve_scope(&mut spec.target, no_interface, cfg.cri_endpoint.as_deref())?;
         spec.validate(&cfg.limits)?;
     }
     if spec.limit.is_some() {
@@ -811,9 +815,13 @@ fn prepare(spec: &mut FaultSpec, cfg: &EngineConfig) -> Result<String, EngineErr
 /// Resolves the processes a fault is limited to into the cgroup (path and id) and, for a
 /// container with one of its own, the network namespace that are journaled and shown: the pid
 /// may be gone or reused, and a unit or container restarted, by the time anyone reads them.
-fn resolve_scope(t: &mut crate::target::Target, on_sockets: bool) -> Result<(), EngineError> {
+fn resolve_scope(
+    t: &mut crate::target::Target,
+    on_sockets: bool,
+    cri_endpoint: Option<&str>,
+) -> Result<(), EngineError> {
     use crate::spec::SpecError;
-    use crate::target::scope;
+    use crate::target::{pod, scope};
     let tree = sys::cgroup::Tree::open().map_err(|e| SpecError::NoSuchCgroup {
         path: "/".to_owned(),
         why: format!("cannot open the cgroup v2 hierarchy: {e}"),
@@ -825,18 +833,33 @@ fn resolve_scope(t: &mut crate::target::Target, on_sockets: bool) -> Result<(), 
         let cgroup = scope::unit_cgroup(&tree, &name)?;
         t.unit = Some(name);
         Some(cgroup)
+    } else if let Some(given) = &t.pod {
+        let name = pod::parse(given)?;
+        let socket = pod::endpoint(cri_endpoint).map_err(|why| SpecError::BadPod {
+            pod: given.clone(),
+            why,
+        })?;
+        let sandbox = pod::sandbox(&socket, &name)?;
+        let found = pod::scope(&tree, &name, &sandbox, t.pod_container.as_deref())?;
+        // Where the sandbox's processes are is where the pod's network is.
+        let network = scope::Container {
+            id: sandbox.id.clone(),
+            cgroup: found
+                .sandbox_cgroup
+                .clone()
+                .unwrap_or_else(|| found.container.cgroup.clone()),
+        };
+        container_network(t, &tree, &network, on_sockets)?;
+        if let Some(cg) = found.sandbox_cgroup {
+            let id = sandbox_cgroup_id(&cg)?;
+            t.sandbox_cgroup = Some((cg, id));
+        }
+        t.pod = Some(name.to_string());
+        t.pod_sandbox = Some(sandbox.id);
+        Some(found.container.cgroup)
     } else if let Some(given) = &t.container {
         let c = scope::find_container(&tree, given)?;
-        t.netns = scope::container_netns(&tree, &c)?;
-        if let Some(netns) = t.netns
-            && !on_sockets
-        {
-            // Packets are faulted on the host side of the container's veth: `--iface`, if
-            // given, names the container's interface.
-            let (inner, host) = scope::container_veth(&tree, &c, netns, t.iface.as_deref())?;
-            t.container_iface = Some(inner);
-            t.iface = Some(host);
-        }
+        container_network(t, &tree, &c, on_sockets)?;
         t.container = Some(c.id);
         Some(c.cgroup)
     } else {
@@ -851,7 +874,7 @@ fn resolve_scope(t: &mut crate::target::Target, on_sockets: bool) -> Result<(), 
         }
         t.cgroup = Some(cgroup);
     }
-    if t.container.is_none() {
+    if t.container.is_none() && t.pod.is_none() {
         t.netns = None;
     }
     // A cgroup that does not exist is bad input, refused before anything is reserved.
@@ -863,6 +886,39 @@ fn resolve_scope(t: &mut crate::target::Target, on_sockets: bool) -> Result<(), 
     })?;
     t.cgroup_id = Some(id);
     Ok(())
+}
+
+/// The network namespace of container `c` when it has one of its own, and for a packet fault
+/// the host side of its veth, where the fault is attached: `--iface`, if given, names the
+/// container's interface.
+fn container_network(
+    t: &mut crate::target::Target,
+    tree: &sys::cgroup::Tree,
+    c: &crate::target::scope::Container,
+    on_sockets: bool,
+) -> Result<(), EngineError> {
+    use crate::target::scope;
+    t.netns = scope::container_netns(tree, c)?;
+    if let Some(netns) = t.netns
+        && !on_sockets
+    {
+        let (inner, host) = scope::container_veth(tree, c, netns, t.iface.as_deref())?;
+        t.container_iface = Some(inner);
+        t.iface = Some(host);
+    }
+    Ok(())
+}
+
+/// The id of the cgroup at `path`, as the watcher compares it.
+fn sandbox_cgroup_id(path: &str) -> Result<u64, EngineError> {
+    let parts = crate::target::cgroup_components(path)?;
+    sys::cgroup_id(&parts).map_err(|e| {
+        crate::spec::SpecError::NoSuchCgroup {
+            path: path.to_owned(),
+            why: e.to_string(),
+        }
+        .into()
+    })
 }
 
 /// Validates a spec and explains what applying it would do, touching nothing (dry run).

@@ -32,7 +32,8 @@ impl AsRawFd for Fd {
 #[derive(Default)]
 struct Table {
     by_wd: HashMap<WatchDescriptor, HashMap<String, HashSet<FaultId>>>,
-    by_fault: HashMap<FaultId, (WatchDescriptor, String)>,
+    /// A fault's watched cgroups: its scope's, and for a pod its sandbox's too.
+    by_fault: HashMap<FaultId, Vec<(WatchDescriptor, String)>>,
 }
 
 /// The watcher: one inotify instance for every scoped fault of the agent.
@@ -87,7 +88,10 @@ impl Targets {
                 .entry(name.to_owned())
                 .or_default()
                 .insert(id);
-            t.by_fault.insert(id, (wd, name.to_owned()));
+            t.by_fault
+                .entry(id)
+                .or_default()
+                .push((wd, name.to_owned()));
         }
         // Checked after the watch is in place, so a removal in between is seen one way or the
         // other.
@@ -101,22 +105,25 @@ impl Targets {
     /// Forgets fault `id` (it ended); a parent no fault needs any more is no longer watched.
     fn forget(&self, id: FaultId) {
         let mut t = self.table();
-        let Some((wd, name)) = t.by_fault.remove(&id) else {
-            return;
-        };
-        let Some(names) = t.by_wd.get_mut(&wd) else {
-            return;
-        };
-        if let Some(ids) = names.get_mut(&name) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                names.remove(&name);
+        self.drop_fault(&mut t, id);
+    }
+
+    fn drop_fault(&self, t: &mut Table, id: FaultId) {
+        for (wd, name) in t.by_fault.remove(&id).unwrap_or_default() {
+            let Some(names) = t.by_wd.get_mut(&wd) else {
+                continue;
+            };
+            if let Some(ids) = names.get_mut(&name) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    names.remove(&name);
+                }
             }
-        }
-        if names.is_empty() {
-            t.by_wd.remove(&wd);
-            // EINVAL: the kernel dropped the watch already (the parent went).
-            let _ = self.fd.get_ref().0.rm_watch(wd);
+            if names.is_empty() {
+                t.by_wd.remove(&wd);
+                // EINVAL: the kernel dropped the watch already (the parent went).
+                let _ = self.fd.get_ref().0.rm_watch(wd);
+            }
         }
     }
 
@@ -150,8 +157,9 @@ impl Targets {
                         None => HashSet::new(),
                     }
                 };
+                // Its other watches (a pod's scope and sandbox) go with it.
                 for id in &ids {
-                    t.by_fault.remove(id);
+                    self.drop_fault(&mut t, *id);
                 }
                 out.extend(ids);
             }
@@ -163,12 +171,18 @@ impl Targets {
 }
 
 impl Engine {
-    /// Ends fault `id` when its scope's cgroup goes (or at once if it is gone already). A
-    /// fault without a scope is not watched.
+    /// Ends fault `id` when its scope's cgroup goes, or for a pod its sandbox's (or at once if
+    /// one is gone already). A fault without a scope is not watched.
     pub(super) fn watch_target(&self, id: FaultId, target: &Target) {
         let (Some(cgroup), Some(cgroup_id)) = (&target.cgroup, target.cgroup_id) else {
             return;
         };
+        let watched = std::iter::once((cgroup.as_str(), cgroup_id)).chain(
+            target
+                .sandbox_cgroup
+                .as_ref()
+                .map(|(path, id)| (path.as_str(), *id)),
+        );
         let targets = match self.targets() {
             Ok(t) => t,
             Err(e) => {
@@ -176,11 +190,16 @@ impl Engine {
                 return;
             }
         };
-        match targets.watch(id, cgroup, cgroup_id) {
-            Ok(true) => {}
-            Ok(false) => self.end_gone(vec![id]),
-            Err(e) => {
-                tracing::warn!(event = "target", id = %id, cgroup = %cgroup, error = %e, "cannot watch the fault's cgroup; it ends at its TTL only");
+        for (cgroup, cgroup_id) in watched {
+            match targets.watch(id, cgroup, cgroup_id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.end_gone(vec![id]);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(event = "target", id = %id, cgroup = %cgroup, error = %e, "cannot watch the fault's cgroup; it ends at its TTL only");
+                }
             }
         }
     }

@@ -83,6 +83,9 @@ pub struct EngineConfig {
     pub protected_ports: Vec<PortRange>,
     /// Maximum number of concurrent faults.
     pub max_faults: usize,
+    /// The container runtime's CRI socket (`--pod`); `None`: found as
+    /// [`crate::target::pod::endpoint`] says.
+    pub cri_endpoint: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             attach_mode: AttachMode::Auto,
             protected_ports: vec![PortRange { lo: 22, hi: 22 }],
             max_faults: chaos_common::MAX_FAULTS as usize,
+            cri_endpoint: None,
         }
     }
 }

@@ -215,12 +215,19 @@ impl FaultSpec {
         let named = usize::from(t.pid.is_some())
             + usize::from(t.unit.is_some())
             + usize::from(t.container.is_some())
-            + usize::from(t.cgroup.is_some() && t.unit.is_none() && t.container.is_none());
-        // A container not resolved yet may turn out to have a network namespace of its own,
-        // where its interface, not its sockets, is what the fault matches (any direction).
-        let unresolved_container = t.container.is_some() && t.cgroup_id.is_none();
+            + usize::from(t.pod.is_some())
+            + usize::from(
+                t.cgroup.is_some() && t.unit.is_none() && t.container.is_none() && t.pod.is_none(),
+            );
+        // A container (or pod) not resolved yet may turn out to have a network namespace of
+        // its own, where its interface, not its sockets, is what the fault matches (any
+        // direction).
+        let unresolved_container =
+            (t.container.is_some() || t.pod.is_some()) && t.cgroup_id.is_none();
         let why = if named > 1 {
-            Some("--cgroup, --unit, --pid and --container each name the processes: give one")
+            Some("--cgroup, --unit, --pid, --container and --pod each name the processes: give one")
+        } else if t.pod_container.is_some() && t.pod.is_none() {
+            Some("--pod-container names a container of the pod given with --pod")
         } else if t.direction.ingress()
             && self.reset.is_none()
             && t.by_socket_cgroup()

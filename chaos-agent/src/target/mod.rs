@@ -2,6 +2,7 @@
 //! Resolved (the default-route interface, the scope's cgroup) and validated once, before
 //! anything is applied.
 
+pub mod pod;
 pub mod scope;
 
 use std::fmt;
@@ -163,6 +164,22 @@ pub struct Target {
     /// into `cgroup` (and `netns`) at inject.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Only the processes of this Kubernetes pod, `NAMESPACE/NAME`: found at inject through
+    /// the node's CRI socket and resolved as a container is (its cgroup, its network
+    /// namespace), and kept to name the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// With `pod`: only this container of the pod, by its name in the pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_container: Option<String>,
+    /// The id of the pod's sandbox when the fault was injected (set at inject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_sandbox: Option<String>,
+    /// The cgroup of the pod's sandbox and its id (set at inject): the runtime removes it when
+    /// the pod is deleted, which ends the fault (`target-gone`) even if the pod's own cgroup
+    /// stays a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_cgroup: Option<(String, u64)>,
     /// The id of `cgroup` when the fault was injected (set at inject): a cgroup removed and
     /// made again under the same path is another target, and ends the fault (`target-gone`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,6 +204,7 @@ impl Target {
             || self.pid.is_some()
             || self.unit.is_some()
             || self.container.is_some()
+            || self.pod.is_some()
     }
 
     /// The direction as the hook on `iface` sees it. A container's interface is faulted on its
@@ -239,7 +257,7 @@ impl Target {
             })?
         } else {
             self.cgroup.clone().ok_or(SpecError::Inapplicable {
-                what: "this fault needs the processes it acts on: --cgroup, --pid, --unit or --container",
+                what: "this fault needs the processes it acts on: --cgroup, --pid, --unit, --container or --pod",
             })?
         };
         if path.trim_matches('/').is_empty() {
@@ -259,7 +277,12 @@ impl Target {
     /// The scope, as a user named it (for messages and the summary).
     #[must_use]
     pub fn scope_name(&self) -> Option<String> {
-        if let Some(c) = &self.container {
+        if let Some(p) = &self.pod {
+            Some(match &self.pod_container {
+                Some(c) => format!("container {c} of pod {p}"),
+                None => format!("pod {p}"),
+            })
+        } else if let Some(c) = &self.container {
             Some(format!("container {}", &c[..c.len().min(12)]))
         } else if let Some(u) = &self.unit {
             Some(format!("unit {u}"))
@@ -325,6 +348,12 @@ impl Target {
         }
         if let Some(path) = &t.cgroup {
             cgroup_components(path)?;
+        }
+        if let Some(p) = &t.pod {
+            pod::parse(p)?;
+        }
+        if let Some(c) = &t.pod_container {
+            pod::container_name(c)?;
         }
         for (what, list) in [("source port", &t.sports), ("destination port", &t.dports)] {
             if list.len() > MAX_PORT_RANGES {
