@@ -486,23 +486,7 @@ impl Datapath {
         let handle = self.inner.handle;
         self.with(|l| {
             let key = (ifindex, hook);
-            if !l.hooks.contains_key(&key) {
-                let stats = alloc_stats(l)?;
-                l.hooks.insert(
-                    key,
-                    HookState {
-                        ifname: ifname.to_owned(),
-                        hook,
-                        entry: HookEntry {
-                            faults: Bitmap::EMPTY,
-                            flags: if l3_device { HOOK_L3_DEVICE } else { 0 },
-                            stats,
-                        },
-                        link: None,
-                        kept: false,
-                    },
-                );
-            }
+            hook_state(l, key, ifname, l3_device)?;
             let seen_now = hook_seen(l, key);
             if let Some(s) = l.slots.get_mut(&slot)
                 && !s.hooks.iter().any(|(k, _)| *k == key)
@@ -515,23 +499,10 @@ impl Datapath {
             l.hooks_map
                 .insert(hook_key(ifindex, dir_of(hook)), entry, 0)
                 .map_err(map_error("write", names::MAP_HOOKS))?;
-            let Some(mode) = attach else {
-                return Ok(());
-            };
-            let h = l.hooks.get_mut(&key).ok_or(EbpfError::Missing("hook"))?;
-            if h.link.is_none() {
-                let prog = program::<SchedClassifier>(&mut l.ebpf, hook.program())?;
-                let id = match mode {
-                    AttachMode::Netlink => {
-                        super::attach::attach_netlink(prog, ifname, hook, handle)?
-                    }
-                    AttachMode::Tcx | AttachMode::Auto => {
-                        super::attach::attach_tcx(prog, ifname, hook)?
-                    }
-                };
-                h.link = Some((mode, id));
+            match attach {
+                Some(mode) => attach_hook(l, key, mode, handle),
+                None => Ok(()),
             }
-            Ok(())
         })
     }
 
@@ -541,40 +512,11 @@ impl Datapath {
     /// entry in the hooks map while no fault is on it, so packets pass at the program's first
     /// lookup. tcx only: a `cls_bpf` filter would outlive the agent with nothing journaled.
     pub fn keep_hook(&self, ifindex: u32, ifname: &str, hook: Hook) -> Result<(), EbpfError> {
+        let handle = self.inner.handle;
         self.with(|l| {
             let key = (ifindex, hook);
-            if !l.hooks.contains_key(&key) {
-                let stats = alloc_stats(l)?;
-                l.hooks.insert(
-                    key,
-                    HookState {
-                        ifname: ifname.to_owned(),
-                        hook,
-                        entry: HookEntry {
-                            faults: Bitmap::EMPTY,
-                            flags: if crate::sys::is_l3_device(ifname) {
-                                HOOK_L3_DEVICE
-                            } else {
-                                0
-                            },
-                            stats,
-                        },
-                        link: None,
-                        kept: true,
-                    },
-                );
-            }
-            let h = l.hooks.get_mut(&key).ok_or(EbpfError::Missing("hook"))?;
-            h.kept = true;
-            if h.link.is_none() {
-                let prog = program::<SchedClassifier>(&mut l.ebpf, hook.program())?;
-                let id = super::attach::attach_tcx(prog, ifname, hook)?;
-                l.hooks
-                    .get_mut(&key)
-                    .ok_or(EbpfError::Missing("hook"))?
-                    .link = Some((AttachMode::Tcx, id));
-            }
-            Ok(())
+            hook_state(l, key, ifname, crate::sys::is_l3_device(ifname))?.kept = true;
+            attach_hook(l, key, AttachMode::Tcx, handle)
         })
     }
 
@@ -1046,6 +988,58 @@ fn load_connect(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
             "program loaded"
         );
     }
+    Ok(())
+}
+
+/// The state of hook `key`, made (with a packet counter of its own, no fault and no link) if
+/// the hook has none yet.
+fn hook_state<'a>(
+    l: &'a mut Loaded,
+    key: HookKey,
+    ifname: &str,
+    l3_device: bool,
+) -> Result<&'a mut HookState, EbpfError> {
+    if !l.hooks.contains_key(&key) {
+        let stats = alloc_stats(l)?;
+        l.hooks.insert(
+            key,
+            HookState {
+                ifname: ifname.to_owned(),
+                hook: key.1,
+                entry: HookEntry {
+                    faults: Bitmap::EMPTY,
+                    flags: if l3_device { HOOK_L3_DEVICE } else { 0 },
+                    stats,
+                },
+                link: None,
+                kept: false,
+            },
+        );
+    }
+    l.hooks.get_mut(&key).ok_or(EbpfError::Missing("hook"))
+}
+
+/// Attaches hook `key`'s program the way `mode` says, unless it is attached already.
+fn attach_hook(
+    l: &mut Loaded,
+    key: HookKey,
+    mode: AttachMode,
+    handle: u32,
+) -> Result<(), EbpfError> {
+    let h = l.hooks.get(&key).ok_or(EbpfError::Missing("hook"))?;
+    if h.link.is_some() {
+        return Ok(());
+    }
+    let (ifname, hook) = (h.ifname.clone(), h.hook);
+    let prog = program::<SchedClassifier>(&mut l.ebpf, hook.program())?;
+    let id = match mode {
+        AttachMode::Netlink => super::attach::attach_netlink(prog, &ifname, hook, handle)?,
+        AttachMode::Tcx | AttachMode::Auto => super::attach::attach_tcx(prog, &ifname, hook)?,
+    };
+    l.hooks
+        .get_mut(&key)
+        .ok_or(EbpfError::Missing("hook"))?
+        .link = Some((mode, id));
     Ok(())
 }
 
