@@ -226,8 +226,8 @@ pub struct InjectArgs {
     /// Only those of this Kubernetes pod on this node, `NAMESPACE/NAME`, found through the
     /// container runtime's CRI socket (containerd, cri-o): packet faults act in the pod's
     /// network namespace, limits and stressors on the pod's cgroup. The fault ends when the
-    /// pod is deleted. The socket is `[cri] endpoint` of the config, else
-    /// `$CONTAINER_RUNTIME_ENDPOINT`, else the runtimes' defaults.
+    /// pod is deleted. The socket: through a daemon its config's `[cri] endpoint`; else (and
+    /// in the foreground) `$CONTAINER_RUNTIME_ENDPOINT`, else the runtimes' default sockets.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub pod: Option<String>,
     /// With --pod: only this container of the pod, by its name in the pod spec.
